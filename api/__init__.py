@@ -1,0 +1,51 @@
+"""The HTTP API: Flask, no TensorFlow. Build it with `create_app()`."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from celery import Celery
+from flask import Flask
+from sqlalchemy.orm import Session, sessionmaker
+
+from shared.db import create_db_engine, create_session_factory
+from shared.queue import create_celery
+from shared.settings import Settings, get_settings
+from shared.storage import Storage, open_storage
+
+# Multipart framing around the image: boundaries, part headers and the params part.
+MULTIPART_OVERHEAD = 64 * 1024
+
+
+@dataclass(frozen=True)
+class Services:
+    """What every request handler reaches: settings, database, storage, queue."""
+
+    settings: Settings
+    sessions: sessionmaker[Session]
+    storage: Storage
+    celery: Celery
+
+
+def create_app(settings: Settings | None = None) -> Flask:
+    """The Flask application for `settings` (read from the environment when not given)."""
+    from api import jobs, problems
+
+    settings = settings or get_settings()
+    app = Flask(__name__)
+    app.config["MAX_CONTENT_LENGTH"] = settings.max_upload_bytes + MULTIPART_OVERHEAD
+    app.json.sort_keys = False  # type: ignore[attr-defined]
+    app.extensions["oneiro"] = Services(
+        settings=settings,
+        sessions=create_session_factory(create_db_engine(settings.database_url)),
+        storage=open_storage(settings.storage_url),
+        celery=create_celery(settings),
+    )
+    problems.register(app)
+    app.register_blueprint(jobs.blueprint)
+
+    @app.get("/healthz")
+    def healthz() -> dict[str, str]:
+        return {"status": "ok"}
+
+    return app

@@ -1,0 +1,179 @@
+"""The /v1/jobs routes: submit, status, result."""
+
+from __future__ import annotations
+
+import json
+import logging
+import uuid
+from datetime import UTC, datetime
+from typing import Any
+
+from flask import Blueprint, Response, current_app, g, request
+from pydantic import ValidationError
+from sqlalchemy.orm import Session
+
+from api import Services
+from api.problems import Problem, invalid
+from shared.images import ImageRejected, inspect_image
+from shared.models import Job, JobStatus
+from shared.params import RenderParams
+from shared.queue import enqueue_render
+
+log = logging.getLogger(__name__)
+
+blueprint = Blueprint("jobs", __name__, url_prefix="/v1/jobs")
+
+FORM_PARTS = {"image", "params"}
+EXTENSIONS = {"JPEG": "jpg", "PNG": "png", "WEBP": "webp"}
+
+
+def services() -> Services:
+    return current_app.extensions["oneiro"]  # type: ignore[no-any-return]
+
+
+def db() -> Session:
+    """This request's session, closed when the request ends."""
+    if "db" not in g:
+        g.db = services().sessions()
+    return g.db  # type: ignore[no-any-return]
+
+
+@blueprint.teardown_app_request
+def _close_db(_exc: BaseException | None) -> None:
+    session = g.pop("db", None)
+    if session is not None:
+        session.close()
+
+
+@blueprint.post("")
+def submit_job() -> tuple[dict[str, Any], int, dict[str, str]]:
+    """Store the image, record the job, commit, then enqueue it."""
+    svc = services()
+    params = _read_params()
+    upload = request.files.get("image")
+    if upload is None:
+        raise invalid([{"field": "image", "message": "a multipart file part named 'image' is "
+                                                     "required"}])
+    data = upload.read()
+    try:
+        image_format, width, height = inspect_image(data, svc.settings.max_pixels)
+    except ImageRejected as exc:
+        raise invalid([{"field": "image", "message": str(exc)}]) from None
+
+    job_id = uuid.uuid4()
+    input_key = f"inputs/{job_id}.{EXTENSIONS[image_format]}"
+    svc.storage.put(input_key, data)
+    job = Job(
+        id=job_id,
+        status=JobStatus.QUEUED,
+        params=params.model_dump(mode="json"),
+        input_key=input_key,
+        input_width=width,
+        input_height=height,
+        progress={},
+    )
+    session = db()
+    try:
+        session.add(job)
+        session.commit()
+    except Exception:
+        session.rollback()
+        svc.storage.delete(input_key)  # a refused request leaves nothing behind
+        raise
+    # Commit, then enqueue (DESIGN.md invariant 2): a worker never sees an id the database
+    # does not have. If Redis is down the job stays queued for the relay to enqueue again.
+    try:
+        enqueue_render(svc.celery, job_id)
+    except Exception:
+        log.exception("job %s committed but not enqueued; the relay will enqueue it", job_id)
+    return job_json(job), 202, {"Location": f"/v1/jobs/{job_id}"}
+
+
+def _read_params() -> RenderParams:
+    unknown = sorted((set(request.form) | set(request.files)) - FORM_PARTS)
+    if not request.content_type or not request.content_type.startswith("multipart/form-data"):
+        raise Problem(415, "Unsupported Media Type",
+                      "send the job as multipart/form-data with an 'image' file part and an "
+                      "optional 'params' JSON part")
+    if unknown:
+        raise invalid([{"field": name, "message": "unknown form part; expected 'image' and "
+                                                  "'params'"} for name in unknown])
+    if "params" in request.files:
+        text = request.files["params"].read().decode("utf-8", errors="replace")
+    else:
+        text = request.form.get("params", "") or "{}"
+    try:
+        raw = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise invalid([{"field": "params", "message": f"not valid JSON: {exc}"}]) from None
+    if not isinstance(raw, dict):
+        raise invalid([{"field": "params", "message": "must be a JSON object"}])
+    try:
+        return RenderParams.model_validate_json(text, strict=True)
+    except ValidationError as exc:
+        raise invalid([
+            {"field": ".".join(["params", *map(str, e["loc"])]), "message": e["msg"]}
+            for e in exc.errors()
+        ]) from None
+
+
+@blueprint.get("/<uuid:job_id>")
+def get_job(job_id: uuid.UUID) -> dict[str, Any]:
+    """The job's status, progress and resolved params."""
+    return job_json(_find(job_id))
+
+
+@blueprint.get("/<uuid:job_id>/result")
+def get_result(job_id: uuid.UUID) -> Response:
+    """The rendered PNG, once the job has succeeded."""
+    job = _find(job_id)
+    if job.status != JobStatus.SUCCEEDED or job.result_key is None:
+        detail = f"job {job_id} is {job.status.value}; its result exists once it has succeeded"
+        if job.status == JobStatus.FAILED:
+            detail += f" (it failed: {job.error})"
+        raise Problem(409, "Result not ready", detail, job_status=job.status.value)
+    data = services().storage.get(job.result_key)
+    return Response(
+        data,
+        mimetype="image/png",
+        headers={"Content-Disposition": f'inline; filename="{job_id}.png"'},
+    )
+
+
+def _find(job_id: uuid.UUID) -> Job:
+    job = db().get(Job, job_id)
+    if job is None:
+        raise Problem(404, "Job not found", f"there is no job {job_id}")
+    return job
+
+
+def job_json(job: Job) -> dict[str, Any]:
+    """The public representation of a job."""
+    return {
+        "id": str(job.id),
+        "status": job.status.value,
+        "progress": _progress(job),
+        "params": job.params,
+        "input": {"width": job.input_width, "height": job.input_height},
+        "attempt": job.attempt,
+        "created_at": _iso(job.created_at),
+        "started_at": _iso(job.started_at),
+        "finished_at": _iso(job.finished_at),
+        "error": job.error,
+        "result_url": f"/v1/jobs/{job.id}/result" if job.status == JobStatus.SUCCEEDED else None,
+    }
+
+
+def _progress(job: Job) -> dict[str, Any]:
+    base = {"fraction": 0.0, "octave": 0, "octaves": job.params.get("octaves"), "step": 0,
+            "steps": job.params.get("steps"), "tiles_done": 0, "tiles": None,
+            "eta_seconds": None}
+    return {**base, **(job.progress or {})}
+
+
+def _iso(moment: datetime | None) -> str | None:
+    if moment is None:
+        return None
+    if moment.tzinfo is None:  # SQLite keeps no zone; Oneiro stores UTC
+        moment = moment.replace(tzinfo=UTC)
+    return moment.astimezone(UTC).isoformat().replace("+00:00", "Z")

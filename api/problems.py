@@ -1,0 +1,57 @@
+"""Every error as `application/problem+json` (RFC 9457), from one exception and one handler."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from flask import Flask, Response, json
+from werkzeug.exceptions import HTTPException
+
+log = logging.getLogger(__name__)
+
+PROBLEM_JSON = "application/problem+json"
+
+
+class Problem(Exception):
+    """An error to answer with: status, a short title, and a detail a person can act on."""
+
+    def __init__(self, status: int, title: str, detail: str, **extra: Any) -> None:
+        super().__init__(detail)
+        self.status, self.title, self.detail, self.extra = status, title, detail, extra
+
+    def response(self) -> Response:
+        body = {"type": "about:blank", "title": self.title, "status": self.status,
+                "detail": self.detail, **self.extra}
+        return Response(json.dumps(body), status=self.status, mimetype=PROBLEM_JSON)
+
+
+def invalid(errors: list[dict[str, str]]) -> Problem:
+    """A 422 naming each field that is wrong: `errors` holds `{field, message}` items."""
+    detail = "; ".join(f"{e['field']}: {e['message']}" for e in errors)
+    return Problem(422, "Invalid request", detail, errors=errors)
+
+
+def register(app: Flask) -> None:
+    """Answer every error raised in `app` as problem+json."""
+
+    @app.errorhandler(Problem)
+    def _problem(problem: Problem) -> Response:
+        return problem.response()
+
+    @app.errorhandler(HTTPException)
+    def _http(exc: HTTPException) -> Response:
+        status = exc.code or 500
+        detail = exc.description or exc.name
+        if status == 413:
+            detail = (f"the request is larger than the upload limit of "
+                      f"{app.extensions['oneiro'].settings.max_upload_bytes} bytes")
+        response = Problem(status, exc.name, detail).response()
+        if status == 405 and exc.get_response().allow:
+            response.allow.update(exc.get_response().allow)
+        return response
+
+    @app.errorhandler(Exception)
+    def _unexpected(exc: Exception) -> Response:
+        log.exception("unhandled error")
+        return Problem(500, "Internal Server Error", "an unexpected error occurred").response()

@@ -1,0 +1,39 @@
+"""Database engines and sessions: one engine and one sessionmaker per process."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import Engine, create_engine, event
+from sqlalchemy.engine import make_url
+from sqlalchemy.orm import Session, sessionmaker
+
+
+def create_db_engine(url: str, **options: Any) -> Engine:
+    """An engine for `url`, tuned for many short transactions from many processes."""
+    parsed = make_url(url)
+    if parsed.get_backend_name() == "sqlite":
+        if parsed.database and parsed.database != ":memory:":
+            Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
+        engine = create_engine(url, connect_args={"timeout": 30}, **options)
+        event.listen(engine, "connect", _configure_sqlite)
+        return engine
+    # pre_ping: a worker holds its pool for hours; connections dropped by a database restart
+    # must be replaced, not handed to the next state change.
+    return create_engine(url, pool_pre_ping=True, **options)
+
+
+def _configure_sqlite(dbapi_connection: Any, _record: Any) -> None:
+    cursor = dbapi_connection.cursor()
+    # WAL lets the API read while a worker writes progress; the busy timeout makes writers
+    # from several processes wait for each other instead of failing.
+    cursor.execute("PRAGMA journal_mode=WAL")
+    cursor.execute("PRAGMA busy_timeout=30000")
+    cursor.execute("PRAGMA foreign_keys=ON")
+    cursor.close()
+
+
+def create_session_factory(engine: Engine) -> sessionmaker[Session]:
+    """The sessionmaker for `engine`; callers own each session's lifetime."""
+    return sessionmaker(bind=engine, expire_on_commit=False)

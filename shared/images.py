@@ -1,0 +1,78 @@
+"""Decoding and encoding of the images that travel through Oneiro."""
+
+from __future__ import annotations
+
+import io
+import warnings
+
+import numpy as np
+from PIL import Image, ImageOps
+
+ACCEPTED_FORMATS = ("JPEG", "PNG", "WEBP")
+
+
+class ImageRejected(ValueError):
+    """The bytes are not an image Oneiro accepts; the message says why."""
+
+
+def inspect_image(data: bytes, max_pixels: int) -> tuple[str, int, int]:
+    """Check that `data` is a whole JPEG, PNG or WebP image; return its format, width, height.
+
+    The header is read first, so an image with too many pixels is refused before its pixels
+    are decoded (a decompression bomb costs nothing).
+    """
+    if not data:
+        raise ImageRejected("the image file is empty")
+    try:
+        with Image.open(io.BytesIO(data)) as image:
+            if image.format not in ACCEPTED_FORMATS:
+                raise ImageRejected(
+                    f"unsupported image format {image.format}; send JPEG, PNG or WebP"
+                )
+            width, height = _upright_size(image)
+            if width * height > max_pixels:
+                raise ImageRejected(
+                    f"the image has {width * height} pixels ({width}x{height}); "
+                    f"the limit is {max_pixels}"
+                )
+            image.load()
+            return image.format, width, height
+    except ImageRejected:
+        raise
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
+        raise ImageRejected(f"the file is not a readable image: {exc}") from None
+
+
+def _upright_size(image: Image.Image) -> tuple[int, int]:
+    # EXIF orientations 5-8 turn the image a quarter turn.
+    orientation = image.getexif().get(0x0112, 1)
+    width, height = image.size
+    return (height, width) if orientation in (5, 6, 7, 8) else (width, height)
+
+
+def decode_rgb(data: bytes) -> np.ndarray:
+    """The image in `data` as an upright H x W x 3 uint8 RGB array (first frame if animated)."""
+    with warnings.catch_warnings():
+        # The pixel limit is enforced at submit time by inspect_image.
+        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+        with Image.open(io.BytesIO(data)) as image:
+            image.seek(0)
+            upright = ImageOps.exif_transpose(image)
+            return np.asarray(upright.convert("RGB"), dtype=np.uint8)
+
+
+def fit_within(image: np.ndarray, max_dim: int | None) -> np.ndarray:
+    """`image` scaled down (never up) so that its longer side is at most `max_dim`."""
+    height, width = image.shape[:2]
+    if max_dim is None or max(height, width) <= max_dim:
+        return image
+    scale = max_dim / max(height, width)
+    size = (max(1, round(width * scale)), max(1, round(height * scale)))
+    return np.asarray(Image.fromarray(image).resize(size, Image.Resampling.LANCZOS))
+
+
+def encode_png(image: np.ndarray) -> bytes:
+    """An H x W x 3 uint8 array as PNG bytes."""
+    buffer = io.BytesIO()
+    Image.fromarray(image).save(buffer, format="PNG")
+    return buffer.getvalue()

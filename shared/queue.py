@@ -1,0 +1,57 @@
+"""The hand-off between API and worker: one Celery configuration, one task name."""
+
+from __future__ import annotations
+
+import uuid
+
+from celery import Celery
+
+from shared.settings import Settings
+
+# The API sends by name, so it never imports the worker (or TensorFlow).
+RENDER_TASK = "oneiro.render_job"
+
+# Longer than any render may take. With the Redis transport an unacknowledged message comes back
+# after this timeout; were it shorter than a render, a second worker would start the same job.
+VISIBILITY_TIMEOUT_S = 24 * 3600
+
+
+def create_celery(settings: Settings) -> Celery:
+    """A Celery app with the settings every Oneiro process shares."""
+    app = Celery("oneiro", broker=settings.redis_url, set_as_current=False)
+    app.conf.update(
+        task_default_queue=settings.queue,
+        # The job row is the record of a job (DESIGN.md invariant 1); Celery keeps no results.
+        task_ignore_result=True,
+        result_backend=None,
+        # Acknowledge after the render: a worker that dies mid-render leaves the message to be
+        # delivered again instead of losing the job.
+        task_acks_late=True,
+        # A child killed by the OS (out of memory, segfault) also gives its message back.
+        task_reject_on_worker_lost=True,
+        # One job at a time per process: a prefetched job would wait behind an hour-long render
+        # while another GPU sits idle.
+        worker_prefetch_multiplier=1,
+        broker_transport_options={
+            "visibility_timeout": VISIBILITY_TIMEOUT_S,
+            # A Redis that stops answering must fail a publish, not hang the request.
+            "socket_timeout": settings.enqueue_timeout,
+            "socket_connect_timeout": settings.enqueue_timeout,
+        },
+        broker_connection_timeout=settings.enqueue_timeout,
+        broker_connection_retry_on_startup=True,
+        task_serializer="json",
+        accept_content=["json"],
+        worker_hijack_root_logger=False,
+    )
+    return app
+
+
+def enqueue_render(celery: Celery, job_id: uuid.UUID) -> None:
+    """Send the render message for `job_id`; raise if Redis does not take it."""
+    celery.send_task(
+        RENDER_TASK,
+        args=[str(job_id)],
+        retry=True,
+        retry_policy={"max_retries": 2, "interval_start": 0, "interval_step": 0.5},
+    )

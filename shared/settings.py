@@ -1,0 +1,69 @@
+"""One typed settings object, read from the environment."""
+
+from __future__ import annotations
+
+import functools
+from pathlib import Path
+
+from pydantic import Field, ValidationError, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class SettingsError(RuntimeError):
+    """A setting is missing or invalid; the message names the environment variable."""
+
+
+class Settings(BaseSettings):
+    """Everything a process of Oneiro reads from its environment."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="ONEIRO_", extra="ignore", frozen=True, populate_by_name=True
+    )
+
+    data_dir: Path = Path("data")
+    # DATABASE_URL and REDIS_URL are the names every hosting platform uses, so no prefix.
+    database_url: str = Field("", validation_alias="DATABASE_URL")
+    redis_url: str = Field("redis://127.0.0.1:6379/0", validation_alias="REDIS_URL")
+    storage_url: str = ""
+    weights: str = "imagenet"
+    # Whether the ImageNet weights may be downloaded into the Keras cache when missing.
+    weights_download: bool = True
+    queue: str = "gpu"
+    max_upload_bytes: int = Field(50 * 1024 * 1024, gt=0)
+    max_pixels: int = Field(64 * 1024 * 1024, gt=0)
+    # Seconds between progress writes to the job row: often enough to look smooth, rare enough
+    # that a thousand workers do not hammer the database.
+    progress_interval: float = Field(1.0, ge=0)
+    # How long the API waits for Redis when enqueueing before it gives up and leaves the job to
+    # the relay; a submit must not hang because Redis does.
+    enqueue_timeout: float = Field(3.0, gt=0)
+
+    @model_validator(mode="after")
+    def _derive_defaults(self) -> Settings:
+        if not self.database_url:
+            object.__setattr__(self, "database_url", f"sqlite:///{self.data_dir / 'oneiro.db'}")
+        if not self.storage_url:
+            object.__setattr__(self, "storage_url", str(self.data_dir / "storage"))
+        return self
+
+
+_ENV_NAMES = {"database_url": "DATABASE_URL", "redis_url": "REDIS_URL"}
+
+
+def load_settings(**overrides: object) -> Settings:
+    """Build settings from the environment (and overrides), naming the variable on error."""
+    try:
+        return Settings(**overrides)  # type: ignore[arg-type]
+    except ValidationError as exc:
+        problems = []
+        for error in exc.errors():
+            field = str(error["loc"][0]) if error["loc"] else "?"
+            name = _ENV_NAMES.get(field, f"ONEIRO_{field.upper()}")
+            problems.append(f"{name}: {error['msg']}")
+        raise SettingsError("invalid settings: " + "; ".join(problems)) from None
+
+
+@functools.cache
+def get_settings() -> Settings:
+    """The process-wide settings, read once."""
+    return load_settings()

@@ -1,0 +1,85 @@
+"""Where inputs and results live: one interface, one backend per URL scheme."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+from typing import Protocol
+from urllib.parse import urlparse
+
+
+class StorageError(RuntimeError):
+    """A stored object is missing or cannot be written."""
+
+
+class ObjectNotFound(StorageError):
+    """No object is stored under the key."""
+
+
+class Storage(Protocol):
+    """A flat key -> bytes store. Keys are relative paths such as `inputs/<id>.png`."""
+
+    def put(self, key: str, data: bytes) -> None:
+        """Store `data` under `key` atomically: readers see the old or the new object."""
+
+    def get(self, key: str) -> bytes:
+        """The bytes under `key`; ObjectNotFound if there are none."""
+
+    def exists(self, key: str) -> bool:
+        """Whether an object is stored under `key`."""
+
+    def delete(self, key: str) -> None:
+        """Remove the object under `key`, if any."""
+
+
+class FileStorage:
+    """Objects as files under a root directory."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+
+    def _path(self, key: str) -> Path:
+        path = (self.root / key).resolve()
+        if not path.is_relative_to(self.root.resolve()) or not key:
+            raise StorageError(f"invalid storage key: {key!r}")
+        return path
+
+    def put(self, key: str, data: bytes) -> None:
+        path = self._path(key)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        # Write to a temporary name in the same directory, then rename: a crash leaves either
+        # the old object or the new one (DESIGN.md invariant 4).
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+        try:
+            with os.fdopen(fd, "wb") as file:
+                file.write(data)
+                file.flush()
+                os.fsync(file.fileno())
+            os.replace(tmp, path)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+
+    def get(self, key: str) -> bytes:
+        try:
+            return self._path(key).read_bytes()
+        except FileNotFoundError:
+            raise ObjectNotFound(f"no stored object {key!r}") from None
+
+    def exists(self, key: str) -> bool:
+        return self._path(key).is_file()
+
+    def delete(self, key: str) -> None:
+        self._path(key).unlink(missing_ok=True)
+
+
+def open_storage(url: str) -> Storage:
+    """The storage backend for `url`: a directory path or `file://` URL."""
+    parsed = urlparse(url)
+    if parsed.scheme in ("", "file"):
+        return FileStorage(Path(parsed.path if parsed.scheme else url))
+    raise StorageError(
+        f"ONEIRO_STORAGE_URL: unsupported storage scheme {parsed.scheme!r}; "
+        "use a directory path or a file:// URL"
+    )

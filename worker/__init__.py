@@ -1,0 +1,1 @@
+"""The Celery worker: thin tasks around the DeepDream engine."""

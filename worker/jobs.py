@@ -1,0 +1,179 @@
+"""State changes of a job as seen by a worker: each one a short, conditional transaction."""
+
+from __future__ import annotations
+
+import logging
+import time
+import uuid
+from typing import Any
+
+from sqlalchemy import update
+from sqlalchemy.orm import Session
+
+from shared.images import decode_rgb, encode_png, fit_within
+from shared.models import Job, JobStatus, utcnow
+from shared.params import RenderParams
+from shared.storage import ObjectNotFound, StorageError
+from worker.runtime import Runtime
+
+log = logging.getLogger(__name__)
+
+
+class LostJob(Exception):
+    """The job is no longer this worker's to write (canceled, or handed to another attempt)."""
+
+
+def claim_job(session: Session, job_id: uuid.UUID, worker: str) -> int | None:
+    """Move a queued job to running; return the new attempt number, or None if another won."""
+    now = utcnow()
+    claimed = session.execute(
+        update(Job)
+        .where(Job.id == job_id, Job.status == JobStatus.QUEUED)
+        .values(
+            status=JobStatus.RUNNING,
+            attempt=Job.attempt + 1,
+            worker=worker,
+            started_at=now,
+            heartbeat_at=now,
+            error=None,
+        )
+        .execution_options(synchronize_session=False)
+    )
+    if claimed.rowcount != 1:
+        return None
+    return session.get_one(Job, job_id, populate_existing=True).attempt
+
+
+def _update_running(session: Session, job_id: uuid.UUID, attempt: int, **values: Any) -> None:
+    # Fenced on the attempt: a worker that lost its claim cannot overwrite a newer attempt.
+    changed = session.execute(
+        update(Job)
+        .where(Job.id == job_id, Job.status == JobStatus.RUNNING, Job.attempt == attempt)
+        .values(**values)
+        .execution_options(synchronize_session=False)
+    )
+    if changed.rowcount != 1:
+        raise LostJob(f"job {job_id} attempt {attempt} is no longer running here")
+
+
+def run_job(job_id: uuid.UUID, runtime: Runtime) -> JobStatus | None:
+    """Claim, render, store and record one job. Safe to call twice: a second call does nothing.
+
+    Returns the job's final status, or None when the claim was lost.
+    """
+    with runtime.sessions.begin() as session:
+        attempt = claim_job(session, job_id, runtime.name)
+    if attempt is None:
+        log.info("job %s is not queued; nothing to do", job_id)
+        return None
+    log.info("job %s attempt %d claimed by %s", job_id, attempt, runtime.name)
+    try:
+        result_key = _render(job_id, attempt, runtime)
+    except LostJob as exc:
+        log.warning("%s", exc)
+        return None
+    except Exception as exc:
+        log.exception("job %s failed", job_id)
+        return _fail(runtime, job_id, attempt, _readable(exc))
+    with runtime.sessions.begin() as session:
+        _update_running(
+            session,
+            job_id,
+            attempt,
+            status=JobStatus.SUCCEEDED,
+            result_key=result_key,
+            finished_at=utcnow(),
+            progress=_finished_progress(session, job_id),
+        )
+    log.info("job %s succeeded", job_id)
+    return JobStatus.SUCCEEDED
+
+
+def _render(job_id: uuid.UUID, attempt: int, runtime: Runtime) -> str:
+    with runtime.sessions() as session:
+        job = session.get_one(Job, job_id)
+        params = RenderParams.model_validate(job.params)
+        input_key = job.input_key
+    try:
+        image = fit_within(decode_rgb(runtime.storage.get(input_key)), params.max_dim)
+    except ObjectNotFound:
+        raise StorageError(
+            f"the input image of this job is missing from storage ({input_key})"
+        ) from None
+    # Imported here: TensorFlow loads in the process that renders, never in Celery's parent.
+    from worker.engine import render
+
+    model = runtime.dream_model(params.layers)
+    dreamed = render(image, params, model, on_progress=ProgressReporter(runtime, job_id, attempt))
+    result_key = f"results/{job_id}.png"
+    runtime.storage.put(result_key, encode_png(dreamed))
+    return result_key
+
+
+class ProgressReporter:
+    """Writes engine progress into the job row, at most once per interval and at octave ends."""
+
+    def __init__(self, runtime: Runtime, job_id: uuid.UUID, attempt: int) -> None:
+        self.runtime, self.job_id, self.attempt = runtime, job_id, attempt
+        self.interval = runtime.settings.progress_interval
+        self.last_write = float("-inf")
+
+    def __call__(self, progress: Any) -> None:
+        now = time.monotonic()
+        octave_end = progress.step == progress.steps
+        if now - self.last_write < self.interval and not octave_end:
+            return
+        self.last_write = now
+        with self.runtime.sessions.begin() as session:
+            _update_running(
+                session,
+                self.job_id,
+                self.attempt,
+                progress=progress_json(progress),
+                heartbeat_at=utcnow(),
+            )
+
+
+def progress_json(progress: Any) -> dict[str, Any]:
+    """The job row's `progress` for an engine Progress."""
+    return {
+        "fraction": round(progress.fraction, 6),
+        "octave": progress.octave,
+        "octaves": progress.octaves,
+        "step": progress.step,
+        "steps": progress.steps,
+        "tiles_done": progress.tiles_done,
+        "tiles": progress.tiles,
+        "eta_seconds": None if progress.eta_seconds is None else round(progress.eta_seconds, 1),
+    }
+
+
+def _finished_progress(session: Session, job_id: uuid.UUID) -> dict[str, Any]:
+    progress = dict(session.get_one(Job, job_id).progress or {})
+    progress.update(fraction=1.0, eta_seconds=0.0)
+    return progress
+
+
+def _fail(runtime: Runtime, job_id: uuid.UUID, attempt: int, message: str) -> JobStatus | None:
+    try:
+        with runtime.sessions.begin() as session:
+            _update_running(
+                session,
+                job_id,
+                attempt,
+                status=JobStatus.FAILED,
+                error=message,
+                finished_at=utcnow(),
+            )
+    except LostJob as exc:
+        log.warning("%s", exc)
+        return None
+    return JobStatus.FAILED
+
+
+def _readable(exc: Exception) -> str:
+    from worker.engine import WeightsUnavailable
+
+    if isinstance(exc, WeightsUnavailable | StorageError):
+        return str(exc)
+    return f"render failed: {type(exc).__name__}: {exc}"

@@ -1,0 +1,50 @@
+"""What a worker process holds for its lifetime: settings, database, storage, dream models."""
+
+from __future__ import annotations
+
+import functools
+import os
+import socket
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from sqlalchemy.orm import Session, sessionmaker
+
+from shared.db import create_db_engine, create_session_factory
+from shared.settings import Settings, get_settings
+from shared.storage import Storage, open_storage
+
+if TYPE_CHECKING:
+    from worker.engine import DreamModel
+
+
+@dataclass(frozen=True)
+class Runtime:
+    settings: Settings
+    sessions: sessionmaker[Session]
+    storage: Storage
+    name: str
+
+    def dream_model(self, layers: tuple[str, ...]) -> DreamModel:
+        """The dream model for `layers`, built once per process (loading weights takes seconds)."""
+        return _dream_model(self.settings.weights, layers, self.settings.weights_download)
+
+
+@functools.cache
+def get_runtime() -> Runtime:
+    """This process's runtime, made on first use: after the fork, never before it."""
+    settings = get_settings()
+    return Runtime(
+        settings=settings,
+        sessions=create_session_factory(create_db_engine(settings.database_url)),
+        storage=open_storage(settings.storage_url),
+        name=f"{socket.gethostname()}:{os.getpid()}",
+    )
+
+
+@functools.lru_cache(maxsize=4)
+def _dream_model(weights: str, layers: tuple[str, ...], allow_download: bool) -> DreamModel:
+    # TensorFlow is imported here, in the process that renders, never in Celery's parent.
+    from worker.engine import load_dream_model
+
+    return load_dream_model(weights, layers, allow_download=allow_download)
