@@ -6,6 +6,7 @@ from dataclasses import dataclass
 
 from celery import Celery
 from flask import Flask
+from sqlalchemy import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
 from shared.db import create_db_engine, create_session_factory
@@ -22,6 +23,7 @@ class Services:
     """What every request handler reaches: settings, database, storage, queue."""
 
     settings: Settings
+    engine: Engine
     sessions: sessionmaker[Session]
     storage: Storage
     celery: Celery
@@ -35,9 +37,11 @@ def create_app(settings: Settings | None = None) -> Flask:
     app = Flask(__name__)
     app.config["MAX_CONTENT_LENGTH"] = settings.max_upload_bytes + MULTIPART_OVERHEAD
     app.json.sort_keys = False  # type: ignore[attr-defined]
+    engine = create_db_engine(settings.database_url)
     app.extensions["oneiro"] = Services(
         settings=settings,
-        sessions=create_session_factory(create_db_engine(settings.database_url)),
+        engine=engine,
+        sessions=create_session_factory(engine),
         storage=open_storage(settings.storage_url),
         celery=create_celery(settings),
     )

@@ -52,8 +52,9 @@ def submit_job() -> tuple[dict[str, Any], int, dict[str, str]]:
     params = _read_params()
     upload = request.files.get("image")
     if upload is None:
-        raise invalid([{"field": "image", "message": "a multipart file part named 'image' is "
-                                                     "required"}])
+        raise invalid(
+            [{"field": "image", "message": "a multipart file part named 'image' is required"}]
+        )
     data = upload.read()
     try:
         image_format, width, height = inspect_image(data, svc.settings.max_pixels)
@@ -92,12 +93,19 @@ def submit_job() -> tuple[dict[str, Any], int, dict[str, str]]:
 def _read_params() -> RenderParams:
     unknown = sorted((set(request.form) | set(request.files)) - FORM_PARTS)
     if not request.content_type or not request.content_type.startswith("multipart/form-data"):
-        raise Problem(415, "Unsupported Media Type",
-                      "send the job as multipart/form-data with an 'image' file part and an "
-                      "optional 'params' JSON part")
+        raise Problem(
+            415,
+            "Unsupported Media Type",
+            "send the job as multipart/form-data with an 'image' file part and an "
+            "optional 'params' JSON part",
+        )
     if unknown:
-        raise invalid([{"field": name, "message": "unknown form part; expected 'image' and "
-                                                  "'params'"} for name in unknown])
+        raise invalid(
+            [
+                {"field": name, "message": "unknown form part; expected 'image' and 'params'"}
+                for name in unknown
+            ]
+        )
     if "params" in request.files:
         text = request.files["params"].read().decode("utf-8", errors="replace")
     else:
@@ -111,10 +119,12 @@ def _read_params() -> RenderParams:
     try:
         return RenderParams.model_validate_json(text, strict=True)
     except ValidationError as exc:
-        raise invalid([
-            {"field": ".".join(["params", *map(str, e["loc"])]), "message": e["msg"]}
-            for e in exc.errors()
-        ]) from None
+        raise invalid(
+            [
+                {"field": ".".join(["params", *map(str, e["loc"])]), "message": e["msg"]}
+                for e in exc.errors()
+            ]
+        ) from None
 
 
 @blueprint.get("/<uuid:job_id>")
@@ -165,9 +175,16 @@ def job_json(job: Job) -> dict[str, Any]:
 
 
 def _progress(job: Job) -> dict[str, Any]:
-    base = {"fraction": 0.0, "octave": 0, "octaves": job.params.get("octaves"), "step": 0,
-            "steps": job.params.get("steps"), "tiles_done": 0, "tiles": None,
-            "eta_seconds": None}
+    base = {
+        "fraction": 0.0,
+        "octave": 0,
+        "octaves": job.params.get("octaves"),
+        "step": 0,
+        "steps": job.params.get("steps"),
+        "tiles_done": 0,
+        "tiles": None,
+        "eta_seconds": None,
+    }
     return {**base, **(job.progress or {})}
 
 

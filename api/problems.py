@@ -21,8 +21,13 @@ class Problem(Exception):
         self.status, self.title, self.detail, self.extra = status, title, detail, extra
 
     def response(self) -> Response:
-        body = {"type": "about:blank", "title": self.title, "status": self.status,
-                "detail": self.detail, **self.extra}
+        body = {
+            "type": "about:blank",
+            "title": self.title,
+            "status": self.status,
+            "detail": self.detail,
+            **self.extra,
+        }
         return Response(json.dumps(body), status=self.status, mimetype=PROBLEM_JSON)
 
 
@@ -44,8 +49,10 @@ def register(app: Flask) -> None:
         status = exc.code or 500
         detail = exc.description or exc.name
         if status == 413:
-            detail = (f"the request is larger than the upload limit of "
-                      f"{app.extensions['oneiro'].settings.max_upload_bytes} bytes")
+            detail = (
+                f"the request is larger than the upload limit of "
+                f"{app.extensions['oneiro'].settings.max_upload_bytes} bytes"
+            )
         response = Problem(status, exc.name, detail).response()
         if status == 405 and exc.get_response().allow:
             response.allow.update(exc.get_response().allow)

@@ -44,8 +44,9 @@ def render(
     height, width = image.shape[:2]
     rng = np.random.default_rng(params.seed)
     shapes = octave_shapes(height, width, params.octaves, params.octave_scale, model.min_side)
-    tile_counts = [len(tile_grid(h, params.tile_size)) * len(tile_grid(w, params.tile_size))
-                   for h, w in shapes]
+    tile_counts = [
+        len(tile_grid(h, params.tile_size)) * len(tile_grid(w, params.tile_size)) for h, w in shapes
+    ]
     # Work is weighted by pixels: a step on the largest octave costs more than on the smallest.
     work = [h * w * params.steps for h, w in shapes]
     total_work, done_work = float(sum(work)), 0.0
@@ -107,8 +108,10 @@ def tile_grid(length: int, tile: int) -> list[tuple[int, int, int]]:
     """
     if length <= tile:
         return [(0, length, 0)]
-    return [(start, min(start + tile, length), min(start, length - tile))
-            for start in range(0, length, tile)]
+    return [
+        (start, min(start + tile, length), min(start, length - tile))
+        for start in range(0, length, tile)
+    ]
 
 
 def tiled_gradient(
@@ -117,18 +120,25 @@ def tiled_gradient(
     """The normalized gradient of the dream loss over the whole image, computed tile by tile.
 
     The image is rolled by a random offset first, so tile seams fall elsewhere at every step.
+    Each tile is seen with a margin of context around it: the model's valid-padded, strided
+    convolutions give no gradient to the last few rows and columns of what they see, so those
+    must fall in the margin, not in the tile.
     """
     height, width = image.shape[:2]
     shift = (int(rng.integers(height)), int(rng.integers(width)))
-    rolled = np.roll(image, shift, axis=(0, 1))
-    gradient = np.empty_like(rolled)
-    rows, cols = tile_grid(height, tile), tile_grid(width, tile)
-    window_h, window_w = min(tile, height), min(tile, width)
+    margin = model.margin
+    # The rolled image is a torus: its margins wrap around, as the roll itself does.
+    padded = np.pad(
+        np.roll(image, shift, axis=(0, 1)), ((margin, margin), (margin, margin), (0, 0)), "wrap"
+    )
+    gradient = np.empty_like(image)
+    window_h, window_w = min(tile, height) + 2 * margin, min(tile, width) + 2 * margin
     losses = []
-    for y0, y1, wy in rows:
-        for x0, x1, wx in cols:
-            grad, loss = model.gradient(rolled[wy:wy + window_h, wx:wx + window_w])
-            gradient[y0:y1, x0:x1] = grad[y0 - wy:y1 - wy, x0 - wx:x1 - wx]
+    for y0, y1, wy in tile_grid(height, tile):
+        for x0, x1, wx in tile_grid(width, tile):
+            grad, loss = model.gradient(padded[wy : wy + window_h, wx : wx + window_w])
+            inner = grad[margin + y0 - wy : margin + y1 - wy, margin + x0 - wx : margin + x1 - wx]
+            gradient[y0:y1, x0:x1] = inner
             losses.append(loss)
     gradient = np.roll(gradient, (-shift[0], -shift[1]), axis=(0, 1))
     gradient /= gradient.std() + 1e-8
@@ -145,7 +155,3 @@ def resize(image: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
         for c in range(image.shape[2])
     ]
     return np.stack(channels, axis=-1).astype(np.float32, copy=False)
-
-
-
-

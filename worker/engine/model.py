@@ -26,6 +26,9 @@ DOWNLOAD_TIMEOUT_S = 60.0
 
 # Smallest input side for which InceptionV3 still produces every mixed layer.
 INCEPTION_V3_MIN_SIDE = 75
+# Context around each tile. InceptionV3's valid-padded stride-2 layers give no gradient to the
+# last rows and columns of an input (up to 4 measured at mixed5); 16 covers them with room.
+INCEPTION_V3_MARGIN = 16
 
 HOW_TO_PROVIDE = (
     "Provide them offline: set ONEIRO_WEIGHTS to the path of a Keras InceptionV3 weights file "
@@ -44,6 +47,7 @@ class DreamModel:
 
     layers: tuple[str, ...]
     min_side: int
+    margin: int
     # tile (H x W x 3 float32 in [-1, 1]) -> (gradient of the loss, loss)
     gradient: Callable[[np.ndarray], tuple[np.ndarray, float]]
 
@@ -73,7 +77,9 @@ def load_dream_model(
         ) from exc
     outputs = [backbone.get_layer(name).output for name in layers]
     dream = keras.Model(backbone.input, outputs)
-    return DreamModel(tuple(layers), INCEPTION_V3_MIN_SIDE, make_gradient_fn(dream))
+    return DreamModel(
+        tuple(layers), INCEPTION_V3_MIN_SIDE, INCEPTION_V3_MARGIN, make_gradient_fn(dream)
+    )
 
 
 def _imagenet_weights(allow_download: bool) -> Path:

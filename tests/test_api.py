@@ -1,0 +1,250 @@
+"""The HTTP API against a real database (SQLite and PostgreSQL) and a real Redis."""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import redis
+from flask.testing import FlaskClient
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session
+
+from api import create_app
+from shared.models import Job, JobStatus
+from shared.settings import Settings
+from shared.storage import Storage
+from tests.conftest import free_port
+from tests.utils import CHELSEA, image_bytes, make_job
+
+
+def submit(client: FlaskClient, image: bytes | None, params: Any = None, **parts: Any) -> Any:
+    data: dict[str, Any] = dict(parts)
+    if image is not None:
+        data["image"] = (io.BytesIO(image), "upload")
+    if params is not None:
+        data["params"] = params if isinstance(params, str) else json.dumps(params)
+    return client.post("/v1/jobs", data=data, content_type="multipart/form-data")
+
+
+def queued_job_ids(settings: Settings) -> list[str]:
+    """The job ids in the Celery messages waiting on this test's queue."""
+    client = redis.Redis.from_url(settings.redis_url)
+    messages = client.lrange(settings.queue, 0, -1)
+    client.close()
+    return [json.loads(base64.b64decode(json.loads(m)["body"]))[0][0] for m in messages]
+
+
+def stored_files(settings: Settings) -> list[Path]:
+    root = Path(settings.storage_url)
+    return [p for p in root.rglob("*") if p.is_file()] if root.exists() else []
+
+
+def assert_problem(response: Any, status: int) -> dict[str, Any]:
+    assert response.status_code == status, response.get_data(as_text=True)
+    assert response.content_type == "application/problem+json"
+    body = response.get_json(force=True)
+    assert body["status"] == status and body["title"] and body["detail"]
+    return body  # type: ignore[no-any-return]
+
+
+def test_submit_stores_commits_and_enqueues(
+    client: FlaskClient, session: Session, settings: Settings, storage: Storage
+) -> None:
+    response = submit(client, CHELSEA.read_bytes(), {"steps": 3, "max_dim": 128, "seed": 5})
+
+    assert response.status_code == 202
+    body = response.get_json()
+    job_id = uuid.UUID(body["id"])
+    assert job_id.version == 4
+    assert response.headers["Location"] == f"/v1/jobs/{job_id}"
+    assert body["status"] == "queued"
+    assert body["params"] == {
+        "steps": 3,
+        "step_size": 0.01,
+        "octaves": 5,
+        "octave_scale": 1.3,
+        "layers": ["mixed3", "mixed5"],
+        "seed": 5,
+        "max_dim": 128,
+        "tile_size": 512,
+    }
+    assert body["input"] == {"width": 451, "height": 300}
+    assert body["progress"]["fraction"] == 0.0
+    assert body["result_url"] is None
+
+    job = session.get_one(Job, job_id)
+    assert job.status == JobStatus.QUEUED
+    assert storage.get(job.input_key) == CHELSEA.read_bytes()
+    assert queued_job_ids(settings) == [str(job_id)]
+
+
+def test_submit_resolves_a_seed_when_none_is_given(client: FlaskClient) -> None:
+    first = submit(client, image_bytes()).get_json()["params"]["seed"]
+    second = submit(client, image_bytes()).get_json()["params"]["seed"]
+    assert isinstance(first, int) and isinstance(second, int) and first != second
+
+
+def test_params_may_come_as_a_json_file_part(client: FlaskClient) -> None:
+    params = (io.BytesIO(b'{"steps": 4}'), "params.json", "application/json")
+    response = client.post(
+        "/v1/jobs", data={"image": (io.BytesIO(image_bytes()), "a.png"), "params": params}
+    )
+    assert response.status_code == 202
+    assert response.get_json()["params"]["steps"] == 4
+
+
+@pytest.mark.parametrize("fmt", ["JPEG", "PNG", "WEBP"])
+def test_accepts_jpeg_png_webp(client: FlaskClient, fmt: str) -> None:
+    response = submit(client, image_bytes((80, 60), fmt))
+    assert response.status_code == 202
+    assert response.get_json()["input"] == {"width": 80, "height": 60}
+
+
+@pytest.mark.parametrize(
+    ("params", "field"),
+    [
+        ({"steps": 0}, "params.steps"),
+        ({"steps": 5000}, "params.steps"),
+        ({"steps": "5"}, "params.steps"),
+        ({"step_size": -1}, "params.step_size"),
+        ({"octaves": 0}, "params.octaves"),
+        ({"octave_scale": 0.5}, "params.octave_scale"),
+        ({"layers": ["mixed3", "fc1000"]}, "params.layers"),
+        ({"layers": []}, "params.layers"),
+        ({"seed": -3}, "params.seed"),
+        ({"max_dim": 4}, "params.max_dim"),
+        ({"colour": "blue"}, "params.colour"),
+        ("{not json", "params"),
+        ("[1, 2]", "params"),
+    ],
+)
+def test_bad_params_are_422_naming_the_field_and_change_nothing(
+    client: FlaskClient, session: Session, settings: Settings, params: Any, field: str
+) -> None:
+    body = assert_problem(submit(client, image_bytes(), params), 422)
+
+    assert field in [error["field"] for error in body["errors"]]
+    assert field in body["detail"]
+    assert session.scalar(select(func.count()).select_from(Job)) == 0
+    assert stored_files(settings) == []
+    assert queued_job_ids(settings) == []
+
+
+@pytest.mark.parametrize(
+    ("image", "words"),
+    [
+        (b"", "empty"),
+        (b"this is not an image at all", "not a readable image"),
+        (image_bytes((200, 200), "JPEG")[:300], "not a readable image"),
+        (image_bytes((40, 40), "GIF", "P"), "unsupported image format GIF"),
+        (None, "required"),
+    ],
+    ids=["empty", "text", "truncated", "gif", "missing"],
+)
+def test_bad_images_are_422_and_change_nothing(
+    client: FlaskClient, session: Session, settings: Settings, image: bytes | None, words: str
+) -> None:
+    body = assert_problem(submit(client, image), 422)
+
+    assert body["errors"][0]["field"] == "image"
+    assert words in body["detail"]
+    assert session.scalar(select(func.count()).select_from(Job)) == 0
+    assert stored_files(settings) == []
+    assert queued_job_ids(settings) == []
+
+
+def test_unknown_form_parts_are_422(client: FlaskClient) -> None:
+    body = assert_problem(submit(client, image_bytes(), None, colour="blue"), 422)
+    assert body["errors"][0]["field"] == "colour"
+
+
+def test_non_multipart_is_415(client: FlaskClient) -> None:
+    assert_problem(client.post("/v1/jobs", json={"steps": 3}), 415)
+
+
+def test_upload_over_the_limit_is_413(client: FlaskClient, settings: Settings) -> None:
+    # A raw body: the test client would otherwise spool the upload to a file of its own.
+    boundary = "oneiro-test-boundary"
+    body = (
+        f'--{boundary}\r\nContent-Disposition: form-data; name="image"; filename="a.png"\r\n\r\n'
+    ).encode() + b"\0" * (settings.max_upload_bytes + 128 * 1024)
+    response = client.post(
+        "/v1/jobs", data=body, content_type=f"multipart/form-data; boundary={boundary}"
+    )
+    body = assert_problem(response, 413)
+    assert str(settings.max_upload_bytes) in body["detail"]
+
+
+def test_status_of_unknown_and_malformed_ids_is_404(client: FlaskClient) -> None:
+    body = assert_problem(client.get(f"/v1/jobs/{uuid.uuid4()}"), 404)
+    assert "no job" in body["detail"]
+    assert_problem(client.get("/v1/jobs/not-a-uuid"), 404)
+
+
+def test_status_reports_progress_and_timestamps(
+    client: FlaskClient, session: Session, storage: Storage
+) -> None:
+    job = make_job(
+        session,
+        storage,
+        status=JobStatus.RUNNING,
+        attempt=1,
+        progress={"fraction": 0.25, "octave": 1, "octaves": 2, "step": 1, "steps": 2},
+    )
+
+    body = client.get(f"/v1/jobs/{job.id}").get_json()
+
+    assert body["status"] == "running"
+    assert body["progress"]["fraction"] == 0.25
+    assert body["progress"]["octave"] == 1 and body["progress"]["steps"] == 2
+    assert body["created_at"].endswith("Z")
+    assert body["error"] is None and body["result_url"] is None
+
+
+@pytest.mark.parametrize("status", [JobStatus.QUEUED, JobStatus.RUNNING, JobStatus.FAILED])
+def test_result_is_409_until_succeeded(
+    client: FlaskClient, session: Session, storage: Storage, status: JobStatus
+) -> None:
+    job = make_job(session, storage, status=status, error="boom" if status == "failed" else None)
+    body = assert_problem(client.get(f"/v1/jobs/{job.id}/result"), 409)
+    assert body["job_status"] == status.value
+
+
+def test_result_of_a_succeeded_job_is_its_png(
+    client: FlaskClient, session: Session, storage: Storage
+) -> None:
+    png = image_bytes((30, 20))
+    storage.put("results/x.png", png)
+    job = make_job(session, storage, status=JobStatus.SUCCEEDED, result_key="results/x.png")
+
+    status = client.get(f"/v1/jobs/{job.id}").get_json()
+    response = client.get(status["result_url"])
+
+    assert response.status_code == 200
+    assert response.content_type == "image/png"
+    assert response.data == png
+
+
+def test_submit_with_redis_down_still_records_the_job(
+    app_without_redis: FlaskClient, session: Session
+) -> None:
+    response = submit(app_without_redis, image_bytes())
+    assert response.status_code == 202
+    # Committed before the enqueue failed: the relay can find it; nothing is lost.
+    assert session.get_one(Job, uuid.UUID(response.get_json()["id"])).status == JobStatus.QUEUED
+
+
+@pytest.fixture
+def app_without_redis(settings: Settings) -> Iterator[FlaskClient]:
+    dead = settings.model_copy(update={"redis_url": f"redis://127.0.0.1:{free_port()}/0"})
+    app = create_app(dead)
+    yield app.test_client()
+    app.extensions["oneiro"].engine.dispose()
+    app.extensions["oneiro"].celery.close()
