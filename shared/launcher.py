@@ -45,6 +45,9 @@ def main() -> int:
                 API_BIND,
                 "--workers",
                 "2",
+                # gunicorn 25+ opens a control socket at one fixed path per user by default,
+                # so two services on one machine would fight over it.
+                "--no-control-socket",
                 "--access-logfile",
                 "-",
                 "api:create_app()",

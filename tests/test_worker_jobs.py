@@ -1,0 +1,136 @@
+"""The job runner in-process: claim, render, store, record; against real databases."""
+
+from __future__ import annotations
+
+import io
+import uuid
+
+import pytest
+from PIL import Image
+from sqlalchemy.orm import Session, sessionmaker
+
+from shared.models import Job, JobStatus
+from shared.settings import Settings
+from shared.storage import Storage
+from worker.jobs import LostJob, ProgressReporter, claim_job, run_job
+from worker.runtime import Runtime
+from tests.utils import image_bytes, make_job
+
+
+@pytest.fixture
+def runtime(settings: Settings, sessions: sessionmaker[Session], storage: Storage) -> Runtime:
+    return Runtime(settings=settings, sessions=sessions, storage=storage, name="test-worker")
+
+
+def reload(session: Session, job: Job) -> Job:
+    session.expire_all()
+    return session.get_one(Job, job.id)
+
+
+def test_a_job_runs_to_success(runtime: Runtime, session: Session, storage: Storage) -> None:
+    job = make_job(
+        session,
+        storage,
+        image=image_bytes((100, 80)),
+        params={"steps": 2, "octaves": 2, "seed": 1, "max_dim": 90},
+    )
+
+    assert run_job(job.id, runtime) == JobStatus.SUCCEEDED
+
+    done = reload(session, job)
+    assert done.status == JobStatus.SUCCEEDED
+    assert done.attempt == 1 and done.worker == "test-worker"
+    assert done.started_at is not None and done.finished_at is not None
+    assert done.progress["fraction"] == 1.0 and done.progress["octaves"] == 2
+    with Image.open(io.BytesIO(storage.get(done.result_key or ""))) as result:
+        assert result.format == "PNG" and result.size == (90, 72)
+
+
+def test_a_redelivered_job_is_not_rendered_again(
+    runtime: Runtime, session: Session, storage: Storage, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    job = make_job(session, storage)
+    renders = []
+    original = Runtime.dream_model
+    monkeypatch.setattr(
+        Runtime,
+        "dream_model",
+        lambda self, layers: renders.append(layers) or original(self, layers),
+    )
+
+    assert run_job(job.id, runtime) == JobStatus.SUCCEEDED
+    finished = reload(session, job).finished_at
+    assert run_job(job.id, runtime) is None
+
+    again = reload(session, job)
+    assert len(renders) == 1
+    assert again.attempt == 1 and again.finished_at == finished
+
+
+def test_only_one_of_two_claims_wins(
+    sessions: sessionmaker[Session], session: Session, storage: Storage
+) -> None:
+    job = make_job(session, storage)
+    with sessions.begin() as first:
+        won = claim_job(first, job.id, "a")
+    with sessions.begin() as second:
+        lost = claim_job(second, job.id, "b")
+    assert won == 1 and lost is None
+    assert reload(session, job).worker == "a"
+
+
+def test_an_unknown_job_id_does_nothing(runtime: Runtime) -> None:
+    assert run_job(uuid.uuid4(), runtime) is None
+
+
+def test_a_missing_input_fails_the_job_readably(
+    runtime: Runtime, session: Session, storage: Storage
+) -> None:
+    job = make_job(session, storage)
+    storage.delete(job.input_key)
+
+    assert run_job(job.id, runtime) == JobStatus.FAILED
+
+    failed = reload(session, job)
+    assert failed.status == JobStatus.FAILED and failed.finished_at is not None
+    assert failed.error == f"the input image of this job is missing from storage ({job.input_key})"
+
+
+def test_unavailable_weights_fail_the_job_with_advice(
+    settings: Settings, sessions: sessionmaker[Session], session: Session, storage: Storage
+) -> None:
+    missing = settings.model_copy(update={"weights": "/nowhere/inception.h5"})
+    runtime = Runtime(settings=missing, sessions=sessions, storage=storage, name="w")
+    job = make_job(session, storage)
+
+    assert run_job(job.id, runtime) == JobStatus.FAILED
+
+    error = reload(session, job).error or ""
+    assert "/nowhere/inception.h5" in error and "ONEIRO_WEIGHTS" in error
+
+
+def test_a_worker_that_lost_its_claim_cannot_write(
+    runtime: Runtime, session: Session, storage: Storage
+) -> None:
+    job = make_job(session, storage, status=JobStatus.RUNNING, attempt=2)
+    stale = ProgressReporter(runtime, job.id, attempt=1)
+
+    with pytest.raises(LostJob):
+        stale(_progress())
+    assert reload(session, job).progress == {}
+
+
+def _progress() -> object:
+    from worker.engine import Progress
+
+    return Progress(
+        fraction=0.5,
+        octave=1,
+        octaves=2,
+        step=1,
+        steps=1,
+        tiles_done=1,
+        tiles=2,
+        eta_seconds=1.0,
+        loss=0.1,
+    )
