@@ -12,9 +12,9 @@ from sqlalchemy.orm import Session, sessionmaker
 from shared.models import Job, JobStatus
 from shared.settings import Settings
 from shared.storage import Storage
+from tests.utils import image_bytes, make_job
 from worker.jobs import LostJob, ProgressReporter, claim_job, run_job
 from worker.runtime import Runtime
-from tests.utils import image_bytes, make_job
 
 
 @pytest.fixture
