@@ -1,0 +1,66 @@
+"""docker-compose.yml cannot be run here (no Docker engine), so its promises are checked by reading."""
+
+from __future__ import annotations
+
+import importlib
+import shutil
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from tests.conftest import ROOT
+
+COMPOSE = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
+PROJECT_SERVICES = ["migrate", "api", "worker"]
+
+
+def service(name: str) -> dict[str, Any]:
+    return COMPOSE["services"][name]  # type: ignore[no-any-return]
+
+
+@pytest.mark.parametrize("name", PROJECT_SERVICES)
+def test_project_commands_exist(name: str) -> None:
+    command = service(name)["command"]
+    executable = Path(sys.executable).parent / command[0]
+    assert executable.exists() or shutil.which(command[0]), f"{command[0]} is not installed"
+    if command[0] == "gunicorn":
+        module, factory = command[-1].removesuffix("()").split(":")
+        assert callable(getattr(importlib.import_module(module), factory))
+    if command[0] == "celery":
+        app = importlib.import_module(command[command.index("-A") + 1]).app
+        queue = command[command.index("--queues") + 1]
+        assert queue == app.conf.task_default_queue
+        assert command[command.index("--concurrency") + 1] == "1"
+    if command[0] == "alembic":
+        assert command[1:] == ["upgrade", "head"]
+
+
+@pytest.mark.parametrize("name", PROJECT_SERVICES)
+def test_project_services_get_their_settings(name: str) -> None:
+    env = service(name)["environment"]
+    for variable in ("DATABASE_URL", "REDIS_URL", "ONEIRO_DATA_DIR", "ONEIRO_WEIGHTS"):
+        assert env.get(variable), f"{name} lacks {variable}"
+    assert env["DATABASE_URL"].split("@")[1].split(":")[0] in COMPOSE["services"]
+    assert env["REDIS_URL"].split("//")[1].split(":")[0] in COMPOSE["services"]
+
+
+@pytest.mark.parametrize("name", ["api", "worker"])
+def test_serving_waits_for_migrations(name: str) -> None:
+    depends = service(name)["depends_on"]
+    assert depends["migrate"] == {"condition": "service_completed_successfully"}
+
+
+def test_workers_reserve_a_gpu_and_redis_never_evicts() -> None:
+    devices = service("worker")["deploy"]["resources"]["reservations"]["devices"]
+    assert devices[0]["driver"] == "nvidia" and devices[0]["count"] == 1
+    assert "noeviction" in service("redis")["command"]
+    assert "healthcheck" in service("postgres")
+
+
+def test_the_dockerfile_copies_every_package() -> None:
+    dockerfile = (ROOT / "Dockerfile").read_text()
+    for package in ("api", "worker", "shared", "migrations"):
+        assert (ROOT / package).is_dir() and f"COPY {package} {package}" in dockerfile
