@@ -1,4 +1,4 @@
-"""docker-compose.yml cannot be run here (no Docker engine), so its promises are checked by reading."""
+"""docker-compose.yml cannot run here (no Docker engine): its promises are checked by reading."""
 
 from __future__ import annotations
 
