@@ -18,6 +18,46 @@ from shared.settings import SettingsError, get_settings
 API_BIND = os.environ.get("ONEIRO_API_BIND", "127.0.0.1:8000")
 
 
+def migrate_command() -> list[str]:
+    """Bring the database schema to the newest migration."""
+    return [sys.executable, "-m", "alembic", "upgrade", "head"]
+
+
+def api_command(bind: str) -> list[str]:
+    """Serve the API with gunicorn on `bind` (host:port)."""
+    # gunicorn 25+ opens a control socket at one fixed path per user by default, so two
+    # services on one machine would fight over it.
+    return [
+        sys.executable,
+        "-m",
+        "gunicorn",
+        "--bind",
+        bind,
+        "--workers",
+        "2",
+        "--no-control-socket",
+        "api:create_app()",
+    ]
+
+
+def worker_command(queue: str) -> list[str]:
+    """One Celery worker process (one GPU) consuming `queue`."""
+    return [
+        sys.executable,
+        "-m",
+        "celery",
+        "-A",
+        "worker.celery_app",
+        "worker",
+        "--queues",
+        queue,
+        "--concurrency",
+        "1",
+        "--loglevel",
+        "INFO",
+    ]
+
+
 def main() -> int:
     try:
         settings = get_settings()
@@ -33,45 +73,9 @@ def main() -> int:
         print(f"oneiro: no Redis at {settings.redis_url}; starting one", flush=True)
         children.append(start_redis(parsed.port or 6379, settings.data_dir / "redis"))
 
-    python = sys.executable
-    subprocess.run([python, "-m", "alembic", "upgrade", "head"], check=True)
-    children.append(
-        subprocess.Popen(
-            [
-                python,
-                "-m",
-                "gunicorn",
-                "--bind",
-                API_BIND,
-                "--workers",
-                "2",
-                # gunicorn 25+ opens a control socket at one fixed path per user by default,
-                # so two services on one machine would fight over it.
-                "--no-control-socket",
-                "--access-logfile",
-                "-",
-                "api:create_app()",
-            ]
-        )
-    )
-    children.append(
-        subprocess.Popen(
-            [
-                python,
-                "-m",
-                "celery",
-                "-A",
-                "worker.celery_app",
-                "worker",
-                "--queues",
-                settings.queue,
-                "--concurrency",
-                "1",
-                "--loglevel",
-                "INFO",
-            ]
-        )
-    )
+    subprocess.run(migrate_command(), check=True)
+    children.append(subprocess.Popen([*api_command(API_BIND), "--access-logfile", "-"]))
+    children.append(subprocess.Popen(worker_command(settings.queue)))
     print(
         f"oneiro: API on http://{API_BIND}, one worker on queue {settings.queue!r}; "
         "Ctrl-C stops everything",

@@ -11,6 +11,7 @@ import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from subprocess import STDOUT
 from typing import Any
 
 import numpy as np
@@ -20,6 +21,7 @@ from PIL import Image
 
 from shared.db import create_db_engine, create_session_factory
 from shared.images import decode_rgb, fit_within
+from shared.launcher import api_command, migrate_command, worker_command
 from shared.queue import RENDER_TASK, create_celery
 from shared.settings import Settings, load_settings
 from shared.storage import open_storage
@@ -80,57 +82,27 @@ def stack(
         redis_url=redis_url,
         queue=env["ONEIRO_QUEUE"],
     )
-    subprocess.run(
-        [sys.executable, "-m", "alembic", "upgrade", "head"],
-        cwd=ROOT,
-        env=env,
-        check=True,
-        capture_output=True,
-    )
+    subprocess.run(migrate_command(), cwd=ROOT, env=env, check=True, capture_output=True)
     port = free_port()
     api_log = (tmp / "api.log").open("wb")
     worker_log = tmp / "worker.log"
     worker_out = worker_log.open("wb")
+    # The commands `make run` uses; the worker skips start-up chatter with other workers.
     api = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "gunicorn",
-            "--bind",
-            f"127.0.0.1:{port}",
-            "--workers",
-            "2",
-            "--no-control-socket",
-            "api:create_app()",
-        ],
-        cwd=ROOT,
-        env=env,
-        stdout=api_log,
-        stderr=subprocess.STDOUT,
+        api_command(f"127.0.0.1:{port}"), cwd=ROOT, env=env, stdout=api_log, stderr=STDOUT
     )
     worker = subprocess.Popen(
         [
-            sys.executable,
-            "-m",
-            "celery",
-            "-A",
-            "worker.celery_app",
-            "worker",
-            "--queues",
-            settings.queue,
-            "--concurrency",
-            "1",
+            *worker_command(settings.queue),
             "--without-mingle",
             "--without-gossip",
-            "--loglevel",
-            "INFO",
             "--hostname",
             f"e2e-{uuid.uuid4().hex[:6]}@%h",
         ],
         cwd=ROOT,
         env=env,
         stdout=worker_out,
-        stderr=subprocess.STDOUT,
+        stderr=STDOUT,
     )
     try:
         _wait_for(lambda: _answers(f"http://127.0.0.1:{port}/healthz"), 30, "the API")
