@@ -3,15 +3,13 @@
 from __future__ import annotations
 
 import secrets
-from typing import Annotated
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 
-# Layers of Keras' InceptionV3 whose activations can be maximized: the concatenation outputs
-# of each Inception block.
-INCEPTION_V3_LAYERS = tuple(f"mixed{i}" for i in range(11))
+from shared.catalogue import BACKBONES, DEFAULT_BACKBONE
 
-DEFAULT_LAYERS = ("mixed3", "mixed5")
+LayerWeight = Annotated[float, Field(gt=0, le=100)]
 
 
 def _random_seed() -> int:
@@ -23,36 +21,96 @@ class RenderParams(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
+    model: Annotated[
+        Literal[tuple(BACKBONES)],  # type: ignore[valid-type]
+        Field(description="Backbone network."),
+    ] = DEFAULT_BACKBONE
+    layers: Annotated[
+        dict[str, LayerWeight],
+        Field(
+            validate_default=True,
+            description="Layers to dream: a list of names, or {name: weight}. Default: the "
+            "backbone's default layers, equally weighted.",
+        ),
+    ] = None  # type: ignore[assignment]
+    channels: Annotated[
+        dict[str, list[int]] | None,
+        Field(description="Per layer, channel indices to maximize instead of the whole layer."),
+    ] = None
     steps: Annotated[int, Field(ge=1, le=1000, description="Gradient steps per octave.")] = 100
     step_size: Annotated[float, Field(gt=0, le=1, description="Gradient-ascent step.")] = 0.01
-    octaves: Annotated[int, Field(ge=1, le=12, description="Number of octave scales.")] = 5
+    octaves: Annotated[
+        int, Field(ge=1, le=12, description="Number of octave scales, centred on the input.")
+    ] = 5
     octave_scale: Annotated[
         float, Field(ge=1.01, le=4, description="Size ratio between octaves.")
     ] = 1.3
-    layers: Annotated[
-        tuple[str, ...],
-        Field(min_length=1, max_length=len(INCEPTION_V3_LAYERS), description="Layers to dream."),
-    ] = DEFAULT_LAYERS
+    grad_norm: Annotated[
+        Literal["std", "laplacian"],
+        Field(description="Gradient normalization: by its std, or per Laplacian-pyramid level."),
+    ] = "std"
+    detail: Annotated[
+        bool, Field(description="Re-inject the input's detail lost by downscaling, per octave.")
+    ] = True
+    tile_size: Annotated[
+        int, Field(ge=64, le=2048, description="Gradient tile side in pixels.")
+    ] = 512
+    tv_weight: Annotated[
+        float, Field(ge=0, le=10, description="Total-variation smoothing of the dream.")
+    ] = 0.0
+    preserve_colors: Annotated[
+        bool, Field(description="Keep the input's colours: dream only in luminance.")
+    ] = False
     seed: Annotated[
         int, Field(ge=0, lt=2**31, description="Random seed; the same seed gives the same image.")
     ] = Field(default_factory=_random_seed)
     max_dim: Annotated[
         int | None,
-        Field(ge=32, le=16384, description="Downscale the input so its longer side fits."),
+        Field(ge=32, le=65536, description="Downscale the input so its longer side fits."),
     ] = None
-    tile_size: Annotated[
-        int, Field(ge=128, le=2048, description="Gradient tile side in pixels.")
-    ] = 512
+
+    @field_validator("layers", mode="before")
+    @classmethod
+    def _resolve_layers(cls, layers: Any, info: ValidationInfo) -> Any:
+        if layers is None:
+            backbone = BACKBONES.get(info.data.get("model", DEFAULT_BACKBONE))
+            return {name: 1.0 for name in backbone.default_layers} if backbone else {}
+        if isinstance(layers, list | tuple):
+            if len(set(layers)) != len(layers):
+                raise ValueError("layers must not repeat")
+            return {name: 1.0 for name in layers}
+        return layers
 
     @field_validator("layers")
     @classmethod
-    def _known_layers(cls, layers: tuple[str, ...]) -> tuple[str, ...]:
-        unknown = [name for name in layers if name not in INCEPTION_V3_LAYERS]
+    def _known_layers(cls, layers: dict[str, float], info: ValidationInfo) -> dict[str, float]:
+        model = info.data.get("model")
+        if model is None:  # the model itself was invalid; that error is enough
+            return layers
+        known = BACKBONES[model].layers
+        if not layers:
+            raise ValueError("name at least one layer")
+        unknown = [name for name in layers if name not in known]
         if unknown:
             raise ValueError(
-                f"unknown layer(s) {', '.join(unknown)}; "
-                f"choose from {', '.join(INCEPTION_V3_LAYERS)}"
+                f"{model} has no layer {', '.join(unknown)}; choose from {', '.join(known)}"
             )
-        if len(set(layers)) != len(layers):
-            raise ValueError("layers must not repeat")
         return layers
+
+    @field_validator("channels")
+    @classmethod
+    def _known_channels(
+        cls, channels: dict[str, list[int]] | None, info: ValidationInfo
+    ) -> dict[str, list[int]] | None:
+        layers, model = info.data.get("layers"), info.data.get("model")
+        if channels is None or layers is None or model is None:
+            return channels
+        for name, indices in channels.items():
+            if name not in layers:
+                raise ValueError(f"channels names layer {name}, which is not among the layers")
+            size = BACKBONES[model].layers[name]
+            if not indices or len(set(indices)) != len(indices):
+                raise ValueError(f"channels of {name} must be distinct and not empty")
+            if not all(0 <= index < size for index in indices):
+                raise ValueError(f"channels of {name} must lie in 0..{size - 1}")
+        return channels

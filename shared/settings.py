@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field, ValidationError, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -28,6 +29,9 @@ class Settings(BaseSettings):
     weights: str = "imagenet"
     # Whether the ImageNet weights may be downloaded into the Keras cache when missing.
     weights_download: bool = True
+    # Arithmetic of the dream model: auto picks bfloat16 where the CPU has native bfloat16
+    # (measured about 2x faster there, see benchmarks/README.md), float32 elsewhere.
+    precision: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
     queue: str = "gpu"
     max_upload_bytes: int = Field(50 * 1024 * 1024, gt=0)
     max_pixels: int = Field(64 * 1024 * 1024, gt=0)

@@ -66,14 +66,20 @@ def test_submit_stores_commits_and_enqueues(
     assert response.headers["Location"] == f"/v1/jobs/{job_id}"
     assert body["status"] == "queued"
     assert body["params"] == {
+        "model": "inception_v3",
+        "layers": {"mixed3": 1.0, "mixed5": 1.0},
+        "channels": None,
         "steps": 3,
         "step_size": 0.01,
         "octaves": 5,
         "octave_scale": 1.3,
-        "layers": ["mixed3", "mixed5"],
+        "grad_norm": "std",
+        "detail": True,
+        "tile_size": 512,
+        "tv_weight": 0.0,
+        "preserve_colors": False,
         "seed": 5,
         "max_dim": 128,
-        "tile_size": 512,
     }
     assert body["input"] == {"width": 451, "height": 300}
     assert body["progress"]["fraction"] == 0.0
@@ -121,6 +127,15 @@ def test_accepts_jpeg_png_webp(client: FlaskClient, fmt: str) -> None:
         ({"seed": -3}, "params.seed"),
         ({"max_dim": 4}, "params.max_dim"),
         ({"colour": "blue"}, "params.colour"),
+        ({"model": "alexnet"}, "params.model"),
+        ({"model": "vgg19", "layers": ["mixed3"]}, "params.layers"),
+        ({"layers": {"mixed3": -1}}, "params.layers.mixed3"),
+        ({"channels": {"mixed3": [768]}}, "params.channels"),
+        ({"channels": {"mixed4": [1]}}, "params.channels"),
+        ({"grad_norm": "l2"}, "params.grad_norm"),
+        ({"detail": "yes"}, "params.detail"),
+        ({"tv_weight": -0.1}, "params.tv_weight"),
+        ({"tile_size": 32}, "params.tile_size"),
         ("{not json", "params"),
         ("[1, 2]", "params"),
     ],

@@ -2,32 +2,42 @@
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
 
+from shared.catalogue import BACKBONES
 from shared.images import decode_rgb, fit_within
 from shared.params import RenderParams
 from tests.utils import CHELSEA
 from worker.engine import (
     Canceled,
     DreamModel,
+    DreamState,
     Progress,
     WeightsUnavailable,
+    imaging,
     load_dream_model,
     render,
 )
-from worker.engine.dream import octave_shapes, tile_grid, tiled_gradient
+from worker.engine.dream import TilePlan, octave_shapes, split, tiled_gradient
 
 SHARED_WEIGHTS = (
     Path(__file__).resolve().parents[2] / "shared/models/inception_v3_notop_nsfwjs.weights.h5"
 )
+_MODELS: dict[Any, DreamModel] = {}
 
 
-@pytest.fixture(scope="module")
-def model() -> DreamModel:
-    return load_dream_model("random", ("mixed3", "mixed5"))
+def dream_model(name: str = "inception_v3", precision: str = "float32", **kw: Any) -> DreamModel:
+    """Random-weight dream models, built once per test session."""
+    layers = kw.pop("layers", None) or BACKBONES[name].default_layers
+    key = (name, precision, tuple(layers), repr(kw))
+    if key not in _MODELS:
+        _MODELS[key] = load_dream_model("random", layers, model=name, precision=precision, **kw)
+    return _MODELS[key]
 
 
 @pytest.fixture(scope="module")
@@ -35,17 +45,38 @@ def cat() -> np.ndarray:
     return fit_within(decode_rgb(CHELSEA.read_bytes()), 120)  # 120 x 80
 
 
-@pytest.mark.parametrize("length", [1, 75, 128, 129, 300, 512, 1000])
-def test_tiles_cover_every_index_once_with_windows_of_one_size(length: int) -> None:
-    tile = 128
-    grid = tile_grid(length, tile)
+def params(**kw: Any) -> RenderParams:
+    return RenderParams(**{"steps": 2, "octaves": 2, "seed": 1, "tile_size": 64, **kw})
 
+
+def counting(model: DreamModel) -> tuple[DreamModel, list[int]]:
+    """`model` with its gradient calls counted."""
+    calls: list[int] = []
+
+    def gradient(tiles: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        calls.append(len(tiles))
+        return model.gradient(tiles)
+
+    return dataclasses.replace(model, gradient=gradient), calls
+
+
+@pytest.mark.parametrize(
+    ("length", "window"), [(1, 75), (75, 75), (200, 75), (515, 515), (1000, 515), (1031, 515)]
+)
+def test_split_owns_every_index_once_inside_one_window_size(length: int, window: int) -> None:
     covered = np.zeros(length, dtype=int)
-    for start, end, window in grid:
+    for start, end, window_start in split(length, window):
         covered[start:end] += 1
-        assert window <= start and end <= window + min(tile, length)
-        assert window >= 0 and window + min(tile, length) <= length
+        assert end - start <= window
+        assert window_start <= start and end <= window_start + window
     assert covered.tolist() == [1] * length
+
+
+def test_windows_are_sizes_that_give_every_pixel_a_gradient() -> None:
+    model = dream_model()
+    assert TilePlan((300, 400), 512, model).window == (301, 403)
+    assert TilePlan((2000, 3000), 512, model).window == (515, 515)
+    assert TilePlan((40, 40), 512, model).window == (75, 75)
 
 
 def test_octaves_surround_the_input_and_respect_the_model_minimum() -> None:
@@ -53,75 +84,197 @@ def test_octaves_surround_the_input_and_respect_the_model_minimum() -> None:
     assert shapes[2] == (300, 400)
     assert shapes == sorted(shapes)
     assert shapes[0] == (round(300 / 1.69), round(400 / 1.69))
-
-    small = octave_shapes(60, 90, 3, 1.5, 75)
-    assert min(min(shape) for shape in small) >= 75
+    assert min(min(shape) for shape in octave_shapes(60, 90, 3, 1.5, 75)) >= 75
 
 
-# With 128-pixel tiles: partial last rows and columns of tiles, odd sizes, a single tile.
-@pytest.mark.parametrize("shape", [(200, 300), (129, 257), (75, 90), (128, 128)])
-def test_every_pixel_changes_in_a_tiled_step(model: DreamModel, shape: tuple[int, int]) -> None:
+# With 64-pixel tiles: several tiles a side, partial tiles, wrapping windows, a single tile.
+@pytest.mark.parametrize("shape", [(200, 300), (129, 257), (75, 90), (80, 120)])
+def test_every_pixel_gets_a_gradient_in_a_tiled_step(shape: tuple[int, int]) -> None:
     rng = np.random.default_rng(0)
-    image = rng.uniform(-0.5, 0.5, (*shape, 3)).astype(np.float32)
+    image = rng.uniform(-0.8, 0.8, (3, *shape)).astype(np.float32)
+    model = dream_model()
+    plan = TilePlan(shape, 64, model)
 
-    gradient, _ = tiled_gradient(image, model, 128, np.random.default_rng(1))
-    stepped = image + gradient * 0.01
+    gradient = tiled_gradient(image, plan, model, (17, 5))
 
-    changed = np.any(stepped != image, axis=-1)
-    assert changed.all(), f"{(~changed).sum()} pixels got no gradient"
+    moved = np.any(gradient != 0, axis=0)
+    assert moved.all(), f"{(~moved).sum()} pixels got no gradient"
+    assert len(plan.tiles) > 1 or shape == (75, 90)
 
 
-def test_render_keeps_the_size_and_dreams(model: DreamModel, cat: np.ndarray) -> None:
-    dreamed = render(cat, RenderParams(steps=3, octaves=3, seed=1, tile_size=128), model)
+def test_render_keeps_the_size_and_dreams(cat: np.ndarray) -> None:
+    dreamed = render(cat, params(steps=3, octaves=3), dream_model())
 
     assert dreamed.shape == cat.shape and dreamed.dtype == np.uint8
     assert np.abs(dreamed.astype(int) - cat).mean() > 1.0
 
 
-def test_the_same_seed_gives_the_same_image(model: DreamModel, cat: np.ndarray) -> None:
-    params = RenderParams(steps=2, octaves=2, seed=11, tile_size=128)
-    first = render(cat, params, model)
-    second = render(cat, params, model)
-    other = render(cat, params.model_copy(update={"seed": 12}), model)
+def test_the_same_seed_gives_the_same_image_bit_for_bit(cat: np.ndarray) -> None:
+    model = dream_model(precision="bfloat16")
+    first = render(cat, params(), model)
+    second = render(cat, params(), model)
+    other = render(cat, params(seed=2), model)
 
     assert np.array_equal(first, second)
     assert not np.array_equal(first, other)
 
 
-def test_progress_rises_to_one_and_counts_every_tile(model: DreamModel, cat: np.ndarray) -> None:
+def test_tiles_go_in_batches_through_one_trace_per_shape() -> None:
+    image = np.random.default_rng(3).integers(0, 255, (300, 400, 3), dtype=np.uint8)
+    model, calls = counting(dream_model(layers=("mixed2",)))
+    traces_before = model_traces(model)
+
+    render(image, params(steps=2, octaves=3, octave_scale=1.2, tile_size=96), model)
+
+    plan = TilePlan((300, 400), 96, model)
+    assert plan.window == (99, 99) and plan.batch == 16 and len(plan.tiles) == 20
+    assert set(calls) == {16}  # the last batch of each step is padded to the same shape
+    assert model_traces(model) - traces_before == 1
+
+
+def model_traces(model: DreamModel) -> int:
+    base = _MODELS[("inception_v3", "float32", ("mixed2",), "{}")]
+    return int(base.gradient.traces())  # type: ignore[attr-defined]
+
+
+def test_progress_reports_octaves_steps_tiles_fraction_and_eta(cat: np.ndarray) -> None:
     seen: list[Progress] = []
-    render(
-        cat, RenderParams(steps=3, octaves=2, seed=1, tile_size=128), model, on_progress=seen.append
-    )
+    render(cat, params(steps=3, octaves=2), dream_model(), on_progress=seen.append)
 
     fractions = [p.fraction for p in seen]
-    assert len(seen) == 6
     assert fractions == sorted(fractions) and fractions[-1] == pytest.approx(1.0)
-    assert [(p.octave, p.step) for p in seen] == [(o, s) for o in (1, 2) for s in (1, 2, 3)]
-    assert seen[-1].tiles_done == seen[-1].tiles
+    assert {(p.octave, p.step) for p in seen} == {(o, s) for o in (1, 2) for s in (1, 2, 3)}
+    assert seen[-1].tiles_done == seen[-1].tiles and seen[-1].octaves == 2
     assert seen[-1].eta_seconds == pytest.approx(0.0)
     assert all(p.eta_seconds is not None and p.eta_seconds >= 0 for p in seen)
 
 
-def test_gradient_ascent_raises_the_loss(model: DreamModel, cat: np.ndarray) -> None:
+def test_gradient_ascent_raises_the_loss(cat: np.ndarray) -> None:
     seen: list[Progress] = []
-    params = RenderParams(steps=10, octaves=1, seed=3, step_size=0.05, tile_size=512)
-    render(cat, params, model, on_progress=seen.append)
+    render(
+        cat,
+        params(steps=10, octaves=1, step_size=0.05, tile_size=512),
+        dream_model(),
+        on_progress=seen.append,
+    )
 
     assert seen[-1].loss > seen[0].loss * 1.1
 
 
-def test_a_stop_request_stops_the_render(model: DreamModel, cat: np.ndarray) -> None:
-    seen: list[Progress] = []
+def test_a_stop_request_stops_within_one_tile_batch(cat: np.ndarray) -> None:
+    model, calls = counting(dream_model())
     with pytest.raises(Canceled):
-        render(
-            cat,
-            RenderParams(steps=5, octaves=2, seed=1),
-            model,
-            on_progress=seen.append,
-            should_stop=lambda: len(seen) >= 2,
+        render(cat, params(steps=5), model, should_stop=lambda: len(calls) >= 3)
+    assert len(calls) == 3
+
+
+def test_resuming_from_any_checkpoint_gives_the_uninterrupted_image(cat: np.ndarray) -> None:
+    model = dream_model()
+    run = params(steps=4, octaves=3, seed=9)
+    states: list[DreamState] = []
+
+    def keep(state: DreamState) -> None:
+        states.append(dataclasses.replace(state, image=state.image.copy()))
+
+    uninterrupted = render(cat, run, model, on_checkpoint=keep, checkpoint_every=3)
+
+    # Every 3 steps within an octave and at each octave end.
+    assert [(s.octave, s.step) for s in states] == [(0, 3), (0, 4), (1, 3), (1, 4), (2, 3), (2, 4)]
+    for state in (states[0], states[1], states[4]):
+        assert np.array_equal(render(cat, run, model, resume=state), uninterrupted)
+
+
+@pytest.mark.parametrize("name", list(BACKBONES))
+@pytest.mark.parametrize(
+    "options",
+    [
+        {},
+        {"grad_norm": "laplacian", "detail": False},
+        {"tv_weight": 0.5, "preserve_colors": True},
+    ],
+    ids=["defaults", "laplacian-nodetail", "tv-colors"],
+)
+def test_every_backbone_and_option_dreams(cat: np.ndarray, name: str, options: dict) -> None:
+    layers = {BACKBONES[name].default_layers[0]: 2.0, BACKBONES[name].default_layers[1]: 0.5}
+    run = params(model=name, layers=layers, **options)
+    model = dream_model(name, layers=tuple(layers))
+
+    dreamed = render(cat, run, model)
+
+    assert dreamed.shape == cat.shape
+    assert np.abs(dreamed.astype(int) - cat).mean() > 0.5
+
+
+def test_channels_focus_the_loss_on_chosen_channels(cat: np.ndarray) -> None:
+    whole = dream_model(layers=("mixed3",))
+    chosen = dream_model(layers=("mixed3",), channels={"mixed3": [5, 17]})
+    tile = imaging.to_planar(cat)[None].transpose(0, 2, 3, 1)[:, :75, :75].copy()
+
+    _, whole_loss = whole.gradient(tile)
+    _, chosen_loss = chosen.gradient(tile)
+
+    assert whole_loss[0] != chosen_loss[0]
+
+
+def test_preserve_colors_keeps_the_input_chroma(cat: np.ndarray) -> None:
+    dreamed = render(cat, params(preserve_colors=True, step_size=0.1), dream_model())
+    plain = render(cat, params(step_size=0.1), dream_model())
+    from PIL import Image
+
+    def chroma(image: np.ndarray) -> np.ndarray:
+        return np.asarray(Image.fromarray(image).convert("YCbCr"))[..., 1:].astype(int)
+
+    assert np.abs(chroma(dreamed) - chroma(cat)).mean() < np.abs(chroma(plain) - chroma(cat)).mean()
+    assert np.abs(chroma(dreamed) - chroma(cat)).mean() < 2.0
+
+
+def test_tv_weight_smooths_the_dream(cat: np.ndarray) -> None:
+    def variation(image: np.ndarray) -> float:
+        return float(
+            np.abs(np.diff(image.astype(int), axis=0)).mean()
+            + np.abs(np.diff(image.astype(int), axis=1)).mean()
         )
-    assert len(seen) == 2
+
+    rough = render(cat, params(step_size=0.05), dream_model())
+    smooth = render(cat, params(step_size=0.05, tv_weight=2.0), dream_model())
+    assert variation(smooth) < variation(rough)
+
+
+def test_laplacian_normalization_balances_the_levels() -> None:
+    rng = np.random.default_rng(0)
+    gradient = rng.normal(size=(3, 64, 64)).astype(np.float32)
+    gradient += 50 * np.linspace(0, 1, 64, dtype=np.float32)[None, None]  # a strong low frequency
+
+    normalized = imaging.laplacian_normalize(gradient)
+
+    assert normalized.shape == gradient.shape
+    assert np.isfinite(normalized).all()
+    fine = normalized - imaging.resize(imaging.resize(normalized, (32, 32)), (64, 64))
+    assert imaging.std(fine) > 0.3 * imaging.std(normalized)
+
+
+@pytest.mark.parametrize("name", list(BACKBONES))
+def test_batch_norms_fold_without_changing_the_function(name: str) -> None:
+    import keras
+
+    from worker.engine.model import fold_batch_norms
+
+    keras.utils.set_random_seed(0)
+    full = getattr(keras.applications, BACKBONES[name].keras_name)(include_top=False, weights=None)
+    for layer in full.layers:  # non-trivial statistics, so folding has something to do
+        if isinstance(layer, keras.layers.BatchNormalization):
+            weights = layer.get_weights()
+            weights[-2] = np.linspace(-0.2, 0.2, weights[-2].size, dtype=np.float32)
+            weights[-1] = np.linspace(0.5, 1.5, weights[-1].size, dtype=np.float32)
+            layer.set_weights(weights)
+    cut = keras.Model(full.input, full.get_layer(BACKBONES[name].default_layers[0]).output)
+    x = np.random.default_rng(0).uniform(-1, 1, (1, 96, 96, 3)).astype(np.float32)
+
+    folded = fold_batch_norms(cut, "float32")
+
+    assert not any(isinstance(layer, keras.layers.BatchNormalization) for layer in folded.layers)
+    expected = np.asarray(cut(x))
+    assert np.abs(np.asarray(folded(x)) - expected).max() <= 1e-4 * np.abs(expected).max()
 
 
 def test_a_missing_weights_file_says_how_to_provide_weights(tmp_path: Path) -> None:
@@ -148,7 +301,10 @@ def test_real_weights_from_a_file_dream(cat: np.ndarray) -> None:
     real = load_dream_model(str(SHARED_WEIGHTS), ("mixed3", "mixed5"))
     seen: list[Progress] = []
     dreamed = render(
-        cat, RenderParams(steps=4, octaves=1, seed=1, step_size=0.02), real, on_progress=seen.append
+        cat,
+        params(steps=4, octaves=1, step_size=0.02, tile_size=512),
+        real,
+        on_progress=seen.append,
     )
 
     assert np.abs(dreamed.astype(int) - cat).mean() > 1.0

@@ -103,7 +103,7 @@ def _render(job_id: uuid.UUID, attempt: int, runtime: Runtime) -> str:
     # Imported here: TensorFlow loads in the process that renders, never in Celery's parent.
     from worker.engine import render
 
-    model = runtime.dream_model(params.layers)
+    model = runtime.dream_model(params)
     dreamed = render(image, params, model, on_progress=ProgressReporter(runtime, job_id, attempt))
     result_key = f"results/{job_id}.png"
     runtime.storage.put(result_key, encode_png(dreamed))

@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING
 from sqlalchemy.orm import Session, sessionmaker
 
 from shared.db import create_db_engine, create_session_factory
+from shared.params import RenderParams
 from shared.settings import Settings, get_settings
 from shared.storage import Storage, open_storage
 
@@ -25,9 +26,17 @@ class Runtime:
     storage: Storage
     name: str
 
-    def dream_model(self, layers: tuple[str, ...]) -> DreamModel:
-        """The dream model for `layers`, built once per process (loading weights takes seconds)."""
-        return _dream_model(self.settings.weights, layers, self.settings.weights_download)
+    def dream_model(self, params: RenderParams) -> DreamModel:
+        """The dream model for a job's params, built once per process (loading takes seconds)."""
+        channels = params.channels or {}
+        return _dream_model(
+            params.model,
+            tuple(params.layers.items()),
+            tuple((name, tuple(indices)) for name, indices in channels.items()),
+            self.settings.weights,
+            self.settings.weights_download,
+            self.settings.precision,
+        )
 
 
 @functools.cache
@@ -43,8 +52,22 @@ def get_runtime() -> Runtime:
 
 
 @functools.lru_cache(maxsize=4)
-def _dream_model(weights: str, layers: tuple[str, ...], allow_download: bool) -> DreamModel:
+def _dream_model(
+    model: str,
+    layers: tuple[tuple[str, float], ...],
+    channels: tuple[tuple[str, tuple[int, ...]], ...],
+    weights: str,
+    allow_download: bool,
+    precision: str,
+) -> DreamModel:
     # TensorFlow is imported here, in the process that renders, never in Celery's parent.
     from worker.engine import load_dream_model
 
-    return load_dream_model(weights, layers, allow_download=allow_download)
+    return load_dream_model(
+        weights,
+        dict(layers),
+        model=model,
+        channels=dict(channels),
+        precision=precision,
+        allow_download=allow_download,
+    )

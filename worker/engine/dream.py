@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import math
 import time
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
-from PIL import Image
 
 from shared.params import RenderParams
+from worker.engine import imaging
 from worker.engine.model import DreamModel
 
 
@@ -32,56 +34,24 @@ class Progress:
     loss: float
 
 
-def render(
-    image: np.ndarray,
-    params: RenderParams,
-    model: DreamModel,
-    *,
-    on_progress: Callable[[Progress], None] | None = None,
-    should_stop: Callable[[], bool] | None = None,
-) -> np.ndarray:
-    """Dream on `image` (H x W x 3 uint8); return the dreamed image, same size and dtype."""
-    height, width = image.shape[:2]
-    rng = np.random.default_rng(params.seed)
-    shapes = octave_shapes(height, width, params.octaves, params.octave_scale, model.min_side)
-    tile_counts = [
-        len(tile_grid(h, params.tile_size)) * len(tile_grid(w, params.tile_size)) for h, w in shapes
-    ]
-    # Work is weighted by pixels: a step on the largest octave costs more than on the smallest.
-    work = [h * w * params.steps for h, w in shapes]
-    total_work, done_work = float(sum(work)), 0.0
-    total_tiles, tiles_done = sum(c * params.steps for c in tile_counts), 0
-    started = time.monotonic()
+@dataclass
+class DreamState:
+    """Enough to resume a render: the octave in progress, the steps done in it, its image
+    (3 x h x w float32 in [-1, 1]) and the random generator's state."""
 
-    dream = image.astype(np.float32) / 127.5 - 1.0
-    for index, shape in enumerate(shapes):
-        dream = resize(dream, shape)
-        for step in range(params.steps):
-            if should_stop is not None and should_stop():
-                raise Canceled
-            gradient, loss = tiled_gradient(dream, model, params.tile_size, rng)
-            dream += gradient * params.step_size
-            np.clip(dream, -1.0, 1.0, out=dream)
-            done_work += shape[0] * shape[1]
-            tiles_done += tile_counts[index]
-            if on_progress is not None:
-                fraction = done_work / total_work
-                elapsed = time.monotonic() - started
-                on_progress(
-                    Progress(
-                        fraction=fraction,
-                        octave=index + 1,
-                        octaves=len(shapes),
-                        step=step + 1,
-                        steps=params.steps,
-                        tiles_done=tiles_done,
-                        tiles=total_tiles,
-                        eta_seconds=elapsed / fraction * (1.0 - fraction),
-                        loss=loss,
-                    )
-                )
-    dream = resize(dream, (height, width))
-    return np.round((dream + 1.0) * 127.5).clip(0, 255).astype(np.uint8)
+    octave: int
+    step: int
+    image: np.ndarray
+    rng_state: dict[str, Any] = field(repr=False)
+
+
+@dataclass(frozen=True)
+class Tile:
+    """One model input: a window on the (rolled, wrapped) image and the part of it owned."""
+
+    rows: tuple[int, int]  # owned rows [start, end) of the rolled image
+    cols: tuple[int, int]
+    window: tuple[int, int]  # top-left corner of the window on the rolled image
 
 
 def octave_shapes(
@@ -93,65 +63,238 @@ def octave_shapes(
     """
     shapes = []
     for n in range(-(octaves // 2), octaves - octaves // 2):
-        factor = scale**n
-        factor = max(factor, min_side / min(height, width))
+        factor = max(scale**n, min_side / min(height, width))
         shapes.append((max(1, round(height * factor)), max(1, round(width * factor))))
     return shapes
 
 
-def tile_grid(length: int, tile: int) -> list[tuple[int, int, int]]:
-    """Tiles along one axis as (start, end, window_start) with windows of one size.
+def split(length: int, window: int) -> list[tuple[int, int, int]]:
+    """An axis cut into near-equal parts no longer than `window`, as (start, end, window_start).
 
-    Every index in [0, length) belongs to exactly one (start, end). Each window is `tile` long
-    (or the whole axis when shorter), so the model sees one tile shape; the last window ends at
-    the axis end and overlaps its neighbour instead of being cut short or skipped.
+    Every index belongs to exactly one part. Each part sits centred in a window of the one size
+    `window`, which reaches past the part into its neighbours (wrapping around the image), so
+    the model sees one input shape and every part gets context on both sides.
     """
-    if length <= tile:
-        return [(0, length, 0)]
-    return [
-        (start, min(start + tile, length), min(start, length - tile))
-        for start in range(0, length, tile)
-    ]
+    count = math.ceil(length / window)
+    bounds = [round(i * length / count) for i in range(count + 1)]
+    return [(a, b, a - (window - (b - a)) // 2) for a, b in zip(bounds, bounds[1:], strict=False)]
+
+
+class TilePlan:
+    """The tiles of one octave: one window shape, and the batches they go through the model in."""
+
+    def __init__(self, shape: tuple[int, int], tile_size: int, model: DreamModel) -> None:
+        self.shape = shape
+        self.window = (
+            model.backbone.window(min(tile_size, shape[0])),
+            model.backbone.window(min(tile_size, shape[1])),
+        )
+        self.tiles = [
+            Tile((a, b), (c, d), (wy, wx))
+            for a, b, wy in split(shape[0], self.window[0])
+            for c, d, wx in split(shape[1], self.window[1])
+        ]
+        self.batch = model.batch_size(self.window)
+
+    def batches(self) -> Iterator[list[Tile]]:
+        for start in range(0, len(self.tiles), self.batch):
+            yield self.tiles[start : start + self.batch]
+
+
+def render(
+    image: np.ndarray,
+    params: RenderParams,
+    model: DreamModel,
+    *,
+    on_progress: Callable[[Progress], None] | None = None,
+    should_stop: Callable[[], bool] | None = None,
+    on_checkpoint: Callable[[DreamState], None] | None = None,
+    checkpoint_every: int = 0,
+    resume: DreamState | None = None,
+) -> np.ndarray:
+    """Dream on `image` (H x W x 3 uint8); return the dreamed image, same size and dtype.
+
+    `should_stop` is asked before every tile batch; when it answers True the render raises
+    Canceled. `on_checkpoint` receives the state at every octave end and every
+    `checkpoint_every` steps (its image is only valid during the call); `resume` continues
+    from such a state and gives the same image as a render that never stopped.
+    """
+    height, width = image.shape[:2]
+    shapes = octave_shapes(
+        height, width, params.octaves, params.octave_scale, model.backbone.min_side
+    )
+    plans = [TilePlan(shape, params.tile_size, model) for shape in shapes]
+    source = imaging.to_planar(image)
+    clock = _Clock(shapes, plans, params, resume)
+    rng = np.random.default_rng(params.seed)
+
+    if resume is None:
+        octave, done = 0, 0
+        dream = imaging.resize(source, shapes[0])
+    else:
+        octave, done = resume.octave, resume.step
+        dream = resume.image.copy()
+        rng.bit_generator.state = resume.rng_state
+
+    while True:
+        for step in range(done, params.steps):
+            _step(
+                dream,
+                plans[octave],
+                params,
+                model,
+                rng,
+                clock,
+                octave,
+                step,
+                on_progress,
+                should_stop,
+            )
+            ended = step + 1 == params.steps
+            if on_checkpoint and (
+                ended or (checkpoint_every and (step + 1) % checkpoint_every == 0)
+            ):
+                on_checkpoint(DreamState(octave, step + 1, dream, rng.bit_generator.state))
+        if octave + 1 == len(shapes):
+            break
+        dream = _next_octave(dream, source, shapes[octave], shapes[octave + 1], params.detail)
+        octave, done = octave + 1, 0
+
+    dreamed = imaging.to_image(imaging.resize(dream, (height, width)))
+    return imaging.keep_colors(dreamed, image) if params.preserve_colors else dreamed
+
+
+def _next_octave(
+    dream: np.ndarray,
+    source: np.ndarray,
+    shape: tuple[int, int],
+    next_shape: tuple[int, int],
+    detail: bool,
+) -> np.ndarray:
+    """The next octave's starting image: the dream scaled up, or with detail re-injection the
+    input at the new size plus the dreamed detail (dream minus input) scaled up."""
+    out = np.empty((3, *next_shape), dtype=np.float32)
+    for c in range(3):
+        plane = dream[c]
+        if detail:
+            plane = plane - imaging.resize_plane(source[c], shape)
+        out[c] = imaging.resize_plane(plane, next_shape)
+        if detail:
+            out[c] += imaging.resize_plane(source[c], next_shape)
+    np.clip(out, -1.0, 1.0, out=out)
+    return out
+
+
+def _step(
+    dream: np.ndarray,
+    plan: TilePlan,
+    params: RenderParams,
+    model: DreamModel,
+    rng: np.random.Generator,
+    clock: _Clock,
+    octave: int,
+    step: int,
+    on_progress: Callable[[Progress], None] | None,
+    should_stop: Callable[[], bool] | None,
+) -> None:
+    """One gradient-ascent step over the whole image."""
+    shift = (int(rng.integers(plan.shape[0])), int(rng.integers(plan.shape[1])))
+
+    def batch_done(batch: list[Tile], losses: np.ndarray) -> None:
+        if on_progress is not None:
+            on_progress(clock.advance(batch, octave, step, float(np.mean(losses))))
+
+    gradient = tiled_gradient(dream, plan, model, shift, batch_done, should_stop)
+    if params.grad_norm == "laplacian":
+        gradient = imaging.laplacian_normalize(gradient)
+    else:
+        gradient /= imaging.std(gradient) + 1e-8
+    # Smoothing stronger than 1/4 per step would overshoot the neighbours' mean and ring.
+    smoothing = min(params.tv_weight * params.step_size, 0.25)
+    for c in range(3):
+        plane = dream[c]
+        plane += gradient[c] * params.step_size
+        if smoothing:
+            plane -= imaging.tv_gradient(plane) * smoothing
+        np.clip(plane, -1.0, 1.0, out=plane)
 
 
 def tiled_gradient(
-    image: np.ndarray, model: DreamModel, tile: int, rng: np.random.Generator
-) -> tuple[np.ndarray, float]:
-    """The normalized gradient of the dream loss over the whole image, computed tile by tile.
+    dream: np.ndarray,
+    plan: TilePlan,
+    model: DreamModel,
+    shift: tuple[int, int],
+    batch_done: Callable[[list[Tile], np.ndarray], None] | None = None,
+    should_stop: Callable[[], bool] | None = None,
+) -> np.ndarray:
+    """The dream loss's gradient for every pixel of `dream`, tile batch by tile batch.
 
-    The image is rolled by a random offset first, so tile seams fall elsewhere at every step.
-    Each tile is seen with a margin of context around it: the model's valid-padded, strided
-    convolutions give no gradient to the last few rows and columns of what they see, so those
-    must fall in the margin, not in the tile.
+    The tiles lie on the image rolled by `shift`, so their seams fall elsewhere at every step.
+    The roll is never materialized: windows index the image through the shift, wrapping around.
     """
-    height, width = image.shape[:2]
-    shift = (int(rng.integers(height)), int(rng.integers(width)))
-    margin = model.margin
-    # The rolled image is a torus: its margins wrap around, as the roll itself does.
-    padded = np.pad(
-        np.roll(image, shift, axis=(0, 1)), ((margin, margin), (margin, margin), (0, 0)), "wrap"
-    )
-    gradient = np.empty_like(image)
-    window_h, window_w = min(tile, height) + 2 * margin, min(tile, width) + 2 * margin
-    losses = []
-    for y0, y1, wy in tile_grid(height, tile):
-        for x0, x1, wx in tile_grid(width, tile):
-            grad, loss = model.gradient(padded[wy : wy + window_h, wx : wx + window_w])
-            inner = grad[margin + y0 - wy : margin + y1 - wy, margin + x0 - wx : margin + x1 - wx]
-            gradient[y0:y1, x0:x1] = inner
-            losses.append(loss)
-    gradient = np.roll(gradient, (-shift[0], -shift[1]), axis=(0, 1))
-    gradient /= gradient.std() + 1e-8
-    return gradient, float(np.mean(losses))
+    height, width = plan.shape
+    gradient = np.empty_like(dream)
+    window_h, window_w = plan.window
+    for batch in plan.batches():
+        if should_stop is not None and should_stop():
+            raise Canceled
+        tiles = np.zeros((plan.batch, window_h, window_w, 3), dtype=np.float32)
+        indices = []
+        for k, tile in enumerate(batch):
+            rows = (np.arange(tile.window[0], tile.window[0] + window_h) - shift[0]) % height
+            cols = (np.arange(tile.window[1], tile.window[1] + window_w) - shift[1]) % width
+            tiles[k] = dream[:, rows[:, None], cols[None, :]].transpose(1, 2, 0)
+            indices.append((rows, cols))
+        grads, losses = model.gradient(tiles)
+        for k, (tile, (rows, cols)) in enumerate(zip(batch, indices, strict=True)):
+            own_r = slice(tile.rows[0] - tile.window[0], tile.rows[1] - tile.window[0])
+            own_c = slice(tile.cols[0] - tile.window[1], tile.cols[1] - tile.window[1])
+            gradient[:, rows[own_r][:, None], cols[own_c][None, :]] = grads[
+                k, own_r, own_c
+            ].transpose(2, 0, 1)
+        if batch_done is not None:
+            batch_done(batch, losses[: len(batch)])
+    return gradient
 
 
-def resize(image: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
-    """A float32 H x W x C image resized bilinearly to `shape` (height, width)."""
-    if image.shape[:2] == shape:
-        return image.copy()
-    size = (shape[1], shape[0])
-    channels = [
-        np.asarray(Image.fromarray(image[..., c]).resize(size, Image.Resampling.BILINEAR))
-        for c in range(image.shape[2])
-    ]
-    return np.stack(channels, axis=-1).astype(np.float32, copy=False)
+class _Clock:
+    """Turns tile batches done into Progress: fraction by pixels processed, and an ETA."""
+
+    def __init__(
+        self,
+        shapes: list[tuple[int, int]],
+        plans: list[TilePlan],
+        params: RenderParams,
+        resume: DreamState | None,
+    ) -> None:
+        self.params, self.octaves = params, len(shapes)
+        self.total_work = float(sum(h * w for h, w in shapes) * params.steps)
+        self.total_tiles = sum(len(plan.tiles) for plan in plans) * params.steps
+        self.work = self.tiles = 0.0
+        if resume is not None:
+            for index in range(resume.octave):
+                self.work += shapes[index][0] * shapes[index][1] * params.steps
+                self.tiles += len(plans[index].tiles) * params.steps
+            h, w = shapes[resume.octave]
+            self.work += h * w * resume.step
+            self.tiles += len(plans[resume.octave].tiles) * resume.step
+        self.start_fraction = self.work / self.total_work
+        self.started = time.monotonic()
+
+    def advance(self, batch: list[Tile], octave: int, step: int, loss: float) -> Progress:
+        self.tiles += len(batch)
+        self.work += sum((t.rows[1] - t.rows[0]) * (t.cols[1] - t.cols[0]) for t in batch)
+        fraction = min(1.0, self.work / self.total_work)
+        elapsed = time.monotonic() - self.started
+        rate = (fraction - self.start_fraction) / elapsed if elapsed > 0 else 0.0
+        return Progress(
+            fraction=fraction,
+            octave=octave + 1,
+            octaves=self.octaves,
+            step=step + 1,
+            steps=self.params.steps,
+            tiles_done=int(self.tiles),
+            tiles=self.total_tiles,
+            eta_seconds=(1.0 - fraction) / rate if rate > 0 else None,
+            loss=loss,
+        )

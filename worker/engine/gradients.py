@@ -2,32 +2,47 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import keras
 import numpy as np
 import tensorflow as tf
 
 
-def make_gradient_fn(model: keras.Model) -> Callable[[np.ndarray], tuple[np.ndarray, float]]:
-    """A compiled function: image tile -> (d loss / d tile, loss).
+def make_gradient_fn(
+    model: keras.Model,
+    preprocess: Callable[[Any], Any],
+    weights: Sequence[float],
+    channels: Sequence[Sequence[int] | None],
+) -> Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]]:
+    """A compiled function: tiles (B x H x W x 3) -> (d loss_b / d tile_b, loss_b for each b).
 
-    The loss is the mean activation of each output layer, summed.
+    A tile's loss is, per output layer, the mean of its activations (or of the chosen
+    channels), weighted and summed. It is computed in float32 whatever the model's precision.
     """
 
-    # One trace for every tile shape: height and width are left open.
-    @tf.function(input_signature=[tf.TensorSpec([None, None, 3], tf.float32)])
-    def gradient(tile: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+    # Traced once per tile-batch shape; the engine keeps that shape fixed through a render.
+    @tf.function(jit_compile=False)
+    def gradient(tiles: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
         with tf.GradientTape() as tape:
-            tape.watch(tile)
-            activations = model(tile[tf.newaxis], training=False)
+            tape.watch(tiles)
+            activations = model(preprocess(tiles), training=False)
             if not isinstance(activations, list | tuple):
                 activations = [activations]
-            loss = tf.add_n([tf.reduce_mean(a) for a in activations])
-        return tape.gradient(loss, tile), loss
+            losses = []
+            for weight, activation, chosen in zip(weights, activations, channels, strict=True):
+                activation = tf.cast(activation, tf.float32)
+                if chosen is not None:
+                    activation = tf.gather(activation, chosen, axis=-1)
+                losses.append(weight * tf.reduce_mean(activation, axis=[1, 2, 3]))
+            loss = tf.add_n(losses)
+            total = tf.reduce_sum(loss)  # tiles are independent: each gets its own gradient
+        return tape.gradient(total, tiles), loss
 
-    def run(tile: np.ndarray) -> tuple[np.ndarray, float]:
-        grad, loss = gradient(tf.constant(tile))
-        return grad.numpy(), float(loss)
+    def run(tiles: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        grads, losses = gradient(tf.constant(tiles))
+        return grads.numpy(), losses.numpy()
 
+    run.traces = gradient.experimental_get_tracing_count  # type: ignore[attr-defined]
     return run
