@@ -124,13 +124,14 @@ def render(
         height, width, params.octaves, params.octave_scale, model.backbone.min_side
     )
     plans = [TilePlan(shape, params.tile_size, model) for shape in shapes]
-    source = imaging.to_planar(image)
     clock = _Clock(shapes, plans, params, resume)
     rng = np.random.default_rng(params.seed)
 
     if resume is None:
         octave, done = 0, 0
-        dream = imaging.resize(source, shapes[0])
+        dream = np.stack(
+            [imaging.resize_plane(imaging.to_plane(image[..., c]), shapes[0]) for c in range(3)]
+        )
     else:
         octave, done = resume.octave, resume.step
         dream = resume.image.copy()
@@ -157,7 +158,7 @@ def render(
                 on_checkpoint(DreamState(octave, step + 1, dream, rng.bit_generator.state))
         if octave + 1 == len(shapes):
             break
-        dream = _next_octave(dream, source, shapes[octave], shapes[octave + 1], params.detail)
+        dream = _next_octave(dream, image, shapes[octave], shapes[octave + 1], params.detail)
         octave, done = octave + 1, 0
 
     dreamed = imaging.to_image(imaging.resize(dream, (height, width)))
@@ -166,21 +167,25 @@ def render(
 
 def _next_octave(
     dream: np.ndarray,
-    source: np.ndarray,
+    image: np.ndarray,
     shape: tuple[int, int],
     next_shape: tuple[int, int],
     detail: bool,
 ) -> np.ndarray:
     """The next octave's starting image: the dream scaled up, or with detail re-injection the
-    input at the new size plus the dreamed detail (dream minus input) scaled up."""
+    input at the new size plus the dreamed detail (dream minus input) scaled up.
+
+    One channel at a time, from the uint8 input: the temporaries are planes, not images.
+    """
     out = np.empty((3, *next_shape), dtype=np.float32)
     for c in range(3):
         plane = dream[c]
         if detail:
-            plane = plane - imaging.resize_plane(source[c], shape)
+            source = imaging.to_plane(image[..., c])
+            plane = plane - imaging.resize_plane(source, shape)
         out[c] = imaging.resize_plane(plane, next_shape)
         if detail:
-            out[c] += imaging.resize_plane(source[c], next_shape)
+            out[c] += imaging.resize_plane(source, next_shape)
     np.clip(out, -1.0, 1.0, out=out)
     return out
 

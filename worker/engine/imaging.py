@@ -13,13 +13,16 @@ from PIL import Image
 CHUNK_ROWS = 256
 
 
+def to_plane(channel: np.ndarray) -> np.ndarray:
+    """One H x W uint8 channel as float32 in [-1, 1]."""
+    plane = np.multiply(channel, 1 / 127.5, dtype=np.float32)
+    plane -= 1.0
+    return plane
+
+
 def to_planar(image: np.ndarray) -> np.ndarray:
     """An H x W x 3 uint8 image as 3 x H x W float32 in [-1, 1]."""
-    planar = np.empty((3, *image.shape[:2]), dtype=np.float32)
-    for c in range(3):
-        np.multiply(image[..., c], 1 / 127.5, out=planar[c], dtype=np.float32)
-        planar[c] -= 1.0
-    return planar
+    return np.stack([to_plane(image[..., c]) for c in range(3)])
 
 
 def to_image(planar: np.ndarray) -> np.ndarray:

@@ -1,0 +1,160 @@
+"""`oneiro render`: dream on a local file with the engine alone: no Redis, no database."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Any
+
+import click
+from pydantic import ValidationError
+
+from shared.catalogue import BACKBONES
+from shared.params import RenderParams
+
+
+@click.group()
+def main() -> None:
+    """Oneiro: asynchronous DeepDream rendering."""
+
+
+def _layers(value: str | None) -> dict[str, float] | None:
+    if value is None:
+        return None
+    layers = {}
+    for item in value.split(","):
+        name, _, weight = item.partition(":")
+        layers[name.strip()] = float(weight) if weight else 1.0
+    return layers
+
+
+def _channels(values: tuple[str, ...]) -> dict[str, list[int]] | None:
+    channels = {}
+    for value in values:
+        name, _, indices = value.partition("=")
+        channels[name.strip()] = [int(i) for i in indices.split(",") if i.strip()]
+    return channels or None
+
+
+@main.command()
+@click.argument("input_path", metavar="INPUT", type=click.Path(exists=True, dir_okay=False))
+@click.option(
+    "-o",
+    "--output",
+    required=True,
+    type=click.Path(dir_okay=False),
+    help="Where to write the dream (PNG, JPEG or WebP by extension).",
+)
+@click.option("--model", type=click.Choice(list(BACKBONES)), help="Backbone [inception_v3].")
+@click.option(
+    "--layers",
+    help="Layers to dream, comma-separated, each optionally NAME:WEIGHT "
+    "[the backbone's defaults, e.g. mixed3,mixed5].",
+)
+@click.option(
+    "--channels",
+    multiple=True,
+    metavar="LAYER=I,J,...",
+    help="Maximize only these channels of a layer; repeatable.",
+)
+@click.option("--steps", type=int, help="Gradient steps per octave [100].")
+@click.option("--step-size", type=float, help="Gradient-ascent step [0.01].")
+@click.option("--octaves", type=int, help="Number of octaves, centred on the input size [5].")
+@click.option("--octave-scale", type=float, help="Size ratio between octaves [1.3].")
+@click.option(
+    "--grad-norm", type=click.Choice(["std", "laplacian"]), help="Gradient normalization [std]."
+)
+@click.option(
+    "--detail/--no-detail", default=None, help="Re-inject the input's detail between octaves [on]."
+)
+@click.option("--tile-size", type=int, help="Gradient tile side in pixels [512].")
+@click.option("--tv-weight", type=float, help="Total-variation smoothing [0].")
+@click.option(
+    "--preserve-colors/--no-preserve-colors",
+    default=None,
+    help="Keep the input's colours, dream in luminance only [off].",
+)
+@click.option("--seed", type=int, help="Random seed [random]; the same seed, the same image.")
+@click.option("--max-dim", type=int, help="Downscale the input so its longer side fits.")
+@click.option(
+    "--weights",
+    default="imagenet",
+    show_default=True,
+    help="'imagenet', 'random' (seeded, for tests) or a weights file path.",
+)
+@click.option(
+    "--precision",
+    type=click.Choice(["auto", "float32", "bfloat16", "float16"]),
+    default="auto",
+    show_default=True,
+    help="Arithmetic of the model.",
+)
+def render(
+    input_path: str,
+    output: str,
+    layers: str | None,
+    channels: tuple[str, ...],
+    weights: str,
+    precision: str,
+    **options: Any,
+) -> None:
+    """Dream on INPUT and write the result to OUTPUT, with a progress bar."""
+    chosen = {key: value for key, value in options.items() if value is not None}
+    if layers is not None:
+        chosen["layers"] = _layers(layers)
+    if channels:
+        chosen["channels"] = _channels(channels)
+    try:
+        params = RenderParams.model_validate(chosen)
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"--{str(e['loc'][0]).replace('_', '-')}: {e['msg']}" for e in exc.errors()
+        )
+        raise click.UsageError(problems) from None
+
+    # Imported once the arguments are known good: TensorFlow takes seconds to load.
+    from PIL import Image
+    from tqdm import tqdm
+
+    from shared.images import decode_rgb, fit_within
+    from worker.engine import WeightsUnavailable, load_dream_model
+    from worker.engine import render as dream
+
+    image = fit_within(decode_rgb(Path(input_path).read_bytes()), params.max_dim)
+    try:
+        model = load_dream_model(
+            weights,
+            params.layers,
+            model=params.model,
+            channels=params.channels,
+            precision=precision,
+        )
+    except WeightsUnavailable as exc:
+        raise click.ClickException(str(exc)) from None
+    click.echo(
+        f"{image.shape[1]}x{image.shape[0]}, {params.model} "
+        f"{','.join(params.layers)}, seed {params.seed}, {model.precision}",
+        err=True,
+    )
+    with tqdm(
+        total=1.0,
+        unit="",
+        bar_format="{l_bar}{bar}| {elapsed}<{remaining} {postfix}",
+        file=sys.stderr,
+    ) as bar:
+
+        def progress(p: Any) -> None:
+            bar.update(p.fraction - bar.n)
+            bar.set_postfix_str(
+                f"octave {p.octave}/{p.octaves} step {p.step}/{p.steps} "
+                f"tiles {p.tiles_done}/{p.tiles}",
+                refresh=False,
+            )
+
+        result = dream(image, params, model, on_progress=progress)
+    Image.fromarray(result).save(output)
+    click.echo(output)
+
+
+if __name__ == "__main__":
+    main()
