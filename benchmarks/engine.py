@@ -1,0 +1,211 @@
+"""Engine benchmark: the straightforward tiled loop against the engine, then a scaling table.
+
+    .venv/bin/python benchmarks/engine.py            # ratio and scaling (1, 4, 16, 64 MP)
+    .venv/bin/python benchmarks/engine.py --huge     # also one step of a 16384 x 16384 render
+
+Megapixel-steps per second: pixels x gradient steps / seconds, one octave at the input size,
+after a warm-up step (tracing) for each. Each scaling row runs in a fresh process so its peak
+resident memory is its own. Weights: ../shared/models' InceptionV3 file when present, else
+random (the arithmetic, and so the speed, is the same).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import resource
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+WEIGHTS_FILE = ROOT.parent / "shared/models/inception_v3_notop_nsfwjs.weights.h5"
+PHOTO = ROOT.parent / "shared/images/hubble_deep_field.jpg"
+LAYERS = ("mixed3", "mixed5")
+TILE = 512
+
+
+def photo(megapixels: float) -> np.ndarray:
+    """A real photo (or the repo's cat) resized to about `megapixels`, 4:3."""
+    source = PHOTO if PHOTO.is_file() else ROOT / "tests/data/chelsea.png"
+    width = round((megapixels * 1e6 * 4 / 3) ** 0.5)
+    height = round(width * 3 / 4)
+    with Image.open(source) as image:
+        return np.asarray(image.convert("RGB").resize((width, height), Image.Resampling.BICUBIC))
+
+
+def weights() -> str:
+    return str(WEIGHTS_FILE) if WEIGHTS_FILE.is_file() else "random"
+
+
+class StraightforwardLoop:
+    """The seed's tiled method done honestly, as the baseline.
+
+    Keras InceptionV3 as it comes (float32, batch norms), cut at mixed3 and mixed5; a compiled
+    gradient function called on one tile at a time; the image rolled randomly every step and
+    every tile covered, the partial last row and column included.
+    """
+
+    def __init__(self, weights: str) -> None:
+        import keras
+        import tensorflow as tf
+
+        keras.utils.set_random_seed(0)
+        base = keras.applications.InceptionV3(
+            include_top=False, weights=None if weights == "random" else weights
+        )
+        model = keras.Model(base.input, [base.get_layer(name).output for name in LAYERS])
+
+        @tf.function(input_signature=[tf.TensorSpec([None, None, 3], tf.float32)])
+        def gradient(tile: tf.Tensor) -> tf.Tensor:
+            with tf.GradientTape() as tape:
+                tape.watch(tile)
+                loss = tf.add_n([tf.reduce_mean(a) for a in model(tile[tf.newaxis])])
+            return tape.gradient(loss, tile)
+
+        self.gradient = gradient
+        self.tf = tf
+
+    def step(self, image: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+        height, width = image.shape[:2]
+        shift = (int(rng.integers(-TILE, TILE)), int(rng.integers(-TILE, TILE)))
+        rolled = np.roll(image, shift, axis=(0, 1))
+        grad = np.zeros_like(rolled)
+        for y in range(0, height, TILE):
+            for x in range(0, width, TILE):
+                tile = self.tf.constant(rolled[y : y + TILE, x : x + TILE])
+                grad[y : y + TILE, x : x + TILE] = self.gradient(tile).numpy()
+        grad = np.roll(grad, (-shift[0], -shift[1]), axis=(0, 1))
+        grad /= grad.std() + 1e-8
+        return np.clip(image + grad * 0.01, -1, 1)
+
+
+def time_baseline(image: np.ndarray, steps: int) -> float:
+    loop = StraightforwardLoop(weights())
+    rng = np.random.default_rng(0)
+    dream = image.astype(np.float32) / 127.5 - 1
+    dream = loop.step(dream, rng)  # warm-up: tracing
+    started = time.perf_counter()
+    for _ in range(steps):
+        dream = loop.step(dream, rng)
+    return image.shape[0] * image.shape[1] * steps / 1e6 / (time.perf_counter() - started)
+
+
+def time_engine(image: np.ndarray, steps: int, precision: str) -> float:
+    from shared.params import RenderParams
+    from worker.engine import load_dream_model, render
+
+    model = load_dream_model(weights(), LAYERS, precision=precision)
+    params = RenderParams(steps=steps + 1, octaves=1, seed=0, tile_size=TILE, detail=False)
+    stamps: list[float] = []
+
+    def progress(p: object) -> None:
+        if p.tiles_done % (p.tiles // p.steps) == 0:  # type: ignore[attr-defined]
+            stamps.append(time.perf_counter())
+
+    render(image, params, model, on_progress=progress)
+    # From the end of the warm-up step to the end of the last.
+    return image.shape[0] * image.shape[1] * steps / 1e6 / (stamps[-1] - stamps[0])
+
+
+def scaling_row(megapixels: float, precision: str) -> dict[str, float]:
+    """Run in a child process: seconds per megapixel-step and peak RSS for one size."""
+    image = photo(megapixels)
+    rate = time_engine(image, 1, precision)
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024**2
+    return {
+        "megapixels": image.shape[0] * image.shape[1] / 1e6,
+        "s_per_mp_step": 1 / rate,
+        "peak_rss_gib": peak,
+    }
+
+
+def child(megapixels: float, precision: str, side: int | None = None) -> dict[str, float]:
+    args = [sys.executable, __file__, "--row", str(megapixels), "--precision", precision]
+    if side:
+        args += ["--side", str(side)]
+    out = subprocess.run(
+        args,
+        capture_output=True,
+        text=True,
+        check=True,
+        env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"},
+    ).stdout
+    return json.loads(out.strip().splitlines()[-1])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--steps", type=int, default=3)
+    parser.add_argument("--megapixels", type=float, default=1.0)
+    parser.add_argument("--huge", action="store_true", help="also a 16384 x 16384 step")
+    parser.add_argument("--row", type=float, help=argparse.SUPPRESS)
+    parser.add_argument("--side", type=int, help=argparse.SUPPRESS)
+    parser.add_argument("--precision", default="auto")
+    args = parser.parse_args()
+
+    if args.row is not None:
+        if args.side:
+            image = np.asarray(Image.fromarray(photo(1.0)).resize((args.side, args.side)))
+            rate = time_engine(image, 1, args.precision)
+            peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024**2
+            print(
+                json.dumps(
+                    {
+                        "megapixels": args.side**2 / 1e6,
+                        "s_per_mp_step": 1 / rate,
+                        "peak_rss_gib": peak,
+                    }
+                )
+            )
+        else:
+            print(json.dumps(scaling_row(args.row, args.precision)))
+        return
+
+    from worker.engine.model import best_precision
+
+    print(
+        f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs; "
+        f"weights: {'shared InceptionV3 file' if weights() != 'random' else 'random'}; "
+        f"auto precision here: {best_precision()}"
+    )
+    image = photo(args.megapixels)
+    megapixels = image.shape[0] * image.shape[1] / 1e6
+    print(
+        f"\nsame image, {image.shape[1]}x{image.shape[0]} ({megapixels:.2f} MP), "
+        f"{args.steps} timed steps each, tile {TILE}, layers {'+'.join(LAYERS)}"
+    )
+    baseline = time_baseline(image, args.steps)
+    print(f"  straightforward loop (float32, one tile at a time): {baseline:6.3f} MP-steps/s")
+    for precision in ("float32", "bfloat16"):
+        rate = time_engine(image, args.steps, precision)
+        print(
+            f"  engine, {precision:8s} (folded, batched, aligned tiles): {rate:6.3f} "
+            f"MP-steps/s  ratio {rate / baseline:4.2f}x"
+        )
+
+    precision = best_precision()
+    print(f"\nscaling, engine ({precision}), one octave, one timed step, fresh process each")
+    print(f"  {'MP':>6} {'s per MP-step':>14} {'peak RSS GiB':>13}")
+    for size in (1, 4, 16, 64):
+        row = child(size, precision)
+        print(
+            f"  {row['megapixels']:6.1f} {row['s_per_mp_step']:14.3f} {row['peak_rss_gib']:13.2f}"
+        )
+    if args.huge:
+        row = child(0, precision, side=16384)
+        print(
+            f"  {row['megapixels']:6.1f} {row['s_per_mp_step']:14.3f} "
+            f"{row['peak_rss_gib']:13.2f}  (16384 x 16384)"
+        )
+
+
+if __name__ == "__main__":
+    main()
