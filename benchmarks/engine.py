@@ -16,10 +16,13 @@ import json
 import os
 import platform
 import resource
+import statistics
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from PIL import Image
@@ -87,32 +90,45 @@ class StraightforwardLoop:
         return np.clip(image + grad * 0.01, -1, 1)
 
 
-def time_baseline(image: np.ndarray, steps: int) -> float:
+def baseline_timer(image: np.ndarray) -> Callable[[int], float]:
+    """A function that runs `steps` baseline steps on `image` and returns MP-steps/s."""
     loop = StraightforwardLoop(weights())
     rng = np.random.default_rng(0)
-    dream = image.astype(np.float32) / 127.5 - 1
-    dream = loop.step(dream, rng)  # warm-up: tracing
-    started = time.perf_counter()
-    for _ in range(steps):
-        dream = loop.step(dream, rng)
-    return image.shape[0] * image.shape[1] * steps / 1e6 / (time.perf_counter() - started)
+    state = {"dream": loop.step(image.astype(np.float32) / 127.5 - 1, rng)}  # warm-up
+
+    def run(steps: int) -> float:
+        started = time.perf_counter()
+        for _ in range(steps):
+            state["dream"] = loop.step(state["dream"], rng)
+        return image.shape[0] * image.shape[1] * steps / 1e6 / (time.perf_counter() - started)
+
+    return run
 
 
-def time_engine(image: np.ndarray, steps: int, precision: str) -> float:
+def engine_timer(image: np.ndarray, precision: str) -> Callable[[int], float]:
+    """A function that renders `steps` engine steps on `image` and returns MP-steps/s."""
     from shared.params import RenderParams
     from worker.engine import load_dream_model, render
 
     model = load_dream_model(weights(), LAYERS, precision=precision)
-    params = RenderParams(steps=steps + 1, octaves=1, seed=0, tile_size=TILE, detail=False)
-    stamps: list[float] = []
 
-    def progress(p: object) -> None:
-        if p.tiles_done % (p.tiles // p.steps) == 0:  # type: ignore[attr-defined]
-            stamps.append(time.perf_counter())
+    def run(steps: int) -> float:
+        params = RenderParams(steps=steps + 1, octaves=1, seed=0, tile_size=TILE, detail=False)
+        stamps: list[float] = []
 
-    render(image, params, model, on_progress=progress)
-    # From the end of the warm-up step to the end of the last.
-    return image.shape[0] * image.shape[1] * steps / 1e6 / (stamps[-1] - stamps[0])
+        def progress(p: Any) -> None:
+            if p.tiles_done % (p.tiles // p.steps) == 0:  # a step ends
+                stamps.append(time.perf_counter())
+
+        render(image, params, model, on_progress=progress)
+        # From the end of the first step (tracing, first touches) to the end of the last.
+        return image.shape[0] * image.shape[1] * steps / 1e6 / (stamps[-1] - stamps[0])
+
+    return run
+
+
+def time_engine(image: np.ndarray, steps: int, precision: str) -> float:
+    return engine_timer(image, precision)(steps)
 
 
 def scaling_row(megapixels: float, precision: str) -> dict[str, float]:
@@ -143,7 +159,8 @@ def child(megapixels: float, precision: str, side: int | None = None) -> dict[st
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--steps", type=int, default=3)
+    parser.add_argument("--steps", type=int, default=2)
+    parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--megapixels", type=float, default=1.0)
     parser.add_argument("--huge", action="store_true", help="also a 16384 x 16384 step")
     parser.add_argument("--row", type=float, help=argparse.SUPPRESS)
@@ -179,17 +196,25 @@ def main() -> None:
     image = photo(args.megapixels)
     megapixels = image.shape[0] * image.shape[1] / 1e6
     print(
-        f"\nsame image, {image.shape[1]}x{image.shape[0]} ({megapixels:.2f} MP), "
-        f"{args.steps} timed steps each, tile {TILE}, layers {'+'.join(LAYERS)}"
+        f"\nsame image, {image.shape[1]}x{image.shape[0]} ({megapixels:.2f} MP), tile {TILE}, "
+        f"layers {'+'.join(LAYERS)}; {args.rounds} interleaved rounds of {args.steps} steps, "
+        "median"
     )
-    baseline = time_baseline(image, args.steps)
-    print(f"  straightforward loop (float32, one tile at a time): {baseline:6.3f} MP-steps/s")
+    timers = {"straightforward loop (float32, one tile at a time)": baseline_timer(image)}
     for precision in ("float32", "bfloat16"):
-        rate = time_engine(image, args.steps, precision)
-        print(
-            f"  engine, {precision:8s} (folded, batched, aligned tiles): {rate:6.3f} "
-            f"MP-steps/s  ratio {rate / baseline:4.2f}x"
+        timers[f"engine, {precision} (folded, batched, sized tiles)"] = engine_timer(
+            image, precision
         )
+    # Interleaved, so a noisy neighbour on this shared machine slows every contender alike.
+    rates: dict[str, list[float]] = {name: [] for name in timers}
+    for _ in range(args.rounds):
+        for name, timer in timers.items():
+            rates[name].append(timer(args.steps))
+    medians = {name: statistics.median(values) for name, values in rates.items()}
+    baseline = next(iter(medians.values()))
+    for name, rate in medians.items():
+        spread = f"{min(rates[name]):.3f}-{max(rates[name]):.3f}"
+        print(f"  {name:52s} {rate:6.3f} MP-steps/s ({spread})  ratio {rate / baseline:4.2f}x")
 
     precision = best_precision()
     print(f"\nscaling, engine ({precision}), one octave, one timed step, fresh process each")

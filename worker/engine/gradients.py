@@ -46,3 +46,12 @@ def make_gradient_fn(
 
     run.traces = gradient.experimental_get_tracing_count  # type: ignore[attr-defined]
     return run
+
+
+def gpu_compute_capability() -> tuple[int, int] | None:
+    """The first GPU's CUDA compute capability, or None when TensorFlow sees no GPU."""
+    gpus = tf.config.list_physical_devices("GPU")
+    if not gpus:
+        return None
+    capability = tf.config.experimental.get_device_details(gpus[0]).get("compute_capability")
+    return tuple(capability) if capability else (0, 0)  # type: ignore[return-value]

@@ -17,7 +17,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 import keras  # noqa: E402
 
 from shared.catalogue import BACKBONES, Backbone  # noqa: E402
-from worker.engine.gradients import make_gradient_fn  # noqa: E402
+from worker.engine.gradients import gpu_compute_capability, make_gradient_fn  # noqa: E402
 
 DOWNLOAD_TIMEOUT_S = 60.0
 PRECISIONS = ("auto", "float32", "bfloat16", "float16")
@@ -90,7 +90,11 @@ def load_dream_model(
 
 @cache
 def best_precision() -> str:
-    """bfloat16 where the CPU computes it natively (measured faster: benchmarks/), else float32."""
+    """The fastest precision measured here: bfloat16 on GPUs that have it (Ampere and newer),
+    float16 on older GPUs, bfloat16 on CPUs with native bfloat16, float32 on other CPUs."""
+    capability = gpu_compute_capability()
+    if capability is not None:
+        return "bfloat16" if capability >= (8, 0) else "float16"
     try:
         flags = Path("/proc/cpuinfo").read_text()
     except OSError:

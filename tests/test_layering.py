@@ -1,0 +1,33 @@
+"""The boundaries of the design (DESIGN.md invariant 6), checked on what Python really imports."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+from tests.conftest import ROOT
+
+
+def imported_after(statement: str) -> set[str]:
+    code = f"import sys; {statement}; print('\\n'.join(sys.modules))"
+    out = subprocess.run(
+        [sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True
+    ).stdout
+    return {name.split(".")[0] for name in out.split()}
+
+
+def test_the_api_imports_neither_tensorflow_nor_the_worker() -> None:
+    modules = imported_after("from api import create_app; create_app")
+    assert not modules & {"tensorflow", "keras", "worker"}
+
+
+def test_the_worker_parent_process_stays_free_of_tensorflow() -> None:
+    # Celery forks its pool from this process: TensorFlow must load in the child, after the fork.
+    modules = imported_after("import worker.tasks")
+    assert not modules & {"tensorflow", "keras", "flask", "api"}
+
+
+def test_the_engine_imports_no_service_library() -> None:
+    modules = imported_after("import worker.engine")
+    assert "tensorflow" in modules
+    assert not modules & {"flask", "celery", "sqlalchemy", "redis", "api"}
