@@ -15,7 +15,7 @@ from sqlalchemy.orm import Session
 from api import Services
 from api.problems import Problem, invalid
 from shared.images import ImageRejected, inspect_image
-from shared.models import Job, JobStatus
+from shared.models import Job, JobStatus, utcnow
 from shared.params import RenderParams
 from shared.queue import enqueue_render
 
@@ -87,6 +87,9 @@ def submit_job() -> tuple[dict[str, Any], int, dict[str, str]]:
         enqueue_render(svc.celery, job_id)
     except Exception:
         log.exception("job %s committed but not enqueued; the relay will enqueue it", job_id)
+    else:
+        job.enqueued_at = utcnow()
+        session.commit()
     return job_json(job), 202, {"Location": f"/v1/jobs/{job_id}"}
 
 

@@ -10,9 +10,11 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 from urllib.parse import urlparse
 
 from shared.localredis import redis_answers, start_redis
+from shared.queue import maintenance_queue
 from shared.settings import SettingsError, get_settings
 
 API_BIND = os.environ.get("ONEIRO_API_BIND", "127.0.0.1:8000")
@@ -58,6 +60,29 @@ def worker_command(queue: str) -> list[str]:
     ]
 
 
+def maintenance_command(queue: str, schedule: Path) -> list[str]:
+    """A light worker that runs the reaper and relay, with Celery beat embedded to schedule them."""
+    return [
+        sys.executable,
+        "-m",
+        "celery",
+        "-A",
+        "worker.celery_app",
+        "worker",
+        "--beat",
+        "--schedule",
+        str(schedule),
+        "--queues",
+        queue,
+        "--concurrency",
+        "1",
+        "--loglevel",
+        "INFO",
+        "--hostname",
+        "maintenance@%h",
+    ]
+
+
 def main() -> int:
     try:
         settings = get_settings()
@@ -76,6 +101,14 @@ def main() -> int:
     subprocess.run(migrate_command(), check=True)
     children.append(subprocess.Popen([*api_command(API_BIND), "--access-logfile", "-"]))
     children.append(subprocess.Popen(worker_command(settings.queue)))
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    children.append(
+        subprocess.Popen(
+            maintenance_command(
+                maintenance_queue(settings), settings.data_dir / "celerybeat-schedule"
+            )
+        )
+    )
     print(
         f"oneiro: API on http://{API_BIND}, one worker on queue {settings.queue!r}; "
         "Ctrl-C stops everything",

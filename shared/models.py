@@ -72,3 +72,7 @@ class Job(Base):
     started_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     heartbeat_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    # When the render message was last handed to Redis; the relay re-sends what it never was.
+    enqueued_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    # The engine's latest saved state, so a job put back after its worker died resumes there.
+    checkpoint_key: Mapped[str | None] = mapped_column(String(255))

@@ -10,6 +10,7 @@ from shared.settings import Settings
 
 # The API sends by name, so it never imports the worker (or TensorFlow).
 RENDER_TASK = "oneiro.render_job"
+MAINTAIN_TASK = "oneiro.maintain"
 
 # Longer than any render may take. With the Redis transport an unacknowledged message comes back
 # after this timeout; were it shorter than a render, a second worker would start the same job.
@@ -43,8 +44,19 @@ def create_celery(settings: Settings) -> Celery:
         task_serializer="json",
         accept_content=["json"],
         worker_hijack_root_logger=False,
+        # Maintenance goes to a queue of its own: a GPU worker busy for an hour must not hold
+        # up the reaper that would rescue a dead one's job.
+        task_routes={MAINTAIN_TASK: {"queue": maintenance_queue(settings)}},
+        beat_schedule={
+            "maintain": {"task": MAINTAIN_TASK, "schedule": settings.maintenance_interval}
+        },
     )
     return app
+
+
+def maintenance_queue(settings: Settings) -> str:
+    """The queue of the light worker that runs the reaper and the relay."""
+    return f"{settings.queue}-maintenance"
 
 
 def enqueue_render(celery: Celery, job_id: uuid.UUID) -> None:

@@ -38,6 +38,18 @@ class Settings(BaseSettings):
     # Seconds between progress writes to the job row: often enough to look smooth, rare enough
     # that a thousand workers do not hammer the database.
     progress_interval: float = Field(1.0, ge=0)
+    # Crash safety. A running job proves it is alive every heartbeat_interval seconds; one silent
+    # for lease_seconds is presumed dead and put back (up to max_attempts claims in all). The
+    # engine's state is saved every checkpoint_every steps and at octave ends, so a job put back
+    # loses at most that much work. Queued jobs not picked up after relay_after seconds are sent
+    # to Redis again (a lost message, a flushed Redis); maintenance runs every
+    # maintenance_interval seconds.
+    heartbeat_interval: float = Field(10.0, gt=0)
+    lease_seconds: float = Field(120.0, gt=0)
+    max_attempts: int = Field(3, ge=1)
+    checkpoint_every: int = Field(10, ge=0)
+    relay_after: float = Field(300.0, gt=0)
+    maintenance_interval: float = Field(30.0, gt=0)
     # How long the API waits for Redis when enqueueing before it gives up and leaves the job to
     # the relay; a submit must not hang because Redis does.
     enqueue_timeout: float = Field(3.0, gt=0)

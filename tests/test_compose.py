@@ -11,10 +11,11 @@ from typing import Any
 import pytest
 import yaml
 
+from shared.queue import MAINTAIN_TASK
 from tests.conftest import ROOT
 
 COMPOSE = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
-PROJECT_SERVICES = ["migrate", "api", "worker"]
+PROJECT_SERVICES = ["migrate", "api", "worker", "beat"]
 
 
 def service(name: str) -> dict[str, Any]:
@@ -32,7 +33,11 @@ def test_project_commands_exist(name: str) -> None:
     if command[0] == "celery":
         app = importlib.import_module(command[command.index("-A") + 1]).app
         queue = command[command.index("--queues") + 1]
-        assert queue == app.conf.task_default_queue
+        if "--beat" in command:  # the maintenance worker takes what beat schedules
+            assert queue == app.conf.task_routes[MAINTAIN_TASK]["queue"]
+            assert MAINTAIN_TASK in {e["task"] for e in app.conf.beat_schedule.values()}
+        else:
+            assert queue == app.conf.task_default_queue
         assert command[command.index("--concurrency") + 1] == "1"
     if command[0] == "alembic":
         assert command[1:] == ["upgrade", "head"]
@@ -47,7 +52,7 @@ def test_project_services_get_their_settings(name: str) -> None:
     assert env["REDIS_URL"].split("//")[1].split(":")[0] in COMPOSE["services"]
 
 
-@pytest.mark.parametrize("name", ["api", "worker"])
+@pytest.mark.parametrize("name", ["api", "worker", "beat"])
 def test_serving_waits_for_migrations(name: str) -> None:
     depends = service(name)["depends_on"]
     assert depends["migrate"] == {"condition": "service_completed_successfully"}

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import threading
 import time
 import uuid
 from typing import Any
@@ -68,7 +69,8 @@ def run_job(job_id: uuid.UUID, runtime: Runtime) -> JobStatus | None:
         return None
     log.info("job %s attempt %d claimed by %s", job_id, attempt, runtime.name)
     try:
-        result_key = _render(job_id, attempt, runtime)
+        with Heartbeat(runtime, job_id, attempt) as heartbeat:
+            result_key = _render(job_id, attempt, runtime, heartbeat)
     except LostJob as exc:
         log.warning("%s", exc)
         return None
@@ -84,16 +86,22 @@ def run_job(job_id: uuid.UUID, runtime: Runtime) -> JobStatus | None:
             result_key=result_key,
             finished_at=utcnow(),
             progress=_finished_progress(session, job_id),
+            checkpoint_key=None,
         )
+    runtime.storage.delete(checkpoint_key(job_id))
     log.info("job %s succeeded", job_id)
     return JobStatus.SUCCEEDED
 
 
-def _render(job_id: uuid.UUID, attempt: int, runtime: Runtime) -> str:
+def checkpoint_key(job_id: uuid.UUID) -> str:
+    return f"checkpoints/{job_id}.npz"
+
+
+def _render(job_id: uuid.UUID, attempt: int, runtime: Runtime, heartbeat: Heartbeat) -> str:
     with runtime.sessions() as session:
         job = session.get_one(Job, job_id)
         params = RenderParams.model_validate(job.params)
-        input_key = job.input_key
+        input_key, saved = job.input_key, job.checkpoint_key
     try:
         image = fit_within(decode_rgb(runtime.storage.get(input_key)), params.max_dim)
     except ObjectNotFound:
@@ -101,13 +109,69 @@ def _render(job_id: uuid.UUID, attempt: int, runtime: Runtime) -> str:
             f"the input image of this job is missing from storage ({input_key})"
         ) from None
     # Imported here: TensorFlow loads in the process that renders, never in Celery's parent.
-    from worker.engine import render
+    from worker.engine import Canceled, DreamState, render
+
+    resume = None
+    if saved and runtime.storage.exists(saved):
+        resume = DreamState.from_bytes(runtime.storage.get(saved))
+        log.info("job %s resumes at octave %d step %d", job_id, resume.octave + 1, resume.step)
+
+    def save(state: DreamState) -> None:
+        runtime.storage.put(checkpoint_key(job_id), state.to_bytes())
+        with runtime.sessions.begin() as session:
+            _update_running(session, job_id, attempt, checkpoint_key=checkpoint_key(job_id))
 
     model = runtime.dream_model(params)
-    dreamed = render(image, params, model, on_progress=ProgressReporter(runtime, job_id, attempt))
+    try:
+        dreamed = render(
+            image,
+            params,
+            model,
+            on_progress=ProgressReporter(runtime, job_id, attempt),
+            should_stop=heartbeat.lost.is_set,
+            on_checkpoint=save,
+            checkpoint_every=runtime.settings.checkpoint_every,
+            resume=resume,
+        )
+    except Canceled:
+        raise LostJob(f"job {job_id} attempt {attempt} was taken from this worker") from None
     result_key = f"results/{job_id}.png"
     runtime.storage.put(result_key, encode_png(dreamed))
     return result_key
+
+
+class Heartbeat:
+    """Proves, every heartbeat_interval seconds, that this worker still holds the job.
+
+    Runs beside the render in a thread of its own, so a step that takes minutes still beats.
+    When the row says the job is no longer this attempt's, `lost` is set and the render stops
+    at its next tile batch.
+    """
+
+    def __init__(self, runtime: Runtime, job_id: uuid.UUID, attempt: int) -> None:
+        self.runtime, self.job_id, self.attempt = runtime, job_id, attempt
+        self.lost = threading.Event()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._beat, name=f"heartbeat-{job_id}", daemon=True)
+
+    def __enter__(self) -> Heartbeat:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def _beat(self) -> None:
+        while not self._stop.wait(self.runtime.settings.heartbeat_interval):
+            try:
+                with self.runtime.sessions.begin() as session:
+                    _update_running(session, self.job_id, self.attempt, heartbeat_at=utcnow())
+            except LostJob:
+                self.lost.set()
+                return
+            except Exception:  # the database may be away for a moment; the lease allows it
+                log.warning("heartbeat of job %s failed", self.job_id, exc_info=True)
 
 
 class ProgressReporter:
@@ -164,7 +228,9 @@ def _fail(runtime: Runtime, job_id: uuid.UUID, attempt: int, message: str) -> Jo
                 status=JobStatus.FAILED,
                 error=message,
                 finished_at=utcnow(),
+                checkpoint_key=None,
             )
+        runtime.storage.delete(checkpoint_key(job_id))
     except LostJob as exc:
         log.warning("%s", exc)
         return None

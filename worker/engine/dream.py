@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import io
+import json
 import math
 import time
 from collections.abc import Callable, Iterator
@@ -43,6 +45,20 @@ class DreamState:
     step: int
     image: np.ndarray
     rng_state: dict[str, Any] = field(repr=False)
+
+    def to_bytes(self) -> bytes:
+        """The state as an .npz archive (the image uncompressed: it is mostly noise)."""
+        buffer = io.BytesIO()
+        meta = {"octave": self.octave, "step": self.step, "rng_state": self.rng_state}
+        np.savez(buffer, image=self.image, meta=np.array(json.dumps(meta)))
+        return buffer.getvalue()
+
+    @classmethod
+    def from_bytes(cls, data: bytes) -> DreamState:
+        """A state written by to_bytes."""
+        with np.load(io.BytesIO(data), allow_pickle=False) as archive:
+            meta = json.loads(str(archive["meta"]))
+            return cls(meta["octave"], meta["step"], archive["image"], meta["rng_state"])
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,185 @@
+"""Crash safety in-process: checkpoints and resume, heartbeats and fencing, reaper, relay."""
+
+from __future__ import annotations
+
+import dataclasses
+import uuid
+from datetime import timedelta
+from typing import Any
+
+import pytest
+from sqlalchemy import update
+from sqlalchemy.orm import Session, sessionmaker
+
+from shared.models import Job, JobStatus, utcnow
+from shared.queue import create_celery
+from shared.settings import Settings
+from shared.storage import Storage
+from tests.test_api import queued_job_ids
+from tests.utils import image_bytes, make_job
+from worker.jobs import checkpoint_key, run_job
+from worker.maintenance import reap_stale_jobs, relay_queued_jobs
+from worker.runtime import Runtime
+
+PARAMS = {"steps": 3, "octaves": 2, "seed": 5, "tile_size": 64, "max_dim": 100}
+
+
+class Crash(BaseException):
+    """Stands for kill -9: nothing in the worker catches it, nothing is cleaned up."""
+
+
+def runtime_for(
+    settings: Settings, sessions: sessionmaker[Session], storage: Storage, **changes: Any
+) -> Runtime:
+    return Runtime(
+        settings=settings.model_copy(update=changes),
+        sessions=sessions,
+        storage=storage,
+        name="test-worker",
+    )
+
+
+def crash_after(runtime: Runtime, calls: int, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Make the worker die at its `calls`-th gradient call."""
+    original = Runtime.dream_model
+    seen = []
+
+    def dying(self: Runtime, params: Any) -> Any:
+        model = original(self, params)
+
+        def gradient(tiles: Any) -> Any:
+            seen.append(1)
+            if len(seen) == calls:
+                raise Crash
+            return model.gradient(tiles)
+
+        return dataclasses.replace(model, gradient=gradient)
+
+    monkeypatch.setattr(Runtime, "dream_model", dying)
+
+
+def reload(session: Session, job_id: uuid.UUID) -> Job:
+    session.expire_all()
+    return session.get_one(Job, job_id)
+
+
+def test_a_job_killed_mid_render_resumes_from_its_checkpoint_to_the_same_image(
+    settings: Settings,
+    sessions: sessionmaker[Session],
+    session: Session,
+    storage: Storage,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    runtime = runtime_for(settings, sessions, storage, checkpoint_every=1, lease_seconds=1)
+    image = image_bytes((100, 80))
+    reference = make_job(session, storage, image=image, params=PARAMS)
+    assert run_job(reference.id, runtime) == JobStatus.SUCCEEDED
+    expected = storage.get(reload(session, reference.id).result_key or "")
+
+    job = make_job(session, storage, image=image, params=PARAMS)
+    with monkeypatch.context() as patch:
+        crash_after(runtime, 5, patch)  # in octave 2: octave 1 and a step are saved
+        with pytest.raises(Crash):
+            run_job(job.id, runtime)
+    dead = reload(session, job.id)
+    assert dead.status == JobStatus.RUNNING and dead.checkpoint_key == checkpoint_key(job.id)
+
+    session.execute(
+        update(Job).where(Job.id == job.id).values(heartbeat_at=utcnow() - timedelta(seconds=5))
+    )
+    session.commit()
+    requeued, failed = reap_stale_jobs(session, runtime.settings)
+    assert requeued == [job.id] and failed == []
+
+    progress: list[float] = []
+    monkeypatch.setattr(
+        "worker.jobs.ProgressReporter.__call__", lambda self, p: progress.append(p.fraction)
+    )
+    assert run_job(job.id, runtime) == JobStatus.SUCCEEDED
+
+    done = reload(session, job.id)
+    assert done.attempt == 2
+    assert storage.get(done.result_key or "") == expected
+    assert progress[0] > 0.5  # it resumed: the first octave was not done again
+    assert not storage.exists(checkpoint_key(job.id)) and done.checkpoint_key is None
+
+
+def test_a_worker_whose_job_was_taken_stops_and_writes_nothing(
+    settings: Settings,
+    sessions: sessionmaker[Session],
+    session: Session,
+    storage: Storage,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    runtime = runtime_for(settings, sessions, storage, heartbeat_interval=0.01)
+    job = make_job(session, storage, params={**PARAMS, "steps": 50})
+    original = Runtime.dream_model
+
+    def taken_midway(self: Runtime, params: Any) -> Any:
+        model = original(self, params)
+
+        def gradient(tiles: Any) -> Any:
+            # Meanwhile the reaper gave the job to another worker (attempt 2).
+            with sessions.begin() as other:
+                other.execute(update(Job).where(Job.id == job.id).values(attempt=2, worker="b"))
+            return model.gradient(tiles)
+
+        return dataclasses.replace(model, gradient=gradient)
+
+    monkeypatch.setattr(Runtime, "dream_model", taken_midway)
+
+    assert run_job(job.id, runtime) is None
+
+    after = reload(session, job.id)
+    assert after.status == JobStatus.RUNNING and after.attempt == 2 and after.worker == "b"
+    assert after.result_key is None
+
+
+def test_the_reaper_requeues_silent_jobs_and_fails_them_after_the_last_attempt(
+    settings: Settings, session: Session, storage: Storage
+) -> None:
+    old = utcnow() - timedelta(seconds=settings.lease_seconds + 5)
+    silent = make_job(
+        session, storage, status=JobStatus.RUNNING, attempt=1, worker="w1", heartbeat_at=old
+    )
+    exhausted = make_job(
+        session,
+        storage,
+        status=JobStatus.RUNNING,
+        worker="w2",
+        attempt=settings.max_attempts,
+        heartbeat_at=old,
+    )
+    alive = make_job(
+        session, storage, status=JobStatus.RUNNING, attempt=1, worker="w3", heartbeat_at=utcnow()
+    )
+
+    requeued, failed = reap_stale_jobs(session, settings)
+
+    assert requeued == [silent.id] and failed == [exhausted.id]
+    assert reload(session, silent.id).status == JobStatus.QUEUED
+    gave_up = reload(session, exhausted.id)
+    assert gave_up.status == JobStatus.FAILED
+    assert gave_up.error is not None and "w2 stopped answering" in gave_up.error
+    assert f"attempt {settings.max_attempts} of {settings.max_attempts}" in gave_up.error
+    assert reload(session, alive.id).status == JobStatus.RUNNING
+
+
+def test_the_relay_sends_what_redis_never_got_or_lost(
+    settings: Settings, session: Session, storage: Storage
+) -> None:
+    never = make_job(session, storage)
+    recent = make_job(session, storage, enqueued_at=utcnow())
+    long_ago = make_job(
+        session, storage, enqueued_at=utcnow() - timedelta(seconds=settings.relay_after + 5)
+    )
+    make_job(session, storage, status=JobStatus.SUCCEEDED)
+    celery = create_celery(settings)
+
+    sent = relay_queued_jobs(session, celery, settings)
+    celery.close()
+
+    assert set(sent) == {never.id, long_ago.id}
+    assert sorted(queued_job_ids(settings)) == sorted(str(i) for i in sent)
+    assert reload(session, never.id).enqueued_at is not None
+    assert recent.id not in sent
