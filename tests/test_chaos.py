@@ -1,0 +1,183 @@
+"""Chaos: a real Celery worker process killed with SIGKILL mid-render, again and again."""
+
+from __future__ import annotations
+
+import os
+import random
+import signal
+import subprocess
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from subprocess import STDOUT
+from typing import Any
+
+import pytest
+from sqlalchemy.orm import Session, sessionmaker
+
+from shared.launcher import worker_command
+from shared.models import Job, JobStatus
+from shared.queue import create_celery, enqueue_render
+from shared.settings import Settings
+from shared.storage import Storage
+from tests.conftest import ROOT
+from tests.utils import CHELSEA, make_job
+from worker.maintenance import reap_stale_jobs, relay_queued_jobs
+
+pytestmark = pytest.mark.chaos
+
+KILLS = 5
+PARAMS = {"steps": 8, "octaves": 3, "seed": 11, "max_dim": 200, "tile_size": 128}
+
+
+class Workers:
+    """Starts worker processes one after another, as a supervisor restarting a dead one would."""
+
+    def __init__(self, settings: Settings, logs: Path) -> None:
+        self.settings, self.logs = settings, logs
+        self.env = {
+            **os.environ,
+            "DATABASE_URL": settings.database_url,
+            "REDIS_URL": settings.redis_url,
+            "ONEIRO_DATA_DIR": str(settings.data_dir),
+            "ONEIRO_QUEUE": settings.queue,
+            "ONEIRO_WEIGHTS": "random",
+            "ONEIRO_WEIGHTS_DOWNLOAD": "false",
+            "ONEIRO_CHECKPOINT_EVERY": "1",
+            "ONEIRO_HEARTBEAT_INTERVAL": "0.2",
+            "ONEIRO_PROGRESS_INTERVAL": "0.1",
+        }
+        self.process: subprocess.Popen[bytes] | None = None
+        self.count = 0
+
+    def start(self) -> None:
+        self.count += 1
+        out = (self.logs / f"worker-{self.count}.log").open("wb")
+        self.process = subprocess.Popen(
+            [
+                *worker_command(self.settings.queue),
+                "--without-mingle",
+                "--without-gossip",
+                "--hostname",
+                f"chaos{self.count}-{uuid.uuid4().hex[:4]}@%h",
+            ],
+            cwd=ROOT,
+            env=self.env,
+            stdout=out,
+            stderr=STDOUT,
+            start_new_session=True,
+        )
+        out.close()
+
+    def kill(self) -> None:
+        """SIGKILL the worker and its pool child: no cleanup, no goodbye, message unacked."""
+        assert self.process is not None
+        os.killpg(self.process.pid, signal.SIGKILL)
+        self.process.wait()
+
+    def stop(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            os.killpg(self.process.pid, signal.SIGTERM)
+            try:
+                self.process.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.process.pid, signal.SIGKILL)
+
+    def log(self) -> str:
+        return "".join(p.read_text() for p in sorted(self.logs.glob("worker-*.log")))
+
+
+@pytest.fixture
+def workers(settings: Settings, tmp_path: Path) -> Iterator[Workers]:
+    running = Workers(settings.model_copy(update={"lease_seconds": 1.5}), tmp_path)
+    yield running
+    running.stop()
+
+
+def wait_for(predicate: Any, timeout: float, what: str) -> Any:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.05)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+
+
+def row(sessions: sessionmaker[Session], job_id: uuid.UUID) -> Job:
+    with sessions() as session:
+        return session.get_one(Job, job_id)
+
+
+def test_five_kills_during_one_render_lose_nothing_and_change_nothing(
+    workers: Workers,
+    sessions: sessionmaker[Session],
+    session: Session,
+    storage: Storage,
+) -> None:
+    settings = workers.settings
+    celery = create_celery(settings)
+    image = CHELSEA.read_bytes()
+    reference = make_job(session, storage, image=image, params=PARAMS)
+    job = make_job(session, storage, image=image, params=PARAMS)
+    enqueue_render(celery, reference.id)
+    enqueue_render(celery, job.id)
+    workers.start()
+    wait_for(
+        lambda: row(sessions, reference.id).status == JobStatus.SUCCEEDED,
+        120,
+        "the uninterrupted reference render",
+    )
+
+    rng = random.Random(7)
+    reworked, last_fraction = [], 0.0
+    for kill in range(KILLS):
+        # Let the render make real progress past the last checkpoint, then kill at a random
+        # moment within the next step.
+        wait_for(
+            lambda: (
+                (r := row(sessions, job.id)).status == JobStatus.RUNNING
+                and r.progress.get("fraction", 0) > last_fraction + 0.02
+            ),
+            120,
+            f"progress before kill {kill + 1}",
+        )
+        time.sleep(rng.uniform(0.0, 0.3))
+        workers.kill()
+        killed = row(sessions, job.id)
+        assert killed.status == JobStatus.RUNNING, "the job ended before the kill"
+        last_fraction = killed.progress["fraction"]
+        reworked.append(killed.progress)
+
+        # The lease runs out; the reaper puts the job back and the relay re-sends it.
+        time.sleep(settings.lease_seconds + 0.1)
+        with sessions() as maintenance:
+            requeued, failed = reap_stale_jobs(
+                maintenance, settings.model_copy(update={"max_attempts": KILLS + 1})
+            )
+            assert requeued == [job.id] and failed == []
+            relay_queued_jobs(maintenance, celery, settings)
+        workers.start()
+
+    done = wait_for(
+        lambda: (r := row(sessions, job.id)).status.is_terminal() and r,
+        180,
+        "the job to finish after the last kill",
+    )
+    celery.close()
+    log = workers.log()
+
+    assert done.status == JobStatus.SUCCEEDED, done.error
+    assert done.attempt == KILLS + 1
+    assert storage.get(done.result_key or "") == storage.get(
+        row(sessions, reference.id).result_key or ""
+    )
+    # Each attempt after a kill resumed from a checkpoint: never from the start.
+    assert log.count(f"job {job.id} resumes at octave") == KILLS
+    assert log.count(f"job {job.id} succeeded") == 1
+    print(
+        f"chaos: {KILLS} SIGKILLs survived, 0 jobs lost, 0 duplicate renders, "
+        f"rework per kill at most one step (checkpoint every step); "
+        f"fraction at each kill: {[round(p['fraction'], 3) for p in reworked]}"
+    )
