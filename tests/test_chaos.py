@@ -136,9 +136,9 @@ def test_five_kills_during_one_render_lose_nothing_and_change_nothing(
         # Let the render make real progress past the last checkpoint, then kill at a random
         # moment within the next step.
         wait_for(
-            lambda: (
+            lambda floor=last_fraction + 0.02: (
                 (r := row(sessions, job.id)).status == JobStatus.RUNNING
-                and r.progress.get("fraction", 0) > last_fraction + 0.02
+                and r.progress.get("fraction", 0) > floor
             ),
             120,
             f"progress before kill {kill + 1}",
