@@ -6,10 +6,11 @@ from dataclasses import dataclass
 
 from celery import Celery
 from flask import Flask
-from sqlalchemy import Engine
+from sqlalchemy import Engine, text
 from sqlalchemy.orm import Session, sessionmaker
 
 from shared.db import create_db_engine, create_session_factory
+from shared.localredis import redis_answers
 from shared.queue import create_celery
 from shared.settings import Settings, get_settings
 from shared.storage import Storage, open_storage
@@ -50,6 +51,22 @@ def create_app(settings: Settings | None = None) -> Flask:
 
     @app.get("/healthz")
     def healthz() -> dict[str, str]:
+        """The process is up."""
         return {"status": "ok"}
+
+    @app.get("/readyz")
+    def readyz() -> tuple[dict[str, str], int]:
+        """The database and Redis both answer."""
+        services = app.extensions["oneiro"]
+        checks = {"database": "ok", "redis": "ok"}
+        try:
+            with services.engine.connect() as connection:
+                connection.execute(text("SELECT 1"))
+        except Exception as exc:
+            checks["database"] = f"unavailable: {type(exc).__name__}"
+        if not redis_answers(settings.redis_url):
+            checks["redis"] = "unavailable"
+        ready = all(value == "ok" for value in checks.values())
+        return {"status": "ready" if ready else "unavailable", **checks}, 200 if ready else 503
 
     return app

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 from typing import Any
 
+import sqlalchemy.exc
 from flask import Flask, Response, json
 from werkzeug.exceptions import HTTPException
 
@@ -56,6 +57,16 @@ def register(app: Flask) -> None:
         response = Problem(status, exc.name, detail).response()
         if status == 405 and exc.get_response().allow:
             response.allow.update(exc.get_response().allow)
+        return response
+
+    @app.errorhandler(sqlalchemy.exc.OperationalError)
+    @app.errorhandler(sqlalchemy.exc.InterfaceError)
+    def _database_down(exc: Exception) -> Response:
+        log.warning("database unavailable: %s", exc)
+        response = Problem(
+            503, "Service Unavailable", "the database is not answering; try again shortly"
+        ).response()
+        response.headers["Retry-After"] = "5"
         return response
 
     @app.errorhandler(Exception)

@@ -21,7 +21,9 @@ def create_db_engine(url: str, **options: Any) -> Engine:
         return engine
     # pre_ping: a worker holds its pool for hours; connections dropped by a database restart
     # must be replaced, not handed to the next state change.
-    return create_engine(url, pool_pre_ping=True, **options)
+    # A database that is down must fail a request within seconds, not hang it.
+    connect_args = {"connect_timeout": 5} if parsed.get_backend_name() == "postgresql" else {}
+    return create_engine(url, pool_pre_ping=True, connect_args=connect_args, **options)
 
 
 def _configure_sqlite(dbapi_connection: Any, _record: Any) -> None:

@@ -12,9 +12,10 @@ from shared.settings import Settings
 RENDER_TASK = "oneiro.render_job"
 MAINTAIN_TASK = "oneiro.maintain"
 
-# Longer than any render may take. With the Redis transport an unacknowledged message comes back
-# after this timeout; were it shorter than a render, a second worker would start the same job.
-VISIBILITY_TIMEOUT_S = 24 * 3600
+# With the Redis transport an unacknowledged message comes back after the visibility timeout;
+# were it shorter than a render, a second worker would start the same job. It is kept longer
+# than the hard time limit, by this margin.
+VISIBILITY_MARGIN_S = 3600
 
 
 def create_celery(settings: Settings) -> Celery:
@@ -33,8 +34,11 @@ def create_celery(settings: Settings) -> Celery:
         # One job at a time per process: a prefetched job would wait behind an hour-long render
         # while another GPU sits idle.
         worker_prefetch_multiplier=1,
+        # A render that outgrows every reasonable size stops instead of holding a GPU forever.
+        task_soft_time_limit=settings.soft_time_limit,
+        task_time_limit=settings.hard_time_limit,
         broker_transport_options={
-            "visibility_timeout": VISIBILITY_TIMEOUT_S,
+            "visibility_timeout": settings.hard_time_limit + VISIBILITY_MARGIN_S,
             # A Redis that stops answering must fail a publish, not hang the request.
             "socket_timeout": settings.enqueue_timeout,
             "socket_connect_timeout": settings.enqueue_timeout,

@@ -50,6 +50,11 @@ class Settings(BaseSettings):
     checkpoint_every: int = Field(10, ge=0)
     relay_after: float = Field(300.0, gt=0)
     maintenance_interval: float = Field(30.0, gt=0)
+    # The longest a render may run. Past the soft limit the task is told to stop (and the job
+    # fails with a message); past the hard limit its process is killed. The Redis visibility
+    # timeout is set longer than both, or Redis would hand a running job to a second worker.
+    soft_time_limit: float = Field(6 * 3600.0, gt=0)
+    hard_time_limit: float = Field(6 * 3600.0 + 300.0, gt=0)
     # How long the API waits for Redis when enqueueing before it gives up and leaves the job to
     # the relay; a submit must not hang because Redis does.
     enqueue_timeout: float = Field(3.0, gt=0)

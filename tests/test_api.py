@@ -263,3 +263,36 @@ def app_without_redis(settings: Settings) -> Iterator[FlaskClient]:
     yield app.test_client()
     app.extensions["oneiro"].engine.dispose()
     app.extensions["oneiro"].celery.close()
+
+
+def test_health_and_readiness(client: FlaskClient) -> None:
+    assert client.get("/healthz").get_json() == {"status": "ok"}
+    ready = client.get("/readyz")
+    assert ready.status_code == 200
+    assert ready.get_json() == {"status": "ready", "database": "ok", "redis": "ok"}
+
+
+def test_a_database_that_is_down_is_a_503_not_a_500_or_a_hang(settings: Settings) -> None:
+    port = free_port()
+    down = settings.model_copy(
+        update={
+            "database_url": f"postgresql+psycopg://postgres@127.0.0.1:{port}/oneiro",
+            "redis_url": f"redis://127.0.0.1:{free_port()}/0",
+        }
+    )
+    app = create_app(down)
+    client = app.test_client()
+
+    status = client.get(f"/v1/jobs/{uuid.uuid4()}")
+    submitted = submit(client, image_bytes())
+    ready = client.get("/readyz")
+
+    for response in (status, submitted):
+        body = assert_problem(response, 503)
+        assert "database" in body["detail"] and response.headers["Retry-After"] == "5"
+    assert ready.status_code == 503
+    assert ready.get_json()["database"].startswith("unavailable")
+    assert ready.get_json()["redis"] == "unavailable"
+    assert stored_files(down) == []
+    app.extensions["oneiro"].engine.dispose()
+    app.extensions["oneiro"].celery.close()

@@ -17,12 +17,13 @@ import pytest
 from sqlalchemy.orm import Session, sessionmaker
 
 from shared.launcher import worker_command
+from shared.localredis import start_redis
 from shared.models import Job, JobStatus
 from shared.queue import create_celery, enqueue_render
 from shared.settings import Settings
 from shared.storage import Storage
-from tests.conftest import ROOT
-from tests.utils import CHELSEA, make_job
+from tests.conftest import ROOT, free_port
+from tests.utils import CHELSEA, image_bytes, make_job
 from worker.maintenance import reap_stale_jobs, relay_queued_jobs
 
 pytestmark = pytest.mark.chaos
@@ -48,41 +49,44 @@ class Workers:
             "ONEIRO_HEARTBEAT_INTERVAL": "0.2",
             "ONEIRO_PROGRESS_INTERVAL": "0.1",
         }
-        self.process: subprocess.Popen[bytes] | None = None
-        self.count = 0
+        self.processes: list[subprocess.Popen[bytes]] = []
 
     def start(self) -> None:
-        self.count += 1
-        out = (self.logs / f"worker-{self.count}.log").open("wb")
-        self.process = subprocess.Popen(
-            [
-                *worker_command(self.settings.queue),
-                "--without-mingle",
-                "--without-gossip",
-                "--hostname",
-                f"chaos{self.count}-{uuid.uuid4().hex[:4]}@%h",
-            ],
-            cwd=ROOT,
-            env=self.env,
-            stdout=out,
-            stderr=STDOUT,
-            start_new_session=True,
+        number = len(self.processes) + 1
+        out = (self.logs / f"worker-{number}.log").open("wb")
+        self.processes.append(
+            subprocess.Popen(
+                [
+                    *worker_command(self.settings.queue),
+                    "--without-mingle",
+                    "--without-gossip",
+                    "--hostname",
+                    f"chaos{number}-{uuid.uuid4().hex[:4]}@%h",
+                ],
+                cwd=ROOT,
+                env=self.env,
+                stdout=out,
+                stderr=STDOUT,
+                start_new_session=True,
+            )
         )
         out.close()
 
     def kill(self) -> None:
-        """SIGKILL the worker and its pool child: no cleanup, no goodbye, message unacked."""
-        assert self.process is not None
-        os.killpg(self.process.pid, signal.SIGKILL)
-        self.process.wait()
+        """SIGKILL the newest worker and its pool child: no cleanup, message unacknowledged."""
+        os.killpg(self.processes[-1].pid, signal.SIGKILL)
+        self.processes[-1].wait()
 
     def stop(self) -> None:
-        if self.process is not None and self.process.poll() is None:
-            os.killpg(self.process.pid, signal.SIGTERM)
+        for process in self.processes:
+            if process.poll() is None:
+                os.killpg(process.pid, signal.SIGTERM)
+        for process in self.processes:
             try:
-                self.process.wait(timeout=30)
+                process.wait(timeout=30)
             except subprocess.TimeoutExpired:
-                os.killpg(self.process.pid, signal.SIGKILL)
+                os.killpg(process.pid, signal.SIGKILL)
+                process.wait()
 
     def log(self) -> str:
         return "".join(p.read_text() for p in sorted(self.logs.glob("worker-*.log")))
@@ -93,6 +97,22 @@ def workers(settings: Settings, tmp_path: Path) -> Iterator[Workers]:
     running = Workers(settings.model_copy(update={"lease_seconds": 1.5}), tmp_path)
     yield running
     running.stop()
+
+
+@pytest.fixture
+def own_redis(settings: Settings, tmp_path: Path) -> Iterator[tuple[Settings, Any]]:
+    """A Redis of this test's own, which it may kill: (settings pointing at it, restart)."""
+    port = free_port()
+    servers = [start_redis(port, tmp_path / "redis")]
+
+    def restart() -> None:
+        servers[-1].kill()  # SIGKILL: no save, every message in it is gone
+        servers[-1].wait()
+        servers.append(start_redis(port, tmp_path / "redis"))
+
+    yield settings.model_copy(update={"redis_url": f"redis://127.0.0.1:{port}/0"}), restart
+    servers[-1].terminate()
+    servers[-1].wait(timeout=10)
 
 
 def wait_for(predicate: Any, timeout: float, what: str) -> Any:
@@ -181,3 +201,77 @@ def test_five_kills_during_one_render_lose_nothing_and_change_nothing(
         f"rework per kill at most one step (checkpoint every step); "
         f"fraction at each kill: {[round(p['fraction'], 3) for p in reworked]}"
     )
+
+
+def test_two_workers_and_a_message_delivered_three_times_render_once(
+    workers: Workers,
+    sessions: sessionmaker[Session],
+    session: Session,
+    storage: Storage,
+) -> None:
+    celery = create_celery(workers.settings)
+    job = make_job(session, storage, image=CHELSEA.read_bytes(), params={**PARAMS, "steps": 4})
+    workers.start()
+    workers.start()
+    for _ in range(3):
+        enqueue_render(celery, job.id)
+    celery.close()
+
+    done = wait_for(lambda: (r := row(sessions, job.id)).status.is_terminal() and r, 120, "the job")
+    wait_for(
+        lambda: workers.log().count(f"job {job.id} is not queued") == 2,
+        60,
+        "both duplicates to be turned away",
+    )
+
+    assert done.status == JobStatus.SUCCEEDED and done.attempt == 1
+    assert workers.log().count(f"job {job.id} attempt 1 claimed") == 1
+
+
+def test_a_redis_restart_with_fifty_jobs_queued_loses_none_and_runs_none_twice(
+    own_redis: tuple[Settings, Any],
+    sessions: sessionmaker[Session],
+    session: Session,
+    storage: Storage,
+    tmp_path: Path,
+) -> None:
+    settings, restart_redis = own_redis
+    workers = Workers(settings, tmp_path)
+    celery = create_celery(settings)
+    jobs = [
+        make_job(
+            session,
+            storage,
+            image=image_bytes((80, 80)),
+            params={"steps": 1, "octaves": 1, "seed": i},
+        )
+        for i in range(50)
+    ]
+    try:
+        for job in jobs:
+            enqueue_render(celery, job.id)
+        workers.start()
+        wait_for(
+            lambda: sum(row(sessions, j.id).status == JobStatus.SUCCEEDED for j in jobs) >= 3,
+            120,
+            "the first jobs",
+        )
+
+        restart_redis()  # every queued message is lost with it
+        with sessions() as maintenance:
+            relay_queued_jobs(
+                maintenance, celery, settings.model_copy(update={"relay_after": 0.001})
+            )
+
+        wait_for(
+            lambda: all(row(sessions, j.id).status == JobStatus.SUCCEEDED for j in jobs),
+            240,
+            "all fifty jobs",
+        )
+    finally:
+        celery.close()
+        workers.stop()
+
+    assert {row(sessions, j.id).attempt for j in jobs} == {1}
+    log = workers.log()
+    assert sum(log.count(f"job {j.id} attempt 1 claimed") for j in jobs) == 50

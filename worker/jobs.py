@@ -8,6 +8,7 @@ import time
 import uuid
 from typing import Any
 
+from celery.exceptions import SoftTimeLimitExceeded
 from sqlalchemy import update
 from sqlalchemy.orm import Session
 
@@ -242,4 +243,6 @@ def _readable(exc: Exception) -> str:
 
     if isinstance(exc, WeightsUnavailable | StorageError):
         return str(exc)
+    if isinstance(exc, SoftTimeLimitExceeded):
+        return "the render ran past the time limit (ONEIRO_SOFT_TIME_LIMIT) and was stopped"
     return f"render failed: {type(exc).__name__}: {exc}"
