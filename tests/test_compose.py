@@ -69,3 +69,12 @@ def test_the_dockerfile_copies_every_package() -> None:
     dockerfile = (ROOT / "Dockerfile").read_text()
     for package in ("api", "worker", "shared", "migrations"):
         assert (ROOT / package).is_dir() and f"COPY {package} {package}" in dockerfile
+
+
+def test_the_image_bakes_the_imagenet_weights_where_the_worker_looks() -> None:
+    from worker.engine.model import IMAGENET_FILES
+
+    dockerfile = (ROOT / "Dockerfile").read_text()
+    assert "ENV KERAS_HOME=/opt/keras" in dockerfile
+    for keras_name in IMAGENET_FILES:
+        assert f"'{keras_name}'" in dockerfile
