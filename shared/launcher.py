@@ -42,7 +42,7 @@ def api_command(bind: str) -> list[str]:
     ]
 
 
-def worker_command(queue: str) -> list[str]:
+def worker_command(queue: str, *options: str) -> list[str]:
     """One Celery worker process (one GPU) consuming `queue`."""
     return [
         sys.executable,
@@ -57,30 +57,15 @@ def worker_command(queue: str) -> list[str]:
         "1",
         "--loglevel",
         "INFO",
+        *options,
     ]
 
 
 def maintenance_command(queue: str, schedule: Path) -> list[str]:
     """A light worker that runs the reaper and relay, with Celery beat embedded to schedule them."""
-    return [
-        sys.executable,
-        "-m",
-        "celery",
-        "-A",
-        "worker.celery_app",
-        "worker",
-        "--beat",
-        "--schedule",
-        str(schedule),
-        "--queues",
-        queue,
-        "--concurrency",
-        "1",
-        "--loglevel",
-        "INFO",
-        "--hostname",
-        "maintenance@%h",
-    ]
+    return worker_command(
+        queue, "--beat", "--schedule", str(schedule), "--hostname", "maintenance@%h"
+    )
 
 
 def main() -> int:

@@ -39,23 +39,32 @@ def runtime_for(
     )
 
 
-def crash_after(runtime: Runtime, calls: int, monkeypatch: pytest.MonkeyPatch) -> None:
-    """Make the worker die at its `calls`-th gradient call."""
+def before_each_gradient(monkeypatch: pytest.MonkeyPatch, hook: Any) -> None:
+    """Run `hook(n)` before the worker's n-th gradient call (n counts from 1)."""
     original = Runtime.dream_model
-    seen = []
+    calls = []
 
-    def dying(self: Runtime, params: Any) -> Any:
+    def wrapped(self: Runtime, params: Any) -> Any:
         model = original(self, params)
 
         def gradient(tiles: Any) -> Any:
-            seen.append(1)
-            if len(seen) == calls:
-                raise Crash
+            calls.append(1)
+            hook(len(calls))
             return model.gradient(tiles)
 
         return dataclasses.replace(model, gradient=gradient)
 
-    monkeypatch.setattr(Runtime, "dream_model", dying)
+    monkeypatch.setattr(Runtime, "dream_model", wrapped)
+
+
+def crash_after(calls: int, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Make the worker die at its `calls`-th gradient call."""
+
+    def die(n: int) -> None:
+        if n == calls:
+            raise Crash
+
+    before_each_gradient(monkeypatch, die)
 
 
 def reload(session: Session, job_id: uuid.UUID) -> Job:
@@ -78,7 +87,7 @@ def test_a_job_killed_mid_render_resumes_from_its_checkpoint_to_the_same_image(
 
     job = make_job(session, storage, image=image, params=PARAMS)
     with monkeypatch.context() as patch:
-        crash_after(runtime, 5, patch)  # in octave 2: octave 1 and a step are saved
+        crash_after(5, patch)  # in octave 2: octave 1 and a step are saved
         with pytest.raises(Crash):
             run_job(job.id, runtime)
     dead = reload(session, job.id)
@@ -113,20 +122,13 @@ def test_a_worker_whose_job_was_taken_stops_and_writes_nothing(
 ) -> None:
     runtime = runtime_for(settings, sessions, storage, heartbeat_interval=0.01)
     job = make_job(session, storage, params={**PARAMS, "steps": 50})
-    original = Runtime.dream_model
 
-    def taken_midway(self: Runtime, params: Any) -> Any:
-        model = original(self, params)
+    def taken(_n: int) -> None:
+        # Meanwhile the reaper gave the job to another worker (attempt 2).
+        with sessions.begin() as other:
+            other.execute(update(Job).where(Job.id == job.id).values(attempt=2, worker="b"))
 
-        def gradient(tiles: Any) -> Any:
-            # Meanwhile the reaper gave the job to another worker (attempt 2).
-            with sessions.begin() as other:
-                other.execute(update(Job).where(Job.id == job.id).values(attempt=2, worker="b"))
-            return model.gradient(tiles)
-
-        return dataclasses.replace(model, gradient=gradient)
-
-    monkeypatch.setattr(Runtime, "dream_model", taken_midway)
+    before_each_gradient(monkeypatch, taken)
 
     assert run_job(job.id, runtime) is None
 
