@@ -14,6 +14,7 @@ from subprocess import STDOUT
 from typing import Any
 
 import pytest
+import sqlalchemy as sa
 from sqlalchemy.orm import Session, sessionmaker
 
 from shared.launcher import worker_command
@@ -23,6 +24,7 @@ from shared.queue import create_celery, enqueue_render
 from shared.settings import Settings
 from shared.storage import Storage
 from tests.conftest import ROOT, free_port
+from tests.tcpproxy import Proxy
 from tests.utils import CHELSEA, image_bytes, make_job
 from worker.maintenance import reap_stale_jobs, relay_queued_jobs
 
@@ -275,3 +277,46 @@ def test_a_redis_restart_with_fifty_jobs_queued_loses_none_and_runs_none_twice(
     assert {row(sessions, j.id).attempt for j in jobs} == {1}
     log = workers.log()
     assert sum(log.count(f"job {j.id} attempt 1 claimed") for j in jobs) == 50
+
+
+def test_a_database_outage_during_a_render_is_waited_out(
+    workers: Workers,
+    database_url: str,
+    sessions: sessionmaker[Session],
+    session: Session,
+    storage: Storage,
+    tmp_path: Path,
+) -> None:
+    url = sa.engine.make_url(database_url)
+    if url.get_backend_name() != "postgresql":
+        pytest.skip("SQLite is a file, not a server that can go away")
+    proxy = Proxy((url.host or "127.0.0.1", url.port or 5432))
+    through = url.set(host="127.0.0.1", port=proxy.port).render_as_string(hide_password=False)
+    workers.env["DATABASE_URL"] = through
+    celery = create_celery(workers.settings)
+    job = make_job(session, storage, image=CHELSEA.read_bytes(), params={**PARAMS, "steps": 12})
+    try:
+        enqueue_render(celery, job.id)
+        workers.start()
+        wait_for(
+            lambda: row(sessions, job.id).progress.get("fraction", 0) > 0.1,
+            120,
+            "the render to be under way",
+        )
+        proxy.cut()  # the worker's database is gone: connections dropped, new ones refused
+        time.sleep(4)
+        during = row(sessions, job.id)  # (the test itself reaches the database directly)
+        proxy.restore()
+        done = wait_for(
+            lambda: (r := row(sessions, job.id)).status.is_terminal() and r,
+            180,
+            "the job after the outage",
+        )
+    finally:
+        celery.close()
+        proxy.close()
+
+    assert during.status == JobStatus.RUNNING
+    assert done.status == JobStatus.SUCCEEDED and done.attempt == 1, done.error
+    assert storage.exists(done.result_key or "")
+    assert "database away" in workers.log()

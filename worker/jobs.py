@@ -10,7 +10,15 @@ from typing import Any
 
 from celery.exceptions import SoftTimeLimitExceeded
 from sqlalchemy import update
+from sqlalchemy.exc import InterfaceError, OperationalError
 from sqlalchemy.orm import Session
+from tenacity import (
+    before_sleep_log,
+    retry,
+    retry_if_exception_type,
+    stop_after_delay,
+    wait_exponential,
+)
 
 from shared.images import decode_rgb, encode_png, fit_within
 from shared.models import Job, JobStatus, utcnow
@@ -19,6 +27,18 @@ from shared.storage import ObjectNotFound, StorageError
 from worker.runtime import Runtime
 
 log = logging.getLogger(__name__)
+
+# The database may be away for a while (a restart, a failover). State changes wait for it with
+# back-off instead of failing a render that took an hour; progress and checkpoints, which the
+# next write supersedes, are skipped instead.
+DATABASE_DOWN = (OperationalError, InterfaceError)
+patient = retry(
+    retry=retry_if_exception_type(DATABASE_DOWN),
+    wait=wait_exponential(multiplier=0.5, max=10),
+    stop=stop_after_delay(600),
+    before_sleep=before_sleep_log(log, logging.WARNING),
+    reraise=True,
+)
 
 
 class LostJob(Exception):
@@ -63,8 +83,7 @@ def run_job(job_id: uuid.UUID, runtime: Runtime) -> JobStatus | None:
 
     Returns the job's final status, or None when the claim was lost.
     """
-    with runtime.sessions.begin() as session:
-        attempt = claim_job(session, job_id, runtime.name)
+    attempt = patient(_claim)(runtime, job_id)
     if attempt is None:
         log.info("job %s is not queued; nothing to do", job_id)
         return None
@@ -78,6 +97,18 @@ def run_job(job_id: uuid.UUID, runtime: Runtime) -> JobStatus | None:
     except Exception as exc:
         log.exception("job %s failed", job_id)
         return _fail(runtime, job_id, attempt, _readable(exc))
+    patient(_succeed)(runtime, job_id, attempt, result_key)
+    runtime.storage.delete(checkpoint_key(job_id))
+    log.info("job %s succeeded", job_id)
+    return JobStatus.SUCCEEDED
+
+
+def _claim(runtime: Runtime, job_id: uuid.UUID) -> int | None:
+    with runtime.sessions.begin() as session:
+        return claim_job(session, job_id, runtime.name)
+
+
+def _succeed(runtime: Runtime, job_id: uuid.UUID, attempt: int, result_key: str) -> None:
     with runtime.sessions.begin() as session:
         _update_running(
             session,
@@ -89,9 +120,6 @@ def run_job(job_id: uuid.UUID, runtime: Runtime) -> JobStatus | None:
             progress=_finished_progress(session, job_id),
             checkpoint_key=None,
         )
-    runtime.storage.delete(checkpoint_key(job_id))
-    log.info("job %s succeeded", job_id)
-    return JobStatus.SUCCEEDED
 
 
 def checkpoint_key(job_id: uuid.UUID) -> str:
@@ -112,15 +140,20 @@ def _render(job_id: uuid.UUID, attempt: int, runtime: Runtime, heartbeat: Heartb
     # Imported here: TensorFlow loads in the process that renders, never in Celery's parent.
     from worker.engine import Canceled, DreamState, render
 
+    # The checkpoint's key is fixed per job, so one saved while the database was away counts.
     resume = None
-    if saved and runtime.storage.exists(saved):
+    saved = saved or checkpoint_key(job_id)
+    if runtime.storage.exists(saved):
         resume = DreamState.from_bytes(runtime.storage.get(saved))
         log.info("job %s resumes at octave %d step %d", job_id, resume.octave + 1, resume.step)
 
     def save(state: DreamState) -> None:
         runtime.storage.put(checkpoint_key(job_id), state.to_bytes())
-        with runtime.sessions.begin() as session:
-            _update_running(session, job_id, attempt, checkpoint_key=checkpoint_key(job_id))
+        try:
+            with runtime.sessions.begin() as session:
+                _update_running(session, job_id, attempt, checkpoint_key=checkpoint_key(job_id))
+        except DATABASE_DOWN:
+            log.warning("job %s: checkpoint saved, database away; not recorded", job_id)
 
     model = runtime.dream_model(params)
     try:
@@ -189,14 +222,17 @@ class ProgressReporter:
         if now - self.last_write < self.interval and not octave_end:
             return
         self.last_write = now
-        with self.runtime.sessions.begin() as session:
-            _update_running(
-                session,
-                self.job_id,
-                self.attempt,
-                progress=progress_json(progress),
-                heartbeat_at=utcnow(),
-            )
+        try:
+            with self.runtime.sessions.begin() as session:
+                _update_running(
+                    session,
+                    self.job_id,
+                    self.attempt,
+                    progress=progress_json(progress),
+                    heartbeat_at=utcnow(),
+                )
+        except DATABASE_DOWN:
+            log.warning("job %s: progress not written, database away", self.job_id)
 
 
 def progress_json(progress: Any) -> dict[str, Any]:
@@ -221,21 +257,25 @@ def _finished_progress(session: Session, job_id: uuid.UUID) -> dict[str, Any]:
 
 def _fail(runtime: Runtime, job_id: uuid.UUID, attempt: int, message: str) -> JobStatus | None:
     try:
-        with runtime.sessions.begin() as session:
-            _update_running(
-                session,
-                job_id,
-                attempt,
-                status=JobStatus.FAILED,
-                error=message,
-                finished_at=utcnow(),
-                checkpoint_key=None,
-            )
-        runtime.storage.delete(checkpoint_key(job_id))
+        patient(_record_failure)(runtime, job_id, attempt, message)
     except LostJob as exc:
         log.warning("%s", exc)
         return None
+    runtime.storage.delete(checkpoint_key(job_id))
     return JobStatus.FAILED
+
+
+def _record_failure(runtime: Runtime, job_id: uuid.UUID, attempt: int, message: str) -> None:
+    with runtime.sessions.begin() as session:
+        _update_running(
+            session,
+            job_id,
+            attempt,
+            status=JobStatus.FAILED,
+            error=message,
+            finished_at=utcnow(),
+            checkpoint_key=None,
+        )
 
 
 def _readable(exc: Exception) -> str:
