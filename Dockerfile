@@ -7,7 +7,7 @@ COPY api api
 COPY worker worker
 COPY shared shared
 COPY migrations migrations
-RUN pip install --no-cache-dir '.[worker]' 'tensorflow[and-cuda]>=2.16'
+RUN pip install --no-cache-dir '.[worker]' 'tensorflow[and-cuda]>=2.16' 'flower>=2'
 # Bake the ImageNet weights of every backbone into the image at build time (the build has the
 # network; a GPU host at render time may not), into the Keras cache the worker reads.
 ENV KERAS_HOME=/opt/keras

@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import tempfile
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 from urllib.parse import urlparse
 
 
@@ -74,12 +74,58 @@ class FileStorage:
         self._path(key).unlink(missing_ok=True)
 
 
+class S3Storage:
+    """Objects in an S3-compatible bucket, under a prefix.
+
+    Credentials, region and endpoint come from the usual AWS variables (AWS_ACCESS_KEY_ID,
+    AWS_SECRET_ACCESS_KEY, AWS_DEFAULT_REGION, AWS_ENDPOINT_URL for MinIO, Ceph, R2 ...).
+    A PUT replaces an object whole, so writes are atomic without a rename.
+    """
+
+    def __init__(self, bucket: str, prefix: str = "", client: Any = None) -> None:
+        import boto3
+
+        self.bucket, self.prefix = bucket, prefix.strip("/")
+        self.client = client or boto3.client("s3")
+
+    def _key(self, key: str) -> str:
+        if not key or key.startswith("/") or ".." in key.split("/"):
+            raise StorageError(f"invalid storage key: {key!r}")
+        return f"{self.prefix}/{key}" if self.prefix else key
+
+    def put(self, key: str, data: bytes) -> None:
+        self.client.put_object(Bucket=self.bucket, Key=self._key(key), Body=data)
+
+    def get(self, key: str) -> bytes:
+        try:
+            response = self.client.get_object(Bucket=self.bucket, Key=self._key(key))
+        except self.client.exceptions.NoSuchKey:
+            raise ObjectNotFound(f"no stored object {key!r}") from None
+        return response["Body"].read()  # type: ignore[no-any-return]
+
+    def exists(self, key: str) -> bool:
+        from botocore.exceptions import ClientError
+
+        try:
+            self.client.head_object(Bucket=self.bucket, Key=self._key(key))
+        except ClientError as exc:
+            if exc.response.get("Error", {}).get("Code") in ("404", "NoSuchKey", "NotFound"):
+                return False
+            raise
+        return True
+
+    def delete(self, key: str) -> None:
+        self.client.delete_object(Bucket=self.bucket, Key=self._key(key))
+
+
 def open_storage(url: str) -> Storage:
-    """The storage backend for `url`: a directory path or `file://` URL."""
+    """The storage backend for `url`: a directory path, a `file://` or an `s3://bucket/prefix`."""
     parsed = urlparse(url)
     if parsed.scheme in ("", "file"):
         return FileStorage(Path(parsed.path if parsed.scheme else url))
+    if parsed.scheme == "s3":
+        return S3Storage(parsed.netloc, parsed.path)
     raise StorageError(
         f"ONEIRO_STORAGE_URL: unsupported storage scheme {parsed.scheme!r}; "
-        "use a directory path or a file:// URL"
+        "use a directory path, a file:// URL or s3://bucket/prefix"
     )

@@ -296,3 +296,18 @@ def test_a_database_that_is_down_is_a_503_not_a_500_or_a_hang(settings: Settings
     assert stored_files(down) == []
     app.extensions["oneiro"].engine.dispose()
     app.extensions["oneiro"].celery.close()
+
+
+def test_submit_stores_the_input_in_s3_when_configured(
+    settings: Settings, session: Session, s3_url: str
+) -> None:
+    from shared.storage import open_storage
+
+    app = create_app(settings.model_copy(update={"storage_url": s3_url}))
+    response = submit(app.test_client(), image_bytes())
+    app.extensions["oneiro"].engine.dispose()
+    app.extensions["oneiro"].celery.close()
+
+    assert response.status_code == 202
+    job = session.get_one(Job, uuid.UUID(response.get_json()["id"]))
+    assert open_storage(s3_url).get(job.input_key) == image_bytes()

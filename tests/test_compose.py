@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib
+import importlib.util
 import shutil
 import sys
 from pathlib import Path
@@ -15,7 +16,7 @@ from shared.queue import MAINTAIN_TASK
 from tests.conftest import ROOT
 
 COMPOSE = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
-PROJECT_SERVICES = ["migrate", "api", "worker", "beat"]
+PROJECT_SERVICES = ["migrate", "api", "worker", "beat", "flower"]
 
 
 def service(name: str) -> dict[str, Any]:
@@ -30,7 +31,9 @@ def test_project_commands_exist(name: str) -> None:
     if command[0] == "gunicorn":
         module, factory = command[-1].removesuffix("()").split(":")
         assert callable(getattr(importlib.import_module(module), factory))
-    if command[0] == "celery":
+    if command[0] == "celery" and command[3] == "flower":
+        assert importlib.util.find_spec("flower") is not None
+    elif command[0] == "celery":
         app = importlib.import_module(command[command.index("-A") + 1]).app
         queue = command[command.index("--queues") + 1]
         if "--beat" in command:  # the maintenance worker takes what beat schedules
@@ -46,8 +49,18 @@ def test_project_commands_exist(name: str) -> None:
 @pytest.mark.parametrize("name", PROJECT_SERVICES)
 def test_project_services_get_their_settings(name: str) -> None:
     env = service(name)["environment"]
-    for variable in ("DATABASE_URL", "REDIS_URL", "ONEIRO_DATA_DIR", "ONEIRO_WEIGHTS"):
+    for variable in (
+        "DATABASE_URL",
+        "REDIS_URL",
+        "ONEIRO_DATA_DIR",
+        "ONEIRO_WEIGHTS",
+        "ONEIRO_STORAGE_URL",
+    ):
         assert env.get(variable), f"{name} lacks {variable}"
+    if env["ONEIRO_STORAGE_URL"].startswith("s3://"):
+        for variable in ("AWS_ENDPOINT_URL", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"):
+            assert env.get(variable), f"{name} lacks {variable}"
+        assert env["AWS_ENDPOINT_URL"].split("//")[1].split(":")[0] in COMPOSE["services"]
     assert env["DATABASE_URL"].split("@")[1].split(":")[0] in COMPOSE["services"]
     assert env["REDIS_URL"].split("//")[1].split(":")[0] in COMPOSE["services"]
 
@@ -56,6 +69,13 @@ def test_project_services_get_their_settings(name: str) -> None:
 def test_serving_waits_for_migrations(name: str) -> None:
     depends = service(name)["depends_on"]
     assert depends["migrate"] == {"condition": "service_completed_successfully"}
+
+
+@pytest.mark.parametrize("name", ["api", "worker", "beat"])
+def test_serving_waits_for_the_bucket(name: str) -> None:
+    assert service(name)["depends_on"]["s3-init"] == {"condition": "service_completed_successfully"}
+    bucket = service(name)["environment"]["ONEIRO_STORAGE_URL"].removeprefix("s3://").split("/")[0]
+    assert f"s3/{bucket}" in " ".join(service("s3-init")["entrypoint"])
 
 
 def test_workers_reserve_a_gpu_and_redis_never_evicts() -> None:

@@ -6,19 +6,24 @@ from pathlib import Path
 
 import pytest
 
-from shared.storage import FileStorage, ObjectNotFound, StorageError, open_storage
+from shared.storage import FileStorage, ObjectNotFound, Storage, StorageError, open_storage
 
 
-def test_put_get_replace_delete(tmp_path: Path) -> None:
-    storage = open_storage(str(tmp_path))
+@pytest.fixture(params=["file", "s3"])
+def any_storage(request: pytest.FixtureRequest, tmp_path: Path) -> Storage:
+    """Each backend, through the one interface: a directory, and a real S3-compatible server."""
+    if request.param == "s3":
+        return open_storage(request.getfixturevalue("s3_url"))
+    return open_storage(str(tmp_path))
 
+
+def test_put_get_replace_delete(any_storage: Storage) -> None:
+    storage = any_storage
     storage.put("results/a.png", b"first")
     storage.put("results/a.png", b"second")
 
     assert storage.get("results/a.png") == b"second"
     assert storage.exists("results/a.png")
-    # Written under a temporary name and renamed: no partial or temporary file stays behind.
-    assert [p.name for p in (tmp_path / "results").iterdir()] == ["a.png"]
     storage.delete("results/a.png")
     assert not storage.exists("results/a.png")
     with pytest.raises(ObjectNotFound):
@@ -42,12 +47,31 @@ def test_a_failed_write_leaves_the_old_object(
     assert [p.name for p in tmp_path.iterdir()] == ["k"]
 
 
+def test_file_writes_leave_no_temporary_behind(tmp_path: Path) -> None:
+    storage = FileStorage(tmp_path)
+    storage.put("results/a.png", b"first")
+    storage.put("results/a.png", b"second")
+    # Written under a temporary name and renamed: no partial or temporary file stays behind.
+    assert [p.name for p in (tmp_path / "results").iterdir()] == ["a.png"]
+
+
 @pytest.mark.parametrize("key", ["../escape", "/etc/passwd", ""])
-def test_keys_cannot_leave_the_root(tmp_path: Path, key: str) -> None:
+def test_keys_cannot_leave_the_root(any_storage: Storage, key: str) -> None:
     with pytest.raises(StorageError):
-        FileStorage(tmp_path / "root").put(key, b"x")
+        any_storage.put(key, b"x")
 
 
 def test_unsupported_schemes_are_refused_naming_the_setting() -> None:
     with pytest.raises(StorageError, match="ONEIRO_STORAGE_URL"):
         open_storage("ftp://example/bucket")
+
+
+def test_s3_objects_live_under_the_prefix(s3_url: str) -> None:
+    import boto3
+
+    storage = open_storage(s3_url)
+    storage.put("inputs/x.png", b"data")
+
+    bucket = s3_url.removeprefix("s3://").split("/")[0]
+    listed = boto3.client("s3").list_objects_v2(Bucket=bucket)["Contents"]
+    assert [item["Key"] for item in listed] == ["renders/inputs/x.png"]

@@ -134,3 +134,18 @@ def _progress() -> object:
         eta_seconds=1.0,
         loss=0.1,
     )
+
+
+def test_a_job_runs_with_s3_storage(
+    settings: Settings, sessions: sessionmaker[Session], session: Session, s3_url: str
+) -> None:
+    from shared.storage import open_storage
+
+    s3 = open_storage(s3_url)
+    runtime = Runtime(settings=settings, sessions=sessions, storage=s3, name="s3-worker")
+    job = make_job(session, s3, image=image_bytes((90, 80)))
+
+    assert run_job(job.id, runtime) == JobStatus.SUCCEEDED
+
+    with Image.open(io.BytesIO(s3.get(reload(session, job).result_key or ""))) as result:
+        assert result.size == (90, 80)
