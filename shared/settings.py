@@ -33,6 +33,8 @@ class Settings(BaseSettings):
     # (measured about 2x faster there, see benchmarks/README.md), float32 elsewhere.
     precision: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
     queue: str = "gpu"
+    # How this worker names itself in job rows (with its pid); the host name when empty.
+    worker_name: str = ""
     max_upload_bytes: int = Field(50 * 1024 * 1024, gt=0)
     max_pixels: int = Field(64 * 1024 * 1024, gt=0)
     # Seconds between progress writes to the job row: often enough to look smooth, rare enough

@@ -8,12 +8,12 @@ import threading
 
 
 class Proxy:
-    """Forwards 127.0.0.1:`port` to `target`. `cut()` drops every connection and refuses new
+    """Forwards `bind`:`port` to `target`. `cut()` drops every connection and refuses new
     ones until `restore()`, as a network partition or a stopped server would."""
 
-    def __init__(self, target: tuple[str, int]) -> None:
+    def __init__(self, target: tuple[str, int], bind: str = "127.0.0.1") -> None:
         self.target = target
-        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.listener = socket.create_server((bind, 0))
         self.port = self.listener.getsockname()[1]
         self.up = threading.Event()
         self.up.set()

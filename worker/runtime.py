@@ -47,7 +47,7 @@ def get_runtime() -> Runtime:
         settings=settings,
         sessions=create_session_factory(create_db_engine(settings.database_url)),
         storage=open_storage(settings.storage_url),
-        name=f"{socket.gethostname()}:{os.getpid()}",
+        name=f"{settings.worker_name or socket.gethostname()}:{os.getpid()}",
     )
 
 
