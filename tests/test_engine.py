@@ -213,7 +213,7 @@ def test_every_backbone_and_option_dreams(cat: np.ndarray, name: str, options: d
 def test_channels_focus_the_loss_on_chosen_channels(cat: np.ndarray) -> None:
     whole = dream_model(layers=("mixed3",))
     chosen = dream_model(layers=("mixed3",), channels={"mixed3": [5, 17]})
-    tile = imaging.to_planar(cat)[None].transpose(0, 2, 3, 1)[:, :75, :75].copy()
+    tile = (cat[None, :75, :75] / 127.5 - 1).astype(np.float32)
 
     _, whole_loss = whole.gradient(tile)
     _, chosen_loss = chosen.gradient(tile)

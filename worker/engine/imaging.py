@@ -20,11 +20,6 @@ def to_plane(channel: np.ndarray) -> np.ndarray:
     return plane
 
 
-def to_planar(image: np.ndarray) -> np.ndarray:
-    """An H x W x 3 uint8 image as 3 x H x W float32 in [-1, 1]."""
-    return np.stack([to_plane(image[..., c]) for c in range(3)])
-
-
 def to_image(planar: np.ndarray) -> np.ndarray:
     """A 3 x H x W float32 array in [-1, 1] as an H x W x 3 uint8 image."""
     image = np.empty((*planar.shape[1:], 3), dtype=np.uint8)
