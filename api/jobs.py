@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import json
 import logging
 import uuid
@@ -10,6 +11,7 @@ from typing import Any
 
 from flask import Blueprint, Response, current_app, g, request
 from pydantic import ValidationError
+from sqlalchemy import select, tuple_, update
 from sqlalchemy.orm import Session
 
 from api import Services
@@ -81,15 +83,7 @@ def submit_job() -> tuple[dict[str, Any], int, dict[str, str]]:
         session.rollback()
         svc.storage.delete(input_key)  # a refused request leaves nothing behind
         raise
-    # Commit, then enqueue (DESIGN.md invariant 2): a worker never sees an id the database
-    # does not have. If Redis is down the job stays queued for the relay to enqueue again.
-    try:
-        enqueue_render(svc.celery, job_id)
-    except Exception:
-        log.exception("job %s committed but not enqueued; the relay will enqueue it", job_id)
-    else:
-        job.enqueued_at = utcnow()
-        session.commit()
+    _enqueue(job)
     return job_json(job), 202, {"Location": f"/v1/jobs/{job_id}"}
 
 
@@ -130,6 +124,45 @@ def _read_params() -> RenderParams:
         ) from None
 
 
+@blueprint.get("")
+def list_jobs() -> dict[str, Any]:
+    """Jobs, newest first, optionally of one status, a page at a time (`cursor`)."""
+    errors = []
+    status = request.args.get("status")
+    if status is not None and status not in {s.value for s in JobStatus}:
+        errors.append({"field": "status", "message": "must be one of " + ", ".join(JobStatus)})
+    limit_text = request.args.get("limit", "20")
+    if not limit_text.isdigit() or not 1 <= int(limit_text) <= 100:
+        errors.append({"field": "limit", "message": "must be a whole number from 1 to 100"})
+    after = None
+    if "cursor" in request.args:
+        try:
+            moment, _, ident = (
+                base64.urlsafe_b64decode(request.args["cursor"]).decode().partition("|")
+            )
+            after = (datetime.fromisoformat(moment), uuid.UUID(ident))
+        except ValueError:
+            errors.append({"field": "cursor", "message": "not a cursor this API gave out"})
+    if errors:
+        raise invalid(errors)
+    limit = int(limit_text)
+    query = select(Job).order_by(Job.created_at.desc(), Job.id.desc()).limit(limit + 1)
+    if status is not None:
+        query = query.where(Job.status == status)
+    if after is not None:
+        query = query.where(tuple_(Job.created_at, Job.id) < after)
+    jobs = list(db().scalars(query))
+    page, more = jobs[:limit], len(jobs) > limit
+    cursor = None
+    if more:
+        last = page[-1]
+        cursor = base64.urlsafe_b64encode(f"{last.created_at.isoformat()}|{last.id}".encode())
+    return {
+        "jobs": [job_json(job) for job in page],
+        "next_cursor": cursor.decode() if cursor else None,
+    }
+
+
 @blueprint.get("/<uuid:job_id>")
 def get_job(job_id: uuid.UUID) -> dict[str, Any]:
     """The job's status, progress and resolved params."""
@@ -153,8 +186,77 @@ def get_result(job_id: uuid.UUID) -> Response:
     )
 
 
-def _find(job_id: uuid.UUID) -> Job:
-    job = db().get(Job, job_id)
+@blueprint.post("/<uuid:job_id>/cancel")
+def cancel_job(job_id: uuid.UUID) -> dict[str, Any]:
+    """Cancel a queued or running job; a running render stops within one tile batch."""
+    _find(job_id)
+    session = db()
+    changed = session.execute(
+        update(Job)
+        .where(Job.id == job_id, Job.status.in_([JobStatus.QUEUED, JobStatus.RUNNING]))
+        .values(status=JobStatus.CANCELED, finished_at=utcnow())
+        .execution_options(synchronize_session=False)
+    )
+    session.commit()
+    job = _find(job_id, fresh=True)
+    if changed.rowcount != 1:
+        raise Problem(
+            409,
+            "Job already finished",
+            f"job {job_id} is {job.status.value}; only queued or running jobs can be canceled",
+            job_status=job.status.value,
+        )
+    return job_json(job)
+
+
+@blueprint.post("/<uuid:job_id>/retry")
+def retry_job(job_id: uuid.UUID) -> tuple[dict[str, Any], int]:
+    """Run a failed or canceled job again, as a new attempt of the same job."""
+    _find(job_id)
+    session = db()
+    changed = session.execute(
+        update(Job)
+        .where(Job.id == job_id, Job.status.in_([JobStatus.FAILED, JobStatus.CANCELED]))
+        .values(
+            status=JobStatus.QUEUED,
+            error=None,
+            progress={},
+            result_key=None,
+            started_at=None,
+            finished_at=None,
+            worker=None,
+            enqueued_at=None,
+        )
+        .execution_options(synchronize_session=False)
+    )
+    session.commit()
+    job = _find(job_id, fresh=True)
+    if changed.rowcount != 1:
+        raise Problem(
+            409,
+            "Job cannot be retried",
+            f"job {job_id} is {job.status.value}; only failed or canceled jobs can be retried",
+            job_status=job.status.value,
+        )
+    _enqueue(job)
+    return job_json(job), 202
+
+
+def _enqueue(job: Job) -> None:
+    # Commit, then enqueue (DESIGN.md invariant 2): a worker never sees an id the database
+    # does not have. If Redis is down the job stays queued for the relay to enqueue again.
+    svc, session = services(), db()
+    try:
+        enqueue_render(svc.celery, job.id)
+    except Exception:
+        log.exception("job %s committed but not enqueued; the relay will enqueue it", job.id)
+    else:
+        job.enqueued_at = utcnow()
+        session.commit()
+
+
+def _find(job_id: uuid.UUID, fresh: bool = False) -> Job:
+    job = db().get(Job, job_id, populate_existing=fresh)
     if job is None:
         raise Problem(404, "Job not found", f"there is no job {job_id}")
     return job

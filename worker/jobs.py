@@ -9,7 +9,7 @@ import uuid
 from typing import Any
 
 from celery.exceptions import SoftTimeLimitExceeded
-from sqlalchemy import update
+from sqlalchemy import select, update
 from sqlalchemy.exc import InterfaceError, OperationalError
 from sqlalchemy.orm import Session
 from tenacity import (
@@ -92,7 +92,13 @@ def run_job(job_id: uuid.UUID, runtime: Runtime) -> JobStatus | None:
         with Heartbeat(runtime, job_id, attempt) as heartbeat:
             result_key = _render(job_id, attempt, runtime, heartbeat)
     except LostJob as exc:
-        log.warning("%s", exc)
+        with runtime.sessions() as session:
+            canceled = session.get_one(Job, job_id).status == JobStatus.CANCELED
+        if canceled:
+            log.info("job %s was canceled; render stopped", job_id)
+            runtime.storage.delete(checkpoint_key(job_id))
+        else:
+            log.warning("%s", exc)
         return None
     except Exception as exc:
         log.exception("job %s failed", job_id)
@@ -162,16 +168,47 @@ def _render(job_id: uuid.UUID, attempt: int, runtime: Runtime, heartbeat: Heartb
             params,
             model,
             on_progress=ProgressReporter(runtime, job_id, attempt),
-            should_stop=heartbeat.lost.is_set,
+            should_stop=StillOurs(runtime, job_id, attempt, heartbeat),
             on_checkpoint=save,
             checkpoint_every=runtime.settings.checkpoint_every,
             resume=resume,
         )
     except Canceled:
-        raise LostJob(f"job {job_id} attempt {attempt} was taken from this worker") from None
+        raise LostJob(
+            f"job {job_id} attempt {attempt} was canceled or taken from this worker"
+        ) from None
     result_key = f"results/{job_id}.png"
     runtime.storage.put(result_key, encode_png(dreamed))
     return result_key
+
+
+class StillOurs:
+    """Asked by the engine before every tile batch: has the job been canceled or taken away?
+
+    One indexed read per batch, so a cancel stops the render within one batch.
+    """
+
+    def __init__(
+        self, runtime: Runtime, job_id: uuid.UUID, attempt: int, heartbeat: Heartbeat
+    ) -> None:
+        self.runtime, self.job_id, self.attempt, self.heartbeat = (
+            runtime,
+            job_id,
+            attempt,
+            heartbeat,
+        )
+
+    def __call__(self) -> bool:
+        if self.heartbeat.lost.is_set():
+            return True
+        try:
+            with self.runtime.sessions() as session:
+                row = session.execute(
+                    select(Job.status, Job.attempt).where(Job.id == self.job_id)
+                ).one_or_none()
+        except DATABASE_DOWN:
+            return False  # the heartbeat and the lease decide while the database is away
+        return row is None or row.status != JobStatus.RUNNING or row.attempt != self.attempt
 
 
 class Heartbeat:
