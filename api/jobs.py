@@ -16,7 +16,7 @@ from sqlalchemy.orm import Session
 
 from api import Services
 from api.problems import Problem, invalid
-from shared.images import ImageRejected, inspect_image
+from shared.images import ImageRejected, ImageTooLarge, inspect_image
 from shared.models import Job, JobStatus, utcnow
 from shared.params import RenderParams
 from shared.queue import enqueue_render
@@ -60,8 +60,23 @@ def submit_job() -> tuple[dict[str, Any], int, dict[str, str]]:
     data = upload.read()
     try:
         image_format, width, height = inspect_image(data, svc.settings.max_pixels)
+    except ImageTooLarge as exc:
+        raise Problem(413, "Image too large", str(exc), limit=svc.settings.max_pixels) from None
     except ImageRejected as exc:
         raise invalid([{"field": "image", "message": str(exc)}]) from None
+    work = _work(width, height, params)
+    if work > svc.settings.max_work:
+        raise invalid(
+            [
+                {
+                    "field": "params",
+                    "message": (
+                        f"the job would cost {work} pixel-steps (pixels x steps x octaves); "
+                        f"the limit is {svc.settings.max_work}: lower steps, octaves or max_dim"
+                    ),
+                }
+            ]
+        )
 
     job_id = uuid.uuid4()
     input_key = f"inputs/{job_id}.{EXTENSIONS[image_format]}"
@@ -85,6 +100,13 @@ def submit_job() -> tuple[dict[str, Any], int, dict[str, str]]:
         raise
     _enqueue(job)
     return job_json(job), 202, {"Location": f"/v1/jobs/{job_id}"}
+
+
+def _work(width: int, height: int, params: RenderParams) -> int:
+    """Pixels rendered x steps x octaves, at the size the worker will render."""
+    longest = max(width, height)
+    scale = min(1.0, params.max_dim / longest) if params.max_dim else 1.0
+    return round(width * scale) * round(height * scale) * params.steps * params.octaves
 
 
 def _read_params() -> RenderParams:

@@ -15,6 +15,10 @@ class ImageRejected(ValueError):
     """The bytes are not an image Oneiro accepts; the message says why."""
 
 
+class ImageTooLarge(ImageRejected):
+    """The image has more pixels than the limit allows."""
+
+
 def inspect_image(data: bytes, max_pixels: int) -> tuple[str, int, int]:
     """Check that `data` is a whole JPEG, PNG or WebP image; return its format, width, height.
 
@@ -24,14 +28,18 @@ def inspect_image(data: bytes, max_pixels: int) -> tuple[str, int, int]:
     if not data:
         raise ImageRejected("the image file is empty")
     try:
-        with Image.open(io.BytesIO(data)) as image:
+        with warnings.catch_warnings():
+            # Pillow's own bomb warning; the pixel limit below is the one that applies.
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            image = Image.open(io.BytesIO(data))
+        with image:
             if image.format not in ACCEPTED_FORMATS:
                 raise ImageRejected(
                     f"unsupported image format {image.format}; send JPEG, PNG or WebP"
                 )
             width, height = _upright_size(image)
             if width * height > max_pixels:
-                raise ImageRejected(
+                raise ImageTooLarge(
                     f"the image has {width * height} pixels ({width}x{height}); "
                     f"the limit is {max_pixels}"
                 )
@@ -39,7 +47,11 @@ def inspect_image(data: bytes, max_pixels: int) -> tuple[str, int, int]:
             return image.format, width, height
     except ImageRejected:
         raise
-    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
+    except Image.DecompressionBombError as exc:
+        raise ImageTooLarge(
+            f"the image has too many pixels: {exc}; the limit is {max_pixels}"
+        ) from None
+    except (OSError, SyntaxError, ValueError) as exc:
         raise ImageRejected(f"the file is not a readable image: {exc}") from None
 
 
@@ -56,8 +68,12 @@ def decode_rgb(data: bytes) -> np.ndarray:
         # The pixel limit is enforced at submit time by inspect_image.
         warnings.simplefilter("ignore", Image.DecompressionBombWarning)
         with Image.open(io.BytesIO(data)) as image:
-            image.seek(0)
+            image.seek(0)  # the first frame of an animation
             upright = ImageOps.exif_transpose(image)
+            if upright.mode in ("I", "I;16", "I;16B", "I;16L"):
+                # 16-bit greyscale: keep the high byte; a plain convert would clip at 255.
+                high = np.asarray(upright, dtype=np.uint32) >> 8
+                upright = Image.fromarray(np.clip(high, 0, 255).astype(np.uint8))
             return np.asarray(upright.convert("RGB"), dtype=np.uint8)
 
 

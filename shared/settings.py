@@ -37,6 +37,9 @@ class Settings(BaseSettings):
     worker_name: str = ""
     max_upload_bytes: int = Field(50 * 1024 * 1024, gt=0)
     max_pixels: int = Field(64 * 1024 * 1024, gt=0)
+    # Pixels rendered x steps x octaves: what a job may cost. The default admits the largest
+    # image at the default steps and octaves.
+    max_work: int = Field(64 * 1024 * 1024 * 100 * 5, gt=0)
     # Seconds between progress writes to the job row: often enough to look smooth, rare enough
     # that a thousand workers do not hammer the database.
     progress_interval: float = Field(1.0, ge=0)
