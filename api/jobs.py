@@ -5,7 +5,9 @@ from __future__ import annotations
 import base64
 import json
 import logging
+import time
 import uuid
+from collections.abc import Iterator
 from datetime import UTC, datetime
 from typing import Any
 
@@ -189,6 +191,49 @@ def list_jobs() -> dict[str, Any]:
 def get_job(job_id: uuid.UUID) -> dict[str, Any]:
     """The job's status, progress and resolved params."""
     return job_json(_find(job_id))
+
+
+# How often an event stream looks at the job row, and how long a quiet stream waits before a
+# comment line keeps proxies from closing it.
+EVENT_POLL_S = 0.5
+KEEPALIVE_S = 15.0
+
+
+@blueprint.get("/<uuid:job_id>/events")
+def job_events(job_id: uuid.UUID) -> Response:
+    """Server-Sent Events: the job as JSON each time its status or progress changes, until it
+    ends. An event's id names the state it carries; a client reconnecting with Last-Event-ID
+    gets the next change, not the state it already has."""
+    _find(job_id)
+    last_seen = request.headers.get("Last-Event-ID")
+    sessions = services().sessions
+
+    def stream() -> Iterator[str]:
+        nonlocal last_seen
+        quiet_since = time.monotonic()
+        while True:
+            with sessions() as session:
+                job = session.get(Job, job_id)
+                if job is None:
+                    return
+                state = job_json(job)
+            event_id = f"{state['status']}:{state['attempt']}:{state['progress']['fraction']}"
+            if event_id != last_seen:
+                last_seen = event_id
+                quiet_since = time.monotonic()
+                yield f"id: {event_id}\nevent: {state['status']}\ndata: {json.dumps(state)}\n\n"
+            elif time.monotonic() - quiet_since > KEEPALIVE_S:
+                quiet_since = time.monotonic()
+                yield ": keep-alive\n\n"
+            if JobStatus(state["status"]).is_terminal():
+                return
+            time.sleep(EVENT_POLL_S)
+
+    return Response(
+        stream(),
+        mimetype="text/event-stream",
+        headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+    )
 
 
 @blueprint.get("/<uuid:job_id>/result")

@@ -37,6 +37,9 @@ def api_command(bind: str) -> list[str]:
         bind,
         "--workers",
         "2",
+        # Threads, so that long-lived event streams do not take every worker process.
+        "--threads",
+        "8",
         "--no-control-socket",
         "api:create_app()",
     ]
