@@ -256,57 +256,57 @@ def get_result(job_id: uuid.UUID) -> Response:
 @blueprint.post("/<uuid:job_id>/cancel")
 def cancel_job(job_id: uuid.UUID) -> dict[str, Any]:
     """Cancel a queued or running job; a running render stops within one tile batch."""
-    _find(job_id)
-    session = db()
-    changed = session.execute(
-        update(Job)
-        .where(Job.id == job_id, Job.status.in_([JobStatus.QUEUED, JobStatus.RUNNING]))
-        .values(status=JobStatus.CANCELED, finished_at=utcnow())
-        .execution_options(synchronize_session=False)
+    job = _transition(
+        job_id,
+        "canceled",
+        [JobStatus.QUEUED, JobStatus.RUNNING],
+        status=JobStatus.CANCELED,
+        finished_at=utcnow(),
     )
-    session.commit()
-    job = _find(job_id, fresh=True)
-    if changed.rowcount != 1:
-        raise Problem(
-            409,
-            "Job already finished",
-            f"job {job_id} is {job.status.value}; only queued or running jobs can be canceled",
-            job_status=job.status.value,
-        )
     return job_json(job)
 
 
 @blueprint.post("/<uuid:job_id>/retry")
 def retry_job(job_id: uuid.UUID) -> tuple[dict[str, Any], int]:
     """Run a failed or canceled job again, as a new attempt of the same job."""
-    _find(job_id)
+    job = _transition(
+        job_id,
+        "retried",
+        [JobStatus.FAILED, JobStatus.CANCELED],
+        status=JobStatus.QUEUED,
+        error=None,
+        progress={},
+        result_key=None,
+        started_at=None,
+        finished_at=None,
+        worker=None,
+        enqueued_at=None,
+    )
+    _enqueue(job)
+    return job_json(job), 202
+
+
+def _transition(job_id: uuid.UUID, verb: str, allowed: list[JobStatus], **values: Any) -> Job:
+    """One conditional UPDATE from one of `allowed` statuses; 409 if the job is in another."""
+    _find(job_id)  # 404 first
     session = db()
     changed = session.execute(
         update(Job)
-        .where(Job.id == job_id, Job.status.in_([JobStatus.FAILED, JobStatus.CANCELED]))
-        .values(
-            status=JobStatus.QUEUED,
-            error=None,
-            progress={},
-            result_key=None,
-            started_at=None,
-            finished_at=None,
-            worker=None,
-            enqueued_at=None,
-        )
+        .where(Job.id == job_id, Job.status.in_(allowed))
+        .values(**values)
         .execution_options(synchronize_session=False)
     )
     session.commit()
     job = _find(job_id, fresh=True)
     if changed.rowcount != 1:
+        states = " or ".join(status.value for status in allowed)
         raise Problem(
             409,
-            "Job cannot be retried",
-            f"job {job_id} is {job.status.value}; only failed or canceled jobs can be retried",
+            f"Job cannot be {verb}",
+            f"job {job_id} is {job.status.value}; only {states} jobs can be {verb}",
             job_status=job.status.value,
         )
-    _enqueue(job)
-    return job_json(job), 202
+    return job
 
 
 def _enqueue(job: Job) -> None:
