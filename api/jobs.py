@@ -3,23 +3,25 @@
 from __future__ import annotations
 
 import base64
+import hashlib
 import json
 import logging
 import time
 import uuid
 from collections.abc import Iterator
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from flask import Blueprint, Response, current_app, g, request
 from pydantic import ValidationError
 from sqlalchemy import select, tuple_, update
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from api import Services
 from api.problems import Problem, invalid
 from shared.images import ImageRejected, ImageTooLarge, inspect_image
-from shared.models import Job, JobStatus, utcnow
+from shared.models import IdempotencyKey, Job, JobStatus, utcnow
 from shared.params import RenderParams
 from shared.queue import enqueue_render
 
@@ -53,7 +55,7 @@ def _close_db(_exc: BaseException | None) -> None:
 def submit_job() -> tuple[dict[str, Any], int, dict[str, str]]:
     """Store the image, record the job, commit, then enqueue it."""
     svc = services()
-    params = _read_params()
+    params, asked = _read_params()
     upload = request.files.get("image")
     if upload is None:
         raise invalid(
@@ -80,6 +82,12 @@ def submit_job() -> tuple[dict[str, Any], int, dict[str, str]]:
             ]
         )
 
+    idempotency = _idempotency(data, asked)
+    if idempotency is not None:
+        original = _replay(*idempotency)
+        if original is not None:
+            return original
+
     job_id = uuid.uuid4()
     input_key = f"inputs/{job_id}.{EXTENSIONS[image_format]}"
     svc.storage.put(input_key, data)
@@ -95,13 +103,67 @@ def submit_job() -> tuple[dict[str, Any], int, dict[str, str]]:
     session = db()
     try:
         session.add(job)
+        if idempotency is not None:
+            session.flush()  # the job row first: the key refers to it
+            session.add(
+                IdempotencyKey(key=idempotency[0], request_hash=idempotency[1], job_id=job_id)
+            )
         session.commit()
+    except IntegrityError:
+        # Another request with the same key won the race; answer as its replay.
+        session.rollback()
+        svc.storage.delete(input_key)
+        original = _replay(*idempotency) if idempotency is not None else None
+        if original is None:
+            raise
+        return original
     except Exception:
         session.rollback()
         svc.storage.delete(input_key)  # a refused request leaves nothing behind
         raise
     _enqueue(job)
     return job_json(job), 202, {"Location": f"/v1/jobs/{job_id}"}
+
+
+IDEMPOTENCY_WINDOW = timedelta(hours=24)
+
+
+def _idempotency(data: bytes, asked: dict[str, Any]) -> tuple[str, str] | None:
+    """The request's Idempotency-Key and a fingerprint of what it asks for, if it has a key."""
+    key = request.headers.get("Idempotency-Key")
+    if key is None:
+        return None
+    if not 1 <= len(key) <= 255:
+        raise invalid([{"field": "Idempotency-Key", "message": "must be 1 to 255 characters"}])
+    digest = hashlib.sha256(data)
+    digest.update(json.dumps(asked, sort_keys=True).encode())
+    return key, digest.hexdigest()
+
+
+def _replay(key: str, request_hash: str) -> tuple[dict[str, Any], int, dict[str, str]] | None:
+    """The original answer to a repeated key, or None when the key is new (or expired)."""
+    session = db()
+    seen = session.get(IdempotencyKey, key, populate_existing=True)
+    if seen is None:
+        return None
+    created = seen.created_at if seen.created_at.tzinfo else seen.created_at.replace(tzinfo=UTC)
+    if created < utcnow() - IDEMPOTENCY_WINDOW:
+        session.delete(seen)
+        session.commit()
+        return None
+    if seen.request_hash != request_hash:
+        raise invalid(
+            [
+                {
+                    "field": "Idempotency-Key",
+                    "message": (
+                        "this key was used within 24 hours for a different request; use a new key"
+                    ),
+                }
+            ]
+        )
+    job = _find(seen.job_id)
+    return job_json(job), 200, {"Location": f"/v1/jobs/{job.id}"}
 
 
 def _work(width: int, height: int, params: RenderParams) -> int:
@@ -111,7 +173,7 @@ def _work(width: int, height: int, params: RenderParams) -> int:
     return round(width * scale) * round(height * scale) * params.steps * params.octaves
 
 
-def _read_params() -> RenderParams:
+def _read_params() -> tuple[RenderParams, dict[str, Any]]:
     unknown = sorted((set(request.form) | set(request.files)) - FORM_PARTS)
     if not request.content_type or not request.content_type.startswith("multipart/form-data"):
         raise Problem(
@@ -138,7 +200,7 @@ def _read_params() -> RenderParams:
     if not isinstance(raw, dict):
         raise invalid([{"field": "params", "message": "must be a JSON object"}])
     try:
-        return RenderParams.model_validate_json(text, strict=True)
+        return RenderParams.model_validate_json(text, strict=True), raw
     except ValidationError as exc:
         raise invalid(
             [

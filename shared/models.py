@@ -7,7 +7,7 @@ import uuid
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import JSON, DateTime, Enum, Integer, MetaData, String, Text, Uuid
+from sqlalchemy import JSON, DateTime, Enum, ForeignKey, Integer, MetaData, String, Text, Uuid
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 # Named constraints let Alembic create and drop them the same way on every database.
@@ -78,3 +78,14 @@ class Job(Base):
     enqueued_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     # The engine's latest saved state, so a job put back after its worker died resumes there.
     checkpoint_key: Mapped[str | None] = mapped_column(String(255))
+
+
+class IdempotencyKey(Base):
+    """A client's Idempotency-Key: the same key and request within the window get the same job."""
+
+    __tablename__ = "idempotency_keys"
+
+    key: Mapped[str] = mapped_column(String(255), primary_key=True)
+    request_hash: Mapped[str] = mapped_column(String(64))
+    job_id: Mapped[uuid.UUID] = mapped_column(Uuid, ForeignKey("jobs.id", ondelete="CASCADE"))
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)

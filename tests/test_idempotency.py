@@ -1,0 +1,84 @@
+"""Idempotency-Key on POST /v1/jobs: a retried submission gets the original job."""
+
+from __future__ import annotations
+
+import io
+import threading
+from datetime import timedelta
+
+from flask.testing import FlaskClient
+from sqlalchemy import func, select, update
+from sqlalchemy.orm import Session
+
+from shared.models import IdempotencyKey, Job, utcnow
+from shared.settings import Settings
+from tests.test_api import assert_problem, queued_job_ids, stored_files
+from tests.utils import image_bytes
+
+
+def post(client: FlaskClient, key: str, image: bytes, params: str = '{"steps": 3}') -> object:
+    return client.post(
+        "/v1/jobs",
+        headers={"Idempotency-Key": key},
+        data={"image": (io.BytesIO(image), "a.png"), "params": params},
+        content_type="multipart/form-data",
+    )
+
+
+def jobs(session: Session) -> int:
+    return int(session.scalar(select(func.count()).select_from(Job)) or 0)
+
+
+def test_the_same_key_and_request_return_the_original_job(
+    client: FlaskClient, session: Session, settings: Settings
+) -> None:
+    first = post(client, "k-1", image_bytes())
+    again = post(client, "k-1", image_bytes(), '{ "steps" : 3 }')  # the same request, respaced
+
+    assert first.status_code == 202 and again.status_code == 200
+    assert again.get_json()["id"] == first.get_json()["id"]
+    assert again.headers["Location"] == first.headers["Location"]
+    assert jobs(session) == 1 and len(queued_job_ids(settings)) == 1
+    assert len(stored_files(settings)) == 1
+
+
+def test_the_same_key_with_another_request_is_422_and_writes_nothing(
+    client: FlaskClient, session: Session, settings: Settings
+) -> None:
+    post(client, "k-2", image_bytes())
+
+    body = assert_problem(post(client, "k-2", image_bytes(), '{"steps": 4}'), 422)
+
+    assert body["errors"][0]["field"] == "Idempotency-Key"
+    assert jobs(session) == 1 and len(stored_files(settings)) == 1
+
+
+def test_keys_expire_after_a_day(client: FlaskClient, session: Session) -> None:
+    first = post(client, "k-3", image_bytes()).get_json()["id"]
+    session.execute(update(IdempotencyKey).values(created_at=utcnow() - timedelta(hours=25)))
+    session.commit()
+
+    second = post(client, "k-3", image_bytes())
+
+    assert second.status_code == 202 and second.get_json()["id"] != first
+    assert jobs(session) == 2
+
+
+def test_concurrent_requests_with_one_key_make_one_job(
+    client: FlaskClient, session: Session, settings: Settings
+) -> None:
+    answers: list[tuple[int, str]] = []
+
+    def send() -> None:
+        response = post(client, "k-4", image_bytes())
+        answers.append((response.status_code, response.get_json()["id"]))
+
+    threads = [threading.Thread(target=send) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+
+    assert len({job_id for _, job_id in answers}) == 1
+    assert sorted(code for code, _ in answers).count(202) == 1
+    assert jobs(session) == 1 and len(stored_files(settings)) == 1
