@@ -23,7 +23,7 @@ from api.problems import Problem, invalid
 from shared.images import ImageRejected, ImageTooLarge, inspect_image
 from shared.models import IdempotencyKey, Job, JobStatus, utcnow
 from shared.params import RenderParams
-from shared.queue import enqueue_render
+from shared.queue import send_job
 
 log = logging.getLogger(__name__)
 
@@ -374,14 +374,10 @@ def _transition(job_id: uuid.UUID, verb: str, allowed: list[JobStatus], **values
 def _enqueue(job: Job) -> None:
     # Commit, then enqueue (DESIGN.md invariant 2): a worker never sees an id the database
     # does not have. If Redis is down the job stays queued for the relay to enqueue again.
-    svc, session = services(), db()
     try:
-        enqueue_render(svc.celery, job.id)
+        send_job(db(), services().celery, job.id)
     except Exception:
         log.exception("job %s committed but not enqueued; the relay will enqueue it", job.id)
-    else:
-        job.enqueued_at = utcnow()
-        session.commit()
 
 
 def _find(job_id: uuid.UUID, fresh: bool = False) -> Job:

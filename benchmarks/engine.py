@@ -131,15 +131,13 @@ def time_engine(image: np.ndarray, steps: int, precision: str) -> float:
     return engine_timer(image, precision)(steps)
 
 
-def scaling_row(megapixels: float, precision: str) -> dict[str, float]:
-    """Run in a child process: seconds per megapixel-step and peak RSS for one size."""
-    image = photo(megapixels)
+def scaling_row(image: np.ndarray, precision: str) -> dict[str, float]:
+    """Run in a child process: seconds per megapixel-step and peak RSS for one image."""
     rate = time_engine(image, 1, precision)
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024**2
     return {
         "megapixels": image.shape[0] * image.shape[1] / 1e6,
         "s_per_mp_step": 1 / rate,
-        "peak_rss_gib": peak,
+        "peak_rss_gib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024**2,
     }
 
 
@@ -171,19 +169,9 @@ def main() -> None:
     if args.row is not None:
         if args.side:
             image = np.asarray(Image.fromarray(photo(1.0)).resize((args.side, args.side)))
-            rate = time_engine(image, 1, args.precision)
-            peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024**2
-            print(
-                json.dumps(
-                    {
-                        "megapixels": args.side**2 / 1e6,
-                        "s_per_mp_step": 1 / rate,
-                        "peak_rss_gib": peak,
-                    }
-                )
-            )
         else:
-            print(json.dumps(scaling_row(args.row, args.precision)))
+            image = photo(args.row)
+        print(json.dumps(scaling_row(image, args.precision)))
         return
 
     from worker.engine.model import best_precision

@@ -5,7 +5,10 @@ from __future__ import annotations
 import uuid
 
 from celery import Celery
+from sqlalchemy import update
+from sqlalchemy.orm import Session
 
+from shared.models import Job, utcnow
 from shared.settings import Settings
 
 # The API sends by name, so it never imports the worker (or TensorFlow).
@@ -61,6 +64,17 @@ def create_celery(settings: Settings) -> Celery:
 def maintenance_queue(settings: Settings) -> str:
     """The queue of the light worker that runs the reaper and the relay."""
     return f"{settings.queue}-maintenance"
+
+
+def send_job(session: Session, celery: Celery, job_id: uuid.UUID) -> None:
+    """Send a committed job's render message, then record when (DESIGN.md invariant 2).
+
+    A job whose sending is never recorded (Redis down, a crash between the two) is what the
+    relay finds and sends again.
+    """
+    enqueue_render(celery, job_id)
+    session.execute(update(Job).where(Job.id == job_id).values(enqueued_at=utcnow()))
+    session.commit()
 
 
 def enqueue_render(celery: Celery, job_id: uuid.UUID) -> None:

@@ -158,9 +158,8 @@ def s3_endpoint(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """A real S3-compatible server on this machine: moto in server mode, over HTTP."""
     import subprocess
     import sys
-    import time
 
-    import requests
+    from tests.utils import http_answers, wait_for
 
     port = free_port()
     log = (tmp_path_factory.mktemp("s3") / "moto.log").open("wb")
@@ -170,15 +169,8 @@ def s3_endpoint(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         stderr=subprocess.STDOUT,
     )
     endpoint = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 30
-    while True:
-        try:
-            requests.get(endpoint, timeout=1)
-            break
-        except requests.RequestException:
-            if time.monotonic() > deadline or server.poll() is not None:
-                raise RuntimeError("moto_server did not start") from None
-            time.sleep(0.1)
+    wait_for(lambda: http_answers(endpoint) or server.poll() is not None, 30, "moto_server")
+    assert server.poll() is None, "moto_server exited at start"
     try:
         yield endpoint
     finally:

@@ -25,7 +25,7 @@ from shared.settings import Settings
 from shared.storage import Storage
 from tests.conftest import ROOT, free_port
 from tests.tcpproxy import Proxy
-from tests.utils import CHELSEA, image_bytes, make_job
+from tests.utils import CHELSEA, image_bytes, make_job, wait_for
 from worker.maintenance import reap_stale_jobs, relay_queued_jobs
 
 pytestmark = pytest.mark.chaos
@@ -115,16 +115,6 @@ def own_redis(settings: Settings, tmp_path: Path) -> Iterator[tuple[Settings, An
     yield settings.model_copy(update={"redis_url": f"redis://127.0.0.1:{port}/0"}), restart
     servers[-1].terminate()
     servers[-1].wait(timeout=10)
-
-
-def wait_for(predicate: Any, timeout: float, what: str) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.05)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
 
 
 def row(sessions: sessionmaker[Session], job_id: uuid.UUID) -> Job:

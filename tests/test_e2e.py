@@ -26,7 +26,7 @@ from shared.queue import RENDER_TASK, create_celery
 from shared.settings import Settings, load_settings
 from shared.storage import open_storage
 from tests.conftest import ROOT, _postgres_database, free_port
-from tests.utils import CHELSEA, make_job
+from tests.utils import CHELSEA, http_answers, make_job, wait_for
 
 pytestmark = pytest.mark.e2e
 
@@ -41,21 +41,6 @@ class Stack:
 
     def worker_lines(self, needle: str) -> list[str]:
         return [line for line in self.worker_log.read_text().splitlines() if needle in line]
-
-
-def _wait_for(predicate: Any, timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-        time.sleep(0.05)
-
-
-def _answers(url: str) -> bool:
-    try:
-        return requests.get(url, timeout=1).status_code == 200
-    except requests.RequestException:
-        return False
 
 
 @pytest.fixture(scope="module", params=["sqlite", "postgresql"])
@@ -105,7 +90,7 @@ def stack(
         stderr=STDOUT,
     )
     try:
-        _wait_for(lambda: _answers(f"http://127.0.0.1:{port}/healthz"), 30, "the API")
+        wait_for(lambda: http_answers(f"http://127.0.0.1:{port}/healthz"), 30, "the API")
         yield Stack(f"http://127.0.0.1:{port}", settings, worker_log)
     finally:
         for process in (api, worker):
@@ -179,7 +164,7 @@ def test_a_message_delivered_three_times_renders_once(stack: Stack) -> None:
     celery.close()
 
     job, _ = poll_until_finished(stack, job_id)
-    _wait_for(
+    wait_for(
         lambda: len(stack.worker_lines(f"job {job_id} is not queued")) == 2,
         60,
         "the duplicate messages to be consumed",

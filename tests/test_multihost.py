@@ -31,7 +31,7 @@ from shared.queue import create_celery
 from shared.settings import Settings
 from tests.conftest import ROOT, free_port
 from tests.tcpproxy import Proxy
-from tests.utils import CHELSEA
+from tests.utils import CHELSEA, http_answers, wait_for
 from worker.maintenance import reap_stale_jobs, relay_queued_jobs
 
 pytestmark = pytest.mark.chaos
@@ -189,15 +189,7 @@ def cluster(settings: Settings, database_url: str, tmp_path: Path) -> Iterator[C
             )
             out.close()
         api = f"http://127.0.0.1:{api_port}"
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                if requests.get(f"{api}/healthz", timeout=1).ok:
-                    break
-            except requests.RequestException:
-                pass
-            assert time.monotonic() < deadline, "the API did not start"
-            time.sleep(0.1)
+        wait_for(lambda: http_answers(f"{api}/healthz"), 30, "the API")
         yield Cluster(
             hosts, api, settings.model_copy(update={"redis_url": local_redis, "lease_seconds": 3.0})
         )
@@ -233,16 +225,12 @@ def submit(cluster: Cluster, **params: Any) -> uuid.UUID:
 def wait_rows(
     sessions: sessionmaker[Session], ids: list[uuid.UUID], check: Any, timeout: float, what: str
 ) -> list[Job]:
-    deadline = time.monotonic() + timeout
-    while True:
+    def rows() -> list[Job] | None:
         with sessions() as session:
-            rows = [session.get_one(Job, job_id) for job_id in ids]
-        if check(rows):
-            return rows
-        assert time.monotonic() < deadline, f"timed out waiting for {what}: " + str(
-            [(r.status.value, r.worker) for r in rows]
-        )
-        time.sleep(0.1)
+            found = [session.get_one(Job, job_id) for job_id in ids]
+        return found if check(found) else None
+
+    return wait_for(rows, timeout, what, every=0.1)  # type: ignore[no-any-return]
 
 
 def test_jobs_spread_over_both_hosts(cluster: Cluster, sessions: sessionmaker[Session]) -> None:

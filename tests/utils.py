@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import io
+import time
 import uuid
 from pathlib import Path
 from typing import Any
 
+import requests
 from PIL import Image
 from sqlalchemy.orm import Session
 
@@ -48,3 +50,23 @@ def make_job(session: Session, storage: Storage, **fields: Any) -> Job:
     session.add(job)
     session.commit()
     return job
+
+
+def wait_for(predicate: Any, timeout: float, what: str, every: float = 0.05) -> Any:
+    """Poll `predicate` until it returns something truthy, and return that."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(every)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+
+
+def http_answers(url: str) -> bool:
+    """Whether an HTTP server answers at `url` (with any status)."""
+    try:
+        requests.get(url, timeout=1)
+    except requests.RequestException:
+        return False
+    return True

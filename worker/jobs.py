@@ -103,8 +103,7 @@ def run_job(job_id: uuid.UUID, runtime: Runtime) -> JobStatus | None:
     except Exception as exc:
         log.exception("job %s failed", job_id)
         return _fail(runtime, job_id, attempt, _readable(exc))
-    patient(_succeed)(runtime, job_id, attempt, result_key)
-    runtime.storage.delete(checkpoint_key(job_id))
+    _finish(runtime, job_id, attempt, JobStatus.SUCCEEDED, result_key=result_key)
     log.info("job %s succeeded", job_id)
     return JobStatus.SUCCEEDED
 
@@ -114,18 +113,28 @@ def _claim(runtime: Runtime, job_id: uuid.UUID) -> int | None:
         return claim_job(session, job_id, runtime.name)
 
 
-def _succeed(runtime: Runtime, job_id: uuid.UUID, attempt: int, result_key: str) -> None:
-    with runtime.sessions.begin() as session:
-        _update_running(
-            session,
-            job_id,
-            attempt,
-            status=JobStatus.SUCCEEDED,
-            result_key=result_key,
-            finished_at=utcnow(),
-            progress=_finished_progress(session, job_id),
-            checkpoint_key=None,
-        )
+def _finish(
+    runtime: Runtime, job_id: uuid.UUID, attempt: int, status: JobStatus, **values: Any
+) -> None:
+    """Record how the job ended (fenced on its attempt, patient with the database) and drop
+    its checkpoint."""
+
+    def record() -> None:
+        with runtime.sessions.begin() as session:
+            if status == JobStatus.SUCCEEDED:
+                values["progress"] = _finished_progress(session, job_id)
+            _update_running(
+                session,
+                job_id,
+                attempt,
+                status=status,
+                finished_at=utcnow(),
+                checkpoint_key=None,
+                **values,
+            )
+
+    patient(record)()
+    runtime.storage.delete(checkpoint_key(job_id))
 
 
 def checkpoint_key(job_id: uuid.UUID) -> str:
@@ -136,7 +145,7 @@ def _render(job_id: uuid.UUID, attempt: int, runtime: Runtime, heartbeat: Heartb
     with runtime.sessions() as session:
         job = session.get_one(Job, job_id)
         params = RenderParams.model_validate(job.params)
-        input_key, saved = job.input_key, job.checkpoint_key
+        input_key = job.input_key
     try:
         image = fit_within(decode_rgb(runtime.storage.get(input_key)), params.max_dim)
     except ObjectNotFound:
@@ -148,7 +157,7 @@ def _render(job_id: uuid.UUID, attempt: int, runtime: Runtime, heartbeat: Heartb
 
     # The checkpoint's key is fixed per job, so one saved while the database was away counts.
     resume = None
-    saved = saved or checkpoint_key(job_id)
+    saved = checkpoint_key(job_id)
     if runtime.storage.exists(saved):
         resume = DreamState.from_bytes(runtime.storage.get(saved))
         log.info("job %s resumes at octave %d step %d", job_id, resume.octave + 1, resume.step)
@@ -246,7 +255,11 @@ class Heartbeat:
 
 
 class ProgressReporter:
-    """Writes engine progress into the job row, at most once per interval and at octave ends."""
+    """Writes engine progress into the job row, at most once per progress_interval.
+
+    The engine reports after every tile batch; time alone decides which reports are written
+    (the final state is written with the result).
+    """
 
     def __init__(self, runtime: Runtime, job_id: uuid.UUID, attempt: int) -> None:
         self.runtime, self.job_id, self.attempt = runtime, job_id, attempt
@@ -255,8 +268,7 @@ class ProgressReporter:
 
     def __call__(self, progress: Any) -> None:
         now = time.monotonic()
-        octave_end = progress.step == progress.steps
-        if now - self.last_write < self.interval and not octave_end:
+        if now - self.last_write < self.interval:
             return
         self.last_write = now
         try:
@@ -294,25 +306,11 @@ def _finished_progress(session: Session, job_id: uuid.UUID) -> dict[str, Any]:
 
 def _fail(runtime: Runtime, job_id: uuid.UUID, attempt: int, message: str) -> JobStatus | None:
     try:
-        patient(_record_failure)(runtime, job_id, attempt, message)
+        _finish(runtime, job_id, attempt, JobStatus.FAILED, error=message)
     except LostJob as exc:
         log.warning("%s", exc)
         return None
-    runtime.storage.delete(checkpoint_key(job_id))
     return JobStatus.FAILED
-
-
-def _record_failure(runtime: Runtime, job_id: uuid.UUID, attempt: int, message: str) -> None:
-    with runtime.sessions.begin() as session:
-        _update_running(
-            session,
-            job_id,
-            attempt,
-            status=JobStatus.FAILED,
-            error=message,
-            finished_at=utcnow(),
-            checkpoint_key=None,
-        )
 
 
 def _readable(exc: Exception) -> str:

@@ -12,7 +12,7 @@ from sqlalchemy import or_, select, update
 from sqlalchemy.orm import Session
 
 from shared.models import Job, JobStatus, utcnow
-from shared.queue import enqueue_render
+from shared.queue import send_job
 from shared.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -83,17 +83,8 @@ def relay_queued_jobs(
         )
         .order_by(Job.created_at)
     ).all()
-    sent = []
     for job_id in due:
-        enqueue_render(celery, job_id)
-        session.execute(
-            update(Job)
-            .where(Job.id == job_id)
-            .values(enqueued_at=now)
-            .execution_options(synchronize_session=False)
-        )
-        session.commit()
-        sent.append(job_id)
-    if sent:
-        log.info("relayed %d queued job(s) to Redis", len(sent))
-    return sent
+        send_job(session, celery, job_id)
+    if due:
+        log.info("relayed %d queued job(s) to Redis", len(due))
+    return list(due)
