@@ -31,7 +31,7 @@ from worker.maintenance import reap_stale_jobs, relay_queued_jobs
 pytestmark = pytest.mark.chaos
 
 KILLS = 5
-PARAMS = {"steps": 8, "octaves": 3, "seed": 11, "max_dim": 200, "tile_size": 128}
+PARAMS = {"steps": 14, "octaves": 3, "seed": 11, "max_dim": 200, "tile_size": 128}
 
 
 class Workers:
