@@ -33,6 +33,7 @@ class Services:
 def create_app(settings: Settings | None = None) -> Flask:
     """The Flask application for `settings` (read from the environment when not given)."""
     from api import jobs, problems
+    from api.auth import create_limiter
 
     settings = settings or get_settings()
     app = Flask(__name__)
@@ -47,7 +48,9 @@ def create_app(settings: Settings | None = None) -> Flask:
         celery=create_celery(settings),
     )
     problems.register(app)
+    limiter = create_limiter(app, settings)
     app.register_blueprint(jobs.blueprint)
+    limiter.limit(settings.rate_limit)(jobs.blueprint)
 
     @app.get("/healthz")
     def healthz() -> dict[str, str]:

@@ -14,16 +14,18 @@ from typing import Any
 
 from flask import Blueprint, Response, current_app, g, request
 from pydantic import ValidationError
-from sqlalchemy import select, tuple_, update
+from sqlalchemy import func, select, tuple_, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from api import Services
+from api.auth import current_tenant, tenant_id
 from api.problems import Problem, invalid
 from shared.images import ImageRejected, ImageTooLarge, inspect_image
-from shared.models import IdempotencyKey, Job, JobStatus, utcnow
+from shared.models import IdempotencyKey, Job, JobStatus, Tenant, utcnow
 from shared.params import RenderParams
 from shared.queue import send_job
+from shared.storage import ObjectNotFound, preview_key
 
 log = logging.getLogger(__name__)
 
@@ -42,6 +44,11 @@ def db() -> Session:
     if "db" not in g:
         g.db = services().sessions()
     return g.db  # type: ignore[no-any-return]
+
+
+@blueprint.before_request
+def _authenticate() -> None:
+    current_tenant()
 
 
 @blueprint.teardown_app_request
@@ -88,11 +95,13 @@ def submit_job() -> tuple[dict[str, Any], int, dict[str, str]]:
         if original is not None:
             return original
 
+    _check_active_cap()
     job_id = uuid.uuid4()
     input_key = f"inputs/{job_id}.{EXTENSIONS[image_format]}"
     svc.storage.put(input_key, data)
     job = Job(
         id=job_id,
+        tenant_id=tenant_id(),
         status=JobStatus.QUEUED,
         params=params.model_dump(mode="json"),
         input_key=input_key,
@@ -106,7 +115,12 @@ def submit_job() -> tuple[dict[str, Any], int, dict[str, str]]:
         if idempotency is not None:
             session.flush()  # the job row first: the key refers to it
             session.add(
-                IdempotencyKey(key=idempotency[0], request_hash=idempotency[1], job_id=job_id)
+                IdempotencyKey(
+                    tenant_id=tenant_id(),
+                    key=idempotency[0],
+                    request_hash=idempotency[1],
+                    job_id=job_id,
+                )
             )
         session.commit()
     except IntegrityError:
@@ -143,7 +157,7 @@ def _idempotency(data: bytes, asked: dict[str, Any]) -> tuple[str, str] | None:
 def _replay(key: str, request_hash: str) -> tuple[dict[str, Any], int, dict[str, str]] | None:
     """The original answer to a repeated key, or None when the key is new (or expired)."""
     session = db()
-    seen = session.get(IdempotencyKey, key, populate_existing=True)
+    seen = session.get(IdempotencyKey, (tenant_id(), key), populate_existing=True)
     if seen is None:
         return None
     created = seen.created_at if seen.created_at.tzinfo else seen.created_at.replace(tzinfo=UTC)
@@ -164,6 +178,32 @@ def _replay(key: str, request_hash: str) -> tuple[dict[str, Any], int, dict[str,
         )
     job = _find(seen.job_id)
     return job_json(job), 200, {"Location": f"/v1/jobs/{job.id}"}
+
+
+def _check_active_cap() -> None:
+    """429 when the tenant already has max_active_jobs queued or running.
+
+    On PostgreSQL the tenant's row is locked until the job is committed, so concurrent submits
+    of one tenant count one after another; SQLite runs one writer at a time anyway.
+    """
+    session = db()
+    limit = services().settings.max_active_jobs
+    session.execute(select(Tenant.id).where(Tenant.id == tenant_id()).with_for_update())
+    active = session.scalar(
+        select(func.count())
+        .select_from(Job)
+        .where(Job.tenant_id == tenant_id(), Job.status.in_([JobStatus.QUEUED, JobStatus.RUNNING]))
+    )
+    if active is not None and active >= limit:
+        raise Problem(
+            429,
+            "Too many active jobs",
+            f"this tenant has {active} jobs queued or running; the limit is {limit}: "
+            "wait for some to finish or cancel some",
+            headers={"Retry-After": "30"},
+            limit=limit,
+            value=active,
+        )
 
 
 def _work(width: int, height: int, params: RenderParams) -> int:
@@ -232,7 +272,12 @@ def list_jobs() -> dict[str, Any]:
     if errors:
         raise invalid(errors)
     limit = int(limit_text)
-    query = select(Job).order_by(Job.created_at.desc(), Job.id.desc()).limit(limit + 1)
+    query = (
+        select(Job)
+        .where(Job.tenant_id == tenant_id())
+        .order_by(Job.created_at.desc(), Job.id.desc())
+        .limit(limit + 1)
+    )
     if status is not None:
         query = query.where(Job.status == status)
     if after is not None:
@@ -302,6 +347,7 @@ def job_events(job_id: uuid.UUID) -> Response:
 def get_result(job_id: uuid.UUID) -> Response:
     """The rendered PNG, once the job has succeeded."""
     job = _find(job_id)
+    _check_not_expired(job)
     if job.status != JobStatus.SUCCEEDED or job.result_key is None:
         detail = f"job {job_id} is {job.status.value}; its result exists once it has succeeded"
         if job.status == JobStatus.FAILED:
@@ -313,6 +359,36 @@ def get_result(job_id: uuid.UUID) -> Response:
         mimetype="image/png",
         headers={"Content-Disposition": f'inline; filename="{job_id}.png"'},
     )
+
+
+@blueprint.get("/<uuid:job_id>/preview")
+def get_preview(job_id: uuid.UUID) -> Response:
+    """A small JPEG of the render in progress (rewritten every few seconds by the worker), or of
+    the result once the job has succeeded."""
+    job = _find(job_id)
+    _check_not_expired(job)
+    try:
+        data = services().storage.get(preview_key(job_id))
+    except ObjectNotFound:
+        raise Problem(
+            409,
+            "Preview not ready",
+            f"job {job_id} is {job.status.value} and has no preview yet; the worker writes one "
+            "after the first step of its render",
+            job_status=job.status.value,
+        ) from None
+    return Response(data, mimetype="image/jpeg", headers={"Cache-Control": "no-store"})
+
+
+def _check_not_expired(job: Job) -> None:
+    if job.expired_at is not None:
+        raise Problem(
+            410,
+            "Files expired",
+            f"the files of job {job.id} were deleted on {_iso(job.expired_at)} "
+            "by the retention policy",
+            job_status=job.status.value,
+        )
 
 
 @blueprint.post("/<uuid:job_id>/cancel")
@@ -331,6 +407,8 @@ def cancel_job(job_id: uuid.UUID) -> dict[str, Any]:
 @blueprint.post("/<uuid:job_id>/retry")
 def retry_job(job_id: uuid.UUID) -> tuple[dict[str, Any], int]:
     """Run a failed or canceled job again, as a new attempt of the same job."""
+    _find(job_id)
+    _check_active_cap()
     job = _transition(
         job_id,
         "retried",
@@ -381,8 +459,9 @@ def _enqueue(job: Job) -> None:
 
 
 def _find(job_id: uuid.UUID, fresh: bool = False) -> Job:
+    """The calling tenant's job; another tenant's job is as unknown as one that never was."""
     job = db().get(Job, job_id, populate_existing=fresh)
-    if job is None:
+    if job is None or job.tenant_id != tenant_id():
         raise Problem(404, "Job not found", f"there is no job {job_id}")
     return job
 
@@ -400,7 +479,11 @@ def job_json(job: Job) -> dict[str, Any]:
         "started_at": _iso(job.started_at),
         "finished_at": _iso(job.finished_at),
         "error": job.error,
-        "result_url": f"/v1/jobs/{job.id}/result" if job.status == JobStatus.SUCCEEDED else None,
+        "result_url": f"/v1/jobs/{job.id}/result"
+        if job.status == JobStatus.SUCCEEDED and job.expired_at is None
+        else None,
+        "preview_url": f"/v1/jobs/{job.id}/preview",
+        "expired": job.expired_at is not None,
     }
 
 

@@ -17,9 +17,17 @@ PROBLEM_JSON = "application/problem+json"
 class Problem(Exception):
     """An error to answer with: status, a short title, and a detail a person can act on."""
 
-    def __init__(self, status: int, title: str, detail: str, **extra: Any) -> None:
+    def __init__(
+        self,
+        status: int,
+        title: str,
+        detail: str,
+        headers: dict[str, str] | None = None,
+        **extra: Any,
+    ) -> None:
         super().__init__(detail)
         self.status, self.title, self.detail, self.extra = status, title, detail, extra
+        self.headers = headers or {}
 
     def response(self) -> Response:
         body = {
@@ -29,7 +37,9 @@ class Problem(Exception):
             "detail": self.detail,
             **self.extra,
         }
-        return Response(json.dumps(body), status=self.status, mimetype=PROBLEM_JSON)
+        return Response(
+            json.dumps(body), status=self.status, mimetype=PROBLEM_JSON, headers=self.headers
+        )
 
 
 def invalid(errors: list[dict[str, str]]) -> Problem:

@@ -92,3 +92,10 @@ def encode_png(image: np.ndarray) -> bytes:
     buffer = io.BytesIO()
     Image.fromarray(image).save(buffer, format="PNG")
     return buffer.getvalue()
+
+
+def encode_jpeg(image: np.ndarray, quality: int = 80) -> bytes:
+    """An H x W x 3 uint8 array as JPEG bytes (for previews: small, lossy)."""
+    buffer = io.BytesIO()
+    Image.fromarray(image).save(buffer, format="JPEG", quality=quality)
+    return buffer.getvalue()

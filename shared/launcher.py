@@ -1,5 +1,8 @@
 """`make run`: migrate, then serve the API and one worker in the foreground until Ctrl-C.
 
+On first start it makes an API key of the tenant 'local', prints it and saves it where the CLI
+looks (shared.tenants.client_config_path).
+
 Starts a local Redis when none answers at REDIS_URL, and stops it on exit.
 """
 
@@ -13,11 +16,15 @@ import time
 from pathlib import Path
 from urllib.parse import urlparse
 
+from shared.db import create_db_engine, create_session_factory
 from shared.localredis import redis_answers, start_redis
 from shared.queue import maintenance_queue
-from shared.settings import SettingsError, get_settings
+from shared.settings import Settings, SettingsError, get_settings
+from shared.tenants import authenticate, create_key, read_client_config, write_client_config
 
 API_BIND = os.environ.get("ONEIRO_API_BIND", "127.0.0.1:8000")
+# The tenant of the key `make run` makes for whoever runs it.
+LOCAL_TENANT = "local"
 
 
 def migrate_command() -> list[str]:
@@ -71,6 +78,25 @@ def maintenance_command(queue: str, schedule: Path) -> list[str]:
     )
 
 
+def ensure_local_key(settings: Settings, url: str) -> str | None:
+    """On first start, make a key of the tenant 'local', print it and save it for the CLI.
+
+    Returns the new key, or None when the saved one still works against this database.
+    """
+    saved = read_client_config()
+    engine = create_db_engine(settings.database_url)
+    try:
+        with create_session_factory(engine)() as session:
+            if saved.get("api_key") and authenticate(session, saved["api_key"]) is not None:
+                return None
+            made = create_key(session, LOCAL_TENANT)
+    finally:
+        engine.dispose()
+    path = write_client_config(url, made.key)
+    print(f"oneiro: API key of tenant {LOCAL_TENANT!r}: {made.key} (saved in {path})", flush=True)
+    return made.key
+
+
 def main() -> int:
     try:
         settings = get_settings()
@@ -87,6 +113,7 @@ def main() -> int:
         children.append(start_redis(parsed.port or 6379, settings.data_dir / "redis"))
 
     subprocess.run(migrate_command(), check=True)
+    ensure_local_key(settings, f"http://{API_BIND}")
     children.append(subprocess.Popen([*api_command(API_BIND), "--access-logfile", "-"]))
     children.append(subprocess.Popen(worker_command(settings.queue)))
     settings.data_dir.mkdir(parents=True, exist_ok=True)

@@ -63,6 +63,23 @@ class Settings(BaseSettings):
     # How long the API waits for Redis when enqueueing before it gives up and leaves the job to
     # the relay; a submit must not hang because Redis does.
     enqueue_timeout: float = Field(3.0, gt=0)
+    # Per tenant: requests to /v1 (a Flask-Limiter rate such as "120/minute", counted in Redis)
+    # and jobs queued or running at once.
+    rate_limit: str = "600/minute"
+    max_active_jobs: int = Field(50, ge=1)
+    # How often a worker writes the small JPEG preview of a running render, and its longest side.
+    preview_interval: float = Field(5.0, ge=0)
+    preview_size: int = Field(512, ge=16)
+    # Webhooks: targets on loopback, private or link-local addresses are refused unless allowed
+    # (so the service cannot be aimed at its own network); failed deliveries are retried with
+    # back-off up to webhook_max_attempts; progress events go out at most every
+    # webhook_progress_interval seconds.
+    webhook_allow_private: bool = False
+    webhook_timeout: float = Field(10.0, gt=0)
+    webhook_max_attempts: int = Field(8, ge=1)
+    webhook_progress_interval: float = Field(10.0, ge=0)
+    # Files of jobs that ended longer ago than this are deleted; the row stays, marked expired.
+    retention_seconds: float = Field(30 * 24 * 3600.0, gt=0)
 
     @model_validator(mode="after")
     def _derive_defaults(self) -> Settings:

@@ -4,9 +4,20 @@ from __future__ import annotations
 
 import os
 import tempfile
+import uuid
 from pathlib import Path
 from typing import Any, Protocol
 from urllib.parse import urlparse
+
+
+def checkpoint_key(job_id: uuid.UUID) -> str:
+    """Where the worker keeps the job's latest engine state, to resume from."""
+    return f"checkpoints/{job_id}.npz"
+
+
+def preview_key(job_id: uuid.UUID) -> str:
+    """Where the worker keeps the small JPEG of the job's render in progress (or its result)."""
+    return f"previews/{job_id}.jpg"
 
 
 class StorageError(RuntimeError):

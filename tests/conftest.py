@@ -150,7 +150,10 @@ def app(settings: Settings) -> Iterator[Flask]:
 
 @pytest.fixture
 def client(app: Flask) -> FlaskClient:
-    return app.test_client()
+    """A test client calling as the test tenant (tests.utils.TEST_TENANT), with its own key."""
+    from tests.utils import authed_client
+
+    return authed_client(app)
 
 
 @pytest.fixture(scope="session")

@@ -21,7 +21,7 @@ from shared.models import Job, JobStatus
 from shared.settings import Settings
 from shared.storage import Storage
 from tests.conftest import free_port
-from tests.utils import CHELSEA, image_bytes, make_job
+from tests.utils import CHELSEA, authed_client, image_bytes, make_job
 
 
 def submit(client: FlaskClient, image: bytes | None, params: Any = None, **parts: Any) -> Any:
@@ -260,7 +260,7 @@ def test_submit_with_redis_down_still_records_the_job(
 def app_without_redis(settings: Settings) -> Iterator[FlaskClient]:
     dead = settings.model_copy(update={"redis_url": f"redis://127.0.0.1:{free_port()}/0"})
     app = create_app(dead)
-    yield app.test_client()
+    yield authed_client(app)
     app.extensions["oneiro"].engine.dispose()
     app.extensions["oneiro"].celery.close()
 
@@ -282,6 +282,8 @@ def test_a_database_that_is_down_is_a_503_not_a_500_or_a_hang(settings: Settings
     )
     app = create_app(down)
     client = app.test_client()
+    # A key that cannot be checked while the database is away: 503, not 401.
+    client.environ_base["HTTP_AUTHORIZATION"] = "Bearer oneiro_unverifiable"
 
     status = client.get(f"/v1/jobs/{uuid.uuid4()}")
     submitted = submit(client, image_bytes())
@@ -304,7 +306,7 @@ def test_submit_stores_the_input_in_s3_when_configured(
     from shared.storage import open_storage
 
     app = create_app(settings.model_copy(update={"storage_url": s3_url}))
-    response = submit(app.test_client(), image_bytes())
+    response = submit(authed_client(app), image_bytes())
     app.extensions["oneiro"].engine.dispose()
     app.extensions["oneiro"].celery.close()
 

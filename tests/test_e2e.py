@@ -26,7 +26,7 @@ from shared.queue import RENDER_TASK, create_celery
 from shared.settings import Settings, load_settings
 from shared.storage import open_storage
 from tests.conftest import ROOT, _postgres_database, free_port
-from tests.utils import CHELSEA, http_answers, make_job, wait_for
+from tests.utils import CHELSEA, http_answers, make_job, new_key, wait_for
 
 pytestmark = pytest.mark.e2e
 
@@ -38,6 +38,7 @@ class Stack:
     url: str
     settings: Settings
     worker_log: Path
+    http: requests.Session
 
     def worker_lines(self, needle: str) -> list[str]:
         return [line for line in self.worker_log.read_text().splitlines() if needle in line]
@@ -91,7 +92,9 @@ def stack(
     )
     try:
         wait_for(lambda: http_answers(f"http://127.0.0.1:{port}/healthz"), 30, "the API")
-        yield Stack(f"http://127.0.0.1:{port}", settings, worker_log)
+        http = requests.Session()
+        http.headers["Authorization"] = f"Bearer {new_key(database_url)}"
+        yield Stack(f"http://127.0.0.1:{port}", settings, worker_log, http)
     finally:
         for process in (api, worker):
             process.terminate()
@@ -111,7 +114,7 @@ def submit(stack: Stack, params: dict[str, Any]) -> dict[str, Any]:
     import json
 
     with CHELSEA.open("rb") as image:
-        response = requests.post(
+        response = stack.http.post(
             f"{stack.url}/v1/jobs",
             files={"image": ("chelsea.png", image, "image/png")},
             data={"params": json.dumps(params)},
@@ -127,7 +130,7 @@ def poll_until_finished(stack: Stack, job_id: str, timeout: float = 180) -> tupl
     fractions: list[float] = []
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        job = requests.get(f"{stack.url}/v1/jobs/{job_id}", timeout=5).json()
+        job = stack.http.get(f"{stack.url}/v1/jobs/{job_id}", timeout=5).json()
         fractions.append(job["progress"]["fraction"])
         if job["status"] in ("succeeded", "failed", "canceled"):
             return job, fractions
@@ -146,7 +149,7 @@ def test_submit_poll_and_download_a_dream(stack: Stack) -> None:
     assert len(partial) >= 2, f"progress never rose through two values below 1: {fractions}"
     assert fractions == sorted(fractions) and fractions[-1] == 1.0
 
-    response = requests.get(f"{stack.url}{job['result_url']}", timeout=10)
+    response = stack.http.get(f"{stack.url}{job['result_url']}", timeout=10)
     assert response.status_code == 200 and response.headers["Content-Type"] == "image/png"
     with Image.open(io.BytesIO(response.content)) as result:
         assert result.format == "PNG" and result.size == (128, 85)

@@ -19,6 +19,7 @@ from shared.images import decode_rgb
 from shared.models import Job
 from shared.settings import Settings
 from tests.test_api import assert_problem, stored_files, submit
+from tests.utils import authed_client
 
 
 def encoded(image: Image.Image, fmt: str, **options: Any) -> bytes:
@@ -91,7 +92,9 @@ def tight(settings: Settings) -> Iterator[Flask]:
 def test_too_many_pixels_is_413_with_limit_and_value(
     tight: Flask, session: Session, settings: Settings
 ) -> None:
-    body = assert_problem(submit(tight.test_client(), encoded(gradient(size=(50, 40)), "PNG")), 413)
+    body = assert_problem(
+        submit(authed_client(tight), encoded(gradient(size=(50, 40)), "PNG")), 413
+    )
     assert "2000 pixels" in body["detail"] and "1000" in body["detail"]
     assert body["limit"] == 1000
     assert session.scalar(select(func.count()).select_from(Job)) == 0
@@ -110,6 +113,6 @@ def test_a_job_over_the_work_budget_is_422_with_limit_and_value(
     tight: Flask, session: Session
 ) -> None:
     image = encoded(gradient(size=(30, 30)), "PNG")  # 900 pixels
-    body = assert_problem(submit(tight.test_client(), image, {"steps": 20, "octaves": 5}), 422)
+    body = assert_problem(submit(authed_client(tight), image, {"steps": 20, "octaves": 5}), 422)
     assert "90000 pixel-steps" in body["detail"] and "50000" in body["detail"]
-    assert submit(tight.test_client(), image, {"steps": 10, "octaves": 5}).status_code == 202
+    assert submit(authed_client(tight), image, {"steps": 10, "octaves": 5}).status_code == 202

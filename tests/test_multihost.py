@@ -31,7 +31,7 @@ from shared.queue import create_celery
 from shared.settings import Settings
 from tests.conftest import ROOT, free_port
 from tests.tcpproxy import Proxy
-from tests.utils import CHELSEA, http_answers, wait_for
+from tests.utils import CHELSEA, http_answers, new_key, wait_for
 from worker.maintenance import reap_stale_jobs, relay_queued_jobs
 
 pytestmark = pytest.mark.chaos
@@ -214,6 +214,7 @@ def submit(cluster: Cluster, **params: Any) -> uuid.UUID:
     with CHELSEA.open("rb") as image:
         response = requests.post(
             f"{cluster.api}/v1/jobs",
+            headers={"Authorization": f"Bearer {new_key(cluster.settings.database_url)}"},
             files={"image": image},
             data={"params": json.dumps(params)},
             timeout=10,

@@ -14,10 +14,10 @@ from sqlalchemy.orm import Session, sessionmaker
 from shared.models import Job, JobStatus, utcnow
 from shared.queue import create_celery
 from shared.settings import Settings
-from shared.storage import Storage
+from shared.storage import Storage, checkpoint_key
 from tests.test_api import queued_job_ids
 from tests.utils import image_bytes, make_job
-from worker.jobs import checkpoint_key, run_job
+from worker.jobs import run_job
 from worker.maintenance import reap_stale_jobs, relay_queued_jobs
 from worker.runtime import Runtime
 

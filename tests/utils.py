@@ -9,12 +9,20 @@ from pathlib import Path
 from typing import Any
 
 import requests
+from flask import Flask
+from flask.testing import FlaskClient
 from PIL import Image
+from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from shared.models import Job, JobStatus
+from shared.db import create_db_engine, create_session_factory
+from shared.models import Job, JobStatus, Tenant
 from shared.params import RenderParams
 from shared.storage import Storage
+from shared.tenants import create_key
+
+# The tenant the `client` fixture calls as, and that make_job gives its jobs to by default.
+TEST_TENANT = "tests"
 
 DATA = Path(__file__).parent / "data"
 CHELSEA = DATA / "chelsea.png"  # 451 x 300, CC0 (see tests/data/README.md)
@@ -28,9 +36,38 @@ def image_bytes(size: tuple[int, int] = (96, 64), fmt: str = "PNG", mode: str = 
     return buffer.getvalue()
 
 
+def tenant_named(session: Session, name: str = TEST_TENANT) -> Tenant:
+    """The tenant `name`, made (with a key nobody holds) when it does not exist yet."""
+    tenant = session.scalar(select(Tenant).where(Tenant.name == name))
+    if tenant is None:
+        create_key(session, name)
+        tenant = session.scalars(select(Tenant).where(Tenant.name == name)).one()
+    return tenant
+
+
+def new_key(database_url: str, tenant: str = TEST_TENANT) -> str:
+    """A new API key of `tenant`, made in the database at `database_url`."""
+    engine = create_db_engine(database_url)
+    try:
+        with create_session_factory(engine)() as session:
+            return create_key(session, tenant).key
+    finally:
+        engine.dispose()
+
+
+def authed_client(app: Flask, tenant: str = TEST_TENANT) -> FlaskClient:
+    """A test client of `app` calling as `tenant`, with a key of its own."""
+    client = app.test_client()
+    key = new_key(app.extensions["oneiro"].settings.database_url, tenant)
+    client.environ_base["HTTP_AUTHORIZATION"] = f"Bearer {key}"
+    return client
+
+
 def make_job(session: Session, storage: Storage, **fields: Any) -> Job:
-    """Store a small input and insert a job for it, committed."""
+    """Store a small input and insert a job for it (the test tenant's), committed."""
     job_id = fields.pop("id", None) or uuid.uuid4()
+    if "tenant_id" not in fields:
+        fields["tenant_id"] = tenant_named(session).id
     data = fields.pop("image", None) or image_bytes()
     params = fields.pop("params", {"steps": 2, "octaves": 2, "seed": 7})
     with Image.open(io.BytesIO(data)) as decoded:

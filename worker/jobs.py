@@ -20,10 +20,10 @@ from tenacity import (
     wait_exponential,
 )
 
-from shared.images import decode_rgb, encode_png, fit_within
+from shared.images import decode_rgb, encode_jpeg, encode_png, fit_within
 from shared.models import Job, JobStatus, utcnow
 from shared.params import RenderParams
-from shared.storage import ObjectNotFound, StorageError
+from shared.storage import ObjectNotFound, StorageError, checkpoint_key, preview_key
 from worker.runtime import Runtime
 
 log = logging.getLogger(__name__)
@@ -137,10 +137,6 @@ def _finish(
     runtime.storage.delete(checkpoint_key(job_id))
 
 
-def checkpoint_key(job_id: uuid.UUID) -> str:
-    return f"checkpoints/{job_id}.npz"
-
-
 def _render(job_id: uuid.UUID, attempt: int, runtime: Runtime, heartbeat: Heartbeat) -> str:
     with runtime.sessions() as session:
         job = session.get_one(Job, job_id)
@@ -153,7 +149,7 @@ def _render(job_id: uuid.UUID, attempt: int, runtime: Runtime, heartbeat: Heartb
             f"the input image of this job is missing from storage ({input_key})"
         ) from None
     # Imported here: TensorFlow loads in the process that renders, never in Celery's parent.
-    from worker.engine import Canceled, DreamState, render
+    from worker.engine import Canceled, DreamState, preview, render
 
     # The checkpoint's key is fixed per job, so one saved while the database was away counts.
     resume = None
@@ -170,6 +166,20 @@ def _render(job_id: uuid.UUID, attempt: int, runtime: Runtime, heartbeat: Heartb
         except DATABASE_DOWN:
             log.warning("job %s: checkpoint saved, database away; not recorded", job_id)
 
+    size = runtime.settings.preview_size
+    last_preview = float("-inf")
+
+    def show(planar: Any) -> None:
+        # At most every preview_interval seconds: a JPEG of a few tens of kB, overwritten.
+        nonlocal last_preview
+        if time.monotonic() - last_preview < runtime.settings.preview_interval:
+            return
+        last_preview = time.monotonic()
+        try:
+            runtime.storage.put(preview_key(job_id), encode_jpeg(preview(planar, size)))
+        except StorageError:
+            log.warning("job %s: preview not written", job_id, exc_info=True)
+
     model = runtime.dream_model(params)
     try:
         dreamed = render(
@@ -181,6 +191,7 @@ def _render(job_id: uuid.UUID, attempt: int, runtime: Runtime, heartbeat: Heartb
             on_checkpoint=save,
             checkpoint_every=runtime.settings.checkpoint_every,
             resume=resume,
+            on_step=show,
         )
     except Canceled:
         raise LostJob(
@@ -188,6 +199,7 @@ def _render(job_id: uuid.UUID, attempt: int, runtime: Runtime, heartbeat: Heartb
         ) from None
     result_key = f"results/{job_id}.png"
     runtime.storage.put(result_key, encode_png(dreamed))
+    runtime.storage.put(preview_key(job_id), encode_jpeg(fit_within(dreamed, size)))
     return result_key
 
 

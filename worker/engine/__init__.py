@@ -3,7 +3,7 @@
 No I/O, no database, no Celery: the worker, the CLI and the benchmark drive it alike.
 """
 
-from worker.engine.dream import Canceled, DreamState, Progress, render
+from worker.engine.dream import Canceled, DreamState, Progress, preview, render
 from worker.engine.model import DreamModel, WeightsUnavailable, load_dream_model
 
 __all__ = [
@@ -13,5 +13,6 @@ __all__ = [
     "Progress",
     "WeightsUnavailable",
     "load_dream_model",
+    "preview",
     "render",
 ]

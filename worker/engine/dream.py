@@ -135,13 +135,16 @@ def render(
     on_checkpoint: Callable[[DreamState], None] | None = None,
     checkpoint_every: int = 0,
     resume: DreamState | None = None,
+    on_step: Callable[[np.ndarray], None] | None = None,
 ) -> np.ndarray:
     """Dream on `image` (H x W x 3 uint8); return the dreamed image, same size and dtype.
 
     `should_stop` is asked before every tile batch; when it answers True the render raises
     Canceled. `on_checkpoint` receives the state at every octave end and every
     `checkpoint_every` steps (its image is only valid during the call); `resume` continues
-    from such a state and gives the same image as a render that never stopped.
+    from such a state and gives the same image as a render that never stopped. `on_step`
+    receives the image in progress (3 x h x w float32, valid only during the call; see
+    `preview`) after every step.
     """
     height, width = image.shape[:2]
     shapes = octave_shapes(
@@ -175,6 +178,8 @@ def render(
                 on_progress,
                 should_stop,
             )
+            if on_step is not None:
+                on_step(dream)
             ended = step + 1 == params.steps
             if on_checkpoint and (
                 ended or (checkpoint_every and (step + 1) % checkpoint_every == 0)
@@ -187,6 +192,16 @@ def render(
 
     dreamed = imaging.to_image(imaging.resize(dream, (height, width)))
     return imaging.keep_colors(dreamed, image) if params.preserve_colors else dreamed
+
+
+def preview(planar: np.ndarray, longest: int) -> np.ndarray:
+    """A small H x W x 3 uint8 view of an image in progress, its longer side at most `longest`.
+
+    Scaled down first, so a preview of a 16k render costs a small image's conversion."""
+    height, width = planar.shape[1:]
+    scale = min(1.0, longest / max(height, width))
+    shape = (max(1, round(height * scale)), max(1, round(width * scale)))
+    return imaging.to_image(imaging.resize(planar, shape))
 
 
 def _next_octave(

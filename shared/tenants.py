@@ -1,0 +1,115 @@
+"""Tenants and their API keys: made and revoked by `oneiro keys`, checked on every /v1 call.
+
+A key is shown once, when it is made; the database keeps only its SHA-256. Keys are 256 random
+bits, so a plain hash is enough (a slow password hash guards guessable secrets, not these).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import secrets
+from dataclasses import dataclass
+from pathlib import Path
+
+from sqlalchemy import select, update
+from sqlalchemy.orm import Session
+
+from shared.models import ApiKey, Tenant, utcnow
+
+KEY_PREFIX = "oneiro_"
+
+
+class TenantError(ValueError):
+    """A keys command that cannot be done as asked; the message says why."""
+
+
+@dataclass(frozen=True)
+class NewKey:
+    """A freshly made key: the secret itself is only ever here."""
+
+    tenant: str
+    key: str
+    prefix: str
+    # Set when the tenant was made by this call: its webhook signing secret, shown once.
+    webhook_secret: str | None
+
+
+def hash_key(key: str) -> str:
+    return hashlib.sha256(key.encode()).hexdigest()
+
+
+def create_key(session: Session, tenant_name: str) -> NewKey:
+    """A new key for the tenant `tenant_name`, making the tenant when it does not exist."""
+    tenant = session.scalar(select(Tenant).where(Tenant.name == tenant_name))
+    new_secret = None
+    if tenant is None:
+        if not 1 <= len(tenant_name) <= 100:
+            raise TenantError("a tenant name is 1 to 100 characters")
+        new_secret = secrets.token_hex(32)
+        tenant = Tenant(name=tenant_name, webhook_secret=new_secret)
+        session.add(tenant)
+        session.flush()
+    key = KEY_PREFIX + secrets.token_urlsafe(32)
+    prefix = key[: len(KEY_PREFIX) + 6]
+    session.add(ApiKey(tenant_id=tenant.id, prefix=prefix, key_hash=hash_key(key)))
+    session.commit()
+    return NewKey(tenant=tenant.name, key=key, prefix=prefix, webhook_secret=new_secret)
+
+
+def revoke_key(session: Session, key_or_prefix: str) -> int:
+    """Revoke the key given whole, or every live key with that prefix; return how many."""
+    match = (
+        ApiKey.key_hash == hash_key(key_or_prefix)
+        if len(key_or_prefix) > len(KEY_PREFIX) + 6
+        else ApiKey.prefix == key_or_prefix
+    )
+    revoked = session.execute(
+        update(ApiKey)
+        .where(match, ApiKey.revoked_at.is_(None))
+        .values(revoked_at=utcnow())
+        .execution_options(synchronize_session=False)
+    ).rowcount
+    session.commit()
+    return revoked
+
+
+def authenticate(session: Session, key: str) -> Tenant | None:
+    """The tenant of a live key, or None."""
+    return session.scalar(
+        select(Tenant)
+        .join(ApiKey, ApiKey.tenant_id == Tenant.id)
+        .where(ApiKey.key_hash == hash_key(key), ApiKey.revoked_at.is_(None))
+    )
+
+
+def client_config_path() -> Path:
+    """Where `make run` saves the local key and the CLI looks for it."""
+    if "ONEIRO_CLIENT_CONFIG" in os.environ:
+        return Path(os.environ["ONEIRO_CLIENT_CONFIG"])
+    base = os.environ.get("XDG_CONFIG_HOME") or Path.home() / ".config"
+    return Path(base) / "oneiro" / "client.json"
+
+
+def read_client_config(path: Path | None = None) -> dict[str, str]:
+    """The saved server URL and key, or nothing when none is saved."""
+    path = path or client_config_path()
+    try:
+        loaded = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+    return (
+        {k: v for k, v in loaded.items() if isinstance(v, str)} if isinstance(loaded, dict) else {}
+    )
+
+
+def write_client_config(url: str, key: str, path: Path | None = None) -> Path:
+    """Save the server URL and key for the CLI, readable by this user only."""
+    path = path or client_config_path()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps({"url": url, "api_key": key}, indent=2) + "\n")
+    tmp.chmod(0o600)
+    tmp.replace(path)
+    return path
