@@ -26,12 +26,13 @@ from shared.models import IdempotencyKey, Job, JobStatus, Tenant, utcnow
 from shared.params import RenderParams
 from shared.queue import send_job
 from shared.storage import ObjectNotFound, preview_key
+from shared.webhooks import WebhookRefused, WebhookSpec, check_target
 
 log = logging.getLogger(__name__)
 
 blueprint = Blueprint("jobs", __name__, url_prefix="/v1/jobs")
 
-FORM_PARTS = {"image", "params"}
+FORM_PARTS = {"image", "params", "webhook"}
 EXTENSIONS = {"JPEG": "jpg", "PNG": "png", "WEBP": "webp"}
 
 
@@ -95,6 +96,7 @@ def submit_job() -> tuple[dict[str, Any], int, dict[str, str]]:
         if original is not None:
             return original
 
+    webhook = _read_webhook()
     _check_active_cap()
     job_id = uuid.uuid4()
     input_key = f"inputs/{job_id}.{EXTENSIONS[image_format]}"
@@ -108,6 +110,8 @@ def submit_job() -> tuple[dict[str, Any], int, dict[str, str]]:
         input_width=width,
         input_height=height,
         progress={},
+        webhook_url=str(webhook.url) if webhook else None,
+        webhook_events=list(webhook.events) if webhook else None,
     )
     session = db()
     try:
@@ -213,6 +217,35 @@ def _work(width: int, height: int, params: RenderParams) -> int:
     return round(width * scale) * round(height * scale) * params.steps * params.octaves
 
 
+def _read_webhook() -> WebhookSpec | None:
+    """The optional 'webhook' part: {"url": ..., "events": [...]}, to a target we may call."""
+    text = _form_text("webhook")
+    if text is None:
+        return None
+    try:
+        webhook = WebhookSpec.model_validate_json(text, strict=True)
+    except ValidationError as exc:
+        raise invalid(_field_errors("webhook", exc)) from None
+    try:
+        check_target(str(webhook.url), services().settings.webhook_allow_private)
+    except WebhookRefused as exc:
+        raise invalid([{"field": "webhook.url", "message": str(exc)}]) from None
+    return webhook
+
+
+def _form_text(name: str) -> str | None:
+    """A form part sent as a field or as a file, as text; None when absent."""
+    if name in request.files:
+        return request.files[name].read().decode("utf-8", errors="replace")
+    return request.form.get(name)
+
+
+def _field_errors(part: str, exc: ValidationError) -> list[dict[str, str]]:
+    return [
+        {"field": ".".join([part, *map(str, e["loc"])]), "message": e["msg"]} for e in exc.errors()
+    ]
+
+
 def _read_params() -> tuple[RenderParams, dict[str, Any]]:
     unknown = sorted((set(request.form) | set(request.files)) - FORM_PARTS)
     if not request.content_type or not request.content_type.startswith("multipart/form-data"):
@@ -225,14 +258,14 @@ def _read_params() -> tuple[RenderParams, dict[str, Any]]:
     if unknown:
         raise invalid(
             [
-                {"field": name, "message": "unknown form part; expected 'image' and 'params'"}
+                {
+                    "field": name,
+                    "message": "unknown form part; expected 'image', 'params' and 'webhook'",
+                }
                 for name in unknown
             ]
         )
-    if "params" in request.files:
-        text = request.files["params"].read().decode("utf-8", errors="replace")
-    else:
-        text = request.form.get("params", "") or "{}"
+    text = _form_text("params") or "{}"
     try:
         raw = json.loads(text)
     except json.JSONDecodeError as exc:
@@ -242,12 +275,7 @@ def _read_params() -> tuple[RenderParams, dict[str, Any]]:
     try:
         return RenderParams.model_validate_json(text, strict=True), raw
     except ValidationError as exc:
-        raise invalid(
-            [
-                {"field": ".".join(["params", *map(str, e["loc"])]), "message": e["msg"]}
-                for e in exc.errors()
-            ]
-        ) from None
+        raise invalid(_field_errors("params", exc)) from None
 
 
 @blueprint.get("")
@@ -479,6 +507,9 @@ def job_json(job: Job) -> dict[str, Any]:
         "started_at": _iso(job.started_at),
         "finished_at": _iso(job.finished_at),
         "error": job.error,
+        "webhook": {"url": job.webhook_url, "events": job.webhook_events}
+        if job.webhook_url
+        else None,
         "result_url": f"/v1/jobs/{job.id}/result"
         if job.status == JobStatus.SUCCEEDED and job.expired_at is None
         else None,
