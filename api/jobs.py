@@ -9,7 +9,7 @@ import logging
 import time
 import uuid
 from collections.abc import Iterator
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from typing import Any
 
 from flask import Blueprint, Response, current_app, g, request
@@ -22,11 +22,11 @@ from api import Services
 from api.auth import current_tenant, tenant_id
 from api.problems import Problem, invalid
 from shared.images import ImageRejected, ImageTooLarge, inspect_image
-from shared.models import IdempotencyKey, Job, JobStatus, Tenant, utcnow
+from shared.models import IDEMPOTENCY_WINDOW, IdempotencyKey, Job, JobStatus, Tenant, utcnow
 from shared.params import RenderParams
 from shared.queue import send_job
 from shared.storage import ObjectNotFound, preview_key
-from shared.webhooks import WebhookRefused, WebhookSpec, check_target
+from shared.webhooks import WebhookRefused, WebhookSpec, check_target, send_event
 
 log = logging.getLogger(__name__)
 
@@ -141,9 +141,6 @@ def submit_job() -> tuple[dict[str, Any], int, dict[str, str]]:
         raise
     _enqueue(job)
     return job_json(job), 202, {"Location": f"/v1/jobs/{job_id}"}
-
-
-IDEMPOTENCY_WINDOW = timedelta(hours=24)
 
 
 def _idempotency(data: bytes, asked: dict[str, Any]) -> tuple[str, str] | None:
@@ -429,13 +426,14 @@ def cancel_job(job_id: uuid.UUID) -> dict[str, Any]:
         status=JobStatus.CANCELED,
         finished_at=utcnow(),
     )
+    send_event(services().celery, db(), job_id, "completed")
     return job_json(job)
 
 
 @blueprint.post("/<uuid:job_id>/retry")
 def retry_job(job_id: uuid.UUID) -> tuple[dict[str, Any], int]:
     """Run a failed or canceled job again, as a new attempt of the same job."""
-    _find(job_id)
+    _check_not_expired(_find(job_id))  # its input is gone
     _check_active_cap()
     job = _transition(
         job_id,

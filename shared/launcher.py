@@ -18,7 +18,7 @@ from urllib.parse import urlparse
 
 from shared.db import create_db_engine, create_session_factory
 from shared.localredis import redis_answers, start_redis
-from shared.queue import maintenance_queue
+from shared.queue import maintenance_queue, webhook_queue
 from shared.settings import Settings, SettingsError, get_settings
 from shared.tenants import authenticate, create_key, read_client_config, write_client_config
 
@@ -52,8 +52,8 @@ def api_command(bind: str) -> list[str]:
     ]
 
 
-def worker_command(queue: str, *options: str) -> list[str]:
-    """One Celery worker process (one GPU) consuming `queue`."""
+def worker_command(queue: str, *options: str, concurrency: int = 1) -> list[str]:
+    """A Celery worker consuming `queue` (comma-separated queues): one process, one GPU."""
     return [
         sys.executable,
         "-m",
@@ -64,17 +64,24 @@ def worker_command(queue: str, *options: str) -> list[str]:
         "--queues",
         queue,
         "--concurrency",
-        "1",
+        str(concurrency),
         "--loglevel",
         "INFO",
         *options,
     ]
 
 
-def maintenance_command(queue: str, schedule: Path) -> list[str]:
-    """A light worker that runs the reaper and relay, with Celery beat embedded to schedule them."""
+def maintenance_command(settings: Settings, schedule: Path) -> list[str]:
+    """A light worker that runs the reaper, relay and retention (Celery beat embedded to
+    schedule them) and delivers webhooks, a few at a time: they wait on other servers."""
     return worker_command(
-        queue, "--beat", "--schedule", str(schedule), "--hostname", "maintenance@%h"
+        f"{maintenance_queue(settings)},{webhook_queue(settings)}",
+        "--beat",
+        "--schedule",
+        str(schedule),
+        "--hostname",
+        "maintenance@%h",
+        concurrency=4,
     )
 
 
@@ -118,11 +125,7 @@ def main() -> int:
     children.append(subprocess.Popen(worker_command(settings.queue)))
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     children.append(
-        subprocess.Popen(
-            maintenance_command(
-                maintenance_queue(settings), settings.data_dir / "celerybeat-schedule"
-            )
-        )
+        subprocess.Popen(maintenance_command(settings, settings.data_dir / "celerybeat-schedule"))
     )
     print(
         f"oneiro: API on http://{API_BIND}, one worker on queue {settings.queue!r}; "

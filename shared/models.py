@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import enum
 import uuid
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from sqlalchemy import JSON, DateTime, Enum, ForeignKey, Integer, MetaData, String, Text, Uuid
@@ -115,6 +115,10 @@ class Job(Base):
     webhook_events: Mapped[list[str] | None] = mapped_column(JSON)
     # When retention deleted the job's files; the row stays as the record of the job.
     expired_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+
+
+# How long an Idempotency-Key holds: the same key and request within it get the same job.
+IDEMPOTENCY_WINDOW = timedelta(hours=24)
 
 
 class IdempotencyKey(Base):

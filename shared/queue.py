@@ -14,6 +14,7 @@ from shared.settings import Settings
 # The API sends by name, so it never imports the worker (or TensorFlow).
 RENDER_TASK = "oneiro.render_job"
 MAINTAIN_TASK = "oneiro.maintain"
+WEBHOOK_TASK = "oneiro.deliver_webhook"
 
 # With the Redis transport an unacknowledged message comes back after the visibility timeout;
 # were it shorter than a render, a second worker would start the same job. It is kept longer
@@ -53,7 +54,12 @@ def create_celery(settings: Settings) -> Celery:
         worker_hijack_root_logger=False,
         # Maintenance goes to a queue of its own: a GPU worker busy for an hour must not hold
         # up the reaper that would rescue a dead one's job.
-        task_routes={MAINTAIN_TASK: {"queue": maintenance_queue(settings)}},
+        # Webhook deliveries wait on other people's servers; a queue of their own keeps them
+        # from holding up either.
+        task_routes={
+            MAINTAIN_TASK: {"queue": maintenance_queue(settings)},
+            WEBHOOK_TASK: {"queue": webhook_queue(settings)},
+        },
         beat_schedule={
             "maintain": {"task": MAINTAIN_TASK, "schedule": settings.maintenance_interval}
         },
@@ -64,6 +70,11 @@ def create_celery(settings: Settings) -> Celery:
 def maintenance_queue(settings: Settings) -> str:
     """The queue of the light worker that runs the reaper and the relay."""
     return f"{settings.queue}-maintenance"
+
+
+def webhook_queue(settings: Settings) -> str:
+    """The queue of webhook deliveries, served by the maintenance worker."""
+    return f"{settings.queue}-webhooks"
 
 
 def send_job(session: Session, celery: Celery, job_id: uuid.UUID) -> None:

@@ -77,6 +77,7 @@ class Settings(BaseSettings):
     webhook_allow_private: bool = False
     webhook_timeout: float = Field(10.0, gt=0)
     webhook_max_attempts: int = Field(8, ge=1)
+    webhook_backoff: float = Field(5.0, gt=0)
     webhook_progress_interval: float = Field(10.0, ge=0)
     # Files of jobs that ended longer ago than this are deleted; the row stays, marked expired.
     retention_seconds: float = Field(30 * 24 * 3600.0, gt=0)

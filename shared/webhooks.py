@@ -16,12 +16,29 @@ from __future__ import annotations
 import hashlib
 import hmac
 import ipaddress
+import json
+import logging
 import socket
 import time
-from typing import Annotated, Literal
+import uuid
+from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit
 
+import requests
+from celery import Celery
 from pydantic import AnyHttpUrl, BaseModel, ConfigDict, Field, UrlConstraints
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from shared.models import Job, Tenant, utcnow
+from shared.queue import WEBHOOK_TASK
+from shared.settings import Settings
+
+log = logging.getLogger(__name__)
+
+# Event ids are UUIDs derived from (job, attempt, event[, progress]): the same event has the
+# same id on every delivery attempt, and were it emitted twice (a redelivered message), too.
+EVENT_NAMESPACE = uuid.UUID("5f0c7a4e-43a4-4d0b-9a51-0a8f3c2f6e11")
 
 EVENTS = ("started", "progress", "completed")
 Event = Literal["started", "progress", "completed"]
@@ -93,3 +110,97 @@ def verify_signature(secret: str, body: bytes, header: str, tolerance: float = 3
     if abs(time.time() - timestamp) > tolerance:
         return False
     return hmac.compare_digest(sign(secret, body, timestamp), header)
+
+
+class DeliveryFailed(RuntimeError):
+    """The target did not take the event (no answer, or not a 2xx); it is retried."""
+
+
+def job_event(job: Job, event: Event) -> tuple[str, str] | None:
+    """The (event id, JSON body) of `event` for `job`, or None when the job asks for no such
+    event."""
+    if not job.webhook_url or event not in (job.webhook_events or EVENTS):
+        return None
+    progress = dict(job.progress or {})
+    identity = f"{job.id}:{job.attempt}:{event}"
+    if event == "progress":
+        identity += f":{progress.get('fraction', 0.0)}"
+    event_id = str(uuid.uuid5(EVENT_NAMESPACE, identity))
+    body = {
+        "id": event_id,
+        "type": event,
+        "created_at": utcnow().isoformat().replace("+00:00", "Z"),
+        "job": {
+            "id": str(job.id),
+            "status": job.status.value,
+            "attempt": job.attempt,
+            "progress": progress,
+            "error": job.error,
+            "url": f"/v1/jobs/{job.id}",
+            "result_url": f"/v1/jobs/{job.id}/result" if job.status == "succeeded" else None,
+        },
+    }
+    return event_id, json.dumps(body)
+
+
+def send_event(celery: Celery, session: Session, job_id: uuid.UUID, event: Event) -> None:
+    """Queue `event` of the job for delivery, if the job asked for it.
+
+    Best effort: were Redis away, the event is logged and dropped, never the job's progress.
+    """
+    job = session.get(Job, job_id, populate_existing=True)
+    made = job_event(job, event) if job is not None else None
+    if made is None:
+        return
+    try:
+        celery.send_task(WEBHOOK_TASK, args=[str(job_id), *made], retry=False)
+    except Exception:
+        log.warning("job %s: webhook event %s not queued", job_id, event, exc_info=True)
+
+
+def deliver(session: Session, settings: Settings, job_id: str, event_id: str, body: str) -> bool:
+    """POST one event to the job's webhook, signed with its tenant's secret.
+
+    Returns False when the event is dropped for good (the job is gone, or its target now
+    resolves to an address we refuse: DNS may have changed since submit). Raises
+    DeliveryFailed when the target should be tried again.
+    """
+    row = session.execute(
+        select(Job.webhook_url, Tenant.webhook_secret)
+        .join(Tenant, Tenant.id == Job.tenant_id)
+        .where(Job.id == uuid.UUID(job_id))
+    ).one_or_none()
+    if row is None or row.webhook_url is None:
+        return False
+    try:
+        check_target(row.webhook_url, settings.webhook_allow_private)
+    except WebhookRefused as exc:
+        log.error("job %s: webhook %s refused: %s", job_id, event_id, exc)
+        return False
+    data = body.encode()
+    headers: dict[str, Any] = {
+        "Content-Type": "application/json",
+        "User-Agent": "oneiro-webhooks",
+        EVENT_ID_HEADER: event_id,
+        EVENT_HEADER: json.loads(body)["type"],
+        SIGNATURE_HEADER: sign(row.webhook_secret, data),
+    }
+    try:
+        # No redirects: a redirect could point at an address check_target would refuse.
+        answer = requests.post(
+            row.webhook_url,
+            data=data,
+            headers=headers,
+            timeout=settings.webhook_timeout,
+            allow_redirects=False,
+        )
+    except requests.RequestException as exc:
+        raise DeliveryFailed(f"{row.webhook_url}: {exc}") from exc
+    if not 200 <= answer.status_code < 300:
+        raise DeliveryFailed(f"{row.webhook_url} answered {answer.status_code}")
+    return True
+
+
+def backoff(settings: Settings, retries: int) -> float:
+    """Seconds before the next delivery attempt: doubling from webhook_backoff, at most 1 h."""
+    return float(min(settings.webhook_backoff * 2**retries, 3600.0))

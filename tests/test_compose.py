@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 import yaml
 
-from shared.queue import MAINTAIN_TASK
+from shared.queue import MAINTAIN_TASK, WEBHOOK_TASK
 from tests.conftest import ROOT
 
 COMPOSE = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
@@ -35,13 +35,16 @@ def test_project_commands_exist(name: str) -> None:
         assert importlib.util.find_spec("flower") is not None
     elif command[0] == "celery":
         app = importlib.import_module(command[command.index("-A") + 1]).app
-        queue = command[command.index("--queues") + 1]
-        if "--beat" in command:  # the maintenance worker takes what beat schedules
-            assert queue == app.conf.task_routes[MAINTAIN_TASK]["queue"]
+        queues = command[command.index("--queues") + 1].split(",")
+        concurrency = command[command.index("--concurrency") + 1]
+        if "--beat" in command:  # the maintenance worker: what beat schedules, and webhooks
+            routes = app.conf.task_routes
+            assert queues == [routes[MAINTAIN_TASK]["queue"], routes[WEBHOOK_TASK]["queue"]]
             assert MAINTAIN_TASK in {e["task"] for e in app.conf.beat_schedule.values()}
-        else:
-            assert queue == app.conf.task_default_queue
-        assert command[command.index("--concurrency") + 1] == "1"
+            assert concurrency == "4"
+        else:  # one render at a time per GPU
+            assert queues == [app.conf.task_default_queue]
+            assert concurrency == "1"
     if command[0] == "alembic":
         assert command[1:] == ["upgrade", "head"]
 

@@ -24,6 +24,7 @@ from shared.images import decode_rgb, encode_jpeg, encode_png, fit_within
 from shared.models import Job, JobStatus, utcnow
 from shared.params import RenderParams
 from shared.storage import ObjectNotFound, StorageError, checkpoint_key, preview_key
+from shared.webhooks import Event, send_event
 from worker.runtime import Runtime
 
 log = logging.getLogger(__name__)
@@ -88,6 +89,7 @@ def run_job(job_id: uuid.UUID, runtime: Runtime) -> JobStatus | None:
         log.info("job %s is not queued; nothing to do", job_id)
         return None
     log.info("job %s attempt %d claimed by %s", job_id, attempt, runtime.name)
+    _event(runtime, job_id, "started")
     try:
         with Heartbeat(runtime, job_id, attempt) as heartbeat:
             result_key = _render(job_id, attempt, runtime, heartbeat)
@@ -135,6 +137,16 @@ def _finish(
 
     patient(record)()
     runtime.storage.delete(checkpoint_key(job_id))
+    _event(runtime, job_id, "completed")
+
+
+def _event(runtime: Runtime, job_id: uuid.UUID, event: Event) -> None:
+    """Queue a webhook event of the job, if it asked for one; never fails the render."""
+    try:
+        with runtime.sessions() as session:
+            send_event(runtime.celery(), session, job_id, event)
+    except DATABASE_DOWN:
+        log.warning("job %s: webhook event %s skipped, database away", job_id, event)
 
 
 def _render(job_id: uuid.UUID, attempt: int, runtime: Runtime, heartbeat: Heartbeat) -> str:
@@ -277,6 +289,7 @@ class ProgressReporter:
         self.runtime, self.job_id, self.attempt = runtime, job_id, attempt
         self.interval = runtime.settings.progress_interval
         self.last_write = float("-inf")
+        self.last_event = time.monotonic()
 
     def __call__(self, progress: Any) -> None:
         now = time.monotonic()
@@ -294,6 +307,10 @@ class ProgressReporter:
                 )
         except DATABASE_DOWN:
             log.warning("job %s: progress not written, database away", self.job_id)
+            return
+        if now - self.last_event >= self.runtime.settings.webhook_progress_interval:
+            self.last_event = now
+            _event(self.runtime, self.job_id, "progress")
 
 
 def progress_json(progress: Any) -> dict[str, Any]:

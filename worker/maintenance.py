@@ -8,12 +8,13 @@ import uuid
 from datetime import datetime, timedelta
 
 from celery import Celery
-from sqlalchemy import or_, select, update
+from sqlalchemy import delete, or_, select, update
 from sqlalchemy.orm import Session
 
-from shared.models import Job, JobStatus, utcnow
+from shared.models import IDEMPOTENCY_WINDOW, IdempotencyKey, Job, JobStatus, utcnow
 from shared.queue import send_job
 from shared.settings import Settings
+from shared.storage import Storage, checkpoint_key, preview_key
 
 log = logging.getLogger(__name__)
 
@@ -88,3 +89,48 @@ def relay_queued_jobs(
     if due:
         log.info("relayed %d queued job(s) to Redis", len(due))
     return list(due)
+
+
+# Retention works through old jobs a batch at a time, so one maintenance run stays short.
+EXPIRE_BATCH = 500
+
+
+def expire_old_files(
+    session: Session, storage: Storage, settings: Settings, now: datetime | None = None
+) -> list[uuid.UUID]:
+    """Delete the input, result, preview and checkpoint of jobs that ended longer ago than
+    retention_seconds; the row stays, with expired_at set. Returns the jobs expired."""
+    now = now or utcnow()
+    cutoff = now - timedelta(seconds=settings.retention_seconds)
+    old = session.execute(
+        select(Job.id, Job.input_key, Job.result_key)
+        .where(
+            Job.status.in_([JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.CANCELED]),
+            Job.finished_at < cutoff,
+            Job.expired_at.is_(None),
+        )
+        .order_by(Job.finished_at)
+        .limit(EXPIRE_BATCH)
+    ).all()
+    expired = []
+    for job_id, input_key, result_key in old:
+        for key in (input_key, result_key, preview_key(job_id), checkpoint_key(job_id)):
+            if key:
+                storage.delete(key)
+        # Files first, then the mark: a crash in between leaves the job to be expired again.
+        changed = session.execute(
+            update(Job)
+            .where(Job.id == job_id, Job.expired_at.is_(None))
+            .values(expired_at=now, result_key=None)
+            .execution_options(synchronize_session=False)
+        )
+        session.commit()
+        if changed.rowcount == 1:
+            expired.append(job_id)
+    session.execute(
+        delete(IdempotencyKey).where(IdempotencyKey.created_at < now - IDEMPOTENCY_WINDOW)
+    )
+    session.commit()
+    if expired:
+        log.info("retention: deleted the files of %d job(s)", len(expired))
+    return expired

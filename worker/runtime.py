@@ -8,10 +8,12 @@ import socket
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+from celery import Celery
 from sqlalchemy.orm import Session, sessionmaker
 
 from shared.db import create_db_engine, create_session_factory
 from shared.params import RenderParams
+from shared.queue import create_celery
 from shared.settings import Settings, get_settings
 from shared.storage import Storage, open_storage
 
@@ -37,6 +39,15 @@ class Runtime:
             self.settings.weights_download,
             self.settings.precision,
         )
+
+    def celery(self) -> Celery:
+        """A Celery app to send messages with (webhook events), one per settings."""
+        return _celery(self.settings)
+
+
+@functools.lru_cache(maxsize=8)
+def _celery(settings: Settings) -> Celery:
+    return create_celery(settings)
 
 
 @functools.cache

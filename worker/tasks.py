@@ -5,10 +5,13 @@ from __future__ import annotations
 import logging
 import uuid
 
-from shared.queue import MAINTAIN_TASK, RENDER_TASK
+from celery import Task
+
+from shared.queue import MAINTAIN_TASK, RENDER_TASK, WEBHOOK_TASK
+from shared.webhooks import DeliveryFailed, backoff, deliver, send_event
 from worker.celery_app import app
 from worker.jobs import run_job
-from worker.maintenance import reap_stale_jobs, relay_queued_jobs
+from worker.maintenance import expire_old_files, reap_stale_jobs, relay_queued_jobs
 from worker.runtime import get_runtime
 
 log = logging.getLogger(__name__)
@@ -30,5 +33,34 @@ def maintain() -> None:
     """Put back the jobs of dead workers, then send again the queued jobs Redis lost."""
     runtime = get_runtime()
     with runtime.sessions() as session:
-        reap_stale_jobs(session, runtime.settings)
+        _, failed = reap_stale_jobs(session, runtime.settings)
+        for job_id in failed:
+            send_event(app, session, job_id, "completed")
         relay_queued_jobs(session, app, runtime.settings)
+        expire_old_files(session, runtime.storage, runtime.settings)
+
+
+@app.task(name=WEBHOOK_TASK, bind=True, ignore_result=True)
+def deliver_webhook(self: Task, job_id: str, event_id: str, body: str) -> None:
+    """POST one webhook event; retried with back-off while the target fails."""
+    runtime = get_runtime()
+    try:
+        with runtime.sessions() as session:
+            deliver(session, runtime.settings, job_id, event_id, body)
+    except DeliveryFailed as exc:
+        attempts = self.request.retries + 1
+        if attempts >= runtime.settings.webhook_max_attempts:
+            log.error(
+                "job %s: webhook %s given up after %d attempts: %s", job_id, event_id, attempts, exc
+            )
+            return
+        delay = backoff(runtime.settings, self.request.retries)
+        log.warning(
+            "job %s: webhook %s attempt %d failed (%s); again in %gs",
+            job_id,
+            event_id,
+            attempts,
+            exc,
+            delay,
+        )
+        raise self.retry(countdown=delay, max_retries=None) from None
