@@ -63,6 +63,9 @@ class Settings(BaseSettings):
     # How long the API waits for Redis when enqueueing before it gives up and leaves the job to
     # the relay; a submit must not hang because Redis does.
     enqueue_timeout: float = Field(3.0, gt=0)
+    # The worker skips the engine and stores the input as the result: for measuring the service
+    # around the engine (benchmarks/service.py), never for real renders.
+    dry_run: bool = False
     # Per tenant: requests to /v1 (a Flask-Limiter rate such as "120/minute", counted in Redis)
     # and jobs queued or running at once.
     rate_limit: str = "600/minute"

@@ -149,3 +149,26 @@ def test_a_job_runs_with_s3_storage(
 
     with Image.open(io.BytesIO(s3.get(reload(session, job).result_key or ""))) as result:
         assert result.size == (90, 80)
+
+
+def test_a_dry_run_stores_the_input_as_the_result_without_the_engine(
+    runtime: Runtime, session: Session, storage: Storage, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def no_engine(*_args: object) -> None:
+        raise AssertionError("a dry run must not load a model")
+
+    monkeypatch.setattr(Runtime, "dream_model", no_engine)
+    dry = Runtime(
+        settings=runtime.settings.model_copy(update={"dry_run": True}),
+        sessions=runtime.sessions,
+        storage=storage,
+        name="dry",
+    )
+    job = make_job(session, storage, image=image_bytes((100, 80)), params={"max_dim": 50})
+
+    assert run_job(job.id, dry) == JobStatus.SUCCEEDED
+
+    done = reload(session, job)
+    with Image.open(io.BytesIO(storage.get(done.result_key or ""))) as result:
+        assert result.size == (50, 40)
+    assert done.progress["fraction"] == 1.0

@@ -160,6 +160,27 @@ def _render(job_id: uuid.UUID, attempt: int, runtime: Runtime, heartbeat: Heartb
         raise StorageError(
             f"the input image of this job is missing from storage ({input_key})"
         ) from None
+    dreamed = (
+        image
+        if runtime.settings.dry_run
+        else _dream(job_id, attempt, runtime, heartbeat, image, params)
+    )
+    size = runtime.settings.preview_size
+    result_key = f"results/{job_id}.png"
+    runtime.storage.put(result_key, encode_png(dreamed))
+    runtime.storage.put(preview_key(job_id), encode_jpeg(fit_within(dreamed, size)))
+    return result_key
+
+
+def _dream(
+    job_id: uuid.UUID,
+    attempt: int,
+    runtime: Runtime,
+    heartbeat: Heartbeat,
+    image: Any,
+    params: RenderParams,
+) -> Any:
+    """Run the engine on the job's image, with progress, previews, checkpoints and cancel."""
     # Imported here: TensorFlow loads in the process that renders, never in Celery's parent.
     from worker.engine import Canceled, DreamState, preview, render
 
@@ -194,7 +215,7 @@ def _render(job_id: uuid.UUID, attempt: int, runtime: Runtime, heartbeat: Heartb
 
     model = runtime.dream_model(params)
     try:
-        dreamed = render(
+        return render(
             image,
             params,
             model,
@@ -209,10 +230,6 @@ def _render(job_id: uuid.UUID, attempt: int, runtime: Runtime, heartbeat: Heartb
         raise LostJob(
             f"job {job_id} attempt {attempt} was canceled or taken from this worker"
         ) from None
-    result_key = f"results/{job_id}.png"
-    runtime.storage.put(result_key, encode_png(dreamed))
-    runtime.storage.put(preview_key(job_id), encode_jpeg(fit_within(dreamed, size)))
-    return result_key
 
 
 class StillOurs:
