@@ -32,7 +32,7 @@ class Services:
 
 def create_app(settings: Settings | None = None) -> Flask:
     """The Flask application for `settings` (read from the environment when not given)."""
-    from api import jobs, problems
+    from api import jobs, metrics, problems
 
     settings = settings or get_settings()
     app = Flask(__name__)
@@ -48,6 +48,7 @@ def create_app(settings: Settings | None = None) -> Flask:
     )
     problems.register(app)
     app.register_blueprint(jobs.blueprint)
+    metrics.register(app)
 
     @app.get("/healthz")
     def healthz() -> dict[str, str]:
