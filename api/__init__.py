@@ -5,12 +5,13 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from celery import Celery
-from flask import Flask
+from flask import Flask, g, request
 from sqlalchemy import Engine, text
 from sqlalchemy.orm import Session, sessionmaker
 
 from shared.db import create_db_engine, create_session_factory
 from shared.localredis import redis_answers
+from shared.logs import bind, configure_logging, unbind
 from shared.queue import create_celery
 from shared.settings import Settings, get_settings
 from shared.storage import Storage, open_storage
@@ -35,6 +36,7 @@ def create_app(settings: Settings | None = None) -> Flask:
     from api import jobs, metrics, problems
 
     settings = settings or get_settings()
+    configure_logging(settings)
     app = Flask(__name__)
     app.config["MAX_CONTENT_LENGTH"] = settings.max_upload_bytes + MULTIPART_OVERHEAD
     app.json.sort_keys = False  # type: ignore[attr-defined]
@@ -49,6 +51,19 @@ def create_app(settings: Settings | None = None) -> Flask:
     problems.register(app)
     app.register_blueprint(jobs.blueprint)
     metrics.register(app)
+
+    @app.before_request
+    def _bind_job_to_logs() -> None:
+        # Whatever a route about one job logs carries its id, without passing it down.
+        job_id = (request.view_args or {}).get("job_id")
+        if job_id is not None:
+            g.log_token = bind(job_id=str(job_id))
+
+    @app.teardown_request
+    def _unbind_job_from_logs(_exc: BaseException | None) -> None:
+        token = g.pop("log_token", None)
+        if token is not None:
+            unbind(token)
 
     @app.get("/healthz")
     def healthz() -> dict[str, str]:

@@ -6,7 +6,7 @@ import functools
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, ValidationError, model_validator
+from pydantic import Field, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -63,6 +63,16 @@ class Settings(BaseSettings):
     # How long the API waits for Redis when enqueueing before it gives up and leaves the job to
     # the relay; a submit must not hang because Redis does.
     enqueue_timeout: float = Field(3.0, gt=0)
+    # Logs go to stderr, one JSON object per line for a log collector, or plain text for a
+    # person at a terminal.
+    log_format: Literal["json", "text"] = "json"
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"] = "INFO"
+
+    @field_validator("log_level", mode="before")
+    @classmethod
+    def _upper_level(cls, value: object) -> object:
+        # `info` and `INFO` both name a level; Python's logging only knows the second.
+        return value.upper() if isinstance(value, str) else value
 
     @model_validator(mode="after")
     def _derive_defaults(self) -> Settings:
