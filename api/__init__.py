@@ -5,12 +5,13 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from celery import Celery
-from flask import Flask
+from flask import Flask, g, request
 from sqlalchemy import Engine, text
 from sqlalchemy.orm import Session, sessionmaker
 
 from shared.db import create_db_engine, create_session_factory
 from shared.localredis import redis_answers
+from shared.logs import bind, configure_logging, unbind
 from shared.queue import create_celery
 from shared.settings import Settings, get_settings
 from shared.storage import Storage, open_storage
@@ -32,10 +33,11 @@ class Services:
 
 def create_app(settings: Settings | None = None) -> Flask:
     """The Flask application for `settings` (read from the environment when not given)."""
-    from api import jobs, problems
+    from api import jobs, metrics, problems
     from api.auth import create_limiter
 
     settings = settings or get_settings()
+    configure_logging(settings)
     app = Flask(__name__)
     app.config["MAX_CONTENT_LENGTH"] = settings.max_upload_bytes + MULTIPART_OVERHEAD
     app.json.sort_keys = False  # type: ignore[attr-defined]
@@ -51,6 +53,20 @@ def create_app(settings: Settings | None = None) -> Flask:
     limiter = create_limiter(app, settings)
     app.register_blueprint(jobs.blueprint)
     limiter.limit(settings.rate_limit)(jobs.blueprint)
+    metrics.register(app)
+
+    @app.before_request
+    def _bind_job_to_logs() -> None:
+        # Whatever a route about one job logs carries its id, without passing it down.
+        job_id = (request.view_args or {}).get("job_id")
+        if job_id is not None:
+            g.log_token = bind(job_id=str(job_id))
+
+    @app.teardown_request
+    def _unbind_job_from_logs(_exc: BaseException | None) -> None:
+        token = g.pop("log_token", None)
+        if token is not None:
+            unbind(token)
 
     @app.get("/healthz")
     def healthz() -> dict[str, str]:

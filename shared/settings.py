@@ -6,7 +6,7 @@ import functools
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, ValidationError, model_validator
+from pydantic import Field, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -84,6 +84,16 @@ class Settings(BaseSettings):
     webhook_progress_interval: float = Field(10.0, ge=0)
     # Files of jobs that ended longer ago than this are deleted; the row stays, marked expired.
     retention_seconds: float = Field(30 * 24 * 3600.0, gt=0)
+    # Logs go to stderr, one JSON object per line for a log collector, or plain text for a
+    # person at a terminal.
+    log_format: Literal["json", "text"] = "json"
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"] = "INFO"
+
+    @field_validator("log_level", mode="before")
+    @classmethod
+    def _upper_level(cls, value: object) -> object:
+        # `info` and `INFO` both name a level; Python's logging only knows the second.
+        return value.upper() if isinstance(value, str) else value
 
     @model_validator(mode="after")
     def _derive_defaults(self) -> Settings:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextvars
 import logging
 import threading
 import time
@@ -21,6 +22,7 @@ from tenacity import (
 )
 
 from shared.images import decode_rgb, encode_jpeg, encode_png, fit_within
+from shared.logs import log_context
 from shared.models import Job, JobStatus, utcnow
 from shared.params import RenderParams
 from shared.storage import ObjectNotFound, StorageError, checkpoint_key, preview_key
@@ -84,10 +86,16 @@ def run_job(job_id: uuid.UUID, runtime: Runtime) -> JobStatus | None:
 
     Returns the job's final status, or None when the claim was lost.
     """
-    attempt = patient(_claim)(runtime, job_id)
-    if attempt is None:
-        log.info("job %s is not queued; nothing to do", job_id)
-        return None
+    with log_context(job_id=str(job_id), worker=runtime.name):
+        attempt = patient(_claim)(runtime, job_id)
+        if attempt is None:
+            log.info("job %s is not queued; nothing to do", job_id)
+            return None
+        with log_context(attempt=attempt):
+            return _run_claimed(job_id, attempt, runtime)
+
+
+def _run_claimed(job_id: uuid.UUID, attempt: int, runtime: Runtime) -> JobStatus | None:
     log.info("job %s attempt %d claimed by %s", job_id, attempt, runtime.name)
     _event(runtime, job_id, "started")
     try:
@@ -273,7 +281,14 @@ class Heartbeat:
         self.runtime, self.job_id, self.attempt = runtime, job_id, attempt
         self.lost = threading.Event()
         self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._beat, name=f"heartbeat-{job_id}", daemon=True)
+        # A new thread starts with an empty context; the copy keeps its log records tagged with
+        # the job like the render's.
+        self._thread = threading.Thread(
+            target=contextvars.copy_context().run,
+            args=(self._beat,),
+            name=f"heartbeat-{job_id}",
+            daemon=True,
+        )
 
     def __enter__(self) -> Heartbeat:
         self._thread.start()

@@ -61,6 +61,8 @@ def reap_stale_jobs(
                 job_id,
                 silent,
                 "failed" if attempt >= settings.max_attempts else "put back in the queue",
+                # The reaper runs for no one job; the record names the one it is about.
+                extra={"job_id": str(job_id), "attempt": attempt, "worker": worker},
             )
     session.commit()
     return requeued, failed

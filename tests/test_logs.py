@@ -1,0 +1,190 @@
+"""Logs: one JSON object per line from the API and the worker, each tagged with its job."""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+import os
+import subprocess
+import uuid
+from collections.abc import Iterator
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+from flask.testing import FlaskClient
+from prometheus_client.parser import text_string_to_metric_families
+from sqlalchemy.orm import Session, sessionmaker
+
+from api import create_app
+from shared.launcher import worker_command
+from shared.logs import configure_logging
+from shared.models import Job, JobStatus, utcnow
+from shared.queue import RENDER_TASK, create_celery
+from shared.settings import Settings
+from shared.storage import Storage
+from tests.conftest import ROOT, free_port
+from tests.utils import authed_client, make_job, wait_for
+from worker.jobs import run_job
+from worker.maintenance import reap_stale_jobs
+from worker.runtime import Runtime
+
+FIELDS = {"timestamp", "level", "logger", "message", "job_id", "attempt", "worker"}
+
+
+@pytest.fixture
+def log_stream(settings: Settings) -> Iterator[io.StringIO]:
+    """Where this process's log records go during the test, as configured for production."""
+    root = logging.getLogger()
+    handlers, level = list(root.handlers), root.level
+    stream = io.StringIO()
+    configure_logging(settings, stream)
+    yield stream
+    root.handlers[:] = handlers
+    root.setLevel(level)
+
+
+def records(text: str) -> list[dict[str, Any]]:
+    """Each line as the JSON object it must be, with every field a log query relies on."""
+    parsed = [json.loads(line) for line in text.splitlines()]
+    for record in parsed:
+        assert record.keys() >= FIELDS, record
+    return parsed
+
+
+def test_an_api_route_about_a_job_logs_with_its_id(
+    settings: Settings, session: Session, storage: Storage, log_stream: io.StringIO
+) -> None:
+    job = make_job(session, storage, status=JobStatus.FAILED)
+    # Redis is away, so the retry is recorded but not enqueued: the API logs why.
+    dead_redis = settings.model_copy(update={"redis_url": f"redis://127.0.0.1:{free_port()}/0"})
+    app = create_app(dead_redis)
+    configure_logging(dead_redis, log_stream)  # create_app pointed the logs at stderr
+
+    response = authed_client(app).post(f"/v1/jobs/{job.id}/retry")
+    logging.getLogger("tests").info("after the request")
+    app.extensions["oneiro"].engine.dispose()
+    app.extensions["oneiro"].celery.close()
+
+    assert response.status_code == 202
+    logged = records(log_stream.getvalue())
+    failed = [r for r in logged if "not enqueued" in r["message"]]
+    assert len(failed) == 1
+    assert failed[0]["job_id"] == str(job.id) and failed[0]["level"] == "ERROR"
+    assert failed[0]["attempt"] is None and failed[0]["worker"] is None
+    assert "Traceback" in failed[0]["exc_info"]
+    # The job's id leaves the log context with the request.
+    assert logged[-1]["message"] == "after the request" and logged[-1]["job_id"] is None
+
+
+def test_the_job_runner_logs_with_job_attempt_and_worker(
+    settings: Settings,
+    sessions: sessionmaker[Session],
+    session: Session,
+    storage: Storage,
+    log_stream: io.StringIO,
+) -> None:
+    runtime = Runtime(settings=settings, sessions=sessions, storage=storage, name="test-worker")
+    job = make_job(session, storage)
+
+    assert run_job(job.id, runtime) == JobStatus.SUCCEEDED
+    assert run_job(job.id, runtime) is None  # a redelivered message: logged, nothing done
+
+    about_job = [r for r in records(log_stream.getvalue()) if str(job.id) in r["message"]]
+    assert {r["job_id"] for r in about_job} == {str(job.id)}
+    assert {r["worker"] for r in about_job} == {"test-worker"}
+    by_message = {r["message"]: r for r in about_job}
+    assert by_message[f"job {job.id} attempt 1 claimed by test-worker"]["attempt"] == 1
+    assert by_message[f"job {job.id} succeeded"]["attempt"] == 1
+    assert by_message[f"job {job.id} succeeded"]["level"] == "INFO"
+    # The second call never claimed the job, so it has no attempt to tell.
+    assert by_message[f"job {job.id} is not queued; nothing to do"]["attempt"] is None
+
+
+def test_the_reaper_logs_with_the_job_it_puts_back(
+    settings: Settings, session: Session, storage: Storage, log_stream: io.StringIO
+) -> None:
+    silent_since = utcnow() - timedelta(seconds=2 * settings.lease_seconds)
+    job = make_job(
+        session,
+        storage,
+        status=JobStatus.RUNNING,
+        attempt=1,
+        worker="gone:42",
+        heartbeat_at=silent_since,
+    )
+
+    assert reap_stale_jobs(session, settings) == ([job.id], [])
+
+    (record,) = [r for r in records(log_stream.getvalue()) if r["logger"] == "worker.maintenance"]
+    assert record["level"] == "WARNING" and "put back in the queue" in record["message"]
+    assert (record["job_id"], record["attempt"], record["worker"]) == (str(job.id), 1, "gone:42")
+
+
+@pytest.mark.e2e
+@pytest.mark.parametrize("empty_database_url", ["sqlite"], indirect=True)
+def test_a_celery_worker_process_logs_json_lines_with_the_job(
+    settings: Settings, session: Session, storage: Storage, client: FlaskClient, tmp_path: Path
+) -> None:
+    env = {
+        **os.environ,
+        "DATABASE_URL": settings.database_url,
+        "REDIS_URL": settings.redis_url,
+        "ONEIRO_DATA_DIR": str(settings.data_dir),
+        "ONEIRO_QUEUE": settings.queue,
+        "ONEIRO_WEIGHTS": "random",
+        "ONEIRO_WEIGHTS_DOWNLOAD": "false",
+    }
+    stderr_path = tmp_path / "worker.stderr"
+    with stderr_path.open("wb") as stderr:
+        worker = subprocess.Popen(
+            [
+                *worker_command(settings.queue),
+                "--without-mingle",
+                "--without-gossip",
+                "--hostname",
+                f"logs-{uuid.uuid4().hex[:6]}@%h",
+            ],
+            cwd=ROOT,
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=stderr,
+        )
+        try:
+            job = make_job(session, storage)
+            celery = create_celery(settings)
+            celery.send_task(RENDER_TASK, args=[str(job.id)])
+            celery.close()
+
+            def finished() -> Job | None:
+                session.expire_all()
+                done = session.get_one(Job, job.id)
+                return done if done.status.is_terminal() else None
+
+            done = wait_for(finished, 180, "the worker to render the job", every=0.2)
+            # While it is up, the worker also counts as online (idle now) in the metrics.
+            scraped = client.get("/metrics").get_data(as_text=True)
+        finally:
+            worker.terminate()
+            worker.wait(timeout=30)
+    output = stderr_path.read_text()
+
+    assert done.status == JobStatus.SUCCEEDED, done.error
+    # Python's records are JSON, Celery's own included; what bypasses Python logging (the
+    # warning printed before logging is set up, TensorFlow's native messages) is not.
+    logged = records("\n".join(line for line in output.splitlines() if line.startswith("{")))
+    assert {"celery.apps.worker", "worker.jobs"} <= {r["logger"] for r in logged}
+    logged = [r for r in logged if str(job.id) in r["message"]]
+    assert len(logged) >= 2, output[-3000:]
+    assert {r["job_id"] for r in logged} == {str(job.id)}
+    assert {r["worker"] for r in logged} == {done.worker}
+    assert [r["attempt"] for r in logged if "succeeded" in r["message"]] == [1]
+    online = {
+        sample.labels["queue"]: sample.value
+        for family in text_string_to_metric_families(scraped)
+        for sample in family.samples
+        if sample.name == "oneiro_workers_online"
+    }
+    assert online[settings.queue] == 1
