@@ -97,7 +97,6 @@ def submit_job() -> tuple[dict[str, Any], int, dict[str, str]]:
             return original
 
     webhook = _read_webhook()
-    _check_active_cap()
     job_id = uuid.uuid4()
     input_key = f"inputs/{job_id}.{EXTENSIONS[image_format]}"
     svc.storage.put(input_key, data)
@@ -115,6 +114,8 @@ def submit_job() -> tuple[dict[str, Any], int, dict[str, str]]:
     )
     session = db()
     try:
+        # Counted last, just before the insert: the tenant's row stays locked only this long.
+        _check_active_cap()
         session.add(job)
         if idempotency is not None:
             session.flush()  # the job row first: the key refers to it
@@ -185,7 +186,8 @@ def _check_active_cap() -> None:
     """429 when the tenant already has max_active_jobs queued or running.
 
     On PostgreSQL the tenant's row is locked until the job is committed, so concurrent submits
-    of one tenant count one after another; SQLite runs one writer at a time anyway.
+    of one tenant count one after another; SQLite runs one writer at a time anyway. A refused
+    submit's input is deleted by the caller's rollback path.
     """
     session = db()
     limit = services().settings.max_active_jobs

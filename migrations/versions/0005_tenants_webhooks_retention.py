@@ -55,7 +55,8 @@ def upgrade() -> None:
         batch.create_foreign_key(
             op.f("fk_jobs_tenant_id_tenants"), "tenants", ["tenant_id"], ["id"], ondelete="CASCADE"
         )
-        batch.create_index(op.f("ix_jobs_tenant_id"), ["tenant_id"])
+        batch.create_index("ix_jobs_tenant_created", ["tenant_id", "created_at"])
+        batch.create_index("ix_jobs_tenant_status", ["tenant_id", "status"])
     op.drop_table("idempotency_keys")
     op.create_table(
         "idempotency_keys",
@@ -97,7 +98,8 @@ def downgrade() -> None:
         sa.PrimaryKeyConstraint("key", name=op.f("pk_idempotency_keys")),
     )
     with op.batch_alter_table("jobs") as batch:
-        batch.drop_index(op.f("ix_jobs_tenant_id"))
+        batch.drop_index("ix_jobs_tenant_status")
+        batch.drop_index("ix_jobs_tenant_created")
         batch.drop_constraint(op.f("fk_jobs_tenant_id_tenants"), type_="foreignkey")
         batch.drop_column("expired_at")
         batch.drop_column("webhook_events")
