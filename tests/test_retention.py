@@ -5,10 +5,12 @@ from __future__ import annotations
 
 from datetime import timedelta
 
+import pytest
 from flask.testing import FlaskClient
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
+from shared.db import create_session_factory
 from shared.models import IdempotencyKey, Job, JobStatus, utcnow
 from shared.settings import Settings
 from shared.storage import Storage, checkpoint_key, preview_key
@@ -16,6 +18,7 @@ from tests.test_api import assert_problem
 from tests.test_idempotency import post
 from tests.utils import image_bytes, make_job
 from worker.maintenance import expire_old_files
+from worker.runtime import Runtime
 
 
 def with_files(
@@ -84,3 +87,26 @@ def test_idempotency_keys_older_than_a_day_are_forgotten(
 
     assert session.scalars(select(IdempotencyKey.key)).all() == ["new"]
     assert session.scalar(select(func.count()).select_from(Job)) == 2  # the jobs stay
+
+
+def test_the_periodic_maintenance_task_expires_old_files(
+    session: Session, storage: Storage, settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from shared.queue import MAINTAIN_TASK, create_celery
+    from worker import tasks
+
+    old = with_files(session, storage, 2, status=JobStatus.CANCELED)
+    runtime = Runtime(
+        settings=settings.model_copy(update={"retention_seconds": 86400.0}),
+        sessions=create_session_factory(session.get_bind()),  # type: ignore[arg-type]
+        storage=storage,
+        name="maintenance",
+    )
+    monkeypatch.setattr(tasks, "get_runtime", lambda: runtime)
+    # What beat schedules is this task, and the task runs retention with the reaper and relay.
+    schedule = create_celery(settings).conf.beat_schedule
+    assert [entry["task"] for entry in schedule.values()] == [MAINTAIN_TASK]
+    tasks.maintain()
+    session.expire_all()
+    assert session.get_one(Job, old.id).expired_at is not None
+    assert not storage.exists(old.input_key)
