@@ -247,7 +247,9 @@ def _field_errors(part: str, exc: ValidationError) -> list[dict[str, str]]:
 
 
 def _read_params() -> tuple[RenderParams, dict[str, Any]]:
-    unknown = sorted((set(request.form) | set(request.files)) - FORM_PARTS)
+    # A part with an empty name or none (werkzeug keys that one None) is unknown, not a 500.
+    names = (set(request.form) | set(request.files)) - FORM_PARTS
+    unknown = sorted({name or "(unnamed part)" for name in names})
     if not request.content_type or not request.content_type.startswith("multipart/form-data"):
         raise Problem(
             415,
