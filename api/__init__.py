@@ -33,8 +33,9 @@ class Services:
 
 def create_app(settings: Settings | None = None) -> Flask:
     """The Flask application for `settings` (read from the environment when not given)."""
-    from api import jobs, metrics, problems
+    from api import jobs, metrics, openapi, problems
     from api.auth import create_limiter
+    from api.schemas import Health
 
     settings = settings or get_settings()
     configure_logging(settings)
@@ -68,12 +69,19 @@ def create_app(settings: Settings | None = None) -> Flask:
         if token is not None:
             unbind(token)
 
+    openapi.register(app)
+
     @app.get("/healthz")
+    @openapi.spec.validate(resp=openapi.Responses(HTTP_200=Health), security={})
     def healthz() -> dict[str, str]:
         """The process is up."""
         return {"status": "ok"}
 
     @app.get("/readyz")
+    @openapi.spec.validate(
+        resp=openapi.Responses(HTTP_200=Health, HTTP_503=(Health, "Database or Redis away.")),
+        security={},
+    )
     def readyz() -> tuple[dict[str, str], int]:
         """The database and Redis both answer."""
         services = app.extensions["oneiro"]

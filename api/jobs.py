@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import base64
 import hashlib
 import json
 import logging
@@ -20,7 +19,9 @@ from sqlalchemy.orm import Session
 
 from api import Services
 from api.auth import current_tenant, tenant_id
+from api.openapi import BEARER, BINARY, job_responses, spec
 from api.problems import Problem, invalid
+from api.schemas import JobListQuery, JobOut, JobPage, JobSubmission, SubmitHeaders, encode_cursor
 from shared.images import ImageRejected, ImageTooLarge, inspect_image
 from shared.models import IDEMPOTENCY_WINDOW, IdempotencyKey, Job, JobStatus, Tenant, utcnow
 from shared.params import RenderParams
@@ -60,6 +61,19 @@ def _close_db(_exc: BaseException | None) -> None:
 
 
 @blueprint.post("")
+@spec.validate(
+    form=JobSubmission,
+    headers=SubmitHeaders,
+    resp=job_responses(
+        HTTP_200=(JobOut, "The same Idempotency-Key and request were seen: the original job."),
+        HTTP_202=(JobOut, "Recorded and queued."),
+        errors=(413, 415, 422),
+        headers={200: ["Location"], 202: ["Location"]},
+    ),
+    security=BEARER,
+    # The handler reads the parts itself, with RenderParams and WebhookSpec (see JobSubmission).
+    skip_validation=True,
+)
 def submit_job() -> tuple[dict[str, Any], int, dict[str, str]]:
     """Store the image, record the job, commit, then enqueue it."""
     svc = services()
@@ -246,7 +260,9 @@ def _field_errors(part: str, exc: ValidationError) -> list[dict[str, str]]:
 
 
 def _read_params() -> tuple[RenderParams, dict[str, Any]]:
-    unknown = sorted((set(request.form) | set(request.files)) - FORM_PARTS)
+    # A part with an empty name or none (werkzeug keys that one None) is unknown, not a 500.
+    names = (set(request.form) | set(request.files)) - FORM_PARTS
+    unknown = sorted({name or "(unnamed part)" for name in names})
     if not request.content_type or not request.content_type.startswith("multipart/form-data"):
         raise Problem(
             415,
@@ -278,50 +294,32 @@ def _read_params() -> tuple[RenderParams, dict[str, Any]]:
 
 
 @blueprint.get("")
-def list_jobs() -> dict[str, Any]:
+@spec.validate(
+    query=JobListQuery, resp=job_responses(HTTP_200=JobPage, errors=(422,)), security=BEARER
+)
+def list_jobs(query: JobListQuery) -> dict[str, Any]:
     """Jobs, newest first, optionally of one status, a page at a time (`cursor`)."""
-    errors = []
-    status = request.args.get("status")
-    if status is not None and status not in {s.value for s in JobStatus}:
-        errors.append({"field": "status", "message": "must be one of " + ", ".join(JobStatus)})
-    limit_text = request.args.get("limit", "20")
-    if not limit_text.isdigit() or not 1 <= int(limit_text) <= 100:
-        errors.append({"field": "limit", "message": "must be a whole number from 1 to 100"})
-    after = None
-    if "cursor" in request.args:
-        try:
-            moment, _, ident = (
-                base64.urlsafe_b64decode(request.args["cursor"]).decode().partition("|")
-            )
-            after = (datetime.fromisoformat(moment), uuid.UUID(ident))
-        except ValueError:
-            errors.append({"field": "cursor", "message": "not a cursor this API gave out"})
-    if errors:
-        raise invalid(errors)
-    limit = int(limit_text)
-    query = (
+    status, limit, after = query.status, query.limit, query.cursor
+    statement = (
         select(Job)
         .where(Job.tenant_id == tenant_id())
         .order_by(Job.created_at.desc(), Job.id.desc())
         .limit(limit + 1)
     )
     if status is not None:
-        query = query.where(Job.status == status)
+        statement = statement.where(Job.status == status)
     if after is not None:
-        query = query.where(tuple_(Job.created_at, Job.id) < after)
-    jobs = list(db().scalars(query))
+        statement = statement.where(tuple_(Job.created_at, Job.id) < after)
+    jobs = list(db().scalars(statement))
     page, more = jobs[:limit], len(jobs) > limit
-    cursor = None
-    if more:
-        last = page[-1]
-        cursor = base64.urlsafe_b64encode(f"{last.created_at.isoformat()}|{last.id}".encode())
     return {
         "jobs": [job_json(job) for job in page],
-        "next_cursor": cursor.decode() if cursor else None,
+        "next_cursor": encode_cursor(page[-1].created_at, page[-1].id) if more else None,
     }
 
 
 @blueprint.get("/<uuid:job_id>")
+@spec.validate(resp=job_responses(HTTP_200=JobOut, errors=(404,)), security=BEARER)
 def get_job(job_id: uuid.UUID) -> dict[str, Any]:
     """The job's status, progress and resolved params."""
     return job_json(_find(job_id))
@@ -334,6 +332,14 @@ KEEPALIVE_S = 15.0
 
 
 @blueprint.get("/<uuid:job_id>/events")
+@spec.validate(
+    resp=job_responses(
+        HTTP_200=(None, "An event stream: `event` is the status, `data` the job as JSON."),
+        media={200: {"text/event-stream": {"schema": {"type": "string"}}}},
+        errors=(404,),
+    ),
+    security=BEARER,
+)
 def job_events(job_id: uuid.UUID) -> Response:
     """Server-Sent Events: the job as JSON each time its status or progress changes, until it
     ends. An event's id names the state it carries; a client reconnecting with Last-Event-ID
@@ -371,6 +377,14 @@ def job_events(job_id: uuid.UUID) -> Response:
 
 
 @blueprint.get("/<uuid:job_id>/result")
+@spec.validate(
+    resp=job_responses(
+        HTTP_200=(None, "The rendered image."),
+        media={200: {"image/png": BINARY}},
+        errors=(404, 409, 410),
+    ),
+    security=BEARER,
+)
 def get_result(job_id: uuid.UUID) -> Response:
     """The rendered PNG, once the job has succeeded."""
     job = _find(job_id)
@@ -389,6 +403,14 @@ def get_result(job_id: uuid.UUID) -> Response:
 
 
 @blueprint.get("/<uuid:job_id>/preview")
+@spec.validate(
+    resp=job_responses(
+        HTTP_200=(None, "A small JPEG of the render so far, or of the result."),
+        media={200: {"image/jpeg": BINARY}},
+        errors=(404, 409, 410),
+    ),
+    security=BEARER,
+)
 def get_preview(job_id: uuid.UUID) -> Response:
     """A small JPEG of the render in progress (rewritten every few seconds by the worker), or of
     the result once the job has succeeded."""
@@ -419,6 +441,7 @@ def _check_not_expired(job: Job) -> None:
 
 
 @blueprint.post("/<uuid:job_id>/cancel")
+@spec.validate(resp=job_responses(HTTP_200=JobOut, errors=(404, 409)), security=BEARER)
 def cancel_job(job_id: uuid.UUID) -> dict[str, Any]:
     """Cancel a queued or running job; a running render stops within one tile batch."""
     job = _transition(
@@ -433,6 +456,9 @@ def cancel_job(job_id: uuid.UUID) -> dict[str, Any]:
 
 
 @blueprint.post("/<uuid:job_id>/retry")
+@spec.validate(
+    resp=job_responses(HTTP_202=(JobOut, "Queued again."), errors=(404, 409, 410)), security=BEARER
+)
 def retry_job(job_id: uuid.UUID) -> tuple[dict[str, Any], int]:
     """Run a failed or canceled job again, as a new attempt of the same job."""
     _check_not_expired(_find(job_id))  # its input is gone

@@ -16,6 +16,15 @@ def _random_seed() -> int:
     return secrets.randbelow(2**31)
 
 
+def _layers_schema(schema: dict[str, Any]) -> None:
+    # What a client may send, for the OpenAPI document: the field's type is the resolved form
+    # only, and its None default stands for "the backbone's own", which no client sends.
+    schema.pop("default", None)
+    weights = {key: schema.pop(key) for key in ("type", "additionalProperties") if key in schema}
+    names = {"type": "array", "items": {"type": "string"}, "minItems": 1, "uniqueItems": True}
+    schema["anyOf"] = [names, {**weights, "minProperties": 1}]
+
+
 class RenderParams(BaseModel):
     """What a client may ask of a render. Unknown fields are an error, not ignored."""
 
@@ -31,6 +40,7 @@ class RenderParams(BaseModel):
             validate_default=True,
             description="Layers to dream: a list of names, or {name: weight}. Default: the "
             "backbone's default layers, equally weighted.",
+            json_schema_extra=_layers_schema,
         ),
     ] = None  # type: ignore[assignment]
     channels: Annotated[

@@ -180,6 +180,22 @@ def test_unknown_form_parts_are_422(client: FlaskClient) -> None:
     assert body["errors"][0]["field"] == "colour"
 
 
+def test_unnamed_form_parts_are_422_not_500(client: FlaskClient) -> None:
+    # Found by the fuzzer: a part named "" beside one with no name made sorting the names fail.
+    boundary = "oneiro-test-boundary"
+    parts = [
+        'Content-Disposition: form-data; name=""\r\n\r\n{}',
+        "Content-Disposition: form-data\r\n\r\nx",
+        'Content-Disposition: form-data; name="colour"\r\n\r\nblue',
+    ]
+    body = "".join(f"--{boundary}\r\n{part}\r\n" for part in parts) + f"--{boundary}--\r\n"
+    response = client.post(
+        "/v1/jobs", data=body, content_type=f"multipart/form-data; boundary={boundary}"
+    )
+    fields = [error["field"] for error in assert_problem(response, 422)["errors"]]
+    assert sorted(fields) == ["(unnamed part)", "colour"]
+
+
 def test_non_multipart_is_415(client: FlaskClient) -> None:
     assert_problem(client.post("/v1/jobs", json={"steps": 3}), 415)
 

@@ -1,0 +1,189 @@
+"""Pydantic models of what /v1 takes and gives. They are the OpenAPI document's schemas (see
+api/openapi.py); where a request part is validated, it is validated with the same model."""
+
+from __future__ import annotations
+
+import base64
+import uuid
+from datetime import datetime
+from typing import Annotated, Any
+
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, WithJsonSchema
+
+from shared.models import JobStatus
+from shared.params import RenderParams
+from shared.webhooks import Event, WebhookSpec
+
+
+def _absent_not_null(schema: dict[str, Any]) -> None:
+    # An optional part, header or argument is absent, never null: the document must not offer
+    # null (nor its None default) as a value a client can send.
+    schema.pop("default", None)
+    options = [option for option in schema.pop("anyOf", []) if option != {"type": "null"}]
+    if len(options) == 1:
+        schema.update(options[0])
+    elif options:
+        schema["anyOf"] = options
+
+
+def encode_cursor(created_at: datetime, job_id: uuid.UUID) -> str:
+    """The `next_cursor` that resumes a listing after the job created at `created_at`."""
+    return base64.urlsafe_b64encode(f"{created_at.isoformat()}|{job_id}".encode()).decode()
+
+
+def _decode_cursor(value: Any) -> tuple[datetime, uuid.UUID]:
+    try:
+        moment, _, ident = base64.urlsafe_b64decode(str(value)).decode().partition("|")
+        return datetime.fromisoformat(moment), uuid.UUID(ident)
+    except ValueError:  # also bad base64 (binascii.Error) and bad UTF-8
+        raise ValueError("not a cursor this API gave out") from None
+
+
+Cursor = Annotated[
+    tuple[datetime, uuid.UUID],
+    BeforeValidator(_decode_cursor),
+    # Clients see an opaque string; what it holds is ours to change.
+    WithJsonSchema({"type": "string", "description": "`next_cursor` of the previous page."}),
+]
+
+
+class JobListQuery(BaseModel):
+    """Query of GET /v1/jobs. Unknown arguments are ignored."""
+
+    status: Annotated[
+        JobStatus | None,
+        Field(description="Only jobs of this status.", json_schema_extra=_absent_not_null),
+    ] = None
+    limit: Annotated[int, Field(ge=1, le=100, description="Jobs per page.")] = 20
+    cursor: Annotated[
+        Cursor | None,
+        Field(
+            description="`next_cursor` of the previous page.", json_schema_extra=_absent_not_null
+        ),
+    ] = None
+
+
+class JobSubmission(BaseModel):
+    """The multipart/form-data parts of POST /v1/jobs. Documentation only: the handler reads
+    the parts itself (it must tell a missing image from a bad one, and answer 415 and 413), and
+    validates `params` and `webhook` with RenderParams and WebhookSpec, the models shown here."""
+
+    image: Annotated[bytes, Field(description="The picture to dream on: JPEG, PNG or WebP.")]
+    params: Annotated[
+        RenderParams | None,
+        Field(
+            description="Render parameters, a JSON object; all optional.",
+            json_schema_extra=_absent_not_null,
+        ),
+    ] = None
+    webhook: Annotated[
+        WebhookSpec | None,
+        Field(
+            description="Where to POST the job's events, a JSON object.",
+            json_schema_extra=_absent_not_null,
+        ),
+    ] = None
+
+
+class SubmitHeaders(BaseModel):
+    """Headers of POST /v1/jobs (checked by the handler)."""
+
+    idempotency_key: Annotated[
+        str | None,
+        Field(
+            alias="Idempotency-Key",
+            min_length=1,
+            max_length=255,
+            description="The same key and request within 24 hours answer 200 with the "
+            "original job instead of making another; the same key with another request is 422.",
+            json_schema_extra=_absent_not_null,
+        ),
+    ] = None
+
+
+class Progress(BaseModel):
+    """How far the render is."""
+
+    fraction: Annotated[float, Field(ge=0, le=1)]
+    octave: int
+    octaves: int | None
+    step: int
+    steps: int | None
+    tiles_done: int
+    tiles: int | None
+    eta_seconds: float | None
+
+
+class InputSize(BaseModel):
+    """The size of the uploaded image."""
+
+    width: int
+    height: int
+
+
+class JobWebhook(BaseModel):
+    """Where the job's events go."""
+
+    url: str
+    events: list[Event]
+
+
+class JobOut(BaseModel):
+    """A job, as every /v1/jobs route answers it (api.jobs.job_json)."""
+
+    model_config = ConfigDict(title="Job")
+
+    id: uuid.UUID
+    status: JobStatus
+    progress: Progress
+    params: Annotated[RenderParams, Field(description="The params, resolved (seed included).")]
+    input: InputSize
+    attempt: Annotated[int, Field(description="Claims by a worker; 1 on the first run.")]
+    created_at: datetime
+    started_at: datetime | None
+    finished_at: datetime | None
+    error: str | None
+    webhook: JobWebhook | None
+    result_url: Annotated[str | None, Field(description="Set once the job has succeeded.")]
+    preview_url: str
+    expired: Annotated[bool, Field(description="Retention has deleted the job's files.")]
+
+
+class JobPage(BaseModel):
+    """One page of GET /v1/jobs, newest first."""
+
+    jobs: list[JobOut]
+    next_cursor: Annotated[
+        str | None, Field(description="Pass as `cursor` for the next page; null on the last.")
+    ]
+
+
+class FieldError(BaseModel):
+    """One thing wrong with a request."""
+
+    field: Annotated[str, Field(description="Dotted path of the field, e.g. `params.steps`.")]
+    message: str
+
+
+class ProblemOut(BaseModel):
+    """An error, as application/problem+json (RFC 9457). Some carry more members, such as
+    `limit`, `value` or `job_status`."""
+
+    model_config = ConfigDict(title="Problem", extra="allow")
+
+    type: str = "about:blank"
+    title: str
+    status: int
+    detail: Annotated[str, Field(description="What went wrong and what to do about it.")]
+    errors: Annotated[
+        list[FieldError] | None,
+        Field(description="In a 422: each bad field.", json_schema_extra=_absent_not_null),
+    ] = None
+
+
+class Health(BaseModel):
+    """Liveness or readiness, and (readiness) what was checked."""
+
+    model_config = ConfigDict(extra="allow")
+
+    status: str
