@@ -32,11 +32,12 @@ class Services:
 
 def create_app(settings: Settings | None = None) -> Flask:
     """The Flask application for `settings` (read from the environment when not given)."""
-    from api import jobs, problems
+    from api import jobs, problems, web
     from api.auth import create_limiter
 
     settings = settings or get_settings()
-    app = Flask(__name__)
+    # Static files belong to the web blueprint alone (api/web.py).
+    app = Flask(__name__, static_folder=None)
     app.config["MAX_CONTENT_LENGTH"] = settings.max_upload_bytes + MULTIPART_OVERHEAD
     app.json.sort_keys = False  # type: ignore[attr-defined]
     engine = create_db_engine(settings.database_url)
@@ -51,6 +52,7 @@ def create_app(settings: Settings | None = None) -> Flask:
     limiter = create_limiter(app, settings)
     app.register_blueprint(jobs.blueprint)
     limiter.limit(settings.rate_limit)(jobs.blueprint)
+    app.register_blueprint(web.blueprint)
 
     @app.get("/healthz")
     def healthz() -> dict[str, str]:
