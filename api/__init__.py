@@ -32,12 +32,12 @@ class Services:
 
 def create_app(settings: Settings | None = None) -> Flask:
     """The Flask application for `settings` (read from the environment when not given)."""
-    from api import jobs, problems, web
+    from api import jobs, problems
     from api.auth import create_limiter
+    from api.web import register_web_page
 
     settings = settings or get_settings()
-    # Static files belong to the web blueprint alone (api/web.py).
-    app = Flask(__name__, static_folder=None)
+    app = Flask(__name__)
     app.config["MAX_CONTENT_LENGTH"] = settings.max_upload_bytes + MULTIPART_OVERHEAD
     app.json.sort_keys = False  # type: ignore[attr-defined]
     engine = create_db_engine(settings.database_url)
@@ -52,7 +52,6 @@ def create_app(settings: Settings | None = None) -> Flask:
     limiter = create_limiter(app, settings)
     app.register_blueprint(jobs.blueprint)
     limiter.limit(settings.rate_limit)(jobs.blueprint)
-    app.register_blueprint(web.blueprint)
 
     @app.get("/healthz")
     def healthz() -> dict[str, str]:
@@ -74,4 +73,5 @@ def create_app(settings: Settings | None = None) -> Flask:
         ready = all(value == "ok" for value in checks.values())
         return {"status": "ready" if ready else "unavailable", **checks}, 200 if ready else 503
 
+    register_web_page(app)
     return app
