@@ -22,8 +22,13 @@ lint: install
 
 # PostgreSQL is started when it is installed but stopped (Debian's pg_ctlcluster); without it the
 # PostgreSQL-parametrized tests skip, saying so. Redis is started by the tests when none answers.
+# Debian's chromium, which tests/test_web.py drives, is installed with apt where missing
+# (Playwright never downloads a browser here); without it that test skips, saying so.
 test: install lint
 	@pg_isready -q -h 127.0.0.1 2>/dev/null || ! command -v pg_ctlcluster >/dev/null || \
 		pg_ctlcluster --skip-systemctl-redirect $$(ls /etc/postgresql | head -n 1) main start || \
 		echo "note: could not start PostgreSQL; its tests will be skipped"
+	@command -v chromium >/dev/null || apt-get install -y chromium || \
+		(apt-get update && apt-get install -y chromium) || \
+		echo "note: could not install chromium; tests/test_web.py will be skipped"
 	$(BIN)/python -m pytest $(PYTEST_ARGS)

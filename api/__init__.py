@@ -36,6 +36,7 @@ def create_app(settings: Settings | None = None) -> Flask:
     from api import jobs, metrics, openapi, problems
     from api.auth import create_limiter
     from api.schemas import Health
+    from api.web import register_web_page
 
     settings = settings or get_settings()
     configure_logging(settings)
@@ -96,4 +97,5 @@ def create_app(settings: Settings | None = None) -> Flask:
         ready = all(value == "ok" for value in checks.values())
         return {"status": "ready" if ready else "unavailable", **checks}, 200 if ready else 503
 
+    register_web_page(app)
     return app

@@ -31,3 +31,9 @@ def test_the_engine_imports_no_service_library() -> None:
     modules = imported_after("import worker.engine")
     assert "tensorflow" in modules
     assert not modules & {"flask", "celery", "sqlalchemy", "redis", "api"}
+
+
+def test_the_cli_and_its_http_client_import_no_tensorflow() -> None:
+    # `oneiro submit` and friends must start at once on a machine without the worker extra.
+    modules = imported_after("import worker.cli, shared.client")
+    assert not modules & {"tensorflow", "keras", "flask", "api", "celery"}

@@ -1,4 +1,6 @@
-"""`oneiro render`: dream on a local file with the engine alone: no Redis, no database."""
+"""The `oneiro` command: `render` dreams on a local file with the engine alone (no Redis, no
+database); `keys` makes API keys; `submit`, `status`, `list`, ... call the API
+(worker.client_commands)."""
 
 from __future__ import annotations
 
@@ -212,6 +214,16 @@ def revoke_key_command(key_or_prefix: str) -> None:
         raise click.ClickException(f"no live key matches {key_or_prefix!r}")
     click.echo(f"revoked {revoked} key(s)")
 
+
+def _add_client_commands() -> None:
+    # The client commands speak HTTP only; they live apart so that nothing here grows imports.
+    from worker.client_commands import COMMANDS
+
+    for command in COMMANDS:
+        main.add_command(command)
+
+
+_add_client_commands()
 
 if __name__ == "__main__":
     main()

@@ -1,0 +1,432 @@
+// The Oneiro page: submit a dream, watch it render, fetch the result. Plain JavaScript.
+// Every /v1 call carries the API key, so images are fetched as blobs and shown via object URLs,
+// and the event stream is read with fetch() (EventSource cannot send an Authorization header).
+"use strict";
+
+const KEY_STORE = "oneiro.apiKey";
+const TERMINAL = new Set(["succeeded", "failed", "canceled"]);
+// Presets are RenderParams values; the parameters panel shows and overrides them.
+const PRESETS = {
+  subtle: { steps: 20, octaves: 3, step_size: 0.005, octave_scale: 1.3, layers: "mixed3", max_dim: 800 },
+  classic: { steps: 50, octaves: 5, step_size: 0.01, octave_scale: 1.3, layers: "mixed3, mixed5", max_dim: 1024 },
+  deep: { steps: 100, octaves: 6, step_size: 0.015, octave_scale: 1.4, layers: "mixed4, mixed5, mixed6", max_dim: 1024 },
+};
+const PREVIEW_EVERY_MS = 1000;
+const STREAM_RETRIES = 3;
+
+const $ = (id) => document.getElementById(id);
+let apiKey = localStorage.getItem(KEY_STORE);
+let following = null; // {id, controller} of the job shown in #current
+const objectUrls = new Map(); // slot -> object URL, revoked when the slot gets a new one
+const thumbs = new Map(); // job id -> {status, url}
+
+class ApiError extends Error {
+  constructor(message, status) {
+    super(message);
+    this.status = status;
+  }
+}
+
+// -- calls -------------------------------------------------------------------------------------
+
+async function api(path, options = {}) {
+  const headers = new Headers(options.headers || {});
+  headers.set("Authorization", `Bearer ${apiKey}`);
+  const response = await fetch(path, { ...options, headers, cache: "no-store" });
+  if (!response.ok) {
+    let message = `HTTP ${response.status}`;
+    try {
+      const problem = await response.json();
+      message = problem.detail ? `${problem.title}: ${problem.detail}` : problem.title || message;
+    } catch (_) { /* not problem+json */ }
+    throw new ApiError(message, response.status);
+  }
+  return response;
+}
+
+const apiJson = async (path, options) => (await api(path, options)).json();
+
+function sleep(ms, signal) {
+  return new Promise((resolve, reject) => {
+    const timer = setTimeout(resolve, ms);
+    signal?.addEventListener("abort", () => { clearTimeout(timer); reject(signal.reason); });
+  });
+}
+
+// The job's Server-Sent Events, parsed by the event-stream rules, until the server ends them.
+async function* events(jobId, lastId, signal) {
+  const headers = { Accept: "text/event-stream" };
+  if (lastId !== null) headers["Last-Event-ID"] = lastId;
+  const response = await api(`/v1/jobs/${jobId}/events`, { headers, signal });
+  const reader = response.body.pipeThrough(new TextDecoderStream()).getReader();
+  let buffer = "", data = [], type = "", id = lastId;
+  for (;;) {
+    const { value, done } = await reader.read();
+    if (done) return;
+    buffer += value;
+    let end;
+    while ((end = /\r\n|\r|\n/.exec(buffer)) !== null) {
+      // A CR at the end may be the first half of a CRLF: wait for the next chunk.
+      if (end[0] === "\r" && end.index === buffer.length - 1) break;
+      const line = buffer.slice(0, end.index);
+      buffer = buffer.slice(end.index + end[0].length);
+      if (line === "") {
+        if (data.length) yield { id, type: type || "message", data: data.join("\n") };
+        data = [];
+        type = "";
+        continue;
+      }
+      if (line.startsWith(":")) continue;
+      const colon = line.indexOf(":");
+      const field = colon < 0 ? line : line.slice(0, colon);
+      let text = colon < 0 ? "" : line.slice(colon + 1);
+      if (text.startsWith(" ")) text = text.slice(1);
+      if (field === "data") data.push(text);
+      else if (field === "event") type = text;
+      else if (field === "id" && !text.includes("\0")) id = text;
+    }
+  }
+}
+
+// Calls onJob with each new state until the job ends: the event stream, resumed with
+// Last-Event-ID when it breaks, and plain polling once it failed STREAM_RETRIES times in a row.
+async function follow(jobId, signal, onJob) {
+  let lastId = null;
+  for (let failures = 0; failures < STREAM_RETRIES; failures++) {
+    try {
+      for await (const event of events(jobId, lastId, signal)) {
+        failures = 0;
+        lastId = event.id;
+        const job = JSON.parse(event.data);
+        onJob(job);
+        if (TERMINAL.has(job.status)) return job;
+      }
+    } catch (error) {
+      if (signal.aborted || (error instanceof ApiError && error.status < 500)) throw error;
+    }
+    await sleep(1000, signal);
+  }
+  for (;;) {
+    const job = await apiJson(`/v1/jobs/${jobId}`, { signal });
+    onJob(job);
+    if (TERMINAL.has(job.status)) return job;
+    await sleep(1000, signal);
+  }
+}
+
+async function fetchBlob(path, signal) {
+  return (await api(path, { signal })).blob();
+}
+
+async function imageUrl(path, signal) {
+  return URL.createObjectURL(await fetchBlob(path, signal));
+}
+
+function show(img, slot, url) {
+  const old = objectUrls.get(slot);
+  if (old) URL.revokeObjectURL(old);
+  objectUrls.set(slot, url);
+  img.src = url;
+}
+
+// -- the key -------------------------------------------------------------------------------------
+
+function showKeyPanel(message) {
+  $("key-panel").hidden = false;
+  $("app").hidden = true;
+  $("forget-key").hidden = true;
+  $("key-error").hidden = !message;
+  $("key-error").textContent = message || "";
+}
+
+function showApp() {
+  $("key-panel").hidden = true;
+  $("app").hidden = false;
+  $("forget-key").hidden = false;
+  refreshJobs();
+}
+
+$("key-form").addEventListener("submit", async (event) => {
+  event.preventDefault();
+  apiKey = $("key-input").value.trim();
+  try {
+    await api("/v1/jobs?limit=1"); // a wrong key is refused here, before it is kept
+  } catch (error) {
+    showKeyPanel(error.message);
+    return;
+  }
+  localStorage.setItem(KEY_STORE, apiKey);
+  $("key-input").value = "";
+  showApp();
+});
+
+$("forget-key").addEventListener("click", () => {
+  localStorage.removeItem(KEY_STORE);
+  apiKey = null;
+  following?.controller.abort();
+  showKeyPanel();
+});
+
+// A key revoked since it was saved: ask for another.
+function refused(error) {
+  if (error instanceof ApiError && error.status === 401) {
+    localStorage.removeItem(KEY_STORE);
+    showKeyPanel(error.message);
+    return true;
+  }
+  return false;
+}
+
+// -- the form ------------------------------------------------------------------------------------
+
+const form = $("job-form");
+
+function applyPreset(name) {
+  for (const [field, value] of Object.entries(PRESETS[name])) form.elements[field].value = value;
+}
+
+for (const radio of form.elements.preset) {
+  radio.addEventListener("change", () => applyPreset(radio.value));
+}
+
+function chooseFile(file) {
+  if (!file) return;
+  const thumb = $("input-thumb");
+  show(thumb, "input", URL.createObjectURL(file));
+  thumb.hidden = false;
+  $("drop-text").textContent = file.name;
+}
+
+$("image-input").addEventListener("change", () => chooseFile($("image-input").files[0]));
+const drop = $("drop");
+drop.addEventListener("dragover", (event) => { event.preventDefault(); drop.classList.add("over"); });
+drop.addEventListener("dragleave", () => drop.classList.remove("over"));
+drop.addEventListener("drop", (event) => {
+  event.preventDefault();
+  drop.classList.remove("over");
+  if (event.dataTransfer.files.length) {
+    $("image-input").files = event.dataTransfer.files;
+    chooseFile(event.dataTransfer.files[0]);
+  }
+});
+
+function params() {
+  const chosen = {};
+  for (const field of ["steps", "octaves", "max_dim", "seed", "step_size", "octave_scale"]) {
+    const text = form.elements[field].value.trim();
+    if (text !== "") chosen[field] = Number(text);
+  }
+  const layers = form.elements.layers.value.split(",").map((s) => s.trim()).filter(Boolean);
+  if (layers.length) chosen.layers = layers;
+  return chosen;
+}
+
+form.addEventListener("submit", async (event) => {
+  event.preventDefault();
+  const body = new FormData();
+  body.append("image", $("image-input").files[0]);
+  body.append("params", JSON.stringify(params()));
+  $("submit").disabled = true;
+  $("form-error").hidden = true;
+  try {
+    const job = await apiJson("/v1/jobs", { method: "POST", body });
+    watch(job.id);
+  } catch (error) {
+    if (!refused(error)) {
+      $("form-error").textContent = error.message;
+      $("form-error").hidden = false;
+    }
+  } finally {
+    $("submit").disabled = false;
+  }
+});
+
+// -- the job being watched -----------------------------------------------------------------------
+
+function formatEta(seconds) {
+  if (seconds === null || seconds === undefined) return "";
+  const s = Math.max(0, Math.round(seconds));
+  return ` · ETA ${Math.floor(s / 60)}:${String(s % 60).padStart(2, "0")}`;
+}
+
+function describe(job) {
+  const p = job.progress;
+  const percent = `${Math.round(100 * p.fraction)}%`;
+  if (job.status !== "running") return `${job.status} · ${percent}`;
+  return `octave ${p.octave}/${p.octaves} · step ${p.step}/${p.steps} · ${percent}${formatEta(p.eta_seconds)}`;
+}
+
+async function watch(jobId) {
+  following?.controller.abort();
+  const controller = new AbortController();
+  following = { id: jobId, controller };
+  const { signal } = controller;
+  $("current").hidden = false;
+  $("job-id").textContent = jobId.slice(0, 8);
+  $("job-id").title = jobId;
+  for (const id of ["preview-figure", "result-figure", "download", "job-error"]) $(id).hidden = true;
+  $("progress").value = 0;
+  $("cancel").hidden = false;
+  let status = null;
+  let lastPreview = 0;
+  let previewing = false;
+
+  const onJob = (job) => {
+    $("progress").value = job.progress.fraction;
+    $("progress-text").textContent = describe(job);
+    $("job-status").textContent = job.status;
+    $("job-status").className = `status ${job.status}`;
+    if (job.status !== status) {
+      status = job.status;
+      refreshJobs();
+    }
+    if (job.status === "running" && !previewing && Date.now() - lastPreview > PREVIEW_EVERY_MS) {
+      previewing = true;
+      lastPreview = Date.now();
+      fetchBlob(`/v1/jobs/${jobId}/preview`, signal)
+        .then((blob) => {
+          show($("preview"), "preview", URL.createObjectURL(blob));
+          $("preview-figure").hidden = false;
+          setThumb(jobId, job.status, blob);
+        })
+        .catch(() => { /* none written yet (409): the next event tries again */ })
+        .finally(() => { previewing = false; });
+    }
+  };
+
+  try {
+    const job = await follow(jobId, signal, onJob);
+    $("cancel").hidden = true;
+    if (job.status === "succeeded") {
+      const url = await imageUrl(`/v1/jobs/${jobId}/result`, signal);
+      show($("result"), "result", url);
+      $("result-figure").hidden = false;
+      $("preview-figure").hidden = true; // the result takes its place
+      $("download").href = url;
+      $("download").download = `${jobId}.png`;
+      $("download").hidden = false;
+    } else if (job.status === "failed") {
+      $("job-error").textContent = `Failed: ${job.error}`;
+      $("job-error").hidden = false;
+    }
+  } catch (error) {
+    if (signal.aborted || refused(error)) return;
+    $("job-error").textContent = error.message;
+    $("job-error").hidden = false;
+  }
+}
+
+$("cancel").addEventListener("click", async () => {
+  if (!following) return;
+  $("cancel").disabled = true;
+  try {
+    await api(`/v1/jobs/${following.id}/cancel`, { method: "POST" });
+  } catch (error) {
+    if (!refused(error)) {
+      $("job-error").textContent = error.message;
+      $("job-error").hidden = false;
+    }
+  } finally {
+    $("cancel").disabled = false;
+  }
+});
+
+// -- recent jobs ---------------------------------------------------------------------------------
+
+// The list's thumbnail of a job, kept as the watched job's preview comes in.
+function setThumb(jobId, status, blob) {
+  const known = thumbs.get(jobId);
+  if (known) URL.revokeObjectURL(known.url);
+  const url = URL.createObjectURL(blob);
+  thumbs.set(jobId, { status, url });
+  const placeholder = document.querySelector(`#jobs li[data-job-id="${jobId}"] .thumb`);
+  if (placeholder) placeholder.replaceWith(thumbImage(jobId, url));
+}
+
+function thumbImage(jobId, url) {
+  const img = document.createElement("img");
+  img.className = "thumb";
+  img.src = url;
+  img.alt = `preview of job ${jobId.slice(0, 8)}`;
+  return img;
+}
+
+async function thumbnail(job) {
+  const known = thumbs.get(job.id);
+  // A finished job's preview no longer changes; a running one's does.
+  if (known && (known.status === job.status || known.status === "succeeded")) return known.url;
+  if (job.status === "queued" || job.expired) return null;
+  try {
+    const url = await imageUrl(job.preview_url);
+    if (known) URL.revokeObjectURL(known.url);
+    thumbs.set(job.id, { status: job.status, url });
+    return url;
+  } catch (_) {
+    return null;
+  }
+}
+
+let refreshing = null;
+let refreshAgain = false;
+function refreshJobs() {
+  // One refresh at a time; asked for meanwhile, it runs once more after the one under way.
+  if (refreshing) {
+    refreshAgain = true;
+    return refreshing;
+  }
+  refreshing = (async () => {
+    do {
+      refreshAgain = false;
+      await loadJobs();
+    } while (refreshAgain);
+  })().finally(() => { refreshing = null; });
+  return refreshing;
+}
+
+async function loadJobs() {
+  let jobs;
+  try {
+    ({ jobs } = await apiJson("/v1/jobs?limit=12"));
+  } catch (error) {
+    refused(error);
+    return;
+  }
+  const items = await Promise.all(jobs.map(async (job) => {
+    const li = document.createElement("li");
+    li.dataset.jobId = job.id;
+    li.dataset.status = job.status;
+    li.title = `${job.id}: open`;
+    const url = await thumbnail(job);
+    let thumb = url && thumbImage(job.id, url);
+    if (!thumb) {
+      thumb = document.createElement("div");
+      thumb.className = "thumb";
+    }
+    const meta = document.createElement("div");
+    meta.className = "meta";
+    const name = document.createElement("code");
+    name.textContent = job.id.slice(0, 8);
+    const badge = document.createElement("span");
+    badge.className = `status ${job.status}`;
+    badge.textContent = job.status;
+    meta.append(name, badge);
+    li.append(thumb, meta);
+    li.addEventListener("click", () => watch(job.id));
+    return li;
+  }));
+  $("jobs").replaceChildren(...items);
+  if (!jobs.length) {
+    const empty = document.createElement("li");
+    empty.className = "hint";
+    empty.textContent = "No jobs yet.";
+    $("jobs").append(empty);
+  }
+}
+
+$("refresh").addEventListener("click", () => refreshJobs());
+
+// -- start ---------------------------------------------------------------------------------------
+
+applyPreset("classic");
+if (apiKey) showApp();
+else showKeyPanel();

@@ -1,0 +1,309 @@
+"""A small HTTP client of the Oneiro API, for the CLI: requests only, no TensorFlow, no database.
+
+Every failure surfaces as `ApiError`, whose message is one line a person can read: the
+problem+json `title: detail` of the API, or what went wrong on the way to it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import requests
+
+from shared.tenants import client_config_path, read_client_config
+
+DEFAULT_URL = "http://127.0.0.1:8000"
+TERMINAL = frozenset({"succeeded", "failed", "canceled"})
+
+
+class ApiError(Exception):
+    """A call that did not succeed; `str()` is one readable line, `status` the HTTP status
+    (None when the server could not be reached or answered nonsense)."""
+
+    def __init__(self, message: str, status: int | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+@dataclass(frozen=True)
+class ClientConfig:
+    """Where the API is and the key to call it with."""
+
+    url: str
+    key: str | None
+
+
+def resolve_config(url: str | None = None, key: str | None = None) -> ClientConfig:
+    """URL and key from the arguments, else ONEIRO_URL / ONEIRO_API_KEY, else the file `make run`
+    writes (shared.tenants.client_config_path), each value on its own."""
+    saved = read_client_config()
+    return ClientConfig(
+        url=(url or os.environ.get("ONEIRO_URL") or saved.get("url") or DEFAULT_URL).rstrip("/"),
+        key=key or os.environ.get("ONEIRO_API_KEY") or saved.get("api_key") or None,
+    )
+
+
+@dataclass(frozen=True)
+class Event:
+    """One Server-Sent Event."""
+
+    data: str
+    event: str = "message"
+    id: str | None = None
+    retry_ms: int | None = None
+
+
+class EventParser:
+    """Incremental Server-Sent Events parser (the WHATWG event-stream rules): feed it bytes as
+    they arrive, in chunks cut anywhere, and take the complete events out."""
+
+    def __init__(self) -> None:
+        self._buffer = b""
+        self._data: list[str] = []
+        self._event = ""
+        self._retry: int | None = None
+        self.last_id: str | None = None
+        self._id_changed = False
+        self._first = True
+
+    def feed(self, chunk: bytes) -> Iterator[Event]:
+        """The events that `chunk` completes."""
+        self._buffer += chunk
+        while True:
+            cut = _line_end(self._buffer)
+            if cut is None:
+                return
+            end, after = cut
+            raw, self._buffer = self._buffer[:end], self._buffer[after:]
+            line = raw.decode("utf-8", errors="replace")
+            if self._first:
+                line = line.removeprefix("\ufeff")
+                self._first = False
+            event = self._line(line)
+            if event is not None:
+                yield event
+
+    def finish(self) -> Iterator[Event]:
+        """At the end of the stream: a CR held back as the possible start of a CRLF ends a line
+        after all; an event without its blank line is dropped, as the rules say."""
+        if self._buffer.endswith(b"\r"):
+            yield from self.feed(b"\n")
+        self._buffer = b""
+
+    def _line(self, line: str) -> Event | None:
+        if not line:
+            return self._dispatch()
+        if line.startswith(":"):  # a comment: keep-alives
+            return None
+        name, colon, value = line.partition(":")
+        if colon and value.startswith(" "):
+            value = value[1:]
+        if name == "data":
+            self._data.append(value)
+        elif name == "event":
+            self._event = value
+        elif name == "id" and "\0" not in value:
+            self.last_id = value
+            self._id_changed = True
+        elif name == "retry" and value.isdigit():
+            self._retry = int(value)
+        return None
+
+    def _dispatch(self) -> Event | None:
+        data, event, retry = self._data, self._event, self._retry
+        self._data, self._event, self._retry = [], "", None
+        changed, self._id_changed = self._id_changed, False
+        if not data:
+            return Event("", event or "message", self.last_id, retry) if retry or changed else None
+        return Event("\n".join(data), event or "message", self.last_id, retry)
+
+
+def _line_end(buffer: bytes) -> tuple[int, int] | None:
+    """Where the first line of `buffer` ends and the next begins (CRLF, LF or CR), or None.
+
+    A CR at the very end is not an end yet: the LF of a CRLF may be in the next chunk.
+    """
+    for index, byte in enumerate(buffer):
+        if byte == 0x0A:
+            return index, index + 1
+        if byte == 0x0D:
+            if index + 1 == len(buffer):
+                return None
+            return index, index + 2 if buffer[index + 1] == 0x0A else index + 1
+    return None
+
+
+def parse_events(chunks: Iterable[bytes]) -> Iterator[Event]:
+    """The events of a whole stream given as chunks of bytes."""
+    parser = EventParser()
+    for chunk in chunks:
+        yield from parser.feed(chunk)
+    yield from parser.finish()
+
+
+class Client:
+    """Calls of the /v1 API with one key."""
+
+    def __init__(self, url: str, key: str | None, timeout: float = 30.0) -> None:
+        self.url = url.rstrip("/")
+        self.timeout = timeout
+        self.http = requests.Session()
+        if key:
+            self.http.headers["Authorization"] = f"Bearer {key}"
+        self.http.headers["User-Agent"] = "oneiro-cli"
+
+    def close(self) -> None:
+        """Close the connection pool."""
+        self.http.close()
+
+    def request(self, method: str, path: str, **kwargs: Any) -> requests.Response:
+        """One call; a 4xx/5xx or a connection failure raises ApiError."""
+        kwargs.setdefault("timeout", self.timeout)
+        try:
+            response = self.http.request(method, f"{self.url}{path}", **kwargs)
+        except requests.ConnectionError:
+            raise ApiError(f"cannot connect to the Oneiro API at {self.url}") from None
+        except requests.Timeout:
+            raise ApiError(f"the Oneiro API at {self.url} did not answer in time") from None
+        except requests.RequestException as exc:
+            raise ApiError(f"request to {self.url} failed: {exc}") from None
+        if response.status_code >= 400:
+            raise problem_error(response)
+        return response
+
+    def submit(
+        self,
+        image: Path,
+        params: dict[str, Any] | None = None,
+        idempotency_key: str | None = None,
+    ) -> dict[str, Any]:
+        """Upload `image` with `params`; the new job."""
+        headers = {"Idempotency-Key": idempotency_key} if idempotency_key else {}
+        with image.open("rb") as file:
+            response = self.request(
+                "POST",
+                "/v1/jobs",
+                files={
+                    "image": (image.name, file, "application/octet-stream"),
+                    "params": (None, json.dumps(params or {}), "application/json"),
+                },
+                headers=headers,
+            )
+        return _json(response)
+
+    def job(self, job_id: str) -> dict[str, Any]:
+        """The job as the API shows it."""
+        return _json(self.request("GET", f"/v1/jobs/{job_id}"))
+
+    def jobs(self, status: str | None = None, limit: int = 20) -> list[dict[str, Any]]:
+        """The newest jobs, optionally of one status."""
+        query: dict[str, Any] = {"limit": limit}
+        if status:
+            query["status"] = status
+        return list(_json(self.request("GET", "/v1/jobs", params=query))["jobs"])
+
+    def cancel(self, job_id: str) -> dict[str, Any]:
+        """Cancel a queued or running job."""
+        return _json(self.request("POST", f"/v1/jobs/{job_id}/cancel"))
+
+    def retry(self, job_id: str) -> dict[str, Any]:
+        """Run a failed or canceled job again."""
+        return _json(self.request("POST", f"/v1/jobs/{job_id}/retry"))
+
+    def result(self, job_id: str) -> bytes:
+        """The result PNG of a succeeded job."""
+        return self.request("GET", f"/v1/jobs/{job_id}/result").content
+
+    def events(self, job_id: str, last_event_id: str | None = None) -> Iterator[Event]:
+        """The job's event stream, from after `last_event_id`, until the server ends it."""
+        headers = {"Accept": "text/event-stream"}
+        if last_event_id is not None:
+            headers["Last-Event-ID"] = last_event_id
+        # The server sends a comment at least every 15 s; 60 s of silence is a dead link.
+        response = self.request(
+            "GET", f"/v1/jobs/{job_id}/events", headers=headers, stream=True, timeout=(10, 60)
+        )
+        with response:
+            if not response.headers.get("Content-Type", "").startswith("text/event-stream"):
+                raise ApiError(f"{self.url} answered the event stream with something else")
+            # chunk_size=None hands over each chunk as it arrives, not once 512 bytes gathered.
+            yield from parse_events(response.iter_content(chunk_size=None))
+
+    def follow(
+        self,
+        job_id: str,
+        poll_interval: float = 1.0,
+        reconnects: int = 3,
+        reconnect_delay: float = 1.0,
+    ) -> Iterator[dict[str, Any]]:
+        """The job each time it changes, until it ends: from its event stream, reconnecting with
+        Last-Event-ID when the stream breaks, and polling once the stream failed `reconnects`
+        times in a row."""
+        last_id: str | None = None
+        failures = 0
+        delay = reconnect_delay
+        while failures < reconnects:
+            try:
+                for event in self.events(job_id, last_id):
+                    failures = 0
+                    last_id = event.id if event.id is not None else last_id
+                    delay = event.retry_ms / 1000 if event.retry_ms is not None else delay
+                    if not event.data:
+                        continue
+                    job = json.loads(event.data)
+                    yield job
+                    if job.get("status") in TERMINAL:
+                        return
+            except ApiError as exc:
+                # A refusal (bad key, unknown job) will not change by asking again.
+                if exc.status is not None and exc.status < 500:
+                    raise
+            except (requests.RequestException, ValueError):
+                pass
+            # The stream broke, or ended before the job did (a restarted API process).
+            failures += 1
+            time.sleep(delay)
+        while True:
+            job = self.job(job_id)
+            yield job
+            if job.get("status") in TERMINAL:
+                return
+            time.sleep(poll_interval)
+
+
+def problem_error(response: requests.Response) -> ApiError:
+    """The error a 4xx/5xx answer stands for: `title: detail` of its problem+json."""
+    try:
+        body = response.json()
+    except ValueError:
+        body = None
+    if isinstance(body, dict) and ("title" in body or "detail" in body):
+        title = body.get("title") or response.reason or f"HTTP {response.status_code}"
+        detail = body.get("detail")
+        message = f"{title}: {detail}" if detail and detail != title else str(title)
+    else:
+        message = f"HTTP {response.status_code} {response.reason or ''}".rstrip()
+    return ApiError(" ".join(message.split()), response.status_code)
+
+
+def _json(response: requests.Response) -> dict[str, Any]:
+    try:
+        body = response.json()
+    except ValueError:
+        raise ApiError(f"{response.url} answered with something other than JSON") from None
+    if not isinstance(body, dict):
+        raise ApiError(f"{response.url} answered with unexpected JSON")
+    return body
+
+
+def config_hint() -> str:
+    """Where a key may come from, for messages."""
+    return (
+        f"pass --key, set ONEIRO_API_KEY, or run `make run` once (it saves {client_config_path()})"
+    )

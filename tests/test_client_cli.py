@@ -1,0 +1,337 @@
+"""`oneiro submit/status/list/cancel/retry/result` against a real API under gunicorn and a real
+Celery worker; the event stream's reconnect and polling fallback."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from click.testing import CliRunner, Result
+from PIL import Image
+
+from shared.client import ApiError, Client, Event
+from shared.tenants import write_client_config
+from tests.conftest import ROOT, free_port
+from tests.stack import Stack, running_stack
+from tests.tcpproxy import Proxy
+from tests.utils import CHELSEA, wait_for
+from worker.cli import main
+
+pytestmark = pytest.mark.e2e
+
+SMALL = ["--param", "max_dim=128", "--param", "octaves=5", "--param", "steps=8"]
+
+
+@pytest.fixture(autouse=True)
+def no_saved_config(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """Neither the developer's saved key nor their ONEIRO_* variables reach these tests."""
+    path = tmp_path / "client.json"
+    monkeypatch.setenv("ONEIRO_CLIENT_CONFIG", str(path))
+    monkeypatch.delenv("ONEIRO_URL", raising=False)
+    monkeypatch.delenv("ONEIRO_API_KEY", raising=False)
+    return path
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory: pytest.TempPathFactory, redis_url: str) -> Iterator[Stack]:
+    with running_stack(tmp_path_factory.mktemp("client"), redis_url) as running:
+        yield running
+        sys.stdout.write(running.worker_log.read_text()[-2000:])
+
+
+def oneiro(stack: Stack, *args: str, env: dict[str, str] | None = None) -> Result:
+    """Run `oneiro ARGS` in-process, pointed at the stack through the environment."""
+    env = {"ONEIRO_URL": stack.url, "ONEIRO_API_KEY": stack.key, **(env or {})}
+    return CliRunner().invoke(main, list(args), env=env)
+
+
+def png_size(path: Path) -> tuple[int, int]:
+    with Image.open(path) as image:
+        assert image.format == "PNG"
+        return image.size
+
+
+# -- where the CLI finds the API ---------------------------------------------------------------
+
+
+def test_config_precedence_against_the_api(stack: Stack, no_saved_config: Path) -> None:
+    nowhere = f"http://127.0.0.1:{free_port()}"
+    write_client_config(stack.url, stack.key, no_saved_config)
+    runner = CliRunner()
+
+    from_file = runner.invoke(main, ["list", "--limit", "1"])
+    env_beats_file = runner.invoke(main, ["list"], env={"ONEIRO_API_KEY": "oneiro_wrong"})
+    flag_beats_env = runner.invoke(
+        main, ["list", "--key", stack.key], env={"ONEIRO_API_KEY": "oneiro_wrong"}
+    )
+    env_url = runner.invoke(main, ["list"], env={"ONEIRO_URL": nowhere})
+    flag_url = runner.invoke(main, ["list", "--url", stack.url], env={"ONEIRO_URL": nowhere})
+
+    assert from_file.exit_code == 0, from_file.output
+    assert env_beats_file.exit_code == 1 and "Unauthorized" in env_beats_file.stderr
+    assert flag_beats_env.exit_code == 0, flag_beats_env.output
+    assert env_url.exit_code == 1 and f"cannot connect to the Oneiro API at {nowhere}" in (
+        env_url.stderr
+    )
+    assert flag_url.exit_code == 0, flag_url.output
+
+
+def test_no_key_anywhere_says_where_to_get_one() -> None:
+    result = CliRunner().invoke(main, ["list"])
+    assert result.exit_code == 1
+    assert "no API key: pass --key, set ONEIRO_API_KEY, or run `make run`" in result.stderr
+
+
+# -- errors ------------------------------------------------------------------------------------
+
+
+def test_a_wrong_key_is_the_401_in_one_line(stack: Stack) -> None:
+    result = oneiro(stack, "status", "00000000-0000-0000-0000-000000000000", "--key", "nope")
+    assert result.exit_code == 1
+    assert result.stderr == (
+        "Error: Unauthorized: send 'Authorization: Bearer <key>' with a live API key "
+        "(make one with `oneiro keys create --tenant NAME`)\n"
+    )
+
+
+def test_a_bad_param_is_one_readable_line(stack: Stack) -> None:
+    result = oneiro(stack, "submit", str(CHELSEA), "--param", "steps=0", "--wait")
+    assert result.exit_code == 1
+    assert result.stderr.count("\n") == 1, result.stderr
+    assert result.stderr.startswith("Error: Invalid request: params.steps: ")
+    assert "greater than or equal to 1" in result.stderr
+    assert result.stdout == ""  # no job was made
+
+
+def test_a_malformed_param_is_a_usage_error(stack: Stack) -> None:
+    result = oneiro(stack, "submit", str(CHELSEA), "--param", "steps")
+    assert result.exit_code == 2 and "'steps' is not KEY=VALUE" in result.stderr
+    result = oneiro(stack, "submit", str(CHELSEA), "--params-json", "[1]")
+    assert result.exit_code == 2 and "must be a JSON object" in result.stderr
+
+
+def test_an_unreachable_api_is_one_line() -> None:
+    nowhere = f"http://127.0.0.1:{free_port()}"
+    result = CliRunner().invoke(main, ["status", "x", "--url", nowhere, "--key", "k"])
+    assert result.exit_code == 1
+    assert result.stderr == f"Error: cannot connect to the Oneiro API at {nowhere}\n"
+
+
+# -- the commands --------------------------------------------------------------------------------
+
+
+def test_submit_wait_shows_progress_and_writes_the_png(stack: Stack, tmp_path: Path) -> None:
+    out = tmp_path / "dream.png"
+    result = oneiro(
+        stack,
+        "submit",
+        str(CHELSEA),
+        *SMALL,
+        "--params-json",
+        '{"seed": 3, "steps": 100}',  # --param steps=8 wins
+        "--wait",
+        "-o",
+        str(out),
+    )
+
+    assert result.exit_code == 0, result.output
+    job_id, written = result.stdout.splitlines()
+    assert written == str(out) and png_size(out) == (128, 85)
+    percents = [int(p) for p in re.findall(r"(\d+)%\|", result.stderr)]
+    assert percents == sorted(percents) and percents[-1] == 100, result.stderr
+    assert len({p for p in percents if 0 < p < 100}) >= 3, f"too few steps: {percents}"
+    assert re.search(r"octave \d/5 step \d/8 ETA \d+:\d\d", result.stderr), result.stderr
+    job = stack.job(job_id)
+    assert job["status"] == "succeeded" and job["params"]["seed"] == 3
+    assert job["params"]["steps"] == 8
+
+
+def test_status_list_cancel_retry_and_result(stack: Stack, tmp_path: Path) -> None:
+    submitted = oneiro(stack, "submit", str(CHELSEA), *SMALL, "--param", "steps=4")
+    assert submitted.exit_code == 0, submitted.output
+    job_id = submitted.stdout.strip()
+
+    canceled = oneiro(stack, "cancel", job_id)
+    assert canceled.exit_code == 0 and canceled.stdout == f"{job_id} canceled\n"
+    stack.wait_until_ended(job_id)
+    status = oneiro(stack, "status", job_id)
+    listed = oneiro(stack, "list", "--status", "canceled", "--limit", "5")
+    again = oneiro(stack, "cancel", job_id)
+    too_early = oneiro(stack, "result", job_id, "-o", str(tmp_path / "early.png"))
+    retried = oneiro(stack, "retry", job_id)
+
+    assert status.exit_code == 0 and re.search(r"status +canceled \(attempt \d\)", status.stdout)
+    assert listed.exit_code == 0 and re.search(rf"^{job_id}  canceled", listed.stdout, re.M)
+    assert again.exit_code == 1 and again.stderr == (
+        f"Error: Job cannot be canceled: job {job_id} is canceled; only queued or running jobs "
+        "can be canceled\n"
+    )
+    assert too_early.exit_code == 1 and "Result not ready: " in too_early.stderr
+    assert not (tmp_path / "early.png").exists()
+    assert retried.exit_code == 0 and retried.stdout == f"{job_id} queued\n"
+
+    assert stack.wait_until_ended(job_id)["status"] == "succeeded"
+    as_json = oneiro(stack, "status", job_id, "--json")
+    newest = oneiro(stack, "list", "--limit", "1")
+    fetched = oneiro(stack, "result", job_id, "-o", str(tmp_path / "r.png"))
+    unknown = oneiro(stack, "status", "00000000-0000-0000-0000-000000000000")
+
+    assert json.loads(as_json.stdout)["status"] == "succeeded"
+    assert json.loads(as_json.stdout)["attempt"] == 2
+    assert newest.stdout.count("\n") == 1 and newest.stdout.startswith(f"{job_id}  succeeded  100%")
+    assert fetched.exit_code == 0 and png_size(tmp_path / "r.png") == (128, 85)
+    assert unknown.exit_code == 1
+    assert unknown.stderr == (
+        "Error: Job not found: there is no job 00000000-0000-0000-0000-000000000000\n"
+    )
+
+
+def test_a_job_canceled_elsewhere_ends_the_wait_non_zero(stack: Stack, tmp_path: Path) -> None:
+    def cancel_when_running() -> None:
+        with stack.http() as http:
+            running = wait_for(
+                lambda: http.get(f"{stack.url}/v1/jobs?status=running", timeout=5).json()["jobs"],
+                120,
+                "a running job",
+                every=0.1,
+            )
+            http.post(f"{stack.url}/v1/jobs/{running[0]['id']}/cancel", timeout=5)
+
+    canceller = threading.Thread(target=cancel_when_running, daemon=True)
+    canceller.start()
+    result = oneiro(
+        stack,
+        "submit",
+        str(CHELSEA),
+        *SMALL[:4],
+        "--param",
+        "steps=1000",
+        "-o",
+        str(tmp_path / "x.png"),
+    )
+    canceller.join(10)
+
+    job_id = result.stdout.strip()
+    assert result.exit_code == 1
+    assert result.stderr.splitlines()[-1] == f"Error: job {job_id} was canceled"
+    assert not (tmp_path / "x.png").exists()
+
+
+# -- the stream: reconnect with Last-Event-ID, else polling --------------------------------------
+
+
+def _submit(stack: Stack, **params: Any) -> str:
+    client = Client(stack.url, stack.key)
+    try:
+        return str(client.submit(CHELSEA, {"max_dim": 128, "octaves": 5, **params})["id"])
+    finally:
+        client.close()
+
+
+def test_a_broken_stream_is_resumed_with_last_event_id(
+    stack: Stack, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    host, port = stack.url.removeprefix("http://").split(":")
+    proxy = Proxy((host, int(port)))
+    client = Client(f"http://127.0.0.1:{proxy.port}", stack.key)
+    asked: list[str | None] = []
+    original = Client.events
+
+    def recording(self: Client, job_id: str, last_event_id: str | None = None) -> Any:
+        asked.append(last_event_id)
+        return original(self, job_id, last_event_id)
+
+    monkeypatch.setattr(Client, "events", recording)
+    job_id = _submit(stack, steps=12)
+    seen: list[dict[str, Any]] = []
+    try:
+        for job in client.follow(job_id, reconnect_delay=0.2):
+            seen.append(job)
+            if len(seen) in (2, 4):
+                # The link drops mid-stream; the server is reachable again for the reconnect.
+                proxy.cut()
+                proxy.restore()
+    finally:
+        client.close()
+        proxy.close()
+
+    assert seen[-1]["status"] == "succeeded"
+    assert len(asked) >= 3 and asked[0] is None
+    assert all(last is not None for last in asked[1:]), asked
+    states = [(j["status"], j["attempt"], j["progress"]["fraction"]) for j in seen]
+    assert len(states) == len(set(states)), f"a reconnect repeated a state: {states}"
+
+
+def test_the_job_is_polled_when_the_stream_keeps_failing(
+    stack: Stack, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def broken(self: Client, job_id: str, last_event_id: str | None = None) -> Iterator[Event]:
+        raise ApiError("Bad Gateway: no stream today", 502)
+        yield  # a generator, as the real one is
+
+    monkeypatch.setattr(Client, "events", broken)
+    client = Client(stack.url, stack.key)
+    job_id = _submit(stack, steps=4)
+    try:
+        seen = list(client.follow(job_id, poll_interval=0.1, reconnect_delay=0.05))
+    finally:
+        client.close()
+    assert seen[-1]["status"] == "succeeded"
+
+
+# -- Ctrl-C --------------------------------------------------------------------------------------
+
+
+def test_ctrl_c_while_waiting_offers_to_cancel_the_job(stack: Stack, tmp_path: Path) -> None:
+    env = {
+        **os.environ,
+        "ONEIRO_URL": stack.url,
+        "ONEIRO_API_KEY": stack.key,
+        "PYTHONUNBUFFERED": "1",
+    }
+    err = bytearray()
+    with subprocess.Popen(
+        [sys.executable, "-m", "worker.cli", "submit", str(CHELSEA), *SMALL[:4]]
+        + ["--param", "steps=1000", "--wait", "-o", str(tmp_path / "never.png")],
+        cwd=ROOT,
+        env=env,
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    ) as process:
+        assert process.stdout and process.stdin and process.stderr
+        reader = threading.Thread(target=_drain, args=(process.stderr, err), daemon=True)
+        reader.start()
+        try:
+            job_id = process.stdout.readline().decode().strip()
+            wait_for(lambda: b"octave" in err, 120, "the render to start", every=0.1)
+            process.send_signal(signal.SIGINT)
+            wait_for(lambda: b"Cancel job" in err, 20, "the question", every=0.1)
+            process.stdin.write(b"y\n")
+            process.stdin.close()
+            code = process.wait(timeout=30)
+        finally:
+            if process.poll() is None:
+                process.kill()
+            reader.join(5)
+    text = err.decode(errors="replace")
+
+    assert code == 130, text
+    assert f"Cancel job {job_id}? [y/N]" in text
+    assert f"job {job_id} is canceled" in text
+    assert stack.wait_until_ended(job_id, timeout=60)["status"] == "canceled"
+    assert not (tmp_path / "never.png").exists()
+
+
+def _drain(stream: Any, into: bytearray) -> None:
+    while chunk := os.read(stream.fileno(), 4096):
+        into.extend(chunk)

@@ -1,0 +1,151 @@
+"""The web page at `/`, in headless Chromium (Debian's, driven by Playwright), against a real API
+under gunicorn and a real Celery worker."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import requests
+
+from tests.conftest import ROOT
+from tests.stack import Stack, running_stack
+from tests.utils import CHELSEA, wait_for
+
+pytestmark = pytest.mark.e2e
+
+ARTIFACTS = ROOT / "tests" / "artifacts"
+
+
+def chromium_path() -> str | None:
+    """Debian's chromium (`apt-get install chromium`; `make test` installs it), if present."""
+    found = os.environ.get("ONEIRO_TEST_CHROMIUM") or shutil.which("chromium")
+    return found if found and Path(found).exists() else None
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory: pytest.TempPathFactory, redis_url: str) -> Iterator[Stack]:
+    with running_stack(tmp_path_factory.mktemp("web"), redis_url) as running:
+        yield running
+        sys.stdout.write(running.worker_log.read_text()[-2000:])
+
+
+@pytest.fixture
+def page(stack: Stack) -> Iterator[object]:
+    executable = chromium_path()
+    if executable is None:
+        pytest.skip("chromium not found: `apt-get install chromium` (make test does it)")
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=executable, headless=True)
+        context = browser.new_context(viewport={"width": 1100, "height": 1000})
+        page = context.new_page()
+        errors: list[str] = []
+        page.on("pageerror", lambda error: errors.append(str(error)))
+        try:
+            yield page
+        finally:
+            context.close()
+            browser.close()
+        assert not errors, f"the page raised: {errors}"
+
+
+def test_the_page_needs_no_key_and_is_locked_down(stack: Stack) -> None:
+    response = requests.get(f"{stack.url}/", timeout=10)
+    script = requests.get(f"{stack.url}/static/app.js", timeout=10)
+
+    assert response.status_code == 200 and "text/html" in response.headers["Content-Type"]
+    assert "<title>Oneiro</title>" in response.text
+    assert "default-src 'self'" in response.headers["Content-Security-Policy"]
+    assert script.status_code == 200 and "javascript" in script.headers["Content-Type"]
+
+
+def test_dream_in_the_browser(stack: Stack, page: object) -> None:
+    from playwright.sync_api import Page, expect
+
+    assert isinstance(page, Page)
+    page.goto(f"{stack.url}/")
+
+    # A wrong key is refused with the API's own words; the right one is kept.
+    expect(page.locator("#key-panel")).to_be_visible()
+    page.fill("#key-input", "oneiro_not-a-key")
+    page.click("#key-form button")
+    expect(page.locator("#key-error")).to_contain_text("Unauthorized: send 'Authorization")
+    page.fill("#key-input", stack.key)
+    page.click("#key-form button")
+    expect(page.locator("#app")).to_be_visible()
+    assert page.evaluate("localStorage.getItem('oneiro.apiKey')") == stack.key
+
+    # A preset fills the parameters; the test then asks for a small, quick render.
+    page.check("input[name=preset][value=subtle]")
+    expect(page.locator("input[name=steps]")).to_have_value("20")
+    page.set_input_files("#image-input", str(CHELSEA))
+    expect(page.locator("#input-thumb")).to_be_visible()
+    page.click("#params summary")
+    for name, value in {"steps": "16", "octaves": "5", "max_dim": "128", "seed": "5"}.items():
+        page.fill(f"input[name={name}]", value)
+    page.fill("input[name=layers]", "mixed3, mixed5")
+    page.click("#submit")
+
+    values: list[float] = []
+    preview_at = result_at = None
+    deadline = time.monotonic() + 180
+    while result_at is None and time.monotonic() < deadline:
+        values.append(page.eval_on_selector("#progress", "e => e.value"))
+        if preview_at is None and page.is_visible("#preview"):
+            preview_at = time.monotonic()
+            ARTIFACTS.mkdir(exist_ok=True)
+            page.screenshot(path=str(ARTIFACTS / "web-running.png"), full_page=True)
+        if page.is_visible("#result"):
+            result_at = time.monotonic()
+        time.sleep(0.05)
+    expect(page.locator("#job-status")).to_have_text("succeeded")
+    job_id = page.get_attribute("#job-id", "title")
+    assert job_id
+
+    rising = sorted({v for v in values if 0 < v < 1})
+    assert len(rising) >= 3, f"the bar did not rise through several values: {values}"
+    assert values == sorted(values) and values[-1] == 1.0
+    assert preview_at is not None and result_at is not None and preview_at < result_at
+    assert page.get_attribute("#preview", "src").startswith("blob:")  # type: ignore[union-attr]
+    width = page.eval_on_selector("#result", "e => e.complete && e.naturalWidth")
+    assert width == 128
+    download = page.locator("#download")
+    expect(download).to_be_visible()
+    assert download.get_attribute("download") == f"{job_id}.png"
+
+    row = page.locator(f"#jobs li[data-job-id='{job_id}']")
+    expect(row).to_have_attribute("data-status", "succeeded")
+    expect(row.locator(".status")).to_have_text("succeeded")
+    expect(row.locator("img.thumb")).to_be_visible()
+
+    ARTIFACTS.mkdir(exist_ok=True)
+    shot = ARTIFACTS / "web-succeeded.png"
+    page.screenshot(path=str(shot), full_page=True)
+    print(f"screenshots of the page: {shot}, {ARTIFACTS / 'web-running.png'}")
+
+    # A long render, canceled from the page.
+    page.fill("input[name=steps]", "1000")
+    page.click("#submit")
+    expect(page.locator("#job-status")).to_have_text("running", timeout=60_000)
+    long_id = page.get_attribute("#job-id", "title")
+    assert long_id and long_id != job_id
+    page.click("#cancel")
+    expect(page.locator("#job-status")).to_have_text("canceled", timeout=30_000)
+    expect(page.locator("#cancel")).to_be_hidden()
+    assert stack.wait_until_ended(long_id)["status"] == "canceled"
+    expect(page.locator(f"#jobs li[data-job-id='{long_id}']")).to_have_attribute(
+        "data-status", "canceled"
+    )
+
+    # Clicking a finished job in the list shows it again, result and all.
+    page.click(f"#jobs li[data-job-id='{job_id}']")
+    expect(page.locator("#job-status")).to_have_text("succeeded")
+    expect(page.locator("#result")).to_be_visible()
+    wait_for(lambda: page.is_visible("#download"), 10, "the download button")

@@ -1,0 +1,236 @@
+"""`oneiro submit`, `status`, `list`, `cancel`, `retry`, `result`: the API from the command line.
+
+These talk HTTP only (shared.client); they import neither TensorFlow nor the database, so they
+start at once and work from any machine that can reach the API.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, TypeVar
+
+import click
+
+from shared.client import ApiError, Client, config_hint, resolve_config
+
+F = TypeVar("F", bound=Callable[..., Any])
+STATUSES = ["queued", "running", "succeeded", "failed", "canceled"]
+
+
+def connection(command: F) -> F:
+    """Add --url and --key, and hand the command a Client; an ApiError becomes one line."""
+
+    @click.option(
+        "--url",
+        metavar="URL",
+        help="The API [$ONEIRO_URL, else the URL `make run` saved, else http://127.0.0.1:8000].",
+    )
+    @click.option(
+        "--key", metavar="KEY", help="API key [$ONEIRO_API_KEY, else the key `make run` saved]."
+    )
+    @functools.wraps(command)
+    def wrapper(*args: Any, url: str | None, key: str | None, **kwargs: Any) -> Any:
+        config = resolve_config(url, key)
+        if not config.key:
+            raise click.ClickException(f"no API key: {config_hint()}")
+        client = Client(config.url, config.key)
+        try:
+            return command(client, *args, **kwargs)
+        except ApiError as exc:
+            raise click.ClickException(str(exc)) from None
+        finally:
+            client.close()
+
+    return wrapper  # type: ignore[return-value]
+
+
+def _params(pairs: tuple[str, ...], params_json: str | None) -> dict[str, Any]:
+    """--params-json, then each --param KEY=VALUE over it; a VALUE is JSON when it parses."""
+    params: dict[str, Any] = {}
+    if params_json is not None:
+        try:
+            params = json.loads(params_json)
+        except ValueError as exc:
+            raise click.BadParameter(f"not valid JSON: {exc}", param_hint="--params-json") from None
+        if not isinstance(params, dict):
+            raise click.BadParameter("must be a JSON object", param_hint="--params-json")
+    for pair in pairs:
+        name, sep, text = pair.partition("=")
+        if not sep or not name.strip():
+            raise click.BadParameter(f"{pair!r} is not KEY=VALUE", param_hint="--param")
+        try:
+            value: Any = json.loads(text)
+        except ValueError:
+            value = text  # `grad_norm=laplacian` need not be quoted
+        params[name.strip()] = value
+    return params
+
+
+def _eta(seconds: float | None) -> str:
+    if seconds is None:
+        return "--:--"
+    minutes, secs = divmod(max(0, round(seconds)), 60)
+    return f"{minutes}:{secs:02d}" if minutes < 60 else f"{minutes // 60}h{minutes % 60:02d}m"
+
+
+def describe_progress(job: dict[str, Any]) -> str:
+    """`octave 2/5 step 3/8 ETA 0:12`, as far as the job has got."""
+    p = job.get("progress") or {}
+    if job.get("status") != "running":
+        return str(job.get("status"))
+    return (
+        f"octave {p.get('octave', 0)}/{p.get('octaves')} step {p.get('step', 0)}/{p.get('steps')} "
+        f"ETA {_eta(p.get('eta_seconds'))}"
+    )
+
+
+def _wait(client: Client, job_id: str) -> dict[str, Any]:
+    """Follow the job with a progress bar on stderr until it ends; its last state."""
+    from tqdm import tqdm
+
+    job: dict[str, Any] = {}
+    # The description sits after the bar: tqdm's own postfix would begin with a comma.
+    with tqdm(
+        total=1.0,
+        bar_format="{percentage:3.0f}%|{bar}| {desc}",
+        file=sys.stderr,
+        dynamic_ncols=True,
+        mininterval=0,
+    ) as bar:
+        for job in client.follow(job_id):
+            fraction = float((job.get("progress") or {}).get("fraction") or 0.0)
+            # A retried job starts again from nothing: let the bar go back too.
+            bar.n = min(max(fraction, 0.0), 1.0)
+            bar.set_description_str(describe_progress(job), refresh=False)
+            bar.refresh()
+    return job
+
+
+@click.command()
+@click.argument("image", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option(
+    "--param",
+    "pairs",
+    multiple=True,
+    metavar="KEY=VALUE",
+    help="A render parameter, e.g. steps=20 or layers='[\"mixed4\"]' (VALUE as JSON, else text); "
+    "repeatable.",
+)
+@click.option("--params-json", metavar="JSON", help="All parameters as one JSON object.")
+@click.option("--wait", is_flag=True, help="Show progress until the job ends, then download.")
+@click.option(
+    "-o",
+    "--output",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Where --wait writes the result [JOB_ID.png]; implies --wait.",
+)
+@connection
+def submit(
+    client: Client,
+    image: Path,
+    pairs: tuple[str, ...],
+    params_json: str | None,
+    wait: bool,
+    output: Path | None,
+) -> None:
+    """Upload IMAGE as a new job and print its id; with --wait, follow it and save the result."""
+    job = client.submit(image, _params(pairs, params_json))
+    job_id = job["id"]
+    click.echo(job_id)
+    if not (wait or output):
+        return
+    try:
+        job = _wait(client, job_id)
+    except KeyboardInterrupt:
+        click.echo("", err=True)
+        if click.confirm(f"Cancel job {job_id}?", default=False, err=True):
+            canceled = client.cancel(job_id)
+            click.echo(f"job {job_id} is {canceled['status']}", err=True)
+        else:
+            click.echo(f"job {job_id} goes on; `oneiro status {job_id}` shows it", err=True)
+        raise click.exceptions.Exit(130) from None
+    _finish(client, job, output or Path(f"{job_id}.png"))
+
+
+def _finish(client: Client, job: dict[str, Any], output: Path) -> None:
+    """Save a succeeded job's result; say why any other ended job has none."""
+    if job["status"] == "failed":
+        raise click.ClickException(f"job {job['id']} failed: {job.get('error')}")
+    if job["status"] != "succeeded":
+        raise click.ClickException(f"job {job['id']} was {job['status']}")
+    output.write_bytes(client.result(job["id"]))
+    click.echo(str(output))
+
+
+@click.command()
+@click.argument("job_id", metavar="ID")
+@click.option("--json", "as_json", is_flag=True, help="Print the job as the API returns it.")
+@connection
+def status(client: Client, job_id: str, as_json: bool) -> None:
+    """Show job ID: status, progress, error."""
+    job = client.job(job_id)
+    if as_json:
+        click.echo(json.dumps(job, indent=2))
+        return
+    progress = job.get("progress") or {}
+    lines = [
+        f"id        {job['id']}",
+        f"status    {job['status']} (attempt {job.get('attempt')})",
+        f"progress  {100 * float(progress.get('fraction') or 0):.0f}%"
+        + (f"  {describe_progress(job)}" if job["status"] == "running" else ""),
+        f"created   {job.get('created_at')}",
+        f"finished  {job.get('finished_at') or '-'}",
+    ]
+    if job.get("error"):
+        lines.append(f"error     {job['error']}")
+    if job.get("result_url"):
+        lines.append(f"result    oneiro result {job['id']}")
+    click.echo("\n".join(lines))
+
+
+@click.command("list")
+@click.option("--status", type=click.Choice(STATUSES), help="Only jobs in this state.")
+@click.option("--limit", type=click.IntRange(1, 100), default=20, show_default=True)
+@connection
+def list_jobs(client: Client, status: str | None, limit: int) -> None:
+    """List your jobs, newest first."""
+    jobs = client.jobs(status, limit)
+    if not jobs:
+        click.echo("no jobs", err=True)
+    for job in jobs:
+        fraction = float((job.get("progress") or {}).get("fraction") or 0)
+        click.echo(f"{job['id']}  {job['status']:<9}  {100 * fraction:3.0f}%  {job['created_at']}")
+
+
+@click.command()
+@click.argument("job_id", metavar="ID")
+@connection
+def cancel(client: Client, job_id: str) -> None:
+    """Cancel job ID if it is queued or running."""
+    click.echo(f"{job_id} {client.cancel(job_id)['status']}")
+
+
+@click.command()
+@click.argument("job_id", metavar="ID")
+@connection
+def retry(client: Client, job_id: str) -> None:
+    """Run failed or canceled job ID again."""
+    click.echo(f"{job_id} {client.retry(job_id)['status']}")
+
+
+@click.command()
+@click.argument("job_id", metavar="ID")
+@click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path), help="[ID.png]")
+@connection
+def result(client: Client, job_id: str, output: Path | None) -> None:
+    """Download the result PNG of succeeded job ID."""
+    output = output or Path(f"{job_id}.png")
+    output.write_bytes(client.result(job_id))
+    click.echo(str(output))
+
+
+COMMANDS = [submit, status, list_jobs, cancel, retry, result]
