@@ -43,7 +43,7 @@ def create_app(settings: Settings | None = None) -> Flask:
     app = Flask(__name__)
     app.config["MAX_CONTENT_LENGTH"] = settings.max_upload_bytes + MULTIPART_OVERHEAD
     app.json.sort_keys = False  # type: ignore[attr-defined]
-    engine = create_db_engine(settings.database_url)
+    engine = create_db_engine(settings.database_url, pre_ping=False)
     app.extensions["oneiro"] = Services(
         settings=settings,
         engine=engine,

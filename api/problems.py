@@ -57,6 +57,8 @@ def register(app: Flask) -> None:
 
     @app.errorhandler(HTTPException)
     def _http(exc: HTTPException) -> Response:
+        if exc.response is not None:  # already answered (the rate limiter's problem+json)
+            return exc.response  # type: ignore[return-value]
         status = exc.code or 500
         detail = exc.description or exc.name
         if status == 413:

@@ -14,6 +14,10 @@ schedule, latency counts from the scheduled moment, so a stall is not hidden by 
 - pickup: with the worker idle, from the job's commit (created_at) to running (started_at),
   one job at a time.
 
+Workers run on GPU machines of their own, so by default the worker starts only after the submit
+and poll phases (it then drains their jobs before the pickup phase); --worker-during-load runs
+it throughout, on the same two cores as the API, PostgreSQL, Redis and the load generator.
+
 Baseline: GET /healthz at the same rate on the same server, in the same run; its ratio shows
 what the route costs over gunicorn, the network stack and the load generator themselves.
 """
@@ -21,6 +25,7 @@ what the route costs over gunicorn, the network stack and the load generator the
 from __future__ import annotations
 
 import argparse
+import http.client
 import io
 import json
 import os
@@ -36,6 +41,7 @@ from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from pathlib import Path
+from urllib.parse import urlsplit
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -90,9 +96,16 @@ def redis_server(tmp: Path) -> Iterator[str]:
         server.terminate()
 
 
+class Service:
+    """gunicorn serving the API, and a dry-run worker started on demand."""
+
+    def __init__(self, url: str, key: str, start_worker: Callable[[], None]) -> None:
+        self.url, self.key, self.start_worker = url, key, start_worker
+
+
 @contextmanager
-def service(database_url: str, redis_url: str, tmp: Path) -> Iterator[tuple[str, str]]:
-    """gunicorn and a dry-run worker; yields (base URL, API key)."""
+def service(database_url: str, redis_url: str, tmp: Path) -> Iterator[Service]:
+    """gunicorn (the command `make run` uses) and, once asked for, a dry-run worker."""
     env = {
         **os.environ,
         "DATABASE_URL": database_url,
@@ -112,16 +125,12 @@ def service(database_url: str, redis_url: str, tmp: Path) -> Iterator[tuple[str,
     engine.dispose()
     bind = "127.0.0.1:8765"
     logs = (tmp / "service.log").open("wb")
-    processes = [
-        subprocess.Popen(api_command(bind), cwd=ROOT, env=env, stdout=logs, stderr=logs),
-        subprocess.Popen(
-            [*worker_command(env["ONEIRO_QUEUE"]), "--without-mingle", "--without-gossip"],
-            cwd=ROOT,
-            env=env,
-            stdout=logs,
-            stderr=logs,
-        ),
-    ]
+    processes = [subprocess.Popen(api_command(bind), cwd=ROOT, env=env, stdout=logs, stderr=logs)]
+
+    def start_worker() -> None:
+        command = [*worker_command(env["ONEIRO_QUEUE"]), "--without-mingle", "--without-gossip"]
+        processes.append(subprocess.Popen(command, cwd=ROOT, env=env, stdout=logs, stderr=logs))
+
     url = f"http://{bind}"
     try:
         deadline = time.monotonic() + 60
@@ -131,7 +140,7 @@ def service(database_url: str, redis_url: str, tmp: Path) -> Iterator[tuple[str,
                     break
             except requests.RequestException:
                 time.sleep(0.2)
-        yield url, key
+        yield Service(url, key, start_worker)
     finally:
         for process in processes:
             process.terminate()
@@ -140,7 +149,40 @@ def service(database_url: str, redis_url: str, tmp: Path) -> Iterator[tuple[str,
         logs.close()
 
 
-def open_loop(rate: float, seconds: float, send: Callable[[requests.Session], int]) -> dict:
+class Client:
+    """One keep-alive HTTP/1.1 connection: the least a load generator can spend per request,
+    so that on a 2-core machine the cores go to the service, not to the client."""
+
+    def __init__(self, url: str) -> None:
+        parsed = urlsplit(url)
+        self.host, self.port = parsed.hostname or "127.0.0.1", parsed.port or 80
+        self.connection = http.client.HTTPConnection(self.host, self.port, timeout=10)
+
+    def call(
+        self, method: str, path: str, body: bytes | None = None, headers: dict | None = None
+    ) -> tuple[int, bytes]:
+        try:
+            self.connection.request(method, path, body=body, headers=headers or {})
+            answer = self.connection.getresponse()
+            return answer.status, answer.read()
+        except (OSError, http.client.HTTPException):
+            self.connection.close()
+            self.connection = http.client.HTTPConnection(self.host, self.port, timeout=10)
+            return 599, b""
+
+
+def multipart(fields: dict[str, tuple[str, str, bytes]]) -> tuple[bytes, str]:
+    """A multipart/form-data body, built once: {name: (filename, content type, data)}."""
+    boundary = uuid.uuid4().hex
+    parts = []
+    for name, (filename, kind, data) in fields.items():
+        head = f'--{boundary}\r\nContent-Disposition: form-data; name="{name}"'
+        head += f'; filename="{filename}"' if filename else ""
+        parts.append(f"{head}\r\nContent-Type: {kind}\r\n\r\n".encode() + data + b"\r\n")
+    return b"".join(parts) + f"--{boundary}--\r\n".encode(), boundary
+
+
+def open_loop(rate: float, seconds: float, url: str, send: Callable[[Client], int]) -> dict:
     """Call `send` `rate` times a second for `seconds`, each at its scheduled moment; latency
     counts from that moment. Returns latencies (ms), errors and the rate achieved."""
     local = threading.local()
@@ -154,9 +196,9 @@ def open_loop(rate: float, seconds: float, send: Callable[[requests.Session], in
         delay = due - time.perf_counter()
         if delay > 0:
             time.sleep(delay)
-        if not hasattr(local, "http"):
-            local.http = requests.Session()
-        status = send(local.http)
+        if not hasattr(local, "client"):
+            local.client = Client(url)
+        status = send(local.client)
         latencies.append((time.perf_counter() - due) * 1000)
         if not 200 <= status < 300:
             errors.append(status)
@@ -182,43 +224,54 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seconds", type=float, default=10.0, help="length of each phase")
     parser.add_argument("--pickups", type=int, default=30, help="jobs timed one at a time")
+    parser.add_argument(
+        "--worker-during-load",
+        action="store_true",
+        help="run the dry-run worker during the submit and poll phases too (on the same cores)",
+    )
     args = parser.parse_args()
 
     image = png()
     with tempfile.TemporaryDirectory() as tmp_dir, database() as database_url:
         tmp = Path(tmp_dir)
-        with redis_server(tmp) as redis_url, service(database_url, redis_url, tmp) as (url, key):
-            auth = {"Authorization": f"Bearer {key}"}
+        with redis_server(tmp) as redis_url, service(database_url, redis_url, tmp) as running:
+            url, auth = running.url, {"Authorization": f"Bearer {running.key}"}
+            if args.worker_during_load:
+                running.start_worker()
             submitted: list[str] = []
+            params = json.dumps({"steps": 1, "octaves": 1, "seed": 1}).encode()
+            body, boundary = multipart(
+                {
+                    "image": ("bench.png", "image/png", image),
+                    "params": ("", "application/json", params),
+                }
+            )
+            form = {**auth, "Content-Type": f"multipart/form-data; boundary={boundary}"}
 
-            def healthz(http: requests.Session) -> int:
-                return http.get(f"{url}/healthz", timeout=10).status_code
+            def healthz(client: Client) -> int:
+                return client.call("GET", "/healthz")[0]
 
-            def submit(http: requests.Session) -> int:
-                answer = http.post(
-                    f"{url}/v1/jobs",
-                    headers=auth,
-                    files={"image": ("bench.png", image, "image/png")},
-                    data={"params": json.dumps({"steps": 1, "octaves": 1, "seed": 1})},
-                    timeout=10,
-                )
-                if answer.status_code == 202:
-                    submitted.append(answer.json()["id"])
-                return answer.status_code
+            def submit(client: Client) -> int:
+                status, data = client.call("POST", "/v1/jobs", body, form)
+                if status == 202:
+                    submitted.append(json.loads(data)["id"])
+                return status
 
-            def poll(http: requests.Session) -> int:
+            def poll(client: Client) -> int:
                 job_id = submitted[len(submitted) // 2]
-                return http.get(f"{url}/v1/jobs/{job_id}", headers=auth, timeout=10).status_code
+                return client.call("GET", f"/v1/jobs/{job_id}", headers=auth)[0]
 
-            open_loop(50, 1, healthz)  # warm-up: connections, imports, first queries
-            open_loop(20, 1, submit)
+            open_loop(50, 1, url, healthz)  # warm-up: connections, imports, first queries
+            open_loop(20, 1, url, submit)
             rows = []
             for name, rate, send in (("submit", 100, submit), ("poll", 200, poll)):
-                baseline = open_loop(rate, args.seconds, healthz)
-                measured = open_loop(rate, args.seconds, send)
+                baseline = open_loop(rate, args.seconds, url, healthz)
+                measured = open_loop(rate, args.seconds, url, send)
                 rows.append((name, rate, baseline, measured))
 
             # Let the worker drain what the submit phase queued, then time pickups one by one.
+            if not args.worker_during_load:
+                running.start_worker()
             engine = create_db_engine(database_url)
             sessions = create_session_factory(engine)
             pending = [JobStatus.QUEUED, JobStatus.RUNNING]
@@ -231,10 +284,10 @@ def main() -> None:
                     break
                 time.sleep(0.5)
             pickups = []
-            http = requests.Session()
+            client = Client(url)
             for _ in range(args.pickups):
                 before = len(submitted)
-                submit(http)
+                submit(client)
                 job_id = uuid.UUID(submitted[before])
                 while True:
                     with sessions() as session:
@@ -247,7 +300,10 @@ def main() -> None:
             engine.dispose()
 
     print(f"machine: {platform.machine()}, {os.cpu_count()} CPUs, {platform.processor() or ''}")
-    print(f"database: {database_url.split('://')[0]}, {args.seconds:g} s per phase, open loop\n")
+    print(
+        f"database: {database_url.split('://')[0]}, {args.seconds:g} s per phase, open loop, "
+        f"worker {'running' if args.worker_during_load else 'stopped'} during submit and poll\n"
+    )
     header = f"{'phase':<22}{'rate/s':>8}{'p50':>8}{'p95':>8}{'p99':>8}{'max':>8}{'errors':>8}"
     print(header + "   (latency ms)")
     for name, rate, baseline, measured in rows:

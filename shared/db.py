@@ -10,8 +10,13 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.orm import Session, sessionmaker
 
 
-def create_db_engine(url: str, **options: Any) -> Engine:
-    """An engine for `url`, tuned for many short transactions from many processes."""
+def create_db_engine(url: str, pre_ping: bool = True, **options: Any) -> Engine:
+    """An engine for `url`, tuned for many short transactions from many processes.
+
+    `pre_ping` tests each connection before use (a round trip): workers hold connections for
+    hours. The API turns it off, for speed: after a database restart its first request on a
+    stale connection answers 503 and SQLAlchemy replaces the whole pool.
+    """
     parsed = make_url(url)
     if parsed.get_backend_name() == "sqlite":
         if parsed.database and parsed.database != ":memory:":
@@ -23,7 +28,7 @@ def create_db_engine(url: str, **options: Any) -> Engine:
     # must be replaced, not handed to the next state change.
     # A database that is down must fail a request within seconds, not hang it.
     connect_args = {"connect_timeout": 5} if parsed.get_backend_name() == "postgresql" else {}
-    return create_engine(url, pool_pre_ping=True, connect_args=connect_args, **options)
+    return create_engine(url, pool_pre_ping=pre_ping, connect_args=connect_args, **options)
 
 
 def _configure_sqlite(dbapi_connection: Any, _record: Any) -> None:

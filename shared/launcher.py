@@ -42,12 +42,16 @@ def api_command(bind: str) -> list[str]:
         "gunicorn",
         "--bind",
         bind,
+        # Three processes on a small machine: with two, each request waits its turn for one
+        # process's interpreter lock while a core idles (benchmarks/README.md).
         "--workers",
-        "2",
+        "3",
         # Threads, so that long-lived event streams do not take every worker process.
         "--threads",
-        "8",
+        "6",
         "--no-control-socket",
+        "--config",
+        "python:api.gunicorn_conf",
         "api:create_app()",
     ]
 

@@ -66,6 +66,9 @@ class Settings(BaseSettings):
     # The worker skips the engine and stores the input as the result: for measuring the service
     # around the engine (benchmarks/service.py), never for real renders.
     dry_run: bool = False
+    # How long the API trusts a key it has checked before checking it again: a revoked key
+    # stops working within this many seconds (0: check on every request).
+    auth_cache_seconds: float = Field(10.0, ge=0)
     # Per tenant: requests to /v1 (a Flask-Limiter rate such as "120/minute", counted in Redis)
     # and jobs queued or running at once.
     rate_limit: str = "600/minute"

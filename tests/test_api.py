@@ -12,6 +12,7 @@ from typing import Any
 
 import pytest
 import redis
+import sqlalchemy as sa
 from flask.testing import FlaskClient
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
@@ -21,6 +22,7 @@ from shared.models import Job, JobStatus
 from shared.settings import Settings
 from shared.storage import Storage
 from tests.conftest import free_port
+from tests.tcpproxy import Proxy
 from tests.utils import CHELSEA, authed_client, image_bytes, make_job
 
 
@@ -89,6 +91,7 @@ def test_submit_stores_commits_and_enqueues(
     assert job.status == JobStatus.QUEUED
     assert storage.get(job.input_key) == CHELSEA.read_bytes()
     assert queued_job_ids(settings) == [str(job_id)]
+    assert job.enqueued_at is not None  # sent: the relay leaves it alone for relay_after
 
 
 def test_submit_resolves_a_seed_when_none_is_given(client: FlaskClient) -> None:
@@ -268,8 +271,9 @@ def test_submit_with_redis_down_still_records_the_job(
 ) -> None:
     response = submit(app_without_redis, image_bytes())
     assert response.status_code == 202
-    # Committed before the enqueue failed: the relay can find it; nothing is lost.
-    assert session.get_one(Job, uuid.UUID(response.get_json()["id"])).status == JobStatus.QUEUED
+    # Committed before the enqueue failed, and marked unsent: the relay's next round sends it.
+    job = session.get_one(Job, uuid.UUID(response.get_json()["id"]))
+    assert job.status == JobStatus.QUEUED and job.enqueued_at is None
 
 
 @pytest.fixture
@@ -329,3 +333,28 @@ def test_submit_stores_the_input_in_s3_when_configured(
     assert response.status_code == 202
     job = session.get_one(Job, uuid.UUID(response.get_json()["id"]))
     assert open_storage(s3_url).get(job.input_key) == image_bytes()
+
+
+def test_the_api_comes_back_by_itself_after_the_database_restarts(
+    settings: Settings, database_url: str
+) -> None:
+    """The API keeps no pre-ping (a round trip per request): after the database went away, a
+    request on a dead pooled connection may answer 503, and the next one is served."""
+    url = sa.engine.make_url(database_url)
+    if url.get_backend_name() != "postgresql":
+        pytest.skip("SQLite is a file, not a server that can go away")
+    proxy = Proxy((url.host or "127.0.0.1", url.port or 5432))
+    through = url.set(host="127.0.0.1", port=proxy.port).render_as_string(hide_password=False)
+    app = create_app(settings.model_copy(update={"database_url": through}))
+    client = authed_client(app)
+    try:
+        assert client.get("/v1/jobs").status_code == 200
+        proxy.cut()  # every pooled connection dies, as in a restart
+        assert_problem(client.get("/v1/jobs"), 503)
+        proxy.restore()
+        answers = [client.get("/v1/jobs").status_code for _ in range(3)]
+        assert answers[-2:] == [200, 200] and set(answers) <= {200, 503}
+    finally:
+        proxy.close()
+        app.extensions["oneiro"].engine.dispose()
+        app.extensions["oneiro"].celery.close()

@@ -12,6 +12,7 @@ from typing import Any
 import pytest
 import yaml
 
+from shared.launcher import api_command
 from shared.queue import MAINTAIN_TASK, WEBHOOK_TASK
 from tests.conftest import ROOT
 
@@ -31,6 +32,10 @@ def test_project_commands_exist(name: str) -> None:
     if command[0] == "gunicorn":
         module, factory = command[-1].removesuffix("()").split(":")
         assert callable(getattr(importlib.import_module(module), factory))
+        # The same gunicorn settings module as `make run` (gc.freeze after start-up).
+        config = command[command.index("--config") + 1]
+        assert config == api_command("x")[api_command("x").index("--config") + 1]
+        assert callable(importlib.import_module(config.removeprefix("python:")).post_worker_init)
     if command[0] == "celery" and command[3] == "flower":
         assert importlib.util.find_spec("flower") is not None
     elif command[0] == "celery":

@@ -4,6 +4,7 @@ tenant has a request rate and a cap on active jobs. Real database, real Redis.""
 from __future__ import annotations
 
 import json
+import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -80,8 +81,10 @@ def test_lists_hold_only_the_callers_jobs(app: Flask, session: Session, storage:
 
 
 def test_keys_are_stored_only_as_hashes_and_revoking_one_locks_it_out(
-    app: Flask, settings: Settings, session: Session, monkeypatch: pytest.MonkeyPatch
+    settings: Settings, session: Session, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    # The API trusts a checked key for auth_cache_seconds: a revoked key stops within that.
+    app = create_app(settings.model_copy(update={"auth_cache_seconds": 2.0}))
     monkeypatch.setenv("DATABASE_URL", settings.database_url)
     monkeypatch.setattr("shared.settings.get_settings", lambda: settings)
     runner = CliRunner()
@@ -106,14 +109,18 @@ def test_keys_are_stored_only_as_hashes_and_revoking_one_locks_it_out(
     assert "webhook signing secret" not in second.stderr  # same tenant, no new secret
     assert session.scalar(select(func.count()).select_from(Tenant)) == 1
 
+    assert client.get("/v1/jobs").status_code == 200  # now in the API's key cache
     revoked = runner.invoke(cli, ["keys", "revoke", key[:13]])
     assert revoked.exit_code == 0 and "revoked 1" in revoked.stdout
+    time.sleep(2.1)
     assert_problem(client.get("/v1/jobs"), 401)
     other = app.test_client()
     other.environ_base["HTTP_AUTHORIZATION"] = f"Bearer {second.stdout.strip()}"
     assert other.get("/v1/jobs").status_code == 200  # the tenant's other key still works
     again = runner.invoke(cli, ["keys", "revoke", key])
     assert again.exit_code == 1 and "no live key" in again.output
+    app.extensions["oneiro"].engine.dispose()
+    app.extensions["oneiro"].celery.close()
 
 
 def test_make_run_makes_a_local_key_once_and_saves_it_for_the_cli(
