@@ -16,7 +16,7 @@ from typing import Any
 
 import requests
 
-from shared.tenants import client_config_path, read_client_config
+from shared.clientconfig import client_config_path, read_client_config
 
 DEFAULT_URL = "http://127.0.0.1:8000"
 TERMINAL = frozenset({"succeeded", "failed", "canceled"})

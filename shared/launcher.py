@@ -16,11 +16,12 @@ import time
 from pathlib import Path
 from urllib.parse import urlparse
 
+from shared.clientconfig import read_client_config, write_client_config
 from shared.db import create_db_engine, create_session_factory
 from shared.localredis import redis_answers, start_redis
 from shared.queue import maintenance_queue, webhook_queue
 from shared.settings import Settings, SettingsError, get_settings
-from shared.tenants import authenticate, create_key, read_client_config, write_client_config
+from shared.tenants import authenticate, create_key
 
 API_BIND = os.environ.get("ONEIRO_API_BIND", "127.0.0.1:8000")
 # The tenant of the key `make run` makes for whoever runs it.

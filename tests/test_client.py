@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from shared.client import Event, parse_events, resolve_config
-from shared.tenants import write_client_config
+from shared.clientconfig import write_client_config
 
 
 @pytest.fixture(autouse=True)

@@ -19,7 +19,7 @@ from click.testing import CliRunner, Result
 from PIL import Image
 
 from shared.client import ApiError, Client, Event
-from shared.tenants import write_client_config
+from shared.clientconfig import write_client_config
 from tests.conftest import ROOT, free_port
 from tests.stack import Stack, running_stack
 from tests.tcpproxy import Proxy

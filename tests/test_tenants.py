@@ -16,11 +16,12 @@ from sqlalchemy import func, select, text
 from sqlalchemy.orm import Session
 
 from api import create_app
+from shared.clientconfig import read_client_config
 from shared.launcher import LOCAL_TENANT, ensure_local_key
 from shared.models import ApiKey, Job, JobStatus, Tenant
 from shared.settings import Settings
 from shared.storage import Storage
-from shared.tenants import authenticate, read_client_config
+from shared.tenants import authenticate
 from tests.test_api import assert_problem, stored_files, submit
 from tests.utils import authed_client, image_bytes, make_job, tenant_named
 from worker.cli import main as cli
