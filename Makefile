@@ -28,7 +28,7 @@ test: install lint
 	@pg_isready -q -h 127.0.0.1 2>/dev/null || ! command -v pg_ctlcluster >/dev/null || \
 		pg_ctlcluster --skip-systemctl-redirect $$(ls /etc/postgresql | head -n 1) main start || \
 		echo "note: could not start PostgreSQL; its tests will be skipped"
-	@command -v chromium >/dev/null || apt-get install -y chromium || \
-		(apt-get update && apt-get install -y chromium) || \
+	@command -v chromium >/dev/null || DEBIAN_FRONTEND=noninteractive apt-get install -y chromium || \
+		(apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y chromium) || \
 		echo "note: could not install chromium; tests/test_web.py will be skipped"
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
