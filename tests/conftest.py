@@ -35,6 +35,16 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
+@pytest.fixture(autouse=True)
+def no_saved_config(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """No test reads or writes the developer's saved key, or sees their ONEIRO_URL/_API_KEY."""
+    path = tmp_path / "client.json"
+    monkeypatch.setenv("ONEIRO_CLIENT_CONFIG", str(path))
+    monkeypatch.delenv("ONEIRO_URL", raising=False)
+    monkeypatch.delenv("ONEIRO_API_KEY", raising=False)
+    return path
+
+
 @pytest.fixture(scope="session")
 def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """A Redis that answers: the one at REDIS_URL, or one started for this run."""

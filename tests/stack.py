@@ -16,6 +16,7 @@ import redis
 import requests
 
 from shared.launcher import api_command, migrate_command, worker_command
+from shared.settings import Settings, load_settings
 from tests.conftest import ROOT, free_port
 from tests.utils import http_answers, new_key, wait_for
 
@@ -25,10 +26,18 @@ class Stack:
     """Where the API answers, and a key of the test tenant for it."""
 
     url: str
-    database_url: str
+    settings: Settings
     key: str
     api_log: Path
     worker_log: Path
+
+    @property
+    def database_url(self) -> str:
+        return self.settings.database_url
+
+    def worker_lines(self, needle: str) -> list[str]:
+        """The worker's log lines that contain `needle`."""
+        return [line for line in self.worker_log.read_text().splitlines() if needle in line]
 
     def http(self) -> requests.Session:
         """A session that calls with the stack's key."""
@@ -98,7 +107,13 @@ def running_stack(tmp: Path, redis_url: str, database_url: str | None = None) ->
         try:
             url = f"http://127.0.0.1:{port}"
             wait_for(lambda: http_answers(f"{url}/healthz"), 30, "the API")
-            yield Stack(url, database_url, new_key(database_url), api_log, worker_log)
+            settings = load_settings(
+                data_dir=env["ONEIRO_DATA_DIR"],
+                database_url=database_url,
+                redis_url=redis_url,
+                queue=env["ONEIRO_QUEUE"],
+            )
+            yield Stack(url, settings, new_key(database_url), api_log, worker_log)
         finally:
             for process in (api, worker):
                 process.terminate()

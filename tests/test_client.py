@@ -10,16 +10,6 @@ from shared.client import Event, parse_events, resolve_config
 from shared.clientconfig import write_client_config
 
 
-@pytest.fixture(autouse=True)
-def no_saved_config(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    """Neither the developer's saved key nor their ONEIRO_* variables reach these tests."""
-    path = tmp_path / "client.json"
-    monkeypatch.setenv("ONEIRO_CLIENT_CONFIG", str(path))
-    monkeypatch.delenv("ONEIRO_URL", raising=False)
-    monkeypatch.delenv("ONEIRO_API_KEY", raising=False)
-    return path
-
-
 def test_the_parser_follows_the_event_stream_rules() -> None:
     stream = (
         b"\xef\xbb\xbf: a comment first\r\n"

@@ -31,16 +31,6 @@ pytestmark = pytest.mark.e2e
 SMALL = ["--param", "max_dim=128", "--param", "octaves=5", "--param", "steps=8"]
 
 
-@pytest.fixture(autouse=True)
-def no_saved_config(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    """Neither the developer's saved key nor their ONEIRO_* variables reach these tests."""
-    path = tmp_path / "client.json"
-    monkeypatch.setenv("ONEIRO_CLIENT_CONFIG", str(path))
-    monkeypatch.delenv("ONEIRO_URL", raising=False)
-    monkeypatch.delenv("ONEIRO_API_KEY", raising=False)
-    return path
-
-
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory: pytest.TempPathFactory, redis_url: str) -> Iterator[Stack]:
     with running_stack(tmp_path_factory.mktemp("client"), redis_url) as running:

@@ -3,45 +3,26 @@
 from __future__ import annotations
 
 import io
-import os
-import subprocess
 import sys
 import time
-import uuid
 from collections.abc import Iterator
-from dataclasses import dataclass
-from pathlib import Path
-from subprocess import STDOUT
 from typing import Any
 
 import numpy as np
 import pytest
-import requests
 from PIL import Image
 
 from shared.db import create_db_engine, create_session_factory
 from shared.images import decode_rgb, fit_within
-from shared.launcher import api_command, migrate_command, worker_command
 from shared.queue import RENDER_TASK, create_celery
-from shared.settings import Settings, load_settings
 from shared.storage import open_storage
-from tests.conftest import ROOT, _postgres_database, free_port
-from tests.utils import CHELSEA, http_answers, make_job, new_key, wait_for
+from tests.conftest import _postgres_database
+from tests.stack import Stack, running_stack
+from tests.utils import CHELSEA, make_job, wait_for
 
 pytestmark = pytest.mark.e2e
 
 PARAMS = {"steps": 8, "octaves": 5, "max_dim": 128, "seed": 42}
-
-
-@dataclass
-class Stack:
-    url: str
-    settings: Settings
-    worker_log: Path
-    http: requests.Session
-
-    def worker_lines(self, needle: str) -> list[str]:
-        return [line for line in self.worker_log.read_text().splitlines() if needle in line]
 
 
 @pytest.fixture(scope="module", params=["sqlite", "postgresql"])
@@ -51,61 +32,11 @@ def stack(
     """`alembic upgrade head`, then gunicorn and a Celery worker, as `make run` starts them."""
     tmp = tmp_path_factory.mktemp(f"e2e-{request.param}")
     databases = _postgres_database() if request.param == "postgresql" else None
-    database_url = next(databases) if databases else f"sqlite:///{tmp / 'oneiro.db'}"
-    env = {
-        **os.environ,
-        "DATABASE_URL": database_url,
-        "REDIS_URL": redis_url,
-        "ONEIRO_DATA_DIR": str(tmp / "data"),
-        "ONEIRO_QUEUE": f"oneiro-e2e-{uuid.uuid4().hex[:12]}",
-        "ONEIRO_WEIGHTS": "random",
-        "ONEIRO_WEIGHTS_DOWNLOAD": "false",
-        "ONEIRO_PROGRESS_INTERVAL": "0.2",
-    }
-    settings = load_settings(
-        data_dir=env["ONEIRO_DATA_DIR"],
-        database_url=database_url,
-        redis_url=redis_url,
-        queue=env["ONEIRO_QUEUE"],
-    )
-    subprocess.run(migrate_command(), cwd=ROOT, env=env, check=True, capture_output=True)
-    port = free_port()
-    api_log = (tmp / "api.log").open("wb")
-    worker_log = tmp / "worker.log"
-    worker_out = worker_log.open("wb")
-    # The commands `make run` uses; the worker skips start-up chatter with other workers.
-    api = subprocess.Popen(
-        api_command(f"127.0.0.1:{port}"), cwd=ROOT, env=env, stdout=api_log, stderr=STDOUT
-    )
-    worker = subprocess.Popen(
-        [
-            *worker_command(settings.queue),
-            "--without-mingle",
-            "--without-gossip",
-            "--hostname",
-            f"e2e-{uuid.uuid4().hex[:6]}@%h",
-        ],
-        cwd=ROOT,
-        env=env,
-        stdout=worker_out,
-        stderr=STDOUT,
-    )
     try:
-        wait_for(lambda: http_answers(f"http://127.0.0.1:{port}/healthz"), 30, "the API")
-        http = requests.Session()
-        http.headers["Authorization"] = f"Bearer {new_key(database_url)}"
-        yield Stack(f"http://127.0.0.1:{port}", settings, worker_log, http)
+        with running_stack(tmp, redis_url, next(databases) if databases else None) as running:
+            yield running
+            sys.stdout.write(running.worker_log.read_text()[-3000:])
     finally:
-        for process in (api, worker):
-            process.terminate()
-        for process in (api, worker):
-            try:
-                process.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                process.kill()
-        api_log.close()
-        worker_out.close()
-        sys.stdout.write(worker_log.read_text()[-3000:])
         if databases:
             databases.close()
 
@@ -114,7 +45,7 @@ def submit(stack: Stack, params: dict[str, Any]) -> dict[str, Any]:
     import json
 
     with CHELSEA.open("rb") as image:
-        response = stack.http.post(
+        response = stack.http().post(
             f"{stack.url}/v1/jobs",
             files={"image": ("chelsea.png", image, "image/png")},
             data={"params": json.dumps(params)},
@@ -130,7 +61,7 @@ def poll_until_finished(stack: Stack, job_id: str, timeout: float = 180) -> tupl
     fractions: list[float] = []
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        job = stack.http.get(f"{stack.url}/v1/jobs/{job_id}", timeout=5).json()
+        job = stack.http().get(f"{stack.url}/v1/jobs/{job_id}", timeout=5).json()
         fractions.append(job["progress"]["fraction"])
         if job["status"] in ("succeeded", "failed", "canceled"):
             return job, fractions
@@ -149,7 +80,7 @@ def test_submit_poll_and_download_a_dream(stack: Stack) -> None:
     assert len(partial) >= 2, f"progress never rose through two values below 1: {fractions}"
     assert fractions == sorted(fractions) and fractions[-1] == 1.0
 
-    response = stack.http.get(f"{stack.url}{job['result_url']}", timeout=10)
+    response = stack.http().get(f"{stack.url}{job['result_url']}", timeout=10)
     assert response.status_code == 200 and response.headers["Content-Type"] == "image/png"
     with Image.open(io.BytesIO(response.content)) as result:
         assert result.format == "PNG" and result.size == (128, 85)
