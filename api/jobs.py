@@ -104,13 +104,13 @@ def submit_job() -> tuple[dict[str, Any], int, dict[str, str]]:
             ]
         )
 
-    idempotency = _idempotency(data, asked)
+    webhook = _read_webhook()
+    idempotency = _idempotency(data, asked, webhook)
     if idempotency is not None:
         original = _replay(*idempotency)
         if original is not None:
             return original
 
-    webhook = _read_webhook()
     job_id = uuid.uuid4()
     input_key = f"inputs/{job_id}.{EXTENSIONS[image_format]}"
     svc.storage.put(input_key, data)
@@ -159,8 +159,11 @@ def submit_job() -> tuple[dict[str, Any], int, dict[str, str]]:
     return job_json(job), 202, {"Location": f"/v1/jobs/{job_id}"}
 
 
-def _idempotency(data: bytes, asked: dict[str, Any]) -> tuple[str, str] | None:
-    """The request's Idempotency-Key and a fingerprint of what it asks for, if it has a key."""
+def _idempotency(
+    data: bytes, asked: dict[str, Any], webhook: WebhookSpec | None
+) -> tuple[str, str] | None:
+    """The request's Idempotency-Key and a fingerprint of what it asks for (image, params and
+    webhook), if it has a key."""
     key = request.headers.get("Idempotency-Key")
     if key is None:
         return None
@@ -168,6 +171,8 @@ def _idempotency(data: bytes, asked: dict[str, Any]) -> tuple[str, str] | None:
         raise invalid([{"field": "Idempotency-Key", "message": "must be 1 to 255 characters"}])
     digest = hashlib.sha256(data)
     digest.update(json.dumps(asked, sort_keys=True).encode())
+    if webhook is not None:
+        digest.update(webhook.model_dump_json().encode())
     return key, digest.hexdigest()
 
 

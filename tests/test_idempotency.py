@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import io
+import json
 import threading
 from datetime import timedelta
+from typing import Any
 
 from flask.testing import FlaskClient
 from sqlalchemy import func, select, update
@@ -51,6 +53,26 @@ def test_the_same_key_with_another_request_is_422_and_writes_nothing(
 
     assert body["errors"][0]["field"] == "Idempotency-Key"
     assert jobs(session) == 1 and len(stored_files(settings)) == 1
+
+
+def test_the_same_key_with_another_webhook_is_another_request(
+    client: FlaskClient, session: Session
+) -> None:
+    def with_webhook(path: str) -> Any:
+        return client.post(
+            "/v1/jobs",
+            headers={"Idempotency-Key": "k-hook"},
+            data={
+                "image": (io.BytesIO(image_bytes()), "a.png"),
+                "webhook": json.dumps({"url": f"https://93.184.215.14/{path}"}),
+            },
+            content_type="multipart/form-data",
+        )
+
+    assert with_webhook("a").status_code == 202
+    assert with_webhook("a").status_code == 200
+    assert assert_problem(with_webhook("b"), 422)["errors"][0]["field"] == "Idempotency-Key"
+    assert jobs(session) == 1
 
 
 def test_keys_expire_after_a_day(client: FlaskClient, session: Session) -> None:
