@@ -4,7 +4,6 @@ with random weights, started as `make run` starts them (the pattern of tests/tes
 from __future__ import annotations
 
 import contextlib
-import os
 import subprocess
 import uuid
 from collections.abc import Iterator
@@ -18,7 +17,7 @@ import requests
 from shared.launcher import api_command, migrate_command, worker_command
 from shared.settings import Settings, load_settings
 from tests.conftest import ROOT, free_port
-from tests.utils import http_answers, new_key, wait_for
+from tests.utils import http_answers, new_key, process_env, wait_for
 
 
 @dataclass
@@ -68,18 +67,14 @@ class Stack:
 def running_stack(tmp: Path, redis_url: str, database_url: str | None = None) -> Iterator[Stack]:
     """Migrate the database (SQLite in `tmp` unless given), serve the API, run one worker."""
     database_url = database_url or f"sqlite:///{tmp / 'oneiro.db'}"
-    env = {
-        **os.environ,
-        "DATABASE_URL": database_url,
-        "REDIS_URL": redis_url,
-        "ONEIRO_DATA_DIR": str(tmp / "data"),
-        "ONEIRO_QUEUE": f"oneiro-client-{uuid.uuid4().hex[:12]}",
-        "ONEIRO_WEIGHTS": "random",
-        "ONEIRO_WEIGHTS_DOWNLOAD": "false",
-        # Frequent progress and previews, so that a short test render shows several of each.
-        "ONEIRO_PROGRESS_INTERVAL": "0.2",
-        "ONEIRO_PREVIEW_INTERVAL": "0.5",
-    }
+    settings = load_settings(
+        data_dir=tmp / "data",
+        database_url=database_url,
+        redis_url=redis_url,
+        queue=f"oneiro-client-{uuid.uuid4().hex[:12]}",
+    )
+    # Frequent progress and previews, so that a short test render shows several of each.
+    env = process_env(settings, ONEIRO_PROGRESS_INTERVAL="0.2", ONEIRO_PREVIEW_INTERVAL="0.5")
     subprocess.run(migrate_command(), cwd=ROOT, env=env, check=True, capture_output=True)
     port = free_port()
     api_log, worker_log = tmp / "api.log", tmp / "worker.log"
@@ -93,7 +88,7 @@ def running_stack(tmp: Path, redis_url: str, database_url: str | None = None) ->
         )
         worker = subprocess.Popen(
             [
-                *worker_command(env["ONEIRO_QUEUE"]),
+                *worker_command(settings.queue),
                 "--without-mingle",
                 "--without-gossip",
                 "--hostname",
@@ -107,12 +102,6 @@ def running_stack(tmp: Path, redis_url: str, database_url: str | None = None) ->
         try:
             url = f"http://127.0.0.1:{port}"
             wait_for(lambda: http_answers(f"{url}/healthz"), 30, "the API")
-            settings = load_settings(
-                data_dir=env["ONEIRO_DATA_DIR"],
-                database_url=database_url,
-                redis_url=redis_url,
-                queue=env["ONEIRO_QUEUE"],
-            )
             yield Stack(url, settings, new_key(database_url), api_log, worker_log)
         finally:
             for process in (api, worker):
@@ -124,6 +113,6 @@ def running_stack(tmp: Path, redis_url: str, database_url: str | None = None) ->
                     process.kill()
                     process.wait()
             # Celery's queue and its priority siblings, as tests/conftest.py's queue_name does.
-            queue = env["ONEIRO_QUEUE"]
+            queue = settings.queue
             with redis.Redis.from_url(redis_url) as client:
                 client.delete(queue, *(f"{queue}\x06\x16{p}" for p in (3, 6, 9)))

@@ -25,7 +25,7 @@ from shared.settings import Settings
 from shared.storage import Storage
 from tests.conftest import ROOT, free_port
 from tests.tcpproxy import Proxy
-from tests.utils import CHELSEA, image_bytes, make_job, wait_for
+from tests.utils import CHELSEA, image_bytes, make_job, process_env, wait_for
 from worker.maintenance import reap_stale_jobs, relay_queued_jobs
 
 pytestmark = pytest.mark.chaos
@@ -39,18 +39,12 @@ class Workers:
 
     def __init__(self, settings: Settings, logs: Path) -> None:
         self.settings, self.logs = settings, logs
-        self.env = {
-            **os.environ,
-            "DATABASE_URL": settings.database_url,
-            "REDIS_URL": settings.redis_url,
-            "ONEIRO_DATA_DIR": str(settings.data_dir),
-            "ONEIRO_QUEUE": settings.queue,
-            "ONEIRO_WEIGHTS": "random",
-            "ONEIRO_WEIGHTS_DOWNLOAD": "false",
-            "ONEIRO_CHECKPOINT_EVERY": "1",
-            "ONEIRO_HEARTBEAT_INTERVAL": "0.2",
-            "ONEIRO_PROGRESS_INTERVAL": "0.1",
-        }
+        self.env = process_env(
+            settings,
+            ONEIRO_CHECKPOINT_EVERY="1",
+            ONEIRO_HEARTBEAT_INTERVAL="0.2",
+            ONEIRO_PROGRESS_INTERVAL="0.1",
+        )
         self.processes: list[subprocess.Popen[bytes]] = []
 
     def start(self) -> None:

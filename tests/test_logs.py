@@ -5,7 +5,6 @@ from __future__ import annotations
 import io
 import json
 import logging
-import os
 import subprocess
 import uuid
 from collections.abc import Iterator
@@ -26,7 +25,7 @@ from shared.queue import RENDER_TASK, create_celery
 from shared.settings import Settings
 from shared.storage import Storage
 from tests.conftest import ROOT, free_port
-from tests.utils import authed_client, make_job, wait_for
+from tests.utils import authed_client, make_job, process_env, wait_for
 from worker.jobs import run_job
 from worker.maintenance import reap_stale_jobs
 from worker.runtime import Runtime
@@ -128,15 +127,7 @@ def test_the_reaper_logs_with_the_job_it_puts_back(
 def test_a_celery_worker_process_logs_json_lines_with_the_job(
     settings: Settings, session: Session, storage: Storage, client: FlaskClient, tmp_path: Path
 ) -> None:
-    env = {
-        **os.environ,
-        "DATABASE_URL": settings.database_url,
-        "REDIS_URL": settings.redis_url,
-        "ONEIRO_DATA_DIR": str(settings.data_dir),
-        "ONEIRO_QUEUE": settings.queue,
-        "ONEIRO_WEIGHTS": "random",
-        "ONEIRO_WEIGHTS_DOWNLOAD": "false",
-    }
+    env = process_env(settings)
     stderr_path = tmp_path / "worker.stderr"
     with stderr_path.open("wb") as stderr:
         worker = subprocess.Popen(

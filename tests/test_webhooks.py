@@ -4,7 +4,6 @@ worker, with a stable event id; targets on our own network are refused."""
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import threading
 import time
@@ -37,7 +36,7 @@ from shared.webhooks import (
 )
 from tests.conftest import ROOT
 from tests.test_api import assert_problem, stored_files, submit
-from tests.utils import authed_client, image_bytes, tenant_named, wait_for
+from tests.utils import authed_client, image_bytes, process_env, tenant_named, wait_for
 from worker.jobs import run_job
 from worker.runtime import Runtime
 
@@ -144,15 +143,7 @@ def hooked(settings: Settings, tmp_path: Path) -> Iterator[Settings]:
             "webhook_progress_interval": 0.0,
         }
     )
-    env = {
-        **os.environ,
-        "DATABASE_URL": hooked.database_url,
-        "REDIS_URL": hooked.redis_url,
-        "ONEIRO_DATA_DIR": str(hooked.data_dir),
-        "ONEIRO_QUEUE": hooked.queue,
-        "ONEIRO_WEBHOOK_ALLOW_PRIVATE": "true",
-        "ONEIRO_WEBHOOK_BACKOFF": "0.3",
-    }
+    env = process_env(hooked, ONEIRO_WEBHOOK_ALLOW_PRIVATE="true", ONEIRO_WEBHOOK_BACKOFF="0.3")
     log = (tmp_path / "maintenance.log").open("wb")
     worker = subprocess.Popen(
         [*maintenance_command(hooked, tmp_path / "beat-schedule"), "--without-mingle"],

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import os
 import time
 import uuid
 from pathlib import Path
@@ -18,6 +19,7 @@ from sqlalchemy.orm import Session
 from shared.db import create_db_engine, create_session_factory
 from shared.models import Job, JobStatus, Tenant
 from shared.params import RenderParams
+from shared.settings import Settings
 from shared.storage import Storage
 from shared.tenants import create_key
 
@@ -34,6 +36,21 @@ def image_bytes(size: tuple[int, int] = (96, 64), fmt: str = "PNG", mode: str = 
     buffer = io.BytesIO()
     image.save(buffer, format=fmt)
     return buffer.getvalue()
+
+
+def process_env(settings: Settings, **extra: str) -> dict[str, str]:
+    """The environment of a child process (worker, API) that reads these settings: this
+    process's environment, the test settings as variables, then `extra` (ONEIRO_* names)."""
+    return {
+        **os.environ,
+        "DATABASE_URL": settings.database_url,
+        "REDIS_URL": settings.redis_url,
+        "ONEIRO_DATA_DIR": str(settings.data_dir),
+        "ONEIRO_QUEUE": settings.queue,
+        "ONEIRO_WEIGHTS": "random",
+        "ONEIRO_WEIGHTS_DOWNLOAD": "false",
+        **extra,
+    }
 
 
 def tenant_named(session: Session, name: str = TEST_TENANT) -> Tenant:
