@@ -22,6 +22,7 @@ from api.auth import current_tenant, tenant_id
 from api.openapi import BEARER, BINARY, job_responses, spec
 from api.problems import Problem, invalid
 from api.schemas import JobListQuery, JobOut, JobPage, JobSubmission, SubmitHeaders, encode_cursor
+from shared.cost import CostRefused, check_limits
 from shared.images import ImageRejected, ImageTooLarge, inspect_image
 from shared.models import IDEMPOTENCY_WINDOW, IdempotencyKey, Job, JobStatus, utcnow
 from shared.params import RenderParams
@@ -90,19 +91,10 @@ def submit_job() -> tuple[dict[str, Any], int, dict[str, str]]:
         raise Problem(413, "Image too large", str(exc), limit=svc.settings.max_pixels) from None
     except ImageRejected as exc:
         raise invalid([{"field": "image", "message": str(exc)}]) from None
-    work = _work(width, height, params)
-    if work > svc.settings.max_work:
-        raise invalid(
-            [
-                {
-                    "field": "params",
-                    "message": (
-                        f"the job would cost {work} pixel-steps (pixels x steps x octaves); "
-                        f"the limit is {svc.settings.max_work}: lower steps, octaves or max_dim"
-                    ),
-                }
-            ]
-        )
+    try:
+        check_limits(width, height, params, svc.settings)
+    except CostRefused as exc:
+        raise invalid([{"field": exc.field, "message": str(exc)}]) from None
 
     webhook = _read_webhook()
     idempotency = _idempotency(data, asked, webhook)
@@ -227,13 +219,6 @@ def _check_active_cap() -> None:
             limit=limit,
             value=active,
         )
-
-
-def _work(width: int, height: int, params: RenderParams) -> int:
-    """Pixels rendered x steps x octaves, at the size the worker will render."""
-    longest = max(width, height)
-    scale = min(1.0, params.max_dim / longest) if params.max_dim else 1.0
-    return round(width * scale) * round(height * scale) * params.steps * params.octaves
 
 
 def _read_webhook() -> WebhookSpec | None:

@@ -28,7 +28,9 @@ from prometheus_client.utils import floatToGoString
 from sqlalchemy import ColumnElement, case, distinct, extract, func, select
 from sqlalchemy.orm import Session
 
+from shared.cost import work
 from shared.models import Job, JobStatus, utcnow
+from shared.params import RenderParams
 from shared.queue import maintenance_queue
 
 if TYPE_CHECKING:
@@ -190,10 +192,10 @@ class OneiroCollector(Collector):
             seconds[worker] += (finished - started).total_seconds()
         family = GaugeMetricFamily(
             "oneiro_worker_megapixel_steps_per_second",
-            "Rendered megapixels x steps x octaves (the measure of ONEIRO_MAX_WORK) per second "
-            "of started_at to finished_at, over the first-attempt jobs each worker finished in "
-            f"the last {THROUGHPUT_WINDOW.total_seconds():g}s (at most {THROUGHPUT_MAX_JOBS} "
-            "jobs); includes model loading and image coding.",
+            "Rendered megapixel-steps (every octave's pixels x steps, as ONEIRO_MAX_WORK "
+            "counts them) per second of started_at to finished_at, over the first-attempt jobs "
+            f"each worker finished in the last {THROUGHPUT_WINDOW.total_seconds():g}s (at most "
+            f"{THROUGHPUT_MAX_JOBS} jobs); includes model loading and image coding.",
             labels=["worker"],
         )
         for worker in sorted(work):
@@ -270,12 +272,10 @@ def _queue_depth(client: redis.Redis, queue: str) -> int:
 
 
 def megapixel_steps(width: int, height: int, params: dict[str, Any]) -> float:
-    """A job's rendered megapixels x steps x octaves: the measure ONEIRO_MAX_WORK limits."""
-    longest = max(width, height)
-    max_dim = params.get("max_dim")
-    scale = min(1.0, max_dim / longest) if max_dim else 1.0
-    pixels = round(width * scale) * round(height * scale)
-    return pixels * params.get("steps", 0) * params.get("octaves", 0) / 1e6
+    """A job's megapixel-steps from its stored params: the measure ONEIRO_MAX_WORK limits."""
+    # Stored params are resolved and were valid when submitted; not validated again, so a
+    # range tightened since cannot break a scrape.
+    return work(width, height, RenderParams.model_construct(**params)) / 1e6
 
 
 def _seconds(session: Session, start: Any, end: Any) -> ColumnElement[float]:

@@ -8,6 +8,8 @@ import warnings
 import numpy as np
 from PIL import Image, ImageOps
 
+from shared.cost import render_size
+
 ACCEPTED_FORMATS = ("JPEG", "PNG", "WEBP")
 
 
@@ -80,10 +82,9 @@ def decode_rgb(data: bytes) -> np.ndarray:
 def fit_within(image: np.ndarray, max_dim: int | None) -> np.ndarray:
     """`image` scaled down (never up) so that its longer side is at most `max_dim`."""
     height, width = image.shape[:2]
-    if max_dim is None or max(height, width) <= max_dim:
+    size = render_size(width, height, max_dim)
+    if size == (width, height):
         return image
-    scale = max_dim / max(height, width)
-    size = (max(1, round(width * scale)), max(1, round(height * scale)))
     return np.asarray(Image.fromarray(image).resize(size, Image.Resampling.LANCZOS))
 
 

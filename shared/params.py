@@ -52,8 +52,10 @@ class RenderParams(BaseModel):
     octaves: Annotated[
         int, Field(ge=1, le=12, description="Number of octave scales, centred on the input.")
     ] = 5
+    # Classic DeepDream steps 1.3 to 1.5 between octaves; past 2 an octave skips a scale of
+    # detail and the top octave outgrows any pixel limit (the job's cost is checked too).
     octave_scale: Annotated[
-        float, Field(ge=1.01, le=4, description="Size ratio between octaves.")
+        float, Field(ge=1.01, le=2, description="Size ratio between octaves.")
     ] = 1.3
     grad_norm: Annotated[
         Literal["std", "laplacian"],
@@ -86,6 +88,8 @@ class RenderParams(BaseModel):
             backbone = BACKBONES.get(info.data.get("model", DEFAULT_BACKBONE))
             return {name: 1.0 for name in backbone.default_layers} if backbone else {}
         if isinstance(layers, list | tuple):
+            if not all(isinstance(name, str) for name in layers):
+                raise ValueError("a list of layers holds layer names (strings)")
             if len(set(layers)) != len(layers):
                 raise ValueError("layers must not repeat")
             return {name: 1.0 for name in layers}

@@ -36,9 +36,11 @@ class Settings(BaseSettings):
     # How this worker names itself in job rows (with its pid); the host name when empty.
     worker_name: str = ""
     max_upload_bytes: int = Field(50 * 1024 * 1024, gt=0)
+    # The most pixels of any image a job holds: the upload, and every octave the engine renders
+    # (shared/cost.py), which is what a worker's memory grows with.
     max_pixels: int = Field(64 * 1024 * 1024, gt=0)
-    # Pixels rendered x steps x octaves: what a job may cost. The default admits the largest
-    # image at the default steps and octaves.
+    # Pixel-steps, the pixels of every octave rendered x steps: what a job may cost. The
+    # default admits the largest image whose octaves fit max_pixels at the default params.
     max_work: int = Field(64 * 1024 * 1024 * 100 * 5, gt=0)
     # Seconds between progress writes to the job row: often enough to look smooth, rare enough
     # that a thousand workers do not hammer the database.
@@ -91,6 +93,9 @@ class Settings(BaseSettings):
     # person at a terminal.
     log_format: Literal["json", "text"] = "json"
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"] = "INFO"
+    # The longer side of an upload over its shorter: the engine raises every octave's shorter
+    # side to what the backbone can see, so a thread-thin image renders huge, useless octaves.
+    max_aspect_ratio: float = Field(20.0, ge=1)
 
     @field_validator("log_level", mode="before")
     @classmethod

@@ -9,10 +9,12 @@ from typing import Any
 import numpy as np
 import pytest
 
+from shared import cost
 from shared.catalogue import BACKBONES
+from shared.cost import octave_sizes
 from shared.images import decode_rgb, fit_within
 from shared.params import RenderParams
-from tests.utils import CHELSEA
+from tests.utils import CHELSEA, image_bytes
 from worker.engine import (
     Canceled,
     DreamModel,
@@ -23,7 +25,7 @@ from worker.engine import (
     load_dream_model,
     render,
 )
-from worker.engine.dream import TilePlan, octave_shapes, split, tiled_gradient
+from worker.engine.dream import TilePlan, split, tiled_gradient
 
 SHARED_WEIGHTS = (
     Path(__file__).resolve().parents[2] / "shared/models/inception_v3_notop_nsfwjs.weights.h5"
@@ -83,12 +85,29 @@ def test_windows_are_sizes_that_give_every_pixel_a_gradient() -> None:
     assert TilePlan((40, 40), 512, model).window == (75, 75)
 
 
-def test_octaves_surround_the_input_and_respect_the_model_minimum() -> None:
-    shapes = octave_shapes(300, 400, 5, 1.3, 75)
-    assert shapes[2] == (300, 400)
-    assert shapes == sorted(shapes)
-    assert shapes[0] == (round(300 / 1.69), round(400 / 1.69))
-    assert min(min(shape) for shape in octave_shapes(60, 90, 3, 1.5, 75)) >= 75
+@pytest.mark.parametrize(
+    ("source", "run"),
+    [
+        ((120, 80), params(steps=1, octaves=3)),  # the smallest octave raised to 75 rows
+        ((451, 300), params(steps=1, octaves=2, max_dim=100)),  # downscaled, then raised
+        ((200, 150), params(steps=1, octaves=3, octave_scale=1.5, model="vgg19", max_dim=90)),
+    ],
+    ids=["raised", "max_dim", "vgg19"],
+)
+def test_the_engine_renders_exactly_the_octaves_the_cost_is_charged_for(
+    source: tuple[int, int], run: RenderParams
+) -> None:
+    # The worker's path: decode, fit max_dim, render; every step's image has its octave's size.
+    image = fit_within(decode_rgb(image_bytes(source)), run.max_dim)
+    seen: list[tuple[int, int]] = []
+
+    def size_of(planar: np.ndarray) -> None:
+        seen.append((planar.shape[2], planar.shape[1]))
+
+    render(image, run, dream_model(run.model), on_step=size_of)
+
+    assert seen == octave_sizes(*source, run)
+    assert cost.work(*source, run) == sum(w * h for w, h in seen)
 
 
 # With 64-pixel tiles: several tiles a side, partial tiles, wrapping windows, a single tile.

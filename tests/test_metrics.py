@@ -182,7 +182,8 @@ def test_worker_throughput_and_busy_workers(
     finished("w1", 4.0, timedelta(minutes=1))
     finished("w1", 0.5, timedelta(minutes=1), attempt=2)  # resumed: only part of the work
     finished("w2", 1.0, timedelta(hours=2))  # outside the window
-    finished("w3", 1.0, timedelta(minutes=1), params={**params, "max_dim": 48})  # 48 x 32
+    # VGG19 renders 48 x 32 (InceptionV3 would raise it to 112 x 75, as it does the 96 x 64).
+    finished("w3", 1.0, timedelta(minutes=1), params={**params, "max_dim": 48, "model": "vgg19"})
 
     lease = timedelta(seconds=settings.lease_seconds)
     for worker, beat in [
@@ -196,7 +197,8 @@ def test_worker_throughput_and_busy_workers(
     samples = scrape(client)
 
     speed = "oneiro_worker_megapixel_steps_per_second"
-    assert value(samples, speed, worker="w1") == pytest.approx(2 * 96 * 64 * 2 * 2 / 1e6 / 6.0)
+    # Two jobs of two octaves raised to 112 x 75 (InceptionV3's least side), two steps each.
+    assert value(samples, speed, worker="w1") == pytest.approx(2 * 112 * 75 * 2 * 2 / 1e6 / 6.0)
     assert value(samples, speed, worker="w3") == pytest.approx(48 * 32 * 2 * 2 / 1e6 / 1.0)
     assert (speed, frozenset({("worker", "w2")})) not in samples
     assert value(samples, "oneiro_workers_busy") == 2

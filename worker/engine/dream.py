@@ -12,6 +12,7 @@ from typing import Any
 
 import numpy as np
 
+from shared.cost import octave_sizes
 from shared.params import RenderParams
 from worker.engine import imaging
 from worker.engine.model import DreamModel
@@ -68,20 +69,6 @@ class Tile:
     rows: tuple[int, int]  # owned rows [start, end) of the rolled image
     cols: tuple[int, int]
     window: tuple[int, int]  # top-left corner of the window on the rolled image
-
-
-def octave_shapes(
-    height: int, width: int, octaves: int, scale: float, min_side: int
-) -> list[tuple[int, int]]:
-    """Sizes of the octaves, n = -(octaves // 2) ... around the input size, smallest first.
-
-    An octave whose shorter side would fall below what the model can see is raised to it.
-    """
-    shapes = []
-    for n in range(-(octaves // 2), octaves - octaves // 2):
-        factor = max(scale**n, min_side / min(height, width))
-        shapes.append((max(1, round(height * factor)), max(1, round(width * factor))))
-    return shapes
 
 
 def split(length: int, count: int, window: int) -> list[tuple[int, int, int]]:
@@ -147,9 +134,8 @@ def render(
     `preview`) after every step.
     """
     height, width = image.shape[:2]
-    shapes = octave_shapes(
-        height, width, params.octaves, params.octave_scale, model.backbone.min_side
-    )
+    # The schedule the API charged for (shared/cost.py), so price and render never disagree.
+    shapes = [(h, w) for w, h in octave_sizes(width, height, params)]
     plans = [TilePlan(shape, params.tile_size, model) for shape in shapes]
     clock = _Clock(shapes, plans, params, resume)
     rng = np.random.default_rng(params.seed)
