@@ -43,6 +43,15 @@ def animated_webp() -> bytes:
     return encoded(frames[0], "WEBP", save_all=True, append_images=frames[1:], lossless=True)
 
 
+def phone_mpo() -> bytes:
+    """A JPEG with a multi-picture block, as phones write: a red photo, stored sideways, then a
+    blue picture of another size (a gain map, a preview)."""
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    photo, extra = Image.new("RGB", (60, 40), "red"), Image.new("RGB", (120, 90), "blue")
+    return encoded(photo, "MPO", save_all=True, append_images=[extra], exif=exif)
+
+
 def sixteen_bit_png() -> bytes:
     ramp = np.tile(np.linspace(0, 65535, 60, dtype=np.uint16), (40, 1))
     return encoded(Image.fromarray(ramp), "PNG")  # uint16 -> mode I;16
@@ -56,6 +65,7 @@ CASES = {
     "16-bit-png": (sixteen_bit_png(), (60, 40)),
     "animated-webp": (animated_webp(), (40, 30)),
     "exif-rotated-jpeg": (rotated_jpeg(), (40, 60)),
+    "multi-picture-jpeg": (phone_mpo(), (40, 60)),
 }
 
 
@@ -69,6 +79,23 @@ def test_every_image_mode_becomes_upright_rgb(client: FlaskClient, name: str) ->
     assert response.status_code == 202, response.get_data(as_text=True)
     assert response.get_json()["input"] == {"width": width, "height": height}
     assert pixels.shape == (height, width, 3) and pixels.dtype == np.uint8
+
+
+def test_a_multi_picture_jpeg_is_stored_as_jpeg_and_renders_its_first_picture(
+    client: FlaskClient, settings: Settings
+) -> None:
+    data = phone_mpo()
+    with Image.open(io.BytesIO(data)) as opened:
+        assert opened.format == "MPO" and opened.n_frames == 2
+
+    response = submit(client, data)
+
+    assert response.status_code == 202, response.get_data(as_text=True)
+    (stored,) = stored_files(settings)
+    assert stored.suffix == ".jpg"
+    pixels = decode_rgb(stored.read_bytes())  # what the worker renders
+    assert pixels.shape == (60, 40, 3)
+    assert tuple(pixels[30, 20]) == pytest.approx((254, 0, 0), abs=2)
 
 
 def test_sixteen_bit_greyscale_keeps_its_range() -> None:
