@@ -11,6 +11,7 @@ from collections.abc import Iterator
 from datetime import UTC, datetime
 from typing import Any
 
+import pydantic_core
 from flask import Blueprint, Response, current_app, g, request
 from pydantic import ValidationError
 from sqlalchemy import func, select, tuple_, update
@@ -273,8 +274,10 @@ def _read_params() -> tuple[RenderParams, dict[str, Any]]:
         )
     text = _form_text("params") or "{}"
     try:
-        raw = json.loads(text)
-    except json.JSONDecodeError as exc:
+        # pydantic's parser, which validates the part below: it refuses numbers past its range
+        # and nesting past its depth with a ValueError, where json.loads raised RecursionError.
+        raw = pydantic_core.from_json(text)
+    except ValueError as exc:
         raise invalid([{"field": "params", "message": f"not valid JSON: {exc}"}]) from None
     if not isinstance(raw, dict):
         raise invalid([{"field": "params", "message": "must be a JSON object"}])
