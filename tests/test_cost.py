@@ -6,7 +6,7 @@ import pytest
 
 from shared.cost import CostRefused, check_limits, octave_sizes, peak_pixels, work
 from shared.params import RenderParams
-from shared.settings import Settings
+from shared.settings import Settings, SettingsError, load_settings
 
 
 def unchecked(**fields: object) -> RenderParams:
@@ -80,3 +80,9 @@ def test_the_default_limits_admit_the_largest_image_that_fits_at_default_params(
     settings, params = Settings(), RenderParams()
     check_limits(5600, 4000, params, settings)  # 22.4 MP: its top octave is 9464 x 6760
     assert peak_pixels(5600, 4000, params) > 0.95 * settings.max_pixels
+
+
+def test_a_bad_aspect_ratio_setting_names_its_variable(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("ONEIRO_MAX_ASPECT_RATIO", "0.5")
+    with pytest.raises(SettingsError, match="ONEIRO_MAX_ASPECT_RATIO"):
+        load_settings()
