@@ -107,5 +107,5 @@ def _largest_max_dim(width: int, height: int, params: RenderParams, max_pixels: 
 
 
 def _figure(number: float) -> str:
-    """`number` to one decimal, without a trailing .0."""
-    return f"{number:.1f}".removesuffix(".0")
+    """`number` to two decimals, without trailing zeros (20.04, 20.5, 20)."""
+    return f"{number:.2f}".rstrip("0").rstrip(".")
