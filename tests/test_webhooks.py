@@ -654,7 +654,8 @@ def test_slow_webhook_targets_do_not_delay_the_reaper(
     )
     celery = create_celery(hooked)
     dead = {"status": JobStatus.RUNNING, "attempt": 1, "worker": "killed:1"}
-    with background_workers(hooked, env, tmp_path), RawTarget(drip(b"HTTP/1.1 ")) as slow:
+    endless = drip(b"HTTP/1.1 ", for_s=300)  # longer than the test: only the deadline ends it
+    with background_workers(hooked, env, tmp_path), RawTarget(endless) as slow:
         with sessions() as session:
             # The maintenance worker is up once it has put back a first dead worker's job.
             warm = make_job(session, storage, heartbeat_at=utcnow() - timedelta(hours=1), **dead)
