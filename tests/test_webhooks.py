@@ -782,5 +782,5 @@ def test_progress_events_are_spaced_by_the_progress_interval(
     assert len(made) >= 2
     assert len(made) <= took / interval + 1
     gaps = [(b - a).total_seconds() for a, b in zip(made, made[1:], strict=False)]
-    # created_at is stamped just after the progress write, whose time varies by milliseconds.
-    assert min(gaps) > interval - 0.05
+    # (A millisecond for the wall clock of created_at against the monotonic clock of the worker.)
+    assert min(gaps) >= interval - 0.001
