@@ -196,8 +196,10 @@ class Receiver:
         return [d for d in self.deliveries if d["status"] == 204]
 
 
-def env_settings(settings: Settings, **values: Any) -> tuple[Settings, dict[str, str]]:
-    """`settings` with `values`, and the environment of a worker process that reads the same."""
+def worker_settings(settings: Settings, **values: Any) -> tuple[Settings, dict[str, str]]:
+    """`settings` with `values` and loopback targets allowed (the receivers here are local),
+    and the environment of a worker process that reads the same."""
+    values = {"webhook_allow_private": True, **values}
     extra = {f"ONEIRO_{name.upper()}": str(value) for name, value in values.items()}
     return settings.model_copy(update=values), process_env(settings, **extra)
 
@@ -241,12 +243,8 @@ def background_workers(settings: Settings, env: dict[str, str], logs: Path) -> I
 def hooked(settings: Settings, tmp_path: Path) -> Iterator[Settings]:
     """Settings that allow loopback targets and retry fast, and the real maintenance and
     webhooks workers (the ones `make run` starts) running with them."""
-    hooked, env = env_settings(
-        settings,
-        webhook_allow_private=True,
-        webhook_backoff=0.3,
-        webhook_progress_interval=0.0,
-        webhook_max_attempts=3,
+    hooked, env = worker_settings(
+        settings, webhook_backoff=0.3, webhook_progress_interval=0.0, webhook_max_attempts=3
     )
     with background_workers(hooked, env, tmp_path):
         yield hooked
@@ -319,14 +317,19 @@ def test_events_are_signed_retried_with_back_off_and_keep_their_id(
     app.extensions["oneiro"].celery.close()
 
 
+def cancel_with_webhook(app: Flask, url: str) -> None:
+    """Submit a job whose webhook asks only for `completed`, and cancel it: that sends one."""
+    client = authed_client(app)
+    webhook = json.dumps({"url": url, "events": ["completed"]})
+    job_id = submit(client, image_bytes(), webhook=webhook).get_json()["id"]
+    assert client.post(f"/v1/jobs/{job_id}/cancel").status_code == 200
+
+
 def test_a_canceled_job_sends_completed_and_only_the_events_asked_for(
     hooked: Settings, client_app: Flask, receivers: Any
 ) -> None:
     receiver = receivers(failures=0)
-    client = authed_client(client_app)
-    webhook = json.dumps({"url": receiver.url, "events": ["completed"]})
-    job_id = submit(client, image_bytes(), webhook=webhook).get_json()["id"]
-    assert client.post(f"/v1/jobs/{job_id}/cancel").status_code == 200
+    cancel_with_webhook(client_app, receiver.url)
     delivered = wait_for(receiver.delivered, 30, "the completed event")
     time.sleep(0.5)  # nothing else follows
     assert [d["event"] for d in receiver.deliveries] == ["completed"]
@@ -383,30 +386,37 @@ def test_a_host_with_one_public_and_one_private_address_is_refused(
         check_target("https://mixed.example.test/hook")
 
 
-def hooked_job(session: Session, storage: Storage, url: str) -> tuple[str, str, str]:
-    """A job whose webhook goes to `url`: its id, and the id and body of its `started` event."""
-    job = make_job(session, storage, webhook_url=url, webhook_events=["started", "completed"])
-    made = job_event(job, "started")
-    assert made is not None
-    return str(job.id), *made
+class Direct:
+    """Deliveries made here, by calling `deliver` as the webhooks worker does, to jobs of the
+    test database."""
+
+    def __init__(self, settings: Settings, sessions: sessionmaker[Session], storage: Storage):
+        self.settings, self.sessions, self.storage = settings, sessions, storage
+
+    def deliver(self, url: str, **settings: Any) -> bool:
+        """Make a job whose webhook goes to `url` and deliver its `started` event."""
+        with self.sessions() as session:
+            job = make_job(session, self.storage, webhook_url=url, webhook_events=["started"])
+            made = job_event(job, "started")
+        assert made is not None
+        changed = self.settings.model_copy(update=settings)
+        return deliver(self.sessions, changed, str(job.id), *made)
+
+
+@pytest.fixture
+def direct(settings: Settings, sessions: sessionmaker[Session], storage: Storage) -> Direct:
+    return Direct(settings, sessions, storage)
 
 
 def test_a_delivery_connects_to_the_address_that_was_checked(
-    settings: Settings,
-    sessions: sessionmaker[Session],
-    session: Session,
-    storage: Storage,
-    receivers: Any,
-    monkeypatch: pytest.MonkeyPatch,
+    direct: Direct, session: Session, receivers: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     receiver = receivers(failures=0)
     # The first lookup (the check) answers the receiver's address; any later one answers an
     # address where nothing listens, which a second lookup to connect would get.
     resolver = Resolver(monkeypatch, {"hooks.rebind.test": [["127.0.0.1"], ["127.0.0.2"]]})
     url = f"http://hooks.rebind.test:{receiver.port}/hooks/oneiro?x=1"
-    job_id, event_id, body = hooked_job(session, storage, url)
-    allowed = settings.model_copy(update={"webhook_allow_private": True})
-    assert deliver(sessions, allowed, job_id, event_id, body) is True
+    assert direct.deliver(url, webhook_allow_private=True) is True
     assert resolver.lookups["hooks.rebind.test"] == 1
     [delivery] = receiver.deliveries
     # The name, not the address, in the Host header; the path and query as given.
@@ -416,23 +426,14 @@ def test_a_delivery_connects_to_the_address_that_was_checked(
 
 
 def test_a_name_that_rebinds_to_a_private_address_after_the_check_is_not_called(
-    settings: Settings,
-    sessions: sessionmaker[Session],
-    session: Session,
-    storage: Storage,
-    receivers: Any,
-    monkeypatch: pytest.MonkeyPatch,
+    direct: Direct, receivers: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     receiver = receivers(failures=0)
     # Public when checked, loopback when looked up again: the classic DNS rebinding.
     resolver = Resolver(monkeypatch, {"hooks.rebind.test": [["93.184.215.14"], ["127.0.0.1"]]})
-    job_id, event_id, body = hooked_job(
-        session, storage, f"http://hooks.rebind.test:{receiver.port}/hook"
-    )
-    strict = settings.model_copy(update={"webhook_timeout": 1.0})
-    assert not strict.webhook_allow_private
+    assert not direct.settings.webhook_allow_private
     with pytest.raises(DeliveryFailed):  # the public address does not answer here
-        deliver(sessions, strict, job_id, event_id, body)
+        direct.deliver(f"http://hooks.rebind.test:{receiver.port}/hook", webhook_timeout=1.0)
     assert resolver.lookups["hooks.rebind.test"] == 1
     assert receiver.deliveries == []
 
@@ -459,19 +460,11 @@ def test_the_check_at_delivery_time_refuses_a_name_that_changed_since_submit(
     assert receiver.deliveries == []
 
 
-def test_redirects_are_not_followed(
-    settings: Settings,
-    sessions: sessionmaker[Session],
-    session: Session,
-    storage: Storage,
-    receivers: Any,
-) -> None:
+def test_redirects_are_not_followed(direct: Direct, receivers: Any) -> None:
     elsewhere = receivers(failures=0)
     receiver = receivers(failures=0, redirect=elsewhere.url)
-    job_id, event_id, body = hooked_job(session, storage, receiver.url)
-    allowed = settings.model_copy(update={"webhook_allow_private": True})
     with pytest.raises(DeliveryFailed, match="answered 302"):
-        deliver(sessions, allowed, job_id, event_id, body)
+        direct.deliver(receiver.url, webhook_allow_private=True)
     assert len(receiver.deliveries) == 1
     assert elsewhere.deliveries == []
 
@@ -537,21 +530,13 @@ def drip(head: bytes, every: float = 0.25, for_s: float = 30.0) -> Any:
     ],
 )
 def test_a_target_that_drips_its_answer_fails_within_the_total_deadline(
-    settings: Settings,
-    sessions: sessionmaker[Session],
-    session: Session,
-    storage: Storage,
-    head: bytes,
+    direct: Direct, head: bytes
 ) -> None:
     # One byte every 0.25 s: a timeout per read (requests' timeout) would never fire.
     with RawTarget(drip(head)) as target:
-        job_id, event_id, body = hooked_job(session, storage, target.url)
-        hurried = settings.model_copy(
-            update={"webhook_allow_private": True, "webhook_timeout": 1.5}
-        )
         started = time.monotonic()
         with pytest.raises(DeliveryFailed, match="within 1.5s"):
-            deliver(sessions, hurried, job_id, event_id, body)
+            direct.deliver(target.url, webhook_allow_private=True, webhook_timeout=1.5)
         took = time.monotonic() - started
         assert target.sent > len(head)  # it was dripping when the delivery gave up
     assert 1.4 < took < 2.5
@@ -570,19 +555,11 @@ def flood(status: int, size: int = 256 * 1024 * 1024) -> Any:
 
 
 @pytest.mark.parametrize("status", [200, 500])
-def test_a_huge_answer_is_not_read(
-    settings: Settings,
-    sessions: sessionmaker[Session],
-    session: Session,
-    storage: Storage,
-    status: int,
-) -> None:
+def test_a_huge_answer_is_not_read(direct: Direct, status: int) -> None:
     with RawTarget(flood(status)) as target:
-        job_id, event_id, body = hooked_job(session, storage, target.url)
-        allowed = settings.model_copy(update={"webhook_allow_private": True})
         started = time.monotonic()
         with pytest.raises(DeliveryFailed) if status == 500 else contextlib.nullcontext():
-            deliver(sessions, allowed, job_id, event_id, body)
+            direct.deliver(target.url, webhook_allow_private=True)
         took = time.monotonic() - started
         wait_for(lambda: target.open == 0, 10, "the target to see the connection closed")
     assert took < 2
@@ -645,12 +622,9 @@ def job_status(sessions: sessionmaker[Session], job_id: uuid.UUID) -> JobStatus:
 def test_slow_webhook_targets_do_not_delay_the_reaper(
     settings: Settings, sessions: sessionmaker[Session], storage: Storage, tmp_path: Path
 ) -> None:
-    hooked, env = env_settings(
-        settings,
-        webhook_allow_private=True,
-        webhook_timeout=60.0,
-        lease_seconds=2.0,
-        maintenance_interval=0.5,
+    # Deliveries that wait up to a minute; a dead worker's job noticed within seconds.
+    hooked, env = worker_settings(
+        settings, webhook_timeout=60.0, lease_seconds=2.0, maintenance_interval=0.5
     )
     celery = create_celery(hooked)
     dead = {"status": JobStatus.RUNNING, "attempt": 1, "worker": "killed:1"}
@@ -695,9 +669,7 @@ def test_the_reaper_sends_completed_and_a_failed_job_retried_then_canceled_sends
     tmp_path: Path,
 ) -> None:
     receiver = receivers(failures=0)
-    hooked, env = env_settings(
-        settings, webhook_allow_private=True, lease_seconds=1.0, maintenance_interval=0.5
-    )
+    hooked, env = worker_settings(settings, lease_seconds=1.0, maintenance_interval=0.5)
     app = create_app(hooked)
     client = authed_client(app)
     webhook = json.dumps({"url": receiver.url, "events": ["completed"]})
@@ -737,10 +709,7 @@ def test_a_delivery_is_given_up_after_max_attempts(
     hooked: Settings, client_app: Flask, receivers: Any, tmp_path: Path
 ) -> None:
     receiver = receivers(failures=1000)
-    client = authed_client(client_app)
-    webhook = json.dumps({"url": receiver.url, "events": ["completed"]})
-    job_id = submit(client, image_bytes(), webhook=webhook).get_json()["id"]
-    assert client.post(f"/v1/jobs/{job_id}/cancel").status_code == 200
+    cancel_with_webhook(client_app, receiver.url)
     max_attempts = hooked.webhook_max_attempts
     wait_for(lambda: len(receiver.deliveries) >= max_attempts, 30, "every attempt")
     # A further attempt would come after the next back-off (0.3 s doubled twice: 1.2 s).
