@@ -3,6 +3,7 @@ worker, with a stable event id; targets on our own network are refused."""
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import hashlib
 import hmac
@@ -172,6 +173,7 @@ class Receiver:
                         "event": self.headers["Oneiro-Event"],
                         "signature": self.headers[SIGNATURE_HEADER],
                         "host": self.headers["Host"],
+                        "authorization": self.headers["Authorization"],
                         "path": self.path,
                         "body": body,
                         "status": status,
@@ -415,13 +417,15 @@ def test_a_delivery_connects_to_the_address_that_was_checked(
     # The first lookup (the check) answers the receiver's address; any later one answers an
     # address where nothing listens, which a second lookup to connect would get.
     resolver = Resolver(monkeypatch, {"hooks.rebind.test": [["127.0.0.1"], ["127.0.0.2"]]})
-    url = f"http://hooks.rebind.test:{receiver.port}/hooks/oneiro?x=1"
+    url = f"http://me:p%40ss@hooks.rebind.test:{receiver.port}/hooks/oneiro?x=1"
     assert direct.deliver(url, webhook_allow_private=True) is True
     assert resolver.lookups["hooks.rebind.test"] == 1
     [delivery] = receiver.deliveries
-    # The name, not the address, in the Host header; the path and query as given.
+    # The name, not the address, in the Host header; the path and query as given; the URL's
+    # credentials as Basic auth, as any HTTP client sends them.
     assert delivery["host"] == f"hooks.rebind.test:{receiver.port}"
     assert delivery["path"] == "/hooks/oneiro?x=1"
+    assert delivery["authorization"] == "Basic " + base64.b64encode(b"me:p@ss").decode()
     assert_signed_as_documented(tenant_named(session).webhook_secret, delivery)
 
 
