@@ -77,16 +77,36 @@ def worker_command(queue: str, *options: str, concurrency: int = 1) -> list[str]
 
 
 def maintenance_command(settings: Settings, schedule: Path) -> list[str]:
-    """A light worker that runs the reaper, relay and retention (Celery beat embedded to
-    schedule them) and delivers webhooks, a few at a time: they wait on other servers."""
+    """The light worker that runs the reaper, relay and retention, with Celery beat embedded
+    to schedule them. One process: the runs are short and idempotent, and a second would
+    only repeat the first's work."""
     return worker_command(
-        f"{maintenance_queue(settings)},{webhook_queue(settings)}",
+        maintenance_queue(settings),
         "--beat",
         "--schedule",
         str(schedule),
         "--hostname",
         "maintenance@%h",
-        concurrency=4,
+    )
+
+
+# Deliveries wait on other people's servers, each for at most ONEIRO_WEBHOOK_TIMEOUT, and use
+# almost no CPU: threads (which wait with the interpreter lock released) rather than processes,
+# and enough of them that a few slow targets leave room for the rest. A slot costs a thread's
+# stack and, for the moment of one read, a database connection.
+WEBHOOK_THREADS = 32
+
+
+def webhooks_command(settings: Settings) -> list[str]:
+    """The worker that delivers webhooks, apart from the maintenance worker, so a slow target
+    never holds up the reaper that rescues a dead worker's job."""
+    return worker_command(
+        webhook_queue(settings),
+        "--pool",
+        "threads",
+        "--hostname",
+        "webhooks@%h",
+        concurrency=WEBHOOK_THREADS,
     )
 
 
@@ -132,6 +152,7 @@ def main() -> int:
     children.append(
         subprocess.Popen(maintenance_command(settings, settings.data_dir / "celerybeat-schedule"))
     )
+    children.append(subprocess.Popen(webhooks_command(settings)))
     print(
         f"oneiro: API on http://{API_BIND}, one worker on queue {settings.queue!r}; "
         "Ctrl-C stops everything",

@@ -81,7 +81,8 @@ class Settings(BaseSettings):
     # Webhooks: targets on loopback, private or link-local addresses are refused unless allowed
     # (so the service cannot be aimed at its own network); failed deliveries are retried with
     # back-off up to webhook_max_attempts; progress events go out at most every
-    # webhook_progress_interval seconds.
+    # webhook_progress_interval seconds. webhook_timeout bounds a whole delivery (connect, TLS,
+    # request, answer), not each read: a target that drips bytes cannot hold a worker longer.
     webhook_allow_private: bool = False
     webhook_timeout: float = Field(10.0, gt=0)
     webhook_max_attempts: int = Field(8, ge=1)

@@ -341,8 +341,10 @@ class ProgressReporter:
             log.warning("job %s: progress not written, database away", self.job_id)
             return
         if now - self.last_event >= self.runtime.settings.webhook_progress_interval:
-            self.last_event = now
             _event(self.runtime, self.job_id, "progress")
+            # Counted from when the event was made, not from before the write that preceded
+            # it (whose time varies): events are never closer than the interval.
+            self.last_event = time.monotonic()
 
 
 def progress_json(progress: Any) -> dict[str, Any]:

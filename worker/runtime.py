@@ -5,6 +5,7 @@ from __future__ import annotations
 import functools
 import os
 import socket
+import threading
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -50,9 +51,19 @@ def _celery(settings: Settings) -> Celery:
     return create_celery(settings)
 
 
-@functools.cache
+# The webhooks worker runs its tasks on threads: the first few, arriving together, must share
+# one runtime (one engine and its pool of connections), not make one each.
+_runtime_lock = threading.Lock()
+
+
 def get_runtime() -> Runtime:
     """This process's runtime, made on first use: after the fork, never before it."""
+    with _runtime_lock:
+        return _make_runtime()
+
+
+@functools.cache
+def _make_runtime() -> Runtime:
     settings = get_settings()
     return Runtime(
         settings=settings,

@@ -45,8 +45,7 @@ def deliver_webhook(self: Task, job_id: str, event_id: str, body: str) -> None:
     """POST one webhook event; retried with back-off while the target fails."""
     runtime = get_runtime()
     try:
-        with runtime.sessions() as session:
-            deliver(session, runtime.settings, job_id, event_id, body)
+        deliver(runtime.sessions, runtime.settings, job_id, event_id, body)
     except DeliveryFailed as exc:
         attempts = self.request.retries + 1
         if attempts >= runtime.settings.webhook_max_attempts:
