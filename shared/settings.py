@@ -91,6 +91,12 @@ class Settings(BaseSettings):
     # person at a terminal.
     log_format: Literal["json", "text"] = "json"
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"] = "INFO"
+    # A temporary file of a storage write older than this was left by a process killed
+    # mid-write (a write in progress is far younger); maintenance deletes it.
+    temp_file_max_age: float = Field(3600.0, gt=0)
+    # How long /metrics reuses its count of online workers: a Celery broadcast that waits up to a
+    # second for answers, which several or frequent scrapers would otherwise each pay.
+    metrics_cache_seconds: float = Field(5.0, ge=0)
 
     @field_validator("log_level", mode="before")
     @classmethod
