@@ -15,7 +15,6 @@ from typing import TYPE_CHECKING, Any
 
 import redis
 from flask import Flask, Response
-from kombu.transport.redis import PRIORITY_STEPS, Channel
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 from prometheus_client.core import (
     CounterMetricFamily,
@@ -29,7 +28,7 @@ from sqlalchemy import ColumnElement, case, distinct, extract, func, select
 from sqlalchemy.orm import Session
 
 from shared.models import Job, JobStatus, utcnow
-from shared.queue import maintenance_queue
+from shared.queue import maintenance_queue, queue_keys
 
 if TYPE_CHECKING:
     from api import Services
@@ -260,11 +259,8 @@ class OneiroCollector(Collector):
 
 
 def _queue_depth(client: redis.Redis, queue: str) -> int:
-    # Kombu keeps a list per priority step: the queue's name for the default priority and
-    # name + separator + step for the others.
-    keys = [queue, *(f"{queue}{Channel.sep}{step}" for step in PRIORITY_STEPS if step)]
     with client.pipeline(transaction=False) as pipe:
-        for key in keys:
+        for key in queue_keys(queue):
             pipe.llen(key)
         return sum(pipe.execute())
 

@@ -13,11 +13,12 @@ from sqlalchemy.orm import Session
 
 from api import create_app
 from shared.models import JobStatus, utcnow
-from shared.queue import MAINTAIN_TASK, RENDER_TASK, create_celery, maintenance_queue
+from shared.queue import MAINTAIN_TASK, RENDER_TASK, create_celery, maintenance_queue, send_job
 from shared.settings import Settings
 from shared.storage import Storage
 from tests.conftest import free_port
 from tests.utils import make_job
+from worker.maintenance import relay_queued_jobs
 
 Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
 
@@ -217,3 +218,22 @@ def test_a_redis_that_is_down_leaves_the_database_figures(
     assert value(samples, "oneiro_redis_up") == 0
     assert "oneiro_queue_depth" not in names(samples)
     assert value(samples, "oneiro_jobs", status="queued") == 1
+
+
+def test_the_queue_depth_matches_the_backlog_through_relay_rounds(
+    settings: Settings, client: FlaskClient, session: Session, storage: Storage
+) -> None:
+    # Issue 10.8: with no worker the relay used to add a message per waiting job every round,
+    # so the depth overstated the backlog (10 jobs became 39 messages).
+    celery = create_celery(settings)
+    for _ in range(10):
+        send_job(session, celery, make_job(session, storage).id)
+    for round_ in range(1, 4):
+        later = utcnow() + timedelta(seconds=round_ * (settings.relay_after + 1))
+        relay_queued_jobs(session, celery, settings, now=later)
+    celery.close()
+
+    samples = scrape(client)
+
+    assert value(samples, "oneiro_queue_depth", queue=settings.queue) == 10
+    assert value(samples, "oneiro_jobs", status="queued") == 10

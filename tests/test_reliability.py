@@ -8,11 +8,12 @@ from datetime import timedelta
 from typing import Any
 
 import pytest
+import redis
 from sqlalchemy import update
 from sqlalchemy.orm import Session, sessionmaker
 
 from shared.models import Job, JobStatus, utcnow
-from shared.queue import create_celery
+from shared.queue import create_celery, queue_keys, send_job
 from shared.settings import Settings
 from shared.storage import Storage, checkpoint_key, preview_key, result_key
 from tests.test_api import queued_job_ids
@@ -238,3 +239,29 @@ def test_the_relay_sends_what_redis_never_got_or_lost(
     assert sorted(queued_job_ids(settings)) == sorted(str(i) for i in sent)
     assert reload(session, never.id).enqueued_at is not None
     assert recent.id not in sent
+
+
+def test_a_job_waiting_for_a_worker_stays_one_message_and_a_flushed_queue_is_refilled(
+    settings: Settings, session: Session, storage: Storage, redis_url: str
+) -> None:
+    # Issue 10.8: 10 jobs with no worker became 39 messages in 110 s, every job still queued
+    # after relay_after sent again on every round.
+    celery = create_celery(settings)
+    jobs = sorted(str(make_job(session, storage).id) for _ in range(10))
+    for job_id in jobs:
+        send_job(session, celery, uuid.UUID(job_id))
+
+    for round_ in range(1, 6):
+        later = utcnow() + timedelta(seconds=round_ * (settings.relay_after + 1))
+        assert relay_queued_jobs(session, celery, settings, now=later) == []
+    assert sorted(queued_job_ids(settings)) == jobs
+
+    # A flushed Redis loses the messages: the next round sends each job exactly once again.
+    client = redis.Redis.from_url(redis_url)
+    client.delete(*queue_keys(settings.queue))
+    client.close()
+    later = utcnow() + timedelta(seconds=10 * (settings.relay_after + 1))
+    assert sorted(str(i) for i in relay_queued_jobs(session, celery, settings, now=later)) == jobs
+    assert relay_queued_jobs(session, celery, settings, now=later) == []
+    celery.close()
+    assert sorted(queued_job_ids(settings)) == jobs

@@ -13,7 +13,7 @@ from sqlalchemy import delete, or_, select, update
 from sqlalchemy.orm import Session
 
 from shared.models import IDEMPOTENCY_WINDOW, IdempotencyKey, Job, JobStatus, utcnow
-from shared.queue import send_job
+from shared.queue import send_job, waiting_render_jobs
 from shared.settings import Settings
 from shared.storage import Storage, StorageError, job_prefix, legacy_keys
 
@@ -72,11 +72,14 @@ def reap_stale_jobs(
 def relay_queued_jobs(
     session: Session, celery: Celery, settings: Settings, now: datetime | None = None
 ) -> list[uuid.UUID]:
-    """Send again every queued job never enqueued, or enqueued longer ago than relay_after.
+    """Send again every queued job never enqueued, or enqueued longer ago than relay_after,
+    whose message is not waiting in Redis (lost, flushed, or never sent).
 
-    A duplicate message is harmless: the claim lets only one through."""
+    A job that merely waits for a worker keeps its one message: re-sending it on every round
+    would multiply the backlog and the queue-depth metric with it.
+    """
     now = now or utcnow()
-    due = session.scalars(
+    due = (
         select(Job.id)
         .where(
             Job.status == JobStatus.QUEUED,
@@ -86,12 +89,19 @@ def relay_queued_jobs(
             ),
         )
         .order_by(Job.created_at)
-    ).all()
-    for job_id in due:
+    )
+    if session.scalar(due.limit(1)) is None:
+        return []  # nothing to check, so no read of the queue
+    # The queue is read before the rows are: a message in this read keeps its job from being
+    # sent again even if a worker takes it a moment later. Read after the rows, a message taken
+    # in between (its job not yet claimed) would look lost and be sent twice.
+    waiting = waiting_render_jobs(settings)
+    due_ids = [job_id for job_id in session.scalars(due) if job_id not in waiting]
+    for job_id in due_ids:
         send_job(session, celery, job_id)
-    if due:
-        log.info("relayed %d queued job(s) to Redis", len(due))
-    return list(due)
+    if due_ids:
+        log.info("relayed %d queued job(s) to Redis", len(due_ids))
+    return due_ids
 
 
 # Retention works through old jobs a batch at a time, so one maintenance run stays short.
