@@ -8,6 +8,8 @@ share: the job rows (the truth, DESIGN.md invariant 1) and the Redis queues.
 from __future__ import annotations
 
 import logging
+import threading
+import time
 from collections import Counter
 from collections.abc import Iterable, Iterator
 from datetime import datetime, timedelta
@@ -78,6 +80,9 @@ class OneiroCollector(Collector):
         self.services = services
         settings = services.settings
         self.queues = (settings.queue, maintenance_queue(settings))
+        # The broadcast's answers and when they came (monotonic seconds); see _worker_replies.
+        self._replies: tuple[float, dict[str, Any] | None] | None = None
+        self._broadcast_lock = threading.Lock()
 
     def collect(self) -> Iterator[Metric]:
         """The metric families, computed now; a source that is down reports `_up 0`."""
@@ -240,15 +245,13 @@ class OneiroCollector(Collector):
         family = GaugeMetricFamily(
             "oneiro_workers_online",
             "Celery worker nodes (idle or busy) consuming each queue that answered a broadcast "
-            f"(`inspect active_queues`) within {INSPECT_TIMEOUT_S:g}s of this scrape.",
+            f"(`inspect active_queues`) within {INSPECT_TIMEOUT_S:g}s; the broadcast is sent at "
+            "most once per ONEIRO_METRICS_CACHE_SECONDS and its answers reused in between.",
             labels=["queue"],
         )
         online = dict.fromkeys(self.queues, 0)
-        try:
-            inspect = self.services.celery.control.inspect(timeout=INSPECT_TIMEOUT_S)
-            replies: dict[str, Any] = inspect.active_queues() or {}
-        except Exception:
-            log.warning("metrics: the worker broadcast failed", exc_info=True)
+        replies = self._worker_replies()
+        if replies is None:
             return family
         for queues in replies.values():
             for name in {queue["name"] for queue in queues} & online.keys():
@@ -256,6 +259,28 @@ class OneiroCollector(Collector):
         for queue, count in online.items():
             family.add_metric([queue], count)
         return family
+
+    def _worker_replies(self) -> dict[str, Any] | None:
+        """The workers' answers to `inspect active_queues` (None if the broadcast failed),
+        reused for metrics_cache_seconds.
+
+        The broadcast waits up to INSPECT_TIMEOUT_S for answers, however few workers there are:
+        without the cache every scrape would hold a request thread that long. The lock makes
+        scrapes that come together wait for one broadcast rather than each send their own.
+        """
+        with self._broadcast_lock:
+            ttl = self.services.settings.metrics_cache_seconds
+            if self._replies is not None and time.monotonic() - self._replies[0] < ttl:
+                return self._replies[1]
+            replies: dict[str, Any] | None
+            try:
+                inspect = self.services.celery.control.inspect(timeout=INSPECT_TIMEOUT_S)
+                replies = inspect.active_queues() or {}
+            except Exception:
+                log.warning("metrics: the worker broadcast failed", exc_info=True)
+                replies = None
+            self._replies = (time.monotonic(), replies)
+            return replies
 
 
 def _queue_depth(client: redis.Redis, queue: str) -> int:
