@@ -26,7 +26,7 @@ from shared.images import ImageRejected, ImageTooLarge, inspect_image
 from shared.models import IDEMPOTENCY_WINDOW, IdempotencyKey, Job, JobStatus, utcnow
 from shared.params import RenderParams
 from shared.queue import enqueue_render
-from shared.storage import ObjectNotFound, input_key, legacy_keys, preview_key
+from shared.storage import ObjectNotFound, input_key, job_prefix, legacy_keys, preview_key
 from shared.webhooks import WebhookRefused, WebhookSpec, check_target, send_event
 
 log = logging.getLogger(__name__)
@@ -146,14 +146,14 @@ def submit_job() -> tuple[dict[str, Any], int, dict[str, str]]:
     except IntegrityError:
         # Another request with the same key won the race; answer as its replay.
         session.rollback()
-        svc.storage.delete(stored_input)
+        svc.storage.delete_prefix(job_prefix(job_id))
         original = _replay(*idempotency) if idempotency is not None else None
         if original is None:
             raise
         return original
     except Exception:
         session.rollback()
-        svc.storage.delete(stored_input)  # a refused request leaves nothing behind
+        svc.storage.delete_prefix(job_prefix(job_id))  # a refused request leaves nothing behind
         raise
     _enqueue(job)
     return job_json(job), 202, {"Location": f"/v1/jobs/{job_id}"}
