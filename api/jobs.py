@@ -28,7 +28,7 @@ from shared.images import ImageRejected, ImageTooLarge, inspect_image
 from shared.models import IDEMPOTENCY_WINDOW, IdempotencyKey, Job, JobStatus, utcnow
 from shared.params import RenderParams
 from shared.queue import enqueue_render
-from shared.storage import ObjectNotFound, preview_key
+from shared.storage import ObjectNotFound, input_key, job_prefix, legacy_keys, preview_key
 from shared.webhooks import WebhookRefused, WebhookSpec, check_target, send_event
 
 log = logging.getLogger(__name__)
@@ -105,14 +105,14 @@ def submit_job() -> tuple[dict[str, Any], int, dict[str, str]]:
             return original
 
     job_id = uuid.uuid4()
-    input_key = f"inputs/{job_id}.{EXTENSIONS[image_format]}"
-    svc.storage.put(input_key, data)
+    stored_input = input_key(job_id, EXTENSIONS[image_format])
+    svc.storage.put(stored_input, data)
     job = Job(
         id=job_id,
         tenant_id=tenant_id(),
         status=JobStatus.QUEUED,
         params=params.model_dump(mode="json"),
-        input_key=input_key,
+        input_key=stored_input,
         input_width=width,
         input_height=height,
         progress={},
@@ -139,14 +139,14 @@ def submit_job() -> tuple[dict[str, Any], int, dict[str, str]]:
     except IntegrityError:
         # Another request with the same key won the race; answer as its replay.
         session.rollback()
-        svc.storage.delete(input_key)
+        svc.storage.delete_prefix(job_prefix(job_id))
         original = _replay(*idempotency) if idempotency is not None else None
         if original is None:
             raise
         return original
     except Exception:
         session.rollback()
-        svc.storage.delete(input_key)  # a refused request leaves nothing behind
+        svc.storage.delete_prefix(job_prefix(job_id))  # a refused request leaves nothing behind
         raise
     _enqueue(job)
     return job_json(job), 202, {"Location": f"/v1/jobs/{job_id}"}
@@ -410,17 +410,28 @@ def get_preview(job_id: uuid.UUID) -> Response:
     the result once the job has succeeded."""
     job = _find(job_id)
     _check_not_expired(job)
-    try:
-        data = services().storage.get(preview_key(job_id))
-    except ObjectNotFound:
+    data = _latest_preview(job)
+    if data is None:
         raise Problem(
             409,
             "Preview not ready",
             f"job {job_id} is {job.status.value} and has no preview yet; the worker writes one "
             "after the first step of its render",
             job_status=job.status.value,
-        ) from None
+        )
     return Response(data, mimetype="image/jpeg", headers={"Cache-Control": "no-store"})
+
+
+def _latest_preview(job: Job) -> bytes | None:
+    """The preview of the job's latest attempt; until a resumed attempt writes its first, the
+    one before's; for a job stored before per-job folders, its preview under the old key."""
+    keys = [preview_key(job.id, n) for n in (job.attempt, job.attempt - 1) if n > 0]
+    for key in [*keys, legacy_keys(job.id)[1]]:
+        try:
+            return services().storage.get(key)
+        except ObjectNotFound:
+            continue
+    return None
 
 
 def _check_not_expired(job: Job) -> None:

@@ -8,6 +8,8 @@ share: the job rows (the truth, DESIGN.md invariant 1) and the Redis queues.
 from __future__ import annotations
 
 import logging
+import threading
+import time
 from collections import Counter
 from collections.abc import Iterable, Iterator
 from datetime import datetime, timedelta
@@ -15,7 +17,6 @@ from typing import TYPE_CHECKING, Any
 
 import redis
 from flask import Flask, Response
-from kombu.transport.redis import PRIORITY_STEPS, Channel
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 from prometheus_client.core import (
     CounterMetricFamily,
@@ -31,7 +32,7 @@ from sqlalchemy.orm import Session
 from shared.cost import work
 from shared.models import Job, JobStatus, utcnow
 from shared.params import RenderParams
-from shared.queue import maintenance_queue
+from shared.queue import maintenance_queue, queue_keys
 
 if TYPE_CHECKING:
     from api import Services
@@ -81,6 +82,9 @@ class OneiroCollector(Collector):
         self.services = services
         settings = services.settings
         self.queues = (settings.queue, maintenance_queue(settings))
+        # The broadcast's answers and when they came (monotonic seconds); see _worker_replies.
+        self._replies: tuple[float, dict[str, Any] | None] | None = None
+        self._broadcast_lock = threading.Lock()
 
     def collect(self) -> Iterator[Metric]:
         """The metric families, computed now; a source that is down reports `_up 0`."""
@@ -243,15 +247,13 @@ class OneiroCollector(Collector):
         family = GaugeMetricFamily(
             "oneiro_workers_online",
             "Celery worker nodes (idle or busy) consuming each queue that answered a broadcast "
-            f"(`inspect active_queues`) within {INSPECT_TIMEOUT_S:g}s of this scrape.",
+            f"(`inspect active_queues`) within {INSPECT_TIMEOUT_S:g}s; the broadcast is sent at "
+            "most once per ONEIRO_METRICS_CACHE_SECONDS and its answers reused in between.",
             labels=["queue"],
         )
         online = dict.fromkeys(self.queues, 0)
-        try:
-            inspect = self.services.celery.control.inspect(timeout=INSPECT_TIMEOUT_S)
-            replies: dict[str, Any] = inspect.active_queues() or {}
-        except Exception:
-            log.warning("metrics: the worker broadcast failed", exc_info=True)
+        replies = self._worker_replies()
+        if replies is None:
             return family
         for queues in replies.values():
             for name in {queue["name"] for queue in queues} & online.keys():
@@ -260,13 +262,32 @@ class OneiroCollector(Collector):
             family.add_metric([queue], count)
         return family
 
+    def _worker_replies(self) -> dict[str, Any] | None:
+        """The workers' answers to `inspect active_queues` (None if the broadcast failed),
+        reused for metrics_cache_seconds.
+
+        The broadcast waits up to INSPECT_TIMEOUT_S for answers, however few workers there are:
+        without the cache every scrape would hold a request thread that long. The lock makes
+        scrapes that come together wait for one broadcast rather than each send their own.
+        """
+        with self._broadcast_lock:
+            ttl = self.services.settings.metrics_cache_seconds
+            if self._replies is not None and time.monotonic() - self._replies[0] < ttl:
+                return self._replies[1]
+            replies: dict[str, Any] | None
+            try:
+                inspect = self.services.celery.control.inspect(timeout=INSPECT_TIMEOUT_S)
+                replies = inspect.active_queues() or {}
+            except Exception:
+                log.warning("metrics: the worker broadcast failed", exc_info=True)
+                replies = None
+            self._replies = (time.monotonic(), replies)
+            return replies
+
 
 def _queue_depth(client: redis.Redis, queue: str) -> int:
-    # Kombu keeps a list per priority step: the queue's name for the default priority and
-    # name + separator + step for the others.
-    keys = [queue, *(f"{queue}{Channel.sep}{step}" for step in PRIORITY_STEPS if step)]
     with client.pipeline(transaction=False) as pipe:
-        for key in keys:
+        for key in queue_keys(queue):
             pipe.llen(key)
         return sum(pipe.execute())
 

@@ -97,6 +97,12 @@ class Settings(BaseSettings):
     # The longer side of an upload over its shorter: the engine raises every octave's shorter
     # side to what the backbone can see, so a thread-thin image renders huge, useless octaves.
     max_aspect_ratio: float = Field(20.0, ge=1)
+    # A temporary file of a storage write older than this was left by a process killed
+    # mid-write (a write in progress is far younger); maintenance deletes it.
+    temp_file_max_age: float = Field(3600.0, gt=0)
+    # How long /metrics reuses its count of online workers: a Celery broadcast that waits up to a
+    # second for answers, which several or frequent scrapers would otherwise each pay.
+    metrics_cache_seconds: float = Field(5.0, ge=0)
 
     @field_validator("log_level", mode="before")
     @classmethod

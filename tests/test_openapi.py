@@ -37,7 +37,7 @@ from api.schemas import JobOut, Progress
 from shared.models import Job, JobStatus, utcnow
 from shared.params import RenderParams
 from shared.settings import Settings
-from shared.storage import Storage, preview_key
+from shared.storage import Storage, preview_key, result_key
 from shared.webhooks import WebhookSpec
 from tests.utils import image_bytes, make_job, new_key
 
@@ -181,10 +181,10 @@ def fuzz_jobs(fuzz_app: Flask) -> list[uuid.UUID]:
     services = fuzz_app.extensions["oneiro"]
     with services.sessions() as session:
         jobs = [make_job(session, services.storage, status=status) for status in JobStatus]
-        done = make_job(session, services.storage, status=JobStatus.SUCCEEDED)
-        done.result_key = f"results/{done.id}.png"
+        done = make_job(session, services.storage, status=JobStatus.SUCCEEDED, attempt=1)
+        done.result_key = result_key(done.id, 1)
         services.storage.put(done.result_key, image_bytes())
-        services.storage.put(preview_key(done.id), image_bytes(fmt="JPEG"))
+        services.storage.put(preview_key(done.id, 1), image_bytes(fmt="JPEG"))
         gone = make_job(session, services.storage, status=JobStatus.SUCCEEDED, expired_at=utcnow())
         session.commit()
         return [job.id for job in (*jobs, done, gone)]

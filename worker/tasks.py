@@ -11,10 +11,18 @@ from shared.queue import MAINTAIN_TASK, RENDER_TASK, WEBHOOK_TASK
 from shared.webhooks import DeliveryFailed, backoff, deliver, send_event
 from worker.celery_app import app
 from worker.jobs import run_job
-from worker.maintenance import expire_old_files, reap_stale_jobs, relay_queued_jobs
+from worker.maintenance import (
+    TemporarySweeper,
+    expire_old_files,
+    reap_stale_jobs,
+    relay_queued_jobs,
+)
 from worker.runtime import get_runtime
 
 log = logging.getLogger(__name__)
+
+# One per process: it remembers when this process last swept.
+sweep_temporary_files = TemporarySweeper()
 
 
 @app.task(name=RENDER_TASK)
@@ -30,7 +38,8 @@ def render_job(job_id: str) -> None:
 
 @app.task(name=MAINTAIN_TASK, ignore_result=True)
 def maintain() -> None:
-    """Put back the jobs of dead workers, then send again the queued jobs Redis lost."""
+    """Put back the jobs of dead workers, send again the queued jobs Redis lost, delete the
+    files of old jobs and of interrupted writes."""
     runtime = get_runtime()
     with runtime.sessions() as session:
         _, failed = reap_stale_jobs(session, runtime.settings)
@@ -38,6 +47,7 @@ def maintain() -> None:
             send_event(app, session, job_id, "completed")
         relay_queued_jobs(session, app, runtime.settings)
         expire_old_files(session, runtime.storage, runtime.settings)
+    sweep_temporary_files(runtime.storage, runtime.settings)
 
 
 @app.task(name=WEBHOOK_TASK, bind=True, ignore_result=True)
