@@ -23,7 +23,14 @@ from api.openapi import BEARER, BINARY, job_responses, spec
 from api.problems import Problem, invalid
 from api.schemas import JobListQuery, JobOut, JobPage, JobSubmission, SubmitHeaders, encode_cursor
 from shared.images import ImageRejected, ImageTooLarge, inspect_image
-from shared.models import IDEMPOTENCY_WINDOW, IdempotencyKey, Job, JobStatus, utcnow
+from shared.models import (
+    IDEMPOTENCY_WINDOW,
+    IdempotencyKey,
+    Job,
+    JobStatus,
+    shown_progress,
+    utcnow,
+)
 from shared.params import RenderParams
 from shared.queue import enqueue_render
 from shared.storage import ObjectNotFound, preview_key
@@ -542,7 +549,7 @@ def job_json(job: Job) -> dict[str, Any]:
     return {
         "id": str(job.id),
         "status": job.status.value,
-        "progress": _progress(job),
+        "progress": shown_progress(job),
         "params": job.params,
         "input": {"width": job.input_width, "height": job.input_height},
         "attempt": job.attempt,
@@ -559,20 +566,6 @@ def job_json(job: Job) -> dict[str, Any]:
         "preview_url": f"/v1/jobs/{job.id}/preview",
         "expired": job.expired_at is not None,
     }
-
-
-def _progress(job: Job) -> dict[str, Any]:
-    base = {
-        "fraction": 0.0,
-        "octave": 0,
-        "octaves": job.params.get("octaves"),
-        "step": 0,
-        "steps": job.params.get("steps"),
-        "tiles_done": 0,
-        "tiles": None,
-        "eta_seconds": None,
-    }
-    return {**base, **(job.progress or {})}
 
 
 def _iso(moment: datetime | None) -> str | None:

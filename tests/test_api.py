@@ -13,6 +13,7 @@ from typing import Any
 import pytest
 import redis
 import sqlalchemy as sa
+from flask import Flask
 from flask.testing import FlaskClient
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
@@ -358,3 +359,45 @@ def test_the_api_comes_back_by_itself_after_the_database_restarts(
         proxy.close()
         app.extensions["oneiro"].engine.dispose()
         app.extensions["oneiro"].celery.close()
+
+
+def test_an_ended_jobs_progress_is_final(app: Flask, session: Session, storage: Storage) -> None:
+    last_report = {
+        "fraction": 0.8,
+        "octave": 2,
+        "octaves": 2,
+        "step": 8,
+        "steps": 10,
+        "tiles_done": 66,
+        "tiles": 70,
+        "eta_seconds": 681.2,
+    }
+    params = {"steps": 10, "octaves": 2, "seed": 3}
+    done = make_job(
+        session, storage, status=JobStatus.SUCCEEDED, progress=last_report, params=params
+    )
+    canceled = make_job(
+        session, storage, status=JobStatus.CANCELED, progress=last_report, params=params
+    )
+    failed = make_job(session, storage, status=JobStatus.FAILED, progress=last_report)
+    running = make_job(session, storage, status=JobStatus.RUNNING, progress=last_report)
+    queued = make_job(session, storage, params=params)
+    http = authed_client(app)
+
+    def progress(job: Job) -> dict[str, Any]:
+        return http.get(f"/v1/jobs/{job.id}").get_json()["progress"]  # type: ignore[no-any-return]
+
+    assert progress(done) == {
+        **last_report,
+        "fraction": 1.0,
+        "step": 10,
+        "tiles_done": 70,
+        "eta_seconds": 0.0,
+    }
+    assert progress(canceled)["eta_seconds"] is None
+    assert progress(failed)["eta_seconds"] is None
+    assert progress(running) == last_report
+    # Octaves count from 1: a job not started is at octave 1 of 2, step 0.
+    assert progress(queued)["octave"] == 1 and progress(queued)["step"] == 0
+    # Canceling a running job through the API drops its ETA too.
+    assert http.post(f"/v1/jobs/{running.id}/cancel").get_json()["progress"]["eta_seconds"] is None

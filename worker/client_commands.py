@@ -83,7 +83,7 @@ def describe_progress(job: dict[str, Any]) -> str:
     if job.get("status") != "running":
         return str(job.get("status"))
     return (
-        f"octave {p.get('octave', 0)}/{p.get('octaves')} step {p.get('step', 0)}/{p.get('steps')} "
+        f"octave {p.get('octave', 1)}/{p.get('octaves')} step {p.get('step', 0)}/{p.get('steps')} "
         f"ETA {_eta(p.get('eta_seconds'))}"
     )
 

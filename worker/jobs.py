@@ -23,7 +23,7 @@ from tenacity import (
 
 from shared.images import decode_rgb, encode_jpeg, encode_png, fit_within
 from shared.logs import log_context
-from shared.models import Job, JobStatus, utcnow
+from shared.models import Job, JobStatus, shown_progress, utcnow
 from shared.params import RenderParams
 from shared.storage import ObjectNotFound, StorageError, checkpoint_key, preview_key
 from shared.webhooks import Event, send_event
@@ -360,9 +360,9 @@ def progress_json(progress: Any) -> dict[str, Any]:
 
 
 def _finished_progress(session: Session, job_id: uuid.UUID) -> dict[str, Any]:
-    progress = dict(session.get_one(Job, job_id).progress or {})
-    progress.update(fraction=1.0, eta_seconds=0.0)
-    return progress
+    # The last report was throttled (step 8 of 10, say): the row says the render is complete.
+    job = session.get_one(Job, job_id)
+    return shown_progress(Job(status=JobStatus.SUCCEEDED, params=job.params, progress=job.progress))
 
 
 def _fail(runtime: Runtime, job_id: uuid.UUID, attempt: int, message: str) -> JobStatus | None:
