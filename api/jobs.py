@@ -432,13 +432,13 @@ def get_preview(job_id: uuid.UUID) -> Response:
     try:
         data = services().storage.get(preview_key(job_id))
     except ObjectNotFound:
-        raise Problem(
-            409,
-            "Preview not ready",
-            f"job {job_id} is {job.status.value} and has no preview yet; the worker writes one "
-            "after the first step of its render",
-            job_status=job.status.value,
-        ) from None
+        detail = (
+            f"job {job_id} ended ({job.status.value}) before its first step, so it has no preview"
+            if job.status.is_terminal()
+            else f"job {job_id} is {job.status.value} and has no preview yet; the worker "
+            "writes one after the first step of its render"
+        )
+        raise Problem(409, "Preview not ready", detail, job_status=job.status.value) from None
     return Response(data, mimetype="image/jpeg", headers={"Cache-Control": "no-store"})
 
 

@@ -160,7 +160,7 @@ def test_bad_params_are_422_naming_the_field_and_change_nothing(
     ("image", "words"),
     [
         (b"", "empty"),
-        (b"this is not an image at all", "not a readable image"),
+        (b"this is not an image at all", "the file is not an image Oneiro can read"),
         (image_bytes((200, 200), "JPEG")[:300], "not a readable image"),
         (image_bytes((40, 40), "GIF", "P"), "unsupported image format GIF"),
         (None, "required"),
@@ -174,6 +174,7 @@ def test_bad_images_are_422_and_change_nothing(
 
     assert body["errors"][0]["field"] == "image"
     assert words in body["detail"]
+    assert "<_io" not in body["detail"] and "0x" not in body["detail"]
     assert session.scalar(select(func.count()).select_from(Job)) == 0
     assert stored_files(settings) == []
     assert queued_job_ids(settings) == []
@@ -220,7 +221,37 @@ def test_upload_over_the_limit_is_413(client: FlaskClient, settings: Settings) -
 def test_status_of_unknown_and_malformed_ids_is_404(client: FlaskClient) -> None:
     body = assert_problem(client.get(f"/v1/jobs/{uuid.uuid4()}"), 404)
     assert "no job" in body["detail"]
-    assert_problem(client.get("/v1/jobs/not-a-uuid"), 404)
+    # The API's own 404, not Flask's "The requested URL was not found on the server".
+    for path in ("/v1/jobs/not-a-uuid", "/v1/jobs/not-a-uuid/preview"):
+        body = assert_problem(client.get(path), 404)
+        assert body["title"] == "Job not found"
+        assert body["detail"] == "there is no job not-a-uuid; job ids are UUIDs"
+
+
+def test_layers_may_be_one_name(client: FlaskClient) -> None:
+    for layers, resolved in [
+        ("mixed4", {"mixed4": 1.0}),
+        ("mixed3, mixed5", {"mixed3": 1.0, "mixed5": 1.0}),
+    ]:
+        response = submit(client, image_bytes(), {"layers": layers, "steps": 2})
+        assert response.status_code == 202, response.get_data(as_text=True)
+        assert response.get_json()["params"]["layers"] == resolved
+    body = assert_problem(submit(client, image_bytes(), {"layers": "mixed99"}), 422)
+    assert body["errors"][0]["field"] == "params.layers"
+
+
+def test_preview_of_a_job_that_ended_without_one_says_so(
+    app: Flask, session: Session, storage: Storage
+) -> None:
+    http = authed_client(app)
+    for status in (JobStatus.FAILED, JobStatus.CANCELED):
+        job = make_job(session, storage, status=status)
+        body = assert_problem(http.get(f"/v1/jobs/{job.id}/preview"), 409)
+        assert "before its first step" in body["detail"]
+        assert "writes one" not in body["detail"]
+    running = make_job(session, storage, status=JobStatus.RUNNING)
+    body = assert_problem(http.get(f"/v1/jobs/{running.id}/preview"), 409)
+    assert "writes one after the first step" in body["detail"]
 
 
 def test_status_reports_progress_and_timestamps(
