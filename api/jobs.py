@@ -35,6 +35,7 @@ from shared.params import RenderParams
 from shared.queue import enqueue_render
 from shared.storage import ObjectNotFound, preview_key
 from shared.webhooks import WebhookRefused, WebhookSpec, check_target, send_event
+from shared.weights import NoWeights, require_weights
 
 log = logging.getLogger(__name__)
 
@@ -85,6 +86,10 @@ def submit_job() -> tuple[dict[str, Any], int, dict[str, str]]:
     """Store the image, record the job, commit, then enqueue it."""
     svc = services()
     params, asked = _read_params()
+    try:
+        require_weights(svc.settings, params.model)
+    except NoWeights as exc:  # accepted, it would fail on the worker: refuse it now
+        raise invalid([{"field": "params.model", "message": str(exc)}]) from None
     upload = request.files.get("image")
     if upload is None:
         raise invalid(

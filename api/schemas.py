@@ -187,3 +187,29 @@ class Health(BaseModel):
     model_config = ConfigDict(extra="allow")
 
     status: str
+
+
+class LayerOut(BaseModel):
+    """A layer a backbone can dream."""
+
+    model_config = ConfigDict(title="Layer")
+
+    name: str
+    channels: Annotated[int, Field(description="Its channels, for `params.channels`.")]
+
+
+class ModelOut(BaseModel):
+    """A backbone this deployment can render, for `params.model`."""
+
+    model_config = ConfigDict(title="Model")
+
+    name: str
+    default: Annotated[bool, Field(description="Used when `params.model` is not given.")]
+    default_layers: Annotated[list[str], Field(description="Used when `params.layers` is not.")]
+    layers: list[LayerOut]
+
+
+class ModelList(BaseModel):
+    """GET /v1/models: the backbones this deployment has weights for."""
+
+    models: list[ModelOut]

@@ -91,6 +91,10 @@ class Settings(BaseSettings):
     # person at a terminal.
     log_format: Literal["json", "text"] = "json"
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"] = "INFO"
+    # A directory of weights files, one per backbone, each named as Keras names its ImageNet
+    # file (shared/catalogue.py `weights_file`): how a deployment offline gets more backbones
+    # than the one ONEIRO_WEIGHTS names.
+    weights_dir: Path | None = None
 
     @field_validator("log_level", mode="before")
     @classmethod

@@ -27,6 +27,7 @@ from shared.models import Job, JobStatus, shown_progress, utcnow
 from shared.params import RenderParams
 from shared.storage import ObjectNotFound, StorageError, checkpoint_key, preview_key
 from shared.webhooks import Event, send_event
+from shared.weights import NoWeights
 from worker.runtime import Runtime
 
 log = logging.getLogger(__name__)
@@ -374,11 +375,24 @@ def _fail(runtime: Runtime, job_id: uuid.UUID, attempt: int, message: str) -> Jo
     return JobStatus.FAILED
 
 
+# An unexpected error's share of what the user reads: a line, not a library's dump. The whole
+# exception, traceback and all, is in the worker's log (run_job logs it).
+MAX_ERROR_CHARS = 300
+
+
 def _readable(exc: Exception) -> str:
     from worker.engine import WeightsUnavailable
 
-    if isinstance(exc, WeightsUnavailable | StorageError):
-        return str(exc)
+    if isinstance(exc, WeightsUnavailable | StorageError | NoWeights):
+        return str(exc)  # ours: a sentence on what is wrong, one on what to do
     if isinstance(exc, SoftTimeLimitExceeded):
         return "the render ran past the time limit (ONEIRO_SOFT_TIME_LIMIT) and was stopped"
-    return f"render failed: {type(exc).__name__}: {exc}"
+    first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+    return _short(
+        f"the render failed ({type(exc).__name__}{': ' + first_line if first_line else ''}); "
+        "the worker's log has the details"
+    )
+
+
+def _short(text: str) -> str:
+    return text if len(text) <= MAX_ERROR_CHARS else text[: MAX_ERROR_CHARS - 1] + "…"
