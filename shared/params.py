@@ -89,6 +89,8 @@ class RenderParams(BaseModel):
         if isinstance(layers, str):  # `--param layers=mixed4`, or `mixed3,mixed5`
             layers = [name.strip() for name in layers.split(",") if name.strip()]
         if isinstance(layers, list | tuple):
+            if not all(isinstance(name, str) for name in layers):
+                raise ValueError("layers must be names, or {name: weight}")
             if len(set(layers)) != len(layers):
                 raise ValueError("layers must not repeat")
             return {name: 1.0 for name in layers}

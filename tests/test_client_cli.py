@@ -328,3 +328,67 @@ def test_ctrl_c_while_waiting_offers_to_cancel_the_job(stack: Stack, tmp_path: P
 def _drain(stream: Any, into: bytearray) -> None:
     while chunk := os.read(stream.fileno(), 4096):
         into.extend(chunk)
+
+
+def test_list_pages_with_cursor_and_says_there_is_more(stack: Stack) -> None:
+    for _ in range(3):
+        assert oneiro(stack, "submit", str(CHELSEA), *SMALL, "--param", "steps=1").exit_code == 0
+    with stack.http() as http:
+        total = len(
+            http.get(f"{stack.url}/v1/jobs", params={"limit": 100}, timeout=10).json()["jobs"]
+        )
+    seen: list[str] = []
+    args = ["list", "--limit", "2"]
+    for _ in range(100):
+        page = oneiro(stack, *args)
+        assert page.exit_code == 0, page.output
+        seen += [line.split()[0] for line in page.stdout.splitlines()]
+        more = re.search(r"^more jobs: oneiro list --limit 2 --cursor (\S+)$", page.stderr, re.M)
+        if more is None:
+            break
+        args = ["list", "--limit", "2", "--cursor", more[1]]
+    assert len(seen) == len(set(seen)) == total >= 3
+
+
+def test_a_second_ctrl_c_at_the_question_leaves_the_job_running(
+    stack: Stack, tmp_path: Path
+) -> None:
+    env = {
+        **os.environ,
+        "ONEIRO_URL": stack.url,
+        "ONEIRO_API_KEY": stack.key,
+        "PYTHONUNBUFFERED": "1",
+    }
+    err = bytearray()
+    with subprocess.Popen(
+        [sys.executable, "-m", "worker.cli", "submit", str(CHELSEA), *SMALL[:4]]
+        + ["--param", "steps=1000", "--wait", "-o", str(tmp_path / "never.png")],
+        cwd=ROOT,
+        env=env,
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    ) as process:
+        assert process.stdout and process.stdin and process.stderr
+        reader = threading.Thread(target=_drain, args=(process.stderr, err), daemon=True)
+        reader.start()
+        try:
+            job_id = process.stdout.readline().decode().strip()
+            wait_for(lambda: b"octave" in err, 120, "the render to start", every=0.1)
+            process.send_signal(signal.SIGINT)
+            wait_for(lambda: b"Cancel job" in err, 20, "the question", every=0.1)
+            process.send_signal(signal.SIGINT)
+            code = process.wait(timeout=30)
+        finally:
+            if process.poll() is None:
+                process.kill()
+            reader.join(5)
+    text = err.decode(errors="replace")
+    try:
+        assert code == 130, text
+        assert f"job {job_id} goes on; `oneiro status {job_id}` shows it" in text
+        assert "Aborted!" not in text
+        assert stack.job(job_id)["status"] in ("queued", "running")
+    finally:
+        with stack.http() as http:
+            http.post(f"{stack.url}/v1/jobs/{job_id}/cancel", timeout=10)

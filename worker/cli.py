@@ -5,6 +5,7 @@ database); `keys` makes API keys; `submit`, `status`, `list`, ... call the API
 from __future__ import annotations
 
 import contextlib
+import os
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -38,6 +39,18 @@ def _channels(values: tuple[str, ...]) -> dict[str, list[int]] | None:
         name, _, indices = value.partition("=")
         channels[name.strip()] = [int(i) for i in indices.split(",") if i.strip()]
     return channels or None
+
+
+# Where a GPU is, the kernel driver makes these device nodes (NVIDIA's, and ROCm's).
+GPU_DEVICE_NODES = ("/dev/nvidiactl", "/dev/kfd")
+
+
+def quiet_tensorflow_without_gpu() -> None:
+    """On a machine without a GPU, keep TensorFlow's error-level start-up lines (`failed call
+    to cuInit: ... CUDA error`) off the terminal: they read like a failure of the render."""
+    if any(Path(node).exists() for node in GPU_DEVICE_NODES):
+        return
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 
 @main.command()
@@ -116,6 +129,7 @@ def render(
         )
         raise click.UsageError(problems) from None
 
+    quiet_tensorflow_without_gpu()
     # Imported once the arguments are known good: TensorFlow takes seconds to load.
     from PIL import Image
     from tqdm import tqdm
