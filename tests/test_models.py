@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import io
 import json
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -51,10 +52,21 @@ def offline(settings: Settings, weights_dir: Path, *files: str, **more: object) 
     )
 
 
-def app_for(settings: Settings) -> Flask:
-    app = create_app(settings)
-    app.testing = True
-    return app
+@pytest.fixture
+def app_for() -> Iterator[Callable[[Settings], Flask]]:
+    """Make apps of other settings; each is closed after the test."""
+    made: list[Flask] = []
+
+    def make(settings: Settings) -> Flask:
+        app = create_app(settings)
+        app.testing = True
+        made.append(app)
+        return app
+
+    yield make
+    for app in made:
+        app.extensions["oneiro"].engine.dispose()
+        app.extensions["oneiro"].celery.close()
 
 
 def submit(app: Flask, params: dict[str, object]) -> TestResponse:
@@ -68,7 +80,7 @@ def submit(app: Flask, params: dict[str, object]) -> TestResponse:
 
 
 def test_models_lists_the_backbones_with_weights_and_their_layers(
-    settings: Settings, tmp_path: Path
+    settings: Settings, tmp_path: Path, app_for: Callable[[Settings], Flask]
 ) -> None:
     app = app_for(offline(settings, tmp_path / "weights", INCEPTION_FILE))
     response = authed_client(app).get("/v1/models")
@@ -101,7 +113,7 @@ def test_models_needs_a_key_and_is_in_the_document(app: Flask) -> None:
 
 
 def test_a_backbone_without_weights_is_refused_at_submit(
-    settings: Settings, session: Session, tmp_path: Path
+    settings: Settings, session: Session, tmp_path: Path, app_for: Callable[[Settings], Flask]
 ) -> None:
     app = app_for(offline(settings, tmp_path / "weights", INCEPTION_FILE))
     body = assert_problem(submit(app, {"model": "vgg19", "steps": 2}), 422)
