@@ -10,7 +10,7 @@ import signal
 import subprocess
 import sys
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -284,7 +284,11 @@ def test_the_job_is_polled_when_the_stream_keeps_failing(
 # -- Ctrl-C --------------------------------------------------------------------------------------
 
 
-def test_ctrl_c_while_waiting_offers_to_cancel_the_job(stack: Stack, tmp_path: Path) -> None:
+def _interrupt_at_the_question(
+    stack: Stack, tmp_path: Path, answer: Callable[[subprocess.Popen[bytes]], None]
+) -> tuple[str, int, str]:
+    """Submit a long render with --wait, press Ctrl-C once it runs, `answer` the cancel
+    question; the job id, the exit code and what was written to stderr."""
     env = {
         **os.environ,
         "ONEIRO_URL": stack.url,
@@ -309,14 +313,23 @@ def test_ctrl_c_while_waiting_offers_to_cancel_the_job(stack: Stack, tmp_path: P
             wait_for(lambda: b"octave" in err, 120, "the render to start", every=0.1)
             process.send_signal(signal.SIGINT)
             wait_for(lambda: b"Cancel job" in err, 20, "the question", every=0.1)
-            process.stdin.write(b"y\n")
-            process.stdin.close()
+            answer(process)
             code = process.wait(timeout=30)
         finally:
             if process.poll() is None:
                 process.kill()
             reader.join(5)
-    text = err.decode(errors="replace")
+    return job_id, code, err.decode(errors="replace")
+
+
+def _yes(process: subprocess.Popen[bytes]) -> None:
+    assert process.stdin
+    process.stdin.write(b"y\n")
+    process.stdin.close()
+
+
+def test_ctrl_c_while_waiting_offers_to_cancel_the_job(stack: Stack, tmp_path: Path) -> None:
+    job_id, code, text = _interrupt_at_the_question(stack, tmp_path, _yes)
 
     assert code == 130, text
     assert f"Cancel job {job_id}? [y/N]" in text
@@ -353,37 +366,9 @@ def test_list_pages_with_cursor_and_says_there_is_more(stack: Stack) -> None:
 def test_a_second_ctrl_c_at_the_question_leaves_the_job_running(
     stack: Stack, tmp_path: Path
 ) -> None:
-    env = {
-        **os.environ,
-        "ONEIRO_URL": stack.url,
-        "ONEIRO_API_KEY": stack.key,
-        "PYTHONUNBUFFERED": "1",
-    }
-    err = bytearray()
-    with subprocess.Popen(
-        [sys.executable, "-m", "worker.cli", "submit", str(CHELSEA), *SMALL[:4]]
-        + ["--param", "steps=1000", "--wait", "-o", str(tmp_path / "never.png")],
-        cwd=ROOT,
-        env=env,
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-    ) as process:
-        assert process.stdout and process.stdin and process.stderr
-        reader = threading.Thread(target=_drain, args=(process.stderr, err), daemon=True)
-        reader.start()
-        try:
-            job_id = process.stdout.readline().decode().strip()
-            wait_for(lambda: b"octave" in err, 120, "the render to start", every=0.1)
-            process.send_signal(signal.SIGINT)
-            wait_for(lambda: b"Cancel job" in err, 20, "the question", every=0.1)
-            process.send_signal(signal.SIGINT)
-            code = process.wait(timeout=30)
-        finally:
-            if process.poll() is None:
-                process.kill()
-            reader.join(5)
-    text = err.decode(errors="replace")
+    job_id, code, text = _interrupt_at_the_question(
+        stack, tmp_path, lambda process: process.send_signal(signal.SIGINT)
+    )
     try:
         assert code == 130, text
         assert f"job {job_id} goes on; `oneiro status {job_id}` shows it" in text

@@ -5,6 +5,7 @@ from __future__ import annotations
 import threading
 import time
 from datetime import timedelta
+from types import ModuleType
 from typing import Any
 
 import pytest
@@ -20,13 +21,20 @@ from worker.runtime import Runtime
 
 
 @pytest.fixture
-def runtime(session: Session, storage: Storage, settings: Settings) -> Runtime:
-    return Runtime(
+def tasks(
+    session: Session, storage: Storage, settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> ModuleType:
+    """worker.tasks, its maintain task running on the test database and storage."""
+    from worker import tasks
+
+    runtime = Runtime(
         settings=settings,
         sessions=create_session_factory(session.get_bind()),  # type: ignore[arg-type]
         storage=storage,
         name="maintenance",
     )
+    monkeypatch.setattr(tasks, "get_runtime", lambda: runtime)
+    return tasks
 
 
 def _stale_job(session: Session, storage: Storage, settings: Settings) -> Job:
@@ -46,13 +54,10 @@ def test_two_maintenance_runs_at_once_do_the_work_once(
     session: Session,
     storage: Storage,
     settings: Settings,
-    runtime: Runtime,
+    tasks: ModuleType,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    from worker import tasks
-
     stale = _stale_job(session, storage, settings)
-    monkeypatch.setattr(tasks, "get_runtime", lambda: runtime)
     reaps: list[float] = []
     real_reap = tasks.reap_stale_jobs
 
@@ -76,16 +81,9 @@ def test_two_maintenance_runs_at_once_do_the_work_once(
 
 
 def test_a_run_while_another_holds_the_lock_changes_nothing(
-    session: Session,
-    storage: Storage,
-    settings: Settings,
-    runtime: Runtime,
-    monkeypatch: pytest.MonkeyPatch,
+    session: Session, storage: Storage, settings: Settings, tasks: ModuleType
 ) -> None:
-    from worker import tasks
-
     stale = _stale_job(session, storage, settings)
-    monkeypatch.setattr(tasks, "get_runtime", lambda: runtime)
     other = maintenance_lock(settings)
     assert other.acquire()
     try:

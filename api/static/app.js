@@ -337,37 +337,26 @@ async function watch(jobId) {
   }
 }
 
-$("cancel").addEventListener("click", async () => {
-  if (!following) return;
-  $("cancel").disabled = true;
-  try {
-    await api(`/v1/jobs/${following.id}/cancel`, { method: "POST" });
-  } catch (error) {
-    if (!refused(error)) {
-      $("job-error").textContent = error.message;
-      $("job-error").hidden = false;
-    }
-  } finally {
-    $("cancel").disabled = false;
-  }
-});
-
-$("retry").addEventListener("click", async () => {
+// Cancel and Retry: one POST about the watched job, its error shown under the job.
+async function act(button, verb, then) {
   if (!following) return;
   const jobId = following.id;
-  $("retry").disabled = true;
+  button.disabled = true;
   try {
-    await api(`/v1/jobs/${jobId}/retry`, { method: "POST" });
-    watch(jobId);
+    await api(`/v1/jobs/${jobId}/${verb}`, { method: "POST" });
+    then?.(jobId);
   } catch (error) {
     if (!refused(error)) {
       $("job-error").textContent = error.message;
       $("job-error").hidden = false;
     }
   } finally {
-    $("retry").disabled = false;
+    button.disabled = false;
   }
-});
+}
+
+$("cancel").addEventListener("click", () => act($("cancel"), "cancel"));
+$("retry").addEventListener("click", () => act($("retry"), "retry", watch));
 
 // -- recent jobs ---------------------------------------------------------------------------------
 
