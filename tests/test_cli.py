@@ -51,6 +51,8 @@ def test_render_writes_the_dream(tmp_path: Path) -> None:
         assert image.size == (100, 67)
     assert "100%" in result.stderr
     assert "octave 2/2 step 2/2" in result.stderr
+    # The engine's ETA, none before a rate is measured; tqdm's own estimate is not shown.
+    assert "ETA 0:00" in result.stderr and "<" not in result.stderr
 
 
 def test_help_documents_every_parameter() -> None:

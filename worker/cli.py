@@ -154,20 +154,24 @@ def render(
         f"{','.join(params.layers)}, seed {params.seed}, {model.precision}",
         err=True,
     )
+    from worker.client_commands import format_eta
+
+    # The engine's ETA, not tqdm's: tqdm's rate would count the first, tracing batch of each
+    # octave, and promised minutes for a render of seconds.
     with tqdm(
         total=1.0,
         unit="",
-        bar_format="{l_bar}{bar}| {elapsed}<{remaining} {postfix}",
+        bar_format="{l_bar}{bar}| {elapsed} {postfix}",
         file=sys.stderr,
     ) as bar:
 
         def progress(p: Any) -> None:
-            bar.update(p.fraction - bar.n)
             bar.set_postfix_str(
                 f"octave {p.octave}/{p.octaves} step {p.step}/{p.steps} "
-                f"tiles {p.tiles_done}/{p.tiles}",
+                f"tiles {p.tiles_done}/{p.tiles} ETA {format_eta(p.eta_seconds)}",
                 refresh=False,
             )
+            bar.update(p.fraction - bar.n)
 
         result = dream(image, params, model, on_progress=progress)
     Image.fromarray(result).save(output)

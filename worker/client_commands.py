@@ -70,7 +70,8 @@ def _params(pairs: tuple[str, ...], params_json: str | None) -> dict[str, Any]:
     return params
 
 
-def _eta(seconds: float | None) -> str:
+def format_eta(seconds: float | None) -> str:
+    """`m:ss` (or `XhYYm`) of an ETA; `--:--` while there is none."""
     if seconds is None:
         return "--:--"
     minutes, secs = divmod(max(0, round(seconds)), 60)
@@ -84,7 +85,7 @@ def describe_progress(job: dict[str, Any]) -> str:
         return str(job.get("status"))
     return (
         f"octave {p.get('octave', 1)}/{p.get('octaves')} step {p.get('step', 0)}/{p.get('steps')} "
-        f"ETA {_eta(p.get('eta_seconds'))}"
+        f"ETA {format_eta(p.get('eta_seconds'))}"
     )
 
 
