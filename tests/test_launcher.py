@@ -96,8 +96,13 @@ def _start_and_interrupt(settings: Settings, port: int, log: Path) -> list[int]:
         wait_for(lambda: len(_children(log)) == 3, 30, "the three children to start")
         children = [pid for pids in _children(log).values() for pid in pids]
         # Ctrl-C at a terminal: SIGINT to the foreground process group.
+        pressed = time.monotonic()
         os.killpg(launcher.pid, signal.SIGINT)
         assert launcher.wait(timeout=20) == 0, log.read_text()
+        # Each child stopped on its one SIGTERM; none had to be killed (the hung gunicorn
+        # worker of old took 22-30 s and SIGKILL).
+        assert time.monotonic() - pressed < 10
+        assert "did not stop" not in log.read_text()
     finally:
         if launcher.poll() is None:
             os.killpg(launcher.pid, signal.SIGKILL)
