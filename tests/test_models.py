@@ -18,7 +18,8 @@ from shared.catalogue import BACKBONES
 from shared.models import Job, JobStatus
 from shared.settings import Settings
 from shared.storage import Storage
-from shared.weights import renderable_backbones, weights_source
+from shared.weights import how_to_provide, renderable_backbones, weights_source
+from tests.conftest import ROOT
 from tests.test_api import assert_problem
 from tests.utils import authed_client, image_bytes, make_job
 from worker.jobs import run_job
@@ -164,3 +165,11 @@ def test_a_bad_weights_file_fails_the_job_in_two_sentences(
     assert "ONEIRO_WEIGHTS=random" in error
     # The library's own words go to the log.
     assert any(record.exc_info for record in caplog.records if "failed" in record.getMessage())
+
+
+def test_the_offline_weights_advice_names_the_files_the_readme_names() -> None:
+    readme = (ROOT / "README.md").read_text()
+    for backbone in BACKBONES.values():
+        advice = how_to_provide(backbone)
+        assert backbone.weights_file in advice and backbone.weights_file in readme
+        assert "ONEIRO_WEIGHTS=random" in advice and "ONEIRO_WEIGHTS_DIR" in readme
