@@ -169,31 +169,6 @@ class OneiroCollector(Collector):
 
     def _throughput(self, session: Session, now: datetime) -> Metric:
         """Megapixel-steps per second of each worker over the jobs it finished lately."""
-        rows = session.execute(
-            select(
-                Job.worker,
-                Job.input_width,
-                Job.input_height,
-                Job.params,
-                Job.started_at,
-                Job.finished_at,
-            )
-            .where(
-                Job.status == JobStatus.SUCCEEDED,
-                # A resumed attempt renders only what its checkpoint left, from a later
-                # started_at; counting it would overstate the speed.
-                Job.attempt == 1,
-                Job.finished_at >= now - THROUGHPUT_WINDOW,
-                Job.worker.is_not(None),
-            )
-            .order_by(Job.finished_at.desc())
-            .limit(THROUGHPUT_MAX_JOBS)
-        ).all()
-        work: Counter[str] = Counter()
-        seconds: Counter[str] = Counter()
-        for worker, width, height, params, started, finished in rows:
-            work[worker] += megapixel_steps(width, height, params)
-            seconds[worker] += (finished - started).total_seconds()
         family = GaugeMetricFamily(
             "oneiro_worker_megapixel_steps_per_second",
             "Rendered megapixel-steps (every octave's pixels x steps, as ONEIRO_MAX_WORK "
@@ -202,9 +177,8 @@ class OneiroCollector(Collector):
             f"{THROUGHPUT_MAX_JOBS} jobs); includes model loading and image coding.",
             labels=["worker"],
         )
-        for worker in sorted(work):
-            if seconds[worker] > 0:
-                family.add_metric([worker], work[worker] / seconds[worker])
+        for worker, rate in sorted(worker_throughput(session, now).items()):
+            family.add_metric([worker], rate)
         return family
 
     def _redis_families(self) -> Iterator[Metric]:
@@ -290,6 +264,38 @@ def _queue_depth(client: redis.Redis, queue: str) -> int:
         for key in queue_keys(queue):
             pipe.llen(key)
         return sum(pipe.execute())
+
+
+def worker_throughput(session: Session, now: datetime | None = None) -> dict[str, float]:
+    """Megapixel-steps per second of each worker, over the first-attempt jobs it finished in
+    the last THROUGHPUT_WINDOW (the metric, and the render-time estimate of a job)."""
+    now = now or utcnow()
+    rows = session.execute(
+        select(
+            Job.worker,
+            Job.input_width,
+            Job.input_height,
+            Job.params,
+            Job.started_at,
+            Job.finished_at,
+        )
+        .where(
+            Job.status == JobStatus.SUCCEEDED,
+            # A resumed attempt renders only what its checkpoint left, from a later
+            # started_at; counting it would overstate the speed.
+            Job.attempt == 1,
+            Job.finished_at >= now - THROUGHPUT_WINDOW,
+            Job.worker.is_not(None),
+        )
+        .order_by(Job.finished_at.desc())
+        .limit(THROUGHPUT_MAX_JOBS)
+    ).all()
+    work: Counter[str] = Counter()
+    seconds: Counter[str] = Counter()
+    for worker, width, height, params, started, finished in rows:
+        work[worker] += megapixel_steps(width, height, params)
+        seconds[worker] += (finished - started).total_seconds()
+    return {worker: work[worker] / seconds[worker] for worker in work if seconds[worker] > 0}
 
 
 def megapixel_steps(width: int, height: int, params: dict[str, Any]) -> float:

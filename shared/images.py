@@ -6,7 +6,7 @@ import io
 import warnings
 
 import numpy as np
-from PIL import Image, ImageOps
+from PIL import Image, ImageOps, UnidentifiedImageError
 
 from shared.cost import render_size
 
@@ -53,6 +53,11 @@ def inspect_image(data: bytes, max_pixels: int) -> tuple[str, int, int]:
             return kind, width, height
     except ImageRejected:
         raise
+    except UnidentifiedImageError:
+        # Pillow's own message names its in-memory file object (<_io.BytesIO object at 0x...>).
+        raise ImageRejected(
+            "the file is not an image Oneiro can read; send JPEG, PNG or WebP"
+        ) from None
     except Image.DecompressionBombError as exc:
         raise ImageTooLarge(
             f"the image has too many pixels: {exc}; the limit is {max_pixels}"

@@ -22,7 +22,8 @@ def _layers_schema(schema: dict[str, Any]) -> None:
     schema.pop("default", None)
     weights = {key: schema.pop(key) for key in ("type", "additionalProperties") if key in schema}
     names = {"type": "array", "items": {"type": "string"}, "minItems": 1, "uniqueItems": True}
-    schema["anyOf"] = [names, {**weights, "minProperties": 1}]
+    one = {"type": "string", "description": "One layer name, or names separated by commas."}
+    schema["anyOf"] = [one, names, {**weights, "minProperties": 1}]
 
 
 class RenderParams(BaseModel):
@@ -38,7 +39,7 @@ class RenderParams(BaseModel):
         dict[str, LayerWeight],
         Field(
             validate_default=True,
-            description="Layers to dream: a list of names, or {name: weight}. Default: the "
+            description="Layers to dream: a name, a list of names, or {name: weight}. Default: the "
             "backbone's default layers, equally weighted.",
             json_schema_extra=_layers_schema,
         ),
@@ -87,6 +88,8 @@ class RenderParams(BaseModel):
         if layers is None:
             backbone = BACKBONES.get(info.data.get("model", DEFAULT_BACKBONE))
             return {name: 1.0 for name in backbone.default_layers} if backbone else {}
+        if isinstance(layers, str):  # `--param layers=mixed4`, or `mixed3,mixed5`
+            layers = [name.strip() for name in layers.split(",") if name.strip()]
         if isinstance(layers, list | tuple):
             if not all(isinstance(name, str) for name in layers):
                 raise ValueError("a list of layers holds layer names (strings)")

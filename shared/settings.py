@@ -103,6 +103,10 @@ class Settings(BaseSettings):
     # How long /metrics reuses its count of online workers: a Celery broadcast that waits up to a
     # second for answers, which several or frequent scrapers would otherwise each pay.
     metrics_cache_seconds: float = Field(5.0, ge=0)
+    # A directory of weights files, one per backbone, each named as Keras names its ImageNet
+    # file (shared/catalogue.py `weights_file`): how a deployment offline gets more backbones
+    # than the one ONEIRO_WEIGHTS names.
+    weights_dir: Path | None = None
 
     @field_validator("log_level", mode="before")
     @classmethod

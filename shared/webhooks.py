@@ -40,7 +40,7 @@ from pydantic import AnyHttpUrl, BaseModel, ConfigDict, Field, UrlConstraints
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
-from shared.models import Job, Tenant, utcnow
+from shared.models import Job, Tenant, shown_progress, utcnow
 from shared.queue import WEBHOOK_TASK
 from shared.settings import Settings
 
@@ -331,7 +331,7 @@ def job_event(job: Job, event: Event) -> tuple[str, str] | None:
     event."""
     if not job.webhook_url or event not in (job.webhook_events or EVENTS):
         return None
-    progress = dict(job.progress or {})
+    progress = shown_progress(job)
     identity = f"{job.id}:{job.attempt}:{event}"
     if event == "progress":
         identity += f":{progress.get('fraction', 0.0)}"

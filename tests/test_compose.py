@@ -133,9 +133,9 @@ def test_the_dockerfile_copies_every_package() -> None:
 
 
 def test_the_image_bakes_the_imagenet_weights_where_the_worker_looks() -> None:
-    from worker.engine.model import IMAGENET_FILES
+    from shared.catalogue import BACKBONES
 
     dockerfile = (ROOT / "Dockerfile").read_text()
     assert "ENV KERAS_HOME=/opt/keras" in dockerfile
-    for keras_name in IMAGENET_FILES:
-        assert f"'{keras_name}'" in dockerfile
+    for backbone in BACKBONES.values():
+        assert f"'{backbone.keras_name}'" in dockerfile

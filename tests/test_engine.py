@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import time
 from pathlib import Path
 from typing import Any
 
@@ -170,7 +171,35 @@ def test_progress_reports_octaves_steps_tiles_fraction_and_eta(cat: np.ndarray) 
     assert {(p.octave, p.step) for p in seen} == {(o, s) for o in (1, 2) for s in (1, 2, 3)}
     assert seen[-1].tiles_done == seen[-1].tiles and seen[-1].octaves == 2
     assert seen[-1].eta_seconds == pytest.approx(0.0)
-    assert all(p.eta_seconds is not None and p.eta_seconds >= 0 for p in seen)
+    assert all(p.eta_seconds is None or p.eta_seconds >= 0 for p in seen)
+    # Before a rate is measured (the first, tracing batch) there is no ETA, after it there is.
+    assert seen[0].eta_seconds is None
+    assert all(p.eta_seconds is not None for p in seen[1:])
+
+
+def test_the_first_eta_leaves_out_the_tracing_batch(cat: np.ndarray) -> None:
+    model = dream_model()
+    traced: list[bool] = []
+
+    def gradient(tiles: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        if not traced:  # the first call of a new shape traces for seconds, once
+            traced.append(True)
+            time.sleep(3.0)
+        return model.gradient(tiles)
+
+    seen: list[tuple[float, Progress]] = []
+    render(
+        cat,
+        params(steps=6, octaves=1, tile_size=512),
+        dataclasses.replace(model, gradient=gradient),
+        on_progress=lambda p: seen.append((time.monotonic(), p)),
+    )
+    assert seen[0][1].eta_seconds is None  # no rate measured yet
+    moment, second = seen[1]
+    left = seen[-1][0] - moment
+    # Counting the tracing batch, this ETA was over 3 s for well under a second of work left.
+    assert second.eta_seconds is not None
+    assert second.eta_seconds < 3 * left + 0.5
 
 
 def test_gradient_ascent_raises_the_loss(cat: np.ndarray) -> None:

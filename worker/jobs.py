@@ -23,7 +23,7 @@ from tenacity import (
 
 from shared.images import decode_rgb, encode_jpeg, encode_png, fit_within
 from shared.logs import log_context
-from shared.models import Job, JobStatus, utcnow
+from shared.models import Job, JobStatus, shown_progress, utcnow
 from shared.params import RenderParams
 from shared.storage import (
     ObjectNotFound,
@@ -34,6 +34,7 @@ from shared.storage import (
     result_key,
 )
 from shared.webhooks import Event, send_event
+from shared.weights import NoWeights
 from worker.runtime import Runtime
 
 log = logging.getLogger(__name__)
@@ -425,9 +426,9 @@ def progress_json(progress: Any) -> dict[str, Any]:
 
 
 def _finished_progress(session: Session, job_id: uuid.UUID) -> dict[str, Any]:
-    progress = dict(session.get_one(Job, job_id).progress or {})
-    progress.update(fraction=1.0, eta_seconds=0.0)
-    return progress
+    # The last report was throttled (step 8 of 10, say): the row says the render is complete.
+    job = session.get_one(Job, job_id)
+    return shown_progress(Job(status=JobStatus.SUCCEEDED, params=job.params, progress=job.progress))
 
 
 def _fail(runtime: Runtime, job_id: uuid.UUID, attempt: int, message: str) -> JobStatus | None:
@@ -439,11 +440,24 @@ def _fail(runtime: Runtime, job_id: uuid.UUID, attempt: int, message: str) -> Jo
     return JobStatus.FAILED
 
 
+# An unexpected error's share of what the user reads: a line, not a library's dump. The whole
+# exception, traceback and all, is in the worker's log (run_job logs it).
+MAX_ERROR_CHARS = 300
+
+
 def _readable(exc: Exception) -> str:
     from worker.engine import WeightsUnavailable
 
-    if isinstance(exc, WeightsUnavailable | StorageError):
-        return str(exc)
+    if isinstance(exc, WeightsUnavailable | StorageError | NoWeights):
+        return str(exc)  # ours: a sentence on what is wrong, one on what to do
     if isinstance(exc, SoftTimeLimitExceeded):
         return "the render ran past the time limit (ONEIRO_SOFT_TIME_LIMIT) and was stopped"
-    return f"render failed: {type(exc).__name__}: {exc}"
+    first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+    return _short(
+        f"the render failed ({type(exc).__name__}{': ' + first_line if first_line else ''}); "
+        "the worker's log has the details"
+    )
+
+
+def _short(text: str) -> str:
+    return text if len(text) <= MAX_ERROR_CHARS else text[: MAX_ERROR_CHARS - 1] + "…"

@@ -8,6 +8,7 @@ import time
 import uuid
 from datetime import datetime, timedelta
 
+import redis
 from celery import Celery
 from sqlalchemy import delete, or_, select, update
 from sqlalchemy.orm import Session
@@ -18,6 +19,19 @@ from shared.settings import Settings
 from shared.storage import Storage, StorageError, job_prefix, legacy_keys
 
 log = logging.getLogger(__name__)
+
+
+def maintenance_lock(settings: Settings) -> redis.lock.Lock:
+    """The lock one maintenance run holds, so that a second beat (a second `make run`, two
+    maintenance workers) makes a second run a no-op instead of a race.
+
+    It expires on its own, so a run killed while holding it stops no later run for long."""
+    client = redis.Redis.from_url(settings.redis_url)
+    return client.lock(
+        f"oneiro:{settings.queue}:maintain",
+        timeout=max(60.0, 2 * settings.maintenance_interval),
+        blocking=False,
+    )
 
 
 def reap_stale_jobs(

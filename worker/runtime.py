@@ -17,6 +17,7 @@ from shared.params import RenderParams
 from shared.queue import create_celery
 from shared.settings import Settings, get_settings
 from shared.storage import Storage, open_storage
+from shared.weights import require_weights
 
 if TYPE_CHECKING:
     from worker.engine import DreamModel
@@ -36,7 +37,7 @@ class Runtime:
             params.model,
             tuple(params.layers.items()),
             tuple((name, tuple(indices)) for name, indices in channels.items()),
-            self.settings.weights,
+            require_weights(self.settings, params.model),
             self.settings.weights_download,
             self.settings.precision,
         )

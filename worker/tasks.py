@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import uuid
 
+import redis
 from celery import Task
 
 from shared.queue import MAINTAIN_TASK, RENDER_TASK, WEBHOOK_TASK
@@ -14,6 +16,7 @@ from worker.jobs import run_job
 from worker.maintenance import (
     TemporarySweeper,
     expire_old_files,
+    maintenance_lock,
     reap_stale_jobs,
     relay_queued_jobs,
 )
@@ -41,13 +44,21 @@ def maintain() -> None:
     """Put back the jobs of dead workers, send again the queued jobs Redis lost, delete the
     files of old jobs and of interrupted writes."""
     runtime = get_runtime()
-    with runtime.sessions() as session:
-        _, failed = reap_stale_jobs(session, runtime.settings)
-        for job_id in failed:
-            send_event(app, session, job_id, "completed")
-        relay_queued_jobs(session, app, runtime.settings)
-        expire_old_files(session, runtime.storage, runtime.settings)
-    sweep_temporary_files(runtime.storage, runtime.settings)
+    lock = maintenance_lock(runtime.settings)
+    if not lock.acquire():
+        log.info("maintenance is running elsewhere (another beat); skipping this round")
+        return
+    try:
+        with runtime.sessions() as session:
+            _, failed = reap_stale_jobs(session, runtime.settings)
+            for job_id in failed:
+                send_event(app, session, job_id, "completed")
+            relay_queued_jobs(session, app, runtime.settings)
+            expire_old_files(session, runtime.storage, runtime.settings)
+        sweep_temporary_files(runtime.storage, runtime.settings)
+    finally:
+        with contextlib.suppress(redis.exceptions.LockError):  # expired meanwhile
+            lock.release()
 
 
 @app.task(name=WEBHOOK_TASK, bind=True, ignore_result=True)

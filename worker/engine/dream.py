@@ -341,15 +341,27 @@ class _Clock:
             h, w = shapes[resume.octave]
             self.work += h * w * resume.step
             self.tiles += len(plans[resume.octave].tiles) * resume.step
-        self.start_fraction = self.work / self.total_work
-        self.started = time.monotonic()
+        # The rate counts only batches that reuse a traced gradient function: the first batch
+        # of each octave (a new window shape) waits seconds for tracing, and counted in the
+        # rate it made the first ETA many times too long.
+        self.measured_time = self.measured_fraction = 0.0
+        self.last_time, self.last_fraction = time.monotonic(), self.work / self.total_work
+        self.last_octave: int | None = None
 
     def advance(self, batch: list[Tile], octave: int, step: int, loss: float) -> Progress:
         self.tiles += len(batch)
         self.work += sum((t.rows[1] - t.rows[0]) * (t.cols[1] - t.cols[0]) for t in batch)
         fraction = min(1.0, self.work / self.total_work)
-        elapsed = time.monotonic() - self.started
-        rate = (fraction - self.start_fraction) / elapsed if elapsed > 0 else 0.0
+        now = time.monotonic()
+        if octave == self.last_octave:
+            self.measured_time += now - self.last_time
+            self.measured_fraction += fraction - self.last_fraction
+        self.last_time, self.last_fraction, self.last_octave = now, fraction, octave
+        rate = self.measured_fraction / self.measured_time if self.measured_time > 0 else 0.0
+        if fraction >= 1.0:
+            eta: float | None = 0.0
+        else:  # none until a rate is measured
+            eta = (1.0 - fraction) / rate if rate > 0 else None
         return Progress(
             fraction=fraction,
             octave=octave + 1,
@@ -358,6 +370,6 @@ class _Clock:
             steps=self.params.steps,
             tiles_done=int(self.tiles),
             tiles=self.total_tiles,
-            eta_seconds=(1.0 - fraction) / rate if rate > 0 else None,
+            eta_seconds=eta,
             loss=loss,
         )
