@@ -6,7 +6,14 @@ from pathlib import Path
 
 import pytest
 
-from shared.storage import FileStorage, ObjectNotFound, Storage, StorageError, open_storage
+from shared.storage import (
+    CHUNK_BYTES,
+    FileStorage,
+    ObjectNotFound,
+    Storage,
+    StorageError,
+    open_storage,
+)
 
 
 @pytest.fixture(params=["file", "s3"])
@@ -75,3 +82,17 @@ def test_s3_objects_live_under_the_prefix(s3_url: str) -> None:
     bucket = s3_url.removeprefix("s3://").split("/")[0]
     listed = boto3.client("s3").list_objects_v2(Bucket=bucket)["Contents"]
     assert [item["Key"] for item in listed] == ["renders/inputs/x.png"]
+
+
+def test_objects_are_read_in_chunks_of_bounded_size(any_storage: Storage) -> None:
+    data = bytes(range(256)) * (3 * CHUNK_BYTES // 256 + 7)  # three chunks and a bit
+    any_storage.put("results/big.png", data)
+
+    stored = any_storage.open("results/big.png")
+    chunks = list(stored)
+
+    assert stored.size == len(data)
+    assert b"".join(chunks) == data
+    assert len(chunks) >= 4 and max(map(len, chunks)) <= CHUNK_BYTES
+    with pytest.raises(ObjectNotFound):  # at once, before any chunk: the route can say 409
+        any_storage.open("results/missing.png")
