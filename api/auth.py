@@ -74,11 +74,17 @@ def tenant_id() -> uuid.UUID:
     return current_tenant().id
 
 
+def bearer_key() -> str | None:
+    """The key this request carries in `Authorization: Bearer <key>`, if any."""
+    scheme, _, key = request.headers.get("Authorization", "").partition(" ")
+    return key.strip() if scheme.lower() == "bearer" and key.strip() else None
+
+
 def _tenant_or_none() -> Caller | None:
     if "tenant" not in g:
-        scheme, _, key = request.headers.get("Authorization", "").partition(" ")
+        key = bearer_key()
         keys: KeyCache = current_app.extensions["oneiro-keys"]
-        g.tenant = keys.caller(key.strip()) if scheme.lower() == "bearer" and key else None
+        g.tenant = keys.caller(key) if key else None
     return g.tenant  # type: ignore[no-any-return]
 
 
