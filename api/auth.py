@@ -38,7 +38,7 @@ class KeyCache:
         self._lock = threading.Lock()
 
     def caller(self, key: str) -> Caller | None:
-        from api.jobs import db
+        from api.jobs import services
 
         digest = hash_key(key)
         if self._cache is not None:
@@ -46,7 +46,10 @@ class KeyCache:
                 cached = self._cache.get(digest)
             if cached is not None:
                 return cached
-        tenant = authenticate(db(), key)
+        # A session of its own, closed at once: the request's session would keep the connection
+        # while a slow client sends its body, and a few such clients would empty the pool.
+        with services().sessions() as session:
+            tenant = authenticate(session, key)
         if tenant is None:
             return None
         caller = Caller(tenant.id, tenant.name)
