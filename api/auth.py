@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from cachetools import TTLCache
 from flask import Flask, Response, current_app, g, request
 from flask_limiter import Limiter, RequestLimit
+from sqlalchemy.orm import Session, sessionmaker
 
 from api.problems import Problem
 from shared.settings import Settings
@@ -37,7 +38,8 @@ class KeyCache:
         )
         self._lock = threading.Lock()
 
-    def caller(self, key: str) -> Caller | None:
+    def caller(self, key: str, sessions: sessionmaker[Session] | None = None) -> Caller | None:
+        """The tenant of a live key (read with `sessions`, this app's by default), or None."""
         from api.jobs import services
 
         digest = hash_key(key)
@@ -48,7 +50,7 @@ class KeyCache:
                 return cached
         # A session of its own, closed at once: the request's session would keep the connection
         # while a slow client sends its body, and a few such clients would empty the pool.
-        with services().sessions() as session:
+        with (sessions or services().sessions)() as session:
             tenant = authenticate(session, key)
         if tenant is None:
             return None

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import random
 import time
 import uuid
 from collections.abc import Iterator
@@ -18,7 +19,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from api import Services
-from api.auth import bearer_key, current_tenant, tenant_id
+from api.auth import KeyCache, bearer_key, current_tenant, tenant_id
 from api.openapi import BEARER, BINARY, job_responses, spec
 from api.problems import Problem, invalid
 from api.schemas import JobListQuery, JobOut, JobPage, JobSubmission, SubmitHeaders, encode_cursor
@@ -28,7 +29,6 @@ from shared.models import IDEMPOTENCY_WINDOW, IdempotencyKey, Job, JobStatus, ut
 from shared.params import RenderParams
 from shared.queue import enqueue_render
 from shared.storage import ObjectNotFound, StoredObject, preview_key
-from shared.tenants import authenticate
 from shared.webhooks import WebhookRefused, WebhookSpec, check_target, send_event
 
 log = logging.getLogger(__name__)
@@ -374,6 +374,7 @@ def job_events(job_id: uuid.UUID) -> Response:
     _find(job_id)
     last_seen = request.headers.get("Last-Event-ID")
     svc, key, caller, feed = services(), bearer_key(), tenant_id(), change_feed()
+    keys: KeyCache = current_app.extensions["oneiro-keys"]
     reread_s = svc.settings.events_reread_seconds
     recheck_s = svc.settings.events_key_recheck_seconds
 
@@ -383,18 +384,23 @@ def job_events(job_id: uuid.UUID) -> Response:
             return None if job is None else job_json(job)
 
     def key_is_live() -> bool:
-        with svc.sessions() as session:
-            tenant = authenticate(session, key) if key else None
-        return tenant is not None and tenant.id == caller
+        # Through the API's key cache: a thousand streams of one key cost one read per
+        # auth_cache_seconds, and a revoked key's streams end as soon as its requests fail.
+        found = keys.caller(key, svc.sessions) if key else None
+        return found is not None and found.id == caller
 
     def stream() -> Iterator[str]:
         nonlocal last_seen
         with feed.watch(job_id) as changed:
-            quiet_since = key_checked = time.monotonic()
+            # Spread over the interval, so that streams opened together do not all re-read
+            # and re-check together.
+            quiet_since = time.monotonic()
+            key_checked = quiet_since - random.uniform(0, recheck_s)
             while True:
                 changed.clear()  # before the read: a change committed after it wakes us
                 state = read()
                 read_at = time.monotonic()
+                reread_at = read_at + reread_s * random.uniform(0.5, 1.0)
                 if state is None:
                     return
                 event_id = f"{state['status']}:{state['attempt']}:{state['progress']['fraction']}"
@@ -414,11 +420,9 @@ def job_events(job_id: uuid.UUID) -> Response:
                     if now - quiet_since >= KEEPALIVE_S:
                         quiet_since = now
                         yield ": keep-alive\n\n"
-                    if now - read_at >= reread_s:
+                    if now >= reread_at:
                         break  # a notification may have been lost
-                    wake = min(
-                        read_at + reread_s, quiet_since + KEEPALIVE_S, key_checked + recheck_s
-                    )
+                    wake = min(reread_at, quiet_since + KEEPALIVE_S, key_checked + recheck_s)
                     if changed.wait(max(0.0, wake - now)):
                         if feed.closed.is_set():
                             return

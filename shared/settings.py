@@ -92,10 +92,11 @@ class Settings(BaseSettings):
     log_format: Literal["json", "text"] = "json"
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"] = "INFO"
     # Event streams wait for change notifications (Redis pub/sub), not on the database. A
-    # stream still re-reads its job every events_reread_seconds, so a lost notification delays
-    # an event by at most that much, and re-checks its key every events_key_recheck_seconds, so
-    # a revoked key's stream ends within that long.
-    events_reread_seconds: float = Field(30.0, gt=0)
+    # stream still re-reads its job at least every events_reread_seconds, so a lost
+    # notification delays an event by at most that much, and re-checks its key every
+    # events_key_recheck_seconds, so a revoked key's stream ends within that long (plus
+    # auth_cache_seconds).
+    events_reread_seconds: float = Field(60.0, gt=0)
     events_key_recheck_seconds: float = Field(30.0, gt=0)
     # How gunicorn serves the API (api/gunicorn_conf.py). gevent: each connection is a
     # greenlet, so open event streams and slow clients cost memory, not request threads;
