@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from cachetools import TTLCache
 from flask import Flask, Response, current_app, g, request
 from flask_limiter import Limiter, RequestLimit
+from sqlalchemy.orm import Session, sessionmaker
 
 from api.problems import Problem
 from shared.settings import Settings
@@ -37,8 +38,9 @@ class KeyCache:
         )
         self._lock = threading.Lock()
 
-    def caller(self, key: str) -> Caller | None:
-        from api.jobs import db
+    def caller(self, key: str, sessions: sessionmaker[Session] | None = None) -> Caller | None:
+        """The tenant of a live key (read with `sessions`, this app's by default), or None."""
+        from api.jobs import services
 
         digest = hash_key(key)
         if self._cache is not None:
@@ -46,7 +48,10 @@ class KeyCache:
                 cached = self._cache.get(digest)
             if cached is not None:
                 return cached
-        tenant = authenticate(db(), key)
+        # A session of its own, closed at once: the request's session would keep the connection
+        # while a slow client sends its body, and a few such clients would empty the pool.
+        with (sessions or services().sessions)() as session:
+            tenant = authenticate(session, key)
         if tenant is None:
             return None
         caller = Caller(tenant.id, tenant.name)
@@ -74,11 +79,17 @@ def tenant_id() -> uuid.UUID:
     return current_tenant().id
 
 
+def bearer_key() -> str | None:
+    """The key this request carries in `Authorization: Bearer <key>`, if any."""
+    scheme, _, key = request.headers.get("Authorization", "").partition(" ")
+    return key.strip() if scheme.lower() == "bearer" and key.strip() else None
+
+
 def _tenant_or_none() -> Caller | None:
     if "tenant" not in g:
-        scheme, _, key = request.headers.get("Authorization", "").partition(" ")
+        key = bearer_key()
         keys: KeyCache = current_app.extensions["oneiro-keys"]
-        g.tenant = keys.caller(key.strip()) if scheme.lower() == "bearer" and key else None
+        g.tenant = keys.caller(key) if key else None
     return g.tenant  # type: ignore[no-any-return]
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import random
 import time
 import uuid
 from collections.abc import Iterator
@@ -13,18 +14,19 @@ from datetime import UTC, datetime
 from typing import Any
 
 import pydantic_core
-from flask import Blueprint, Response, current_app, g, request
+from flask import Blueprint, Flask, Response, current_app, g, request
 from pydantic import ValidationError
 from sqlalchemy import func, select, tuple_, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from api import Services
-from api.auth import current_tenant, tenant_id
+from api.auth import KeyCache, bearer_key, current_tenant, tenant_id
 from api.metrics import megapixel_steps, worker_throughput
 from api.openapi import BEARER, BINARY, job_responses, spec
 from api.problems import Problem, invalid
 from api.schemas import JobListQuery, JobOut, JobPage, JobSubmission, SubmitHeaders, encode_cursor
+from shared.changes import ChangeFeed, publish_change
 from shared.cost import CostRefused, check_limits
 from shared.images import ImageRejected, ImageTooLarge, inspect_image
 from shared.models import (
@@ -37,7 +39,14 @@ from shared.models import (
 )
 from shared.params import RenderParams
 from shared.queue import enqueue_render
-from shared.storage import ObjectNotFound, input_key, job_prefix, legacy_keys, preview_key
+from shared.storage import (
+    ObjectNotFound,
+    StoredObject,
+    input_key,
+    job_prefix,
+    legacy_keys,
+    preview_key,
+)
 from shared.webhooks import WebhookRefused, WebhookSpec, check_target, send_event
 from shared.weights import NoWeights, require_weights
 
@@ -334,10 +343,25 @@ def get_job(job_id: uuid.UUID) -> dict[str, Any]:
     return job_json(_find(job_id), measured_throughput())
 
 
-# How often an event stream looks at the job row, and how long a quiet stream waits before a
-# comment line keeps proxies from closing it.
-EVENT_POLL_S = 0.5
+# How long a quiet stream waits before a comment line keeps proxies from closing it.
 KEEPALIVE_S = 15.0
+
+
+def change_feed() -> ChangeFeed:
+    """This process's subscription to job changes, shared by all its event streams."""
+    feed = current_app.extensions.get("oneiro-changes")
+    if feed is None:
+        feed = current_app.extensions.setdefault(
+            "oneiro-changes", ChangeFeed(services().settings.redis_url)
+        )
+    return feed  # type: ignore[no-any-return]
+
+
+def end_streams(app: Flask) -> None:
+    """End every event stream of this process now (it is stopping); clients reconnect."""
+    feed = app.extensions.get("oneiro-changes")
+    if feed is not None:
+        feed.close()
 
 
 @blueprint.get("/<uuid:job_id>/events")
@@ -352,32 +376,68 @@ KEEPALIVE_S = 15.0
 def job_events(job_id: uuid.UUID) -> Response:
     """Server-Sent Events: the job as JSON each time its status or progress changes, until it
     ends. An event's id names the state it carries; a client reconnecting with Last-Event-ID
-    gets the next change, not the state it already has."""
+    gets the next change, not the state it already has.
+
+    A stream reads the job when a change is published (shared/changes.py), and otherwise
+    only every events_reread_seconds; it ends when its key is revoked (checked every
+    events_key_recheck_seconds)."""
     _find(job_id)
     last_seen = request.headers.get("Last-Event-ID")
-    sessions = services().sessions
+    svc, key, caller, feed = services(), bearer_key(), tenant_id(), change_feed()
     throughput = measured_throughput()  # the stream outlives the request's context
+    keys: KeyCache = current_app.extensions["oneiro-keys"]
+    reread_s = svc.settings.events_reread_seconds
+    recheck_s = svc.settings.events_key_recheck_seconds
+
+    def read() -> dict[str, Any] | None:
+        with svc.sessions() as session:
+            job = session.get(Job, job_id)
+            return None if job is None else job_json(job, throughput)
+
+    def key_is_live() -> bool:
+        # Through the API's key cache: a thousand streams of one key cost one read per
+        # auth_cache_seconds, and a revoked key's streams end as soon as its requests fail.
+        found = keys.caller(key, svc.sessions) if key else None
+        return found is not None and found.id == caller
 
     def stream() -> Iterator[str]:
         nonlocal last_seen
-        quiet_since = time.monotonic()
-        while True:
-            with sessions() as session:
-                job = session.get(Job, job_id)
-                if job is None:
+        with feed.watch(job_id) as changed:
+            # Spread over the interval, so that streams opened together do not all re-read
+            # and re-check together.
+            quiet_since = time.monotonic()
+            key_checked = quiet_since - random.uniform(0, recheck_s)
+            while True:
+                changed.clear()  # before the read: a change committed after it wakes us
+                state = read()
+                read_at = time.monotonic()
+                reread_at = read_at + reread_s * random.uniform(0.5, 1.0)
+                if state is None:
                     return
-                state = job_json(job, throughput)
-            event_id = f"{state['status']}:{state['attempt']}:{state['progress']['fraction']}"
-            if event_id != last_seen:
-                last_seen = event_id
-                quiet_since = time.monotonic()
-                yield f"id: {event_id}\nevent: {state['status']}\ndata: {json.dumps(state)}\n\n"
-            elif time.monotonic() - quiet_since > KEEPALIVE_S:
-                quiet_since = time.monotonic()
-                yield ": keep-alive\n\n"
-            if JobStatus(state["status"]).is_terminal():
-                return
-            time.sleep(EVENT_POLL_S)
+                event_id = f"{state['status']}:{state['attempt']}:{state['progress']['fraction']}"
+                if event_id != last_seen:
+                    last_seen = event_id
+                    quiet_since = read_at
+                    yield f"id: {event_id}\nevent: {state['status']}\ndata: {json.dumps(state)}\n\n"
+                if JobStatus(state["status"]).is_terminal():
+                    return
+                # Wait for a change; meanwhile keep the connection alive and the key checked.
+                while True:
+                    now = time.monotonic()
+                    if now - key_checked >= recheck_s:
+                        if not key_is_live():
+                            return
+                        key_checked = now
+                    if now - quiet_since >= KEEPALIVE_S:
+                        quiet_since = now
+                        yield ": keep-alive\n\n"
+                    if now >= reread_at:
+                        break  # a notification may have been lost
+                    wake = min(reread_at, quiet_since + KEEPALIVE_S, key_checked + recheck_s)
+                    if changed.wait(max(0.0, wake - now)):
+                        if feed.closed.is_set():
+                            return
+                        break
 
     return Response(
         stream(),
@@ -404,11 +464,10 @@ def get_result(job_id: uuid.UUID) -> Response:
         if job.status == JobStatus.FAILED:
             detail += f" (it failed: {job.error})"
         raise Problem(409, "Result not ready", detail, job_status=job.status.value)
-    data = services().storage.get(job.result_key)
-    return Response(
-        data,
-        mimetype="image/png",
-        headers={"Content-Disposition": f'inline; filename="{job_id}.png"'},
+    return _download(
+        services().storage.open(job.result_key),
+        "image/png",
+        {"Content-Disposition": f'inline; filename="{job_id}.png"'},
     )
 
 
@@ -426,8 +485,8 @@ def get_preview(job_id: uuid.UUID) -> Response:
     the result once the job has succeeded."""
     job = _find(job_id)
     _check_not_expired(job)
-    data = _latest_preview(job)
-    if data is None:
+    stored = _latest_preview(job)
+    if stored is None:
         detail = (
             f"job {job_id} ended ({job.status.value}) before its first step, so it has no preview"
             if job.status.is_terminal()
@@ -435,16 +494,27 @@ def get_preview(job_id: uuid.UUID) -> Response:
             "writes one after the first step of its render"
         )
         raise Problem(409, "Preview not ready", detail, job_status=job.status.value)
-    return Response(data, mimetype="image/jpeg", headers={"Cache-Control": "no-store"})
+    return _download(stored, "image/jpeg", {"Cache-Control": "no-store"})
 
 
-def _latest_preview(job: Job) -> bytes | None:
+def _download(stored: StoredObject, mimetype: str, headers: dict[str, str]) -> Response:
+    """A stored object sent a chunk at a time: a large result or a stalled download holds one
+    chunk in memory, not the whole file."""
+    return Response(
+        stored,
+        mimetype=mimetype,
+        headers={**headers, "Content-Length": str(stored.size)},
+        direct_passthrough=True,
+    )
+
+
+def _latest_preview(job: Job) -> StoredObject | None:
     """The preview of the job's latest attempt; until a resumed attempt writes its first, the
     one before's; for a job stored before per-job folders, its preview under the old key."""
     keys = [preview_key(job.id, n) for n in (job.attempt, job.attempt - 1) if n > 0]
     for key in [*keys, legacy_keys(job.id)[1]]:
         try:
-            return services().storage.get(key)
+            return services().storage.open(key)
         except ObjectNotFound:
             continue
     return None
@@ -472,6 +542,7 @@ def cancel_job(job_id: uuid.UUID) -> dict[str, Any]:
         status=JobStatus.CANCELED,
         finished_at=utcnow(),
     )
+    publish_change(services().settings.redis_url, job_id)
     send_event(services().celery, db(), job_id, "completed")
     return job_json(job, measured_throughput())
 
@@ -497,6 +568,7 @@ def retry_job(job_id: uuid.UUID) -> tuple[dict[str, Any], int]:
         worker=None,
         enqueued_at=utcnow(),  # cleared by _enqueue if Redis does not take the message
     )
+    publish_change(services().settings.redis_url, job_id)
     _enqueue(job)
     return job_json(job, measured_throughput()), 202
 

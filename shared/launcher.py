@@ -28,6 +28,7 @@ from shared.settings import Settings, SettingsError, get_settings
 from shared.tenants import authenticate, create_key
 
 API_BIND = os.environ.get("ONEIRO_API_BIND", "127.0.0.1:8000")
+GUNICORN_CONF = Path(__file__).resolve().parents[1] / "api" / "gunicorn_conf.py"
 # The tenant of the key `make run` makes for whoever runs it.
 LOCAL_TENANT = "local"
 
@@ -39,24 +40,16 @@ def migrate_command() -> list[str]:
 
 def api_command(bind: str) -> list[str]:
     """Serve the API with gunicorn on `bind` (host:port)."""
-    # gunicorn 25+ opens a control socket at one fixed path per user by default, so two
-    # services on one machine would fight over it.
+    # Worker class, processes, connections and timeouts: api/gunicorn_conf.py, shared by every
+    # way the API is started.
     return [
         sys.executable,
         "-m",
         "gunicorn",
         "--bind",
         bind,
-        # Three processes on a small machine: with two, each request waits its turn for one
-        # process's interpreter lock while a core idles (benchmarks/README.md).
-        "--workers",
-        "3",
-        # Threads, so that long-lived event streams do not take every worker process.
-        "--threads",
-        "6",
-        "--no-control-socket",
         "--config",
-        "python:api.gunicorn_conf",
+        str(GUNICORN_CONF),
         "api:create_app()",
     ]
 

@@ -107,6 +107,27 @@ class Settings(BaseSettings):
     # file (shared/catalogue.py `weights_file`): how a deployment offline gets more backbones
     # than the one ONEIRO_WEIGHTS names.
     weights_dir: Path | None = None
+    # Event streams wait for change notifications (Redis pub/sub), not on the database. A
+    # stream still re-reads its job at least every events_reread_seconds, so a lost
+    # notification delays an event by at most that much, and re-checks its key every
+    # events_key_recheck_seconds, so a revoked key's stream ends within that long (plus
+    # auth_cache_seconds).
+    events_reread_seconds: float = Field(60.0, gt=0)
+    events_key_recheck_seconds: float = Field(30.0, gt=0)
+    # How gunicorn serves the API (api/gunicorn_conf.py). gevent: each connection is a
+    # greenlet, so open event streams and slow clients cost memory, not request threads;
+    # api_worker_connections bounds them per process (gthread: api_threads per process).
+    # A request's line and headers must arrive within api_keepalive seconds (also the idle
+    # time allowed between keep-alive requests); a body read or a response write that stalls
+    # for api_io_timeout seconds ends the connection; a process silent for api_timeout seconds
+    # is restarted.
+    api_worker_class: Literal["gevent", "gthread"] = "gevent"
+    api_workers: int = Field(3, ge=1)
+    api_worker_connections: int = Field(1000, ge=1)
+    api_threads: int = Field(6, ge=1)
+    api_keepalive: int = Field(5, ge=1)
+    api_io_timeout: float = Field(30.0, gt=0)
+    api_timeout: int = Field(30, ge=1)
 
     @field_validator("log_level", mode="before")
     @classmethod

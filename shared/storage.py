@@ -7,8 +7,9 @@ import shutil
 import tempfile
 import time
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Protocol
+from typing import IO, Any, Protocol
 from urllib.parse import urlparse
 
 
@@ -52,12 +53,35 @@ def legacy_keys(job_id: uuid.UUID) -> tuple[str, str, str]:
     return f"results/{job_id}.png", f"previews/{job_id}.jpg", f"checkpoints/{job_id}.npz"
 
 
+# What a download holds in memory at once, whatever the object's size.
+CHUNK_BYTES = 256 * 1024
+
+
 class StorageError(RuntimeError):
     """A stored object is missing or cannot be written."""
 
 
 class ObjectNotFound(StorageError):
     """No object is stored under the key."""
+
+
+class StoredObject:
+    """An object being read: its size, then its bytes a chunk at a time. Close it when done
+    (a WSGI server closes a response body it was given)."""
+
+    def __init__(self, size: int, stream: IO[bytes], chunk_bytes: int = CHUNK_BYTES) -> None:
+        self.size, self._stream, self._chunk_bytes = size, stream, chunk_bytes
+
+    def __iter__(self) -> Iterator[bytes]:
+        try:
+            while chunk := self._stream.read(self._chunk_bytes):
+                yield chunk
+        finally:
+            self.close()  # as soon as it is read out, not when the server gets to it
+
+    def close(self) -> None:
+        """Release the file or connection behind it."""
+        self._stream.close()
 
 
 class Storage(Protocol):
@@ -68,6 +92,9 @@ class Storage(Protocol):
 
     def get(self, key: str) -> bytes:
         """The bytes under `key`; ObjectNotFound if there are none."""
+
+    def open(self, key: str) -> StoredObject:
+        """The object under `key`, to read in chunks; ObjectNotFound (at once) if there is none."""
 
     def exists(self, key: str) -> bool:
         """Whether an object is stored under `key`."""
@@ -115,6 +142,14 @@ class FileStorage:
             return self._path(key).read_bytes()
         except FileNotFoundError:
             raise ObjectNotFound(f"no stored object {key!r}") from None
+
+    def open(self, key: str) -> StoredObject:
+        try:
+            # Opened before it is read: a writer's rename then cannot change what is sent.
+            file = self._path(key).open("rb")
+        except FileNotFoundError:
+            raise ObjectNotFound(f"no stored object {key!r}") from None
+        return StoredObject(os.fstat(file.fileno()).st_size, file)
 
     def exists(self, key: str) -> bool:
         return self._path(key).is_file()
@@ -183,6 +218,13 @@ class S3Storage:
         except self.client.exceptions.NoSuchKey:
             raise ObjectNotFound(f"no stored object {key!r}") from None
         return response["Body"].read()  # type: ignore[no-any-return]
+
+    def open(self, key: str) -> StoredObject:
+        try:
+            response = self.client.get_object(Bucket=self.bucket, Key=self._key(key))
+        except self.client.exceptions.NoSuchKey:
+            raise ObjectNotFound(f"no stored object {key!r}") from None
+        return StoredObject(response["ContentLength"], response["Body"])
 
     def exists(self, key: str) -> bool:
         from botocore.exceptions import ClientError

@@ -116,3 +116,26 @@ def running_stack(tmp: Path, redis_url: str, database_url: str | None = None) ->
             queue = settings.queue
             with redis.Redis.from_url(redis_url) as client:
                 client.delete(queue, *(f"{queue}\x06\x16{p}" for p in (3, 6, 9)))
+
+
+@contextlib.contextmanager
+def serving_api(settings: Settings, log: Path, **extra: str) -> Iterator[str]:
+    """gunicorn serving the API alone (as `make run` starts it) on the (migrated) database of
+    `settings`, with `extra` ONEIRO_* variables; yields its URL. For tests that play the worker
+    themselves."""
+    env = process_env(settings, **extra)
+    url = f"http://127.0.0.1:{free_port()}"
+    with log.open("wb") as out:
+        api = subprocess.Popen(
+            api_command(url.removeprefix("http://")), cwd=ROOT, env=env, stdout=out, stderr=STDOUT
+        )
+        try:
+            wait_for(lambda: http_answers(f"{url}/healthz"), 30, "the API")
+            yield url
+        finally:
+            api.terminate()
+            try:
+                api.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                api.kill()
+                api.wait()

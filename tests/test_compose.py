@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import ast
 import importlib
 import importlib.util
+import re
 import shutil
 import sys
 from pathlib import Path
@@ -33,10 +35,17 @@ def test_project_commands_exist(name: str) -> None:
     if command[0] == "gunicorn":
         module, factory = command[-1].removesuffix("()").split(":")
         assert callable(getattr(importlib.import_module(module), factory))
-        # The same gunicorn settings module as `make run` (gc.freeze after start-up).
+        # The same gunicorn settings file as `make run` (worker class, timeouts, gc.freeze),
+        # relative to the image's working directory, where the Dockerfile copies api/.
         config = command[command.index("--config") + 1]
-        assert config == api_command("x")[api_command("x").index("--config") + 1]
-        assert callable(importlib.import_module(config.removeprefix("python:")).post_worker_init)
+        launched = Path(api_command("x")[api_command("x").index("--config") + 1])
+        assert (ROOT / config).resolve() == launched.resolve()
+        defined = {
+            getattr(node, "name", None) or getattr(node.targets[0], "id", None)
+            for node in ast.parse(launched.read_text()).body
+            if isinstance(node, ast.FunctionDef | ast.Assign)
+        }
+        assert {"worker_class", "workers", "keepalive", "timeout", "post_worker_init"} <= defined
     if command[0] == "celery" and command[3] == "flower":
         assert importlib.util.find_spec("flower") is not None
     elif command[0] == "celery":
@@ -139,3 +148,51 @@ def test_the_image_bakes_the_imagenet_weights_where_the_worker_looks() -> None:
     assert "ENV KERAS_HOME=/opt/keras" in dockerfile
     for backbone in BACKBONES.values():
         assert f"'{backbone.keras_name}'" in dockerfile
+
+
+def nginx_directives(block: list[dict[str, Any]]) -> dict[str, list[str]]:
+    """The simple directives of an nginx block, by name."""
+    return {d["directive"]: d["args"] for d in block if "block" not in d}
+
+
+def test_a_buffering_proxy_with_client_timeouts_fronts_the_api(tmp_path: Path) -> None:
+    import crossplane
+
+    from api import MULTIPART_OVERHEAD, jobs
+    from shared.settings import Settings
+
+    proxy = service("proxy")
+    mount = next(v for v in proxy["volumes"] if v.endswith("/etc/nginx/conf.d/default.conf:ro"))
+    conf = ROOT / mount.split(":")[0]
+    # Read as nginx's own nginx.conf includes conf.d/*.conf: inside `http`, which checks that
+    # every directive is allowed where it stands.
+    main = tmp_path / "nginx.conf"
+    main.write_text(f"events {{}}\nhttp {{\n    include {conf};\n}}\n")
+    parsed = crossplane.parse(str(main))
+    assert parsed["status"] == "ok", parsed["errors"]
+    top = next(c for c in parsed["config"] if c["file"] == str(conf))["parsed"]
+    upstream = next(d for d in top if d["directive"] == "upstream")
+    (server,) = [d for d in top if d["directive"] == "server"]
+    settings = nginx_directives(server["block"])
+
+    # It is the public port, and it forwards to the API service's port.
+    assert proxy["ports"] == ["8000:8000"] and "ports" not in service("api")
+    api_port = service("api")["command"][service("api")["command"].index("--bind") + 1]
+    assert nginx_directives(upstream["block"])["server"] == [f"api:{api_port.split(':')[1]}"]
+    assert settings["listen"] == ["8000"]
+    # Slow clients are timed out by nginx, and uploads are buffered whole, up to the API's limit.
+    for name in ("client_header_timeout", "client_body_timeout", "send_timeout"):
+        assert int(settings[name][0].removesuffix("s")) <= 60, name
+    assert settings["proxy_request_buffering"] == ["on"]
+    limit = int(settings["client_max_body_size"][0].removesuffix("m")) * 1024 * 1024
+    assert limit >= Settings().max_upload_bytes + MULTIPART_OVERHEAD
+    # Event streams are passed through unbuffered and outlive their keep-alive interval.
+    locations = {d["args"][-1]: d["block"] for d in server["block"] if d["directive"] == "location"}
+    events = next(block for pattern, block in locations.items() if "events" in pattern)
+    pattern = next(p for p in locations if "events" in p)
+    assert re.fullmatch(pattern, "/v1/jobs/0b5e1a52-7c0a-4a8e-9d38-6a1f0c1e2d3f/events")
+    assert not re.fullmatch(pattern, "/v1/jobs/0b5e1a52-7c0a-4a8e-9d38-6a1f0c1e2d3f/result")
+    assert nginx_directives(events)["proxy_buffering"] == ["off"]
+    read_timeout = nginx_directives(events)["proxy_read_timeout"][0]
+    assert int(read_timeout.removesuffix("h")) * 3600 > jobs.KEEPALIVE_S
+    assert nginx_directives(locations["/"])["proxy_buffering"] == ["on"]

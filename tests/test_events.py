@@ -7,13 +7,13 @@ import threading
 import time
 from typing import Any
 
-import pytest
 from flask.testing import FlaskClient
 from sqlalchemy import update
 from sqlalchemy.orm import Session, sessionmaker
 
-from api import jobs as job_routes
+from shared.changes import publish_change
 from shared.models import Job, JobStatus, utcnow
+from shared.settings import Settings
 from shared.storage import Storage
 from tests.test_api import assert_problem
 from tests.utils import make_job
@@ -37,13 +37,12 @@ def read_events(client: FlaskClient, path: str, **headers: str) -> list[dict[str
     return events
 
 
-@pytest.fixture(autouse=True)
-def fast_polling(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(job_routes, "EVENT_POLL_S", 0.02)
-
-
 def test_the_stream_follows_progress_to_the_end(
-    client: FlaskClient, session: Session, storage: Storage, sessions: sessionmaker[Session]
+    client: FlaskClient,
+    session: Session,
+    storage: Storage,
+    sessions: sessionmaker[Session],
+    settings: Settings,
 ) -> None:
     job = make_job(session, storage, status=JobStatus.RUNNING, attempt=1)
 
@@ -54,6 +53,7 @@ def test_the_stream_follows_progress_to_the_end(
                 other.execute(
                     update(Job).where(Job.id == job.id).values(progress={"fraction": fraction})
                 )
+            publish_change(settings.redis_url, job.id)  # as the worker does after each write
         time.sleep(0.15)
         with sessions.begin() as other:
             other.execute(
@@ -63,6 +63,7 @@ def test_the_stream_follows_progress_to_the_end(
                     status=JobStatus.SUCCEEDED, finished_at=utcnow(), progress={"fraction": 1.0}
                 )
             )
+        publish_change(settings.redis_url, job.id)
 
     worker = threading.Thread(target=work)
     worker.start()

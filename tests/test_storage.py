@@ -6,7 +6,14 @@ from pathlib import Path
 
 import pytest
 
-from shared.storage import FileStorage, ObjectNotFound, Storage, StorageError, open_storage
+from shared.storage import (
+    CHUNK_BYTES,
+    FileStorage,
+    ObjectNotFound,
+    Storage,
+    StorageError,
+    open_storage,
+)
 
 
 @pytest.fixture(params=["file", "s3"])
@@ -99,3 +106,17 @@ def test_s3_deletes_a_prefix_of_more_than_one_listing_page(s3_url: str) -> None:
     storage.delete_prefix("jobs/many/")
 
     assert not any(storage.exists(key) for key in (keys[0], keys[999], keys[1000]))
+
+
+def test_objects_are_read_in_chunks_of_bounded_size(any_storage: Storage) -> None:
+    data = bytes(range(256)) * (3 * CHUNK_BYTES // 256 + 7)  # three chunks and a bit
+    any_storage.put("results/big.png", data)
+
+    stored = any_storage.open("results/big.png")
+    chunks = list(stored)
+
+    assert stored.size == len(data)
+    assert b"".join(chunks) == data
+    assert len(chunks) >= 4 and max(map(len, chunks)) <= CHUNK_BYTES
+    with pytest.raises(ObjectNotFound):  # at once, before any chunk: the route can say 409
+        any_storage.open("results/missing.png")

@@ -21,6 +21,7 @@ from tenacity import (
     wait_exponential,
 )
 
+from shared.changes import publish_change
 from shared.images import decode_rgb, encode_jpeg, encode_png, fit_within
 from shared.logs import log_context
 from shared.models import Job, JobStatus, shown_progress, utcnow
@@ -99,6 +100,7 @@ def run_job(job_id: uuid.UUID, runtime: Runtime) -> JobStatus | None:
         if attempt is None:
             log.info("job %s is not queued; nothing to do", job_id)
             return None
+        publish_change(runtime.settings.redis_url, job_id)
         with log_context(attempt=attempt):
             return _run_claimed(job_id, attempt, runtime)
 
@@ -179,6 +181,7 @@ def _finish(
             )
 
     patient(record)()
+    publish_change(runtime.settings.redis_url, job_id)
     _drop_checkpoints(runtime, job_id, attempt)
     _event(runtime, job_id, "completed")
 
@@ -404,6 +407,7 @@ class ProgressReporter:
         except DATABASE_DOWN:
             log.warning("job %s: progress not written, database away", self.job_id)
             return
+        publish_change(self.runtime.settings.redis_url, self.job_id)
         if now - self.last_event >= self.runtime.settings.webhook_progress_interval:
             _event(self.runtime, self.job_id, "progress")
             # Counted from when the event was made, not from before the write that preceded
