@@ -5,6 +5,7 @@ database); `keys` makes API keys; `submit`, `status`, `list`, ... call the API
 from __future__ import annotations
 
 import contextlib
+import os
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -38,6 +39,16 @@ def _channels(values: tuple[str, ...]) -> dict[str, list[int]] | None:
         name, _, indices = value.partition("=")
         channels[name.strip()] = [int(i) for i in indices.split(",") if i.strip()]
     return channels or None
+
+
+def _backend(ctx: click.Context, value: str) -> str:
+    from shared.settings import BACKENDS as backends
+
+    if value not in backends:
+        source = ctx.get_parameter_source("backend")
+        name = "ONEIRO_BACKEND" if source == click.core.ParameterSource.ENVIRONMENT else "--backend"
+        raise click.UsageError(f"{name} must be one of {', '.join(backends)}, not {value!r}")
+    return value
 
 
 @main.command()
@@ -93,6 +104,14 @@ def _channels(values: tuple[str, ...]) -> dict[str, list[int]] | None:
     show_default=True,
     help="Arithmetic of the model.",
 )
+@click.option(
+    "--backend",
+    envvar="ONEIRO_BACKEND",
+    callback=lambda ctx, param, value: _backend(ctx, value),
+    default="tensorflow",
+    show_default=True,
+    help="Keras backend to compute with: tensorflow or jax (or ONEIRO_BACKEND).",
+)
 def render(
     input_path: str,
     output: str,
@@ -100,6 +119,7 @@ def render(
     channels: tuple[str, ...],
     weights: str,
     precision: str,
+    backend: str,
     **options: Any,
 ) -> None:
     """Dream on INPUT and write the result to OUTPUT, with a progress bar."""
@@ -116,11 +136,14 @@ def render(
         )
         raise click.UsageError(problems) from None
 
-    # Imported once the arguments are known good: TensorFlow takes seconds to load.
+    # Imported once the arguments are known good: Keras takes seconds to load, and reads its
+    # backend (which the engine sets from ONEIRO_BACKEND) when it does.
     from PIL import Image
     from tqdm import tqdm
 
     from shared.images import decode_rgb, fit_within
+
+    os.environ["ONEIRO_BACKEND"] = backend
     from worker.engine import WeightsUnavailable, load_dream_model
     from worker.engine import render as dream
 
@@ -137,7 +160,7 @@ def render(
         raise click.ClickException(str(exc)) from None
     click.echo(
         f"{image.shape[1]}x{image.shape[0]}, {params.model} "
-        f"{','.join(params.layers)}, seed {params.seed}, {model.precision}",
+        f"{','.join(params.layers)}, seed {params.seed}, {model.precision}, {model.backend}",
         err=True,
     )
     with tqdm(

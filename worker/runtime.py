@@ -31,6 +31,8 @@ class Runtime:
     def dream_model(self, params: RenderParams) -> DreamModel:
         """The dream model for a job's params, built once per process (loading takes seconds)."""
         channels = params.channels or {}
+        # What the engine reads on import: these settings' backend, even when they were given.
+        os.environ["ONEIRO_BACKEND"] = self.settings.backend
         return _dream_model(
             params.model,
             tuple(params.layers.items()),
@@ -71,7 +73,8 @@ def _dream_model(
     allow_download: bool,
     precision: str,
 ) -> DreamModel:
-    # TensorFlow is imported here, in the process that renders, never in Celery's parent.
+    # Keras is imported here, in the process that renders, never in Celery's parent; the engine
+    # sets its backend from ONEIRO_BACKEND on import.
     from worker.engine import load_dream_model
 
     return load_dream_model(
