@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import logging
 import os
 import socket
 from dataclasses import dataclass
@@ -19,6 +20,8 @@ from shared.storage import Storage, open_storage
 
 if TYPE_CHECKING:
     from worker.engine import DreamModel
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -77,7 +80,7 @@ def _dream_model(
     # sets its backend from ONEIRO_BACKEND on import.
     from worker.engine import load_dream_model
 
-    return load_dream_model(
+    loaded = load_dream_model(
         weights,
         dict(layers),
         model=model,
@@ -85,3 +88,12 @@ def _dream_model(
         precision=precision,
         allow_download=allow_download,
     )
+    # Which backend, device and precision a worker really computes with: `auto` decides here.
+    log.info(
+        "dream model %s loaded: %s backend, %s, %s",
+        model,
+        loaded.backend,
+        loaded.device.kind,
+        loaded.precision,
+    )
+    return loaded
