@@ -40,12 +40,17 @@ case "${1:-}" in
 *)
     python="${PYTHON:-python3.12}"
     [ -d "$wheels" ] || { echo "no $wheels: run benchmarks/gpu.sh --prepare first" >&2; exit 1; }
-    venv="${TMPDIR:-/tmp}/oneiro-gpu-venv"
-    # The system's JAX, numpy, h5py and Pillow stay visible; only what is missing is installed.
-    [ -x "$venv/bin/python" ] || "$python" -m venv --system-site-packages "$venv"
-    "$venv/bin/python" -m pip install --quiet --disable-pip-version-check --no-index \
+    # Only what is missing is installed, next to the JAX, numpy, h5py and Pillow already there:
+    # into that Python's own virtual environment if it is one, else into a new one that sees
+    # the system's packages (and uses the system's pip: no ensurepip needed).
+    if ! "$python" -c 'import sys; sys.exit(sys.prefix == sys.base_prefix)'; then
+        venv="${TMPDIR:-/tmp}/oneiro-gpu-venv"
+        [ -x "$venv/bin/python" ] || "$python" -m venv --system-site-packages --without-pip "$venv"
+        python="$venv/bin/python"
+    fi
+    "$python" -m pip install --quiet --disable-pip-version-check --no-index \
         --find-links "$wheels" "${packages[@]}"
     cd "$root"
-    exec "$venv/bin/python" "$here/gpu.py" "$@"
+    exec "$python" "$here/gpu.py" "$@"
     ;;
 esac
