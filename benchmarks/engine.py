@@ -99,7 +99,7 @@ class StraightforwardJaxLoop(StraightforwardLoop):
     """The same baseline on JAX: `jax.jit` of the gradient over `stateless_call`, one tile at a
     time (one compile per tile shape: the full tile and the partial last row and column)."""
 
-    def __init__(self, weights: str) -> None:
+    def __init__(self, weights: str, layers: tuple[str, ...] = LAYERS) -> None:
         import jax
         import jax.numpy as jnp
         import keras
@@ -111,7 +111,7 @@ class StraightforwardJaxLoop(StraightforwardLoop):
         )
         if weights == "random":
             randomize_kernels(base, 0)
-        model = keras.Model(base.input, [base.get_layer(name).output for name in LAYERS])
+        model = keras.Model(base.input, [base.get_layer(name).output for name in layers])
         trainable = [v.value for v in model.trainable_variables]
         fixed = [v.value for v in model.non_trainable_variables]
 
@@ -126,11 +126,14 @@ class StraightforwardJaxLoop(StraightforwardLoop):
         return np.asarray(self.gradient(tile))
 
 
-def baseline_timer(image: np.ndarray) -> Callable[[int], float]:
+def baseline_timer(
+    image: np.ndarray, loop: StraightforwardLoop | None = None
+) -> Callable[[int], float]:
     """A function that runs `steps` baseline steps on `image` and returns MP-steps/s."""
     from worker.engine import BACKEND
 
-    loop = (StraightforwardJaxLoop if BACKEND == "jax" else StraightforwardLoop)(weights())
+    if loop is None:
+        loop = (StraightforwardJaxLoop if BACKEND == "jax" else StraightforwardLoop)(weights())
     rng = np.random.default_rng(0)
     state = {"dream": loop.step(image.astype(np.float32) / 127.5 - 1, rng)}  # warm-up
 
@@ -145,24 +148,27 @@ def baseline_timer(image: np.ndarray) -> Callable[[int], float]:
 
 def engine_timer(image: np.ndarray, precision: str) -> Callable[[int], float]:
     """A function that renders `steps` engine steps on `image` and returns MP-steps/s."""
-    from shared.params import RenderParams
-    from worker.engine import load_dream_model, render
+    from worker.engine import load_dream_model
 
     model = load_dream_model(weights(), LAYERS, precision=precision)
+    return lambda steps: engine_rate(image, model, steps)
 
-    def run(steps: int) -> float:
-        params = RenderParams(steps=steps + 1, octaves=1, seed=0, tile_size=TILE, detail=False)
-        stamps: list[float] = []
 
-        def progress(p: Any) -> None:
-            if p.tiles_done % (p.tiles // p.steps) == 0:  # a step ends
-                stamps.append(time.perf_counter())
+def engine_rate(image: np.ndarray, model: Any, steps: int) -> float:
+    """MP-steps/s of the engine rendering `steps` steps on `image`, one octave at its size."""
+    from shared.params import RenderParams
+    from worker.engine import render
 
-        render(image, params, model, on_progress=progress)
-        # From the end of the first step (tracing, first touches) to the end of the last.
-        return image.shape[0] * image.shape[1] * steps / 1e6 / (stamps[-1] - stamps[0])
+    params = RenderParams(steps=steps + 1, octaves=1, seed=0, tile_size=TILE, detail=False)
+    stamps: list[float] = []
 
-    return run
+    def progress(p: Any) -> None:
+        if p.tiles_done % (p.tiles // p.steps) == 0:  # a step ends
+            stamps.append(time.perf_counter())
+
+    render(image, params, model, on_progress=progress)
+    # From the end of the first step (tracing, first touches) to the end of the last.
+    return image.shape[0] * image.shape[1] * steps / 1e6 / (stamps[-1] - stamps[0])
 
 
 def time_engine(image: np.ndarray, steps: int, precision: str) -> float:
