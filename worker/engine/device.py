@@ -44,12 +44,14 @@ class DeviceOutOfMemory(RuntimeError):
     """A tile batch did not fit in the device's memory; the message says what to change."""
 
 
-def best_precision(device: Device) -> str:
+def best_precision(backend: str, device: Device) -> str:
     """The fastest precision measured for `device`: bfloat16 on GPUs that have it (Ampere and
-    newer), float16 on older GPUs, bfloat16 on CPUs with native bfloat16, float32 elsewhere."""
+    newer), float16 on older GPUs; on a CPU, bfloat16 with TensorFlow where the CPU has native
+    bfloat16 (oneDNN: about 2x float32), float32 otherwise and always with JAX (XLA's CPU
+    convolutions gain nothing from bfloat16: 0.86x of float32, benchmarks/README.md)."""
     if device.kind == "gpu":
         return "bfloat16" if (device.compute_capability or (0, 0)) >= (8, 0) else "float16"
-    return "bfloat16" if _cpu_has_bfloat16() else "float32"
+    return "bfloat16" if backend == "tensorflow" and _cpu_has_bfloat16() else "float32"
 
 
 @cache

@@ -122,7 +122,7 @@ def load_dream_model(
     backend = keras.backend.backend()
     module = backend_module(backend)
     device = module.device()
-    dtype = policy.best_precision(device) if precision == "auto" else precision
+    dtype = policy.best_precision(backend, device) if precision == "auto" else precision
     full = _backbone(backbone, weights, allow_download, seed)
     cut = keras.Model(full.input, [full.get_layer(name).output for name in layers])
     selected = [list(channels[name]) if channels and name in channels else None for name in layers]
@@ -163,7 +163,7 @@ def dream_loss(
 @cache
 def best_precision() -> str:
     """The precision `auto` picks in this process (see device.best_precision)."""
-    return policy.best_precision(backend_module().device())
+    return policy.best_precision(keras.backend.backend(), backend_module().device())
 
 
 def _backbone(backbone: Backbone, weights: str, allow_download: bool, seed: int) -> keras.Model:
