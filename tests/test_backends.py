@@ -24,10 +24,10 @@ from worker.engine.device import (
 )
 
 # Mean absolute difference, in 8-bit units, allowed between the two backends' float32 dreams of
-# the same image, params and seed: the convolutions sum in different orders (oneDNN against
-# XLA), and a few rounding steps of 0.5 are expected; a real divergence (another seed, another
-# layer) moves pixels by several units on average.
-AGREEMENT_MAD = 0.25
+# the same image, params and seed. The convolutions sum in different orders (oneDNN against
+# XLA), so a few pixels round the other way: measured 0.004 (0.4% of values off by 1, none by
+# more); the dream itself moves pixels by about 3 on average.
+AGREEMENT_MAD = 0.05
 
 
 def oneiro_render(backend: str, out: Path, *extra: str) -> subprocess.CompletedProcess[str]:
@@ -90,7 +90,8 @@ def test_both_backends_dream_the_same_and_each_repeats_itself_bit_for_bit(tmp_pa
     with Image.open(CHELSEA) as source:
         cat = np.asarray(source.convert("RGB").resize(images["jax"].shape[1::-1])).astype(int)
     assert difference.mean() <= AGREEMENT_MAD, f"backends differ by {difference.mean():.3f}"
-    assert np.abs(images["jax"] - cat).mean() > 10 * AGREEMENT_MAD  # they did dream
+    assert difference.max() <= 2
+    assert np.abs(images["jax"] - cat).mean() > 1.0  # they did dream
 
 
 def test_an_unknown_backend_stops_start_up_naming_the_variable(
