@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: install run test lint
+.PHONY: install run test lint fuzz
 
 install: $(VENV)/.installed
 
@@ -32,3 +32,10 @@ test: install lint
 		(apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y chromium) || \
 		echo "note: could not install chromium; tests/test_web.py will be skipped"
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+# The OpenAPI fuzz on new random cases (make test runs one fixed draw), 500 a route by default;
+# it prints its seed: `make fuzz FUZZ_SEED=n` replays that draw, FUZZ_EXAMPLES sets the count.
+fuzz: install
+	@seed=$${FUZZ_SEED:-$$(od -An -N4 -tu4 /dev/urandom | tr -d ' ')}; echo "FUZZ_SEED=$$seed"; \
+		FUZZ_SEED=$$seed FUZZ_EXAMPLES=$${FUZZ_EXAMPLES:-500} \
+		$(BIN)/python -m pytest tests/test_openapi.py -k fuzz $(PYTEST_ARGS)

@@ -8,9 +8,11 @@ import logging
 import time
 import uuid
 from collections.abc import Iterator
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
+import pydantic_core
 from flask import Blueprint, Response, current_app, g, request
 from pydantic import ValidationError
 from sqlalchemy import func, select, tuple_, update
@@ -19,15 +21,25 @@ from sqlalchemy.orm import Session
 
 from api import Services
 from api.auth import current_tenant, tenant_id
+from api.metrics import megapixel_steps, worker_throughput
 from api.openapi import BEARER, BINARY, job_responses, spec
 from api.problems import Problem, invalid
 from api.schemas import JobListQuery, JobOut, JobPage, JobSubmission, SubmitHeaders, encode_cursor
+from shared.cost import CostRefused, check_limits
 from shared.images import ImageRejected, ImageTooLarge, inspect_image
-from shared.models import IDEMPOTENCY_WINDOW, IdempotencyKey, Job, JobStatus, utcnow
+from shared.models import (
+    IDEMPOTENCY_WINDOW,
+    IdempotencyKey,
+    Job,
+    JobStatus,
+    shown_progress,
+    utcnow,
+)
 from shared.params import RenderParams
 from shared.queue import enqueue_render
-from shared.storage import ObjectNotFound, preview_key
+from shared.storage import ObjectNotFound, input_key, job_prefix, legacy_keys, preview_key
 from shared.webhooks import WebhookRefused, WebhookSpec, check_target, send_event
+from shared.weights import NoWeights, require_weights
 
 log = logging.getLogger(__name__)
 
@@ -78,6 +90,10 @@ def submit_job() -> tuple[dict[str, Any], int, dict[str, str]]:
     """Store the image, record the job, commit, then enqueue it."""
     svc = services()
     params, asked = _read_params()
+    try:
+        require_weights(svc.settings, params.model)
+    except NoWeights as exc:  # accepted, it would fail on the worker: refuse it now
+        raise invalid([{"field": "params.model", "message": str(exc)}]) from None
     upload = request.files.get("image")
     if upload is None:
         raise invalid(
@@ -90,19 +106,10 @@ def submit_job() -> tuple[dict[str, Any], int, dict[str, str]]:
         raise Problem(413, "Image too large", str(exc), limit=svc.settings.max_pixels) from None
     except ImageRejected as exc:
         raise invalid([{"field": "image", "message": str(exc)}]) from None
-    work = _work(width, height, params)
-    if work > svc.settings.max_work:
-        raise invalid(
-            [
-                {
-                    "field": "params",
-                    "message": (
-                        f"the job would cost {work} pixel-steps (pixels x steps x octaves); "
-                        f"the limit is {svc.settings.max_work}: lower steps, octaves or max_dim"
-                    ),
-                }
-            ]
-        )
+    try:
+        check_limits(width, height, params, svc.settings)
+    except CostRefused as exc:
+        raise invalid([{"field": exc.field, "message": str(exc)}]) from None
 
     webhook = _read_webhook()
     idempotency = _idempotency(data, asked, webhook)
@@ -112,14 +119,14 @@ def submit_job() -> tuple[dict[str, Any], int, dict[str, str]]:
             return original
 
     job_id = uuid.uuid4()
-    input_key = f"inputs/{job_id}.{EXTENSIONS[image_format]}"
-    svc.storage.put(input_key, data)
+    stored_input = input_key(job_id, EXTENSIONS[image_format])
+    svc.storage.put(stored_input, data)
     job = Job(
         id=job_id,
         tenant_id=tenant_id(),
         status=JobStatus.QUEUED,
         params=params.model_dump(mode="json"),
-        input_key=input_key,
+        input_key=stored_input,
         input_width=width,
         input_height=height,
         progress={},
@@ -146,17 +153,17 @@ def submit_job() -> tuple[dict[str, Any], int, dict[str, str]]:
     except IntegrityError:
         # Another request with the same key won the race; answer as its replay.
         session.rollback()
-        svc.storage.delete(input_key)
+        svc.storage.delete_prefix(job_prefix(job_id))
         original = _replay(*idempotency) if idempotency is not None else None
         if original is None:
             raise
         return original
     except Exception:
         session.rollback()
-        svc.storage.delete(input_key)  # a refused request leaves nothing behind
+        svc.storage.delete_prefix(job_prefix(job_id))  # a refused request leaves nothing behind
         raise
     _enqueue(job)
-    return job_json(job), 202, {"Location": f"/v1/jobs/{job_id}"}
+    return job_json(job, measured_throughput()), 202, {"Location": f"/v1/jobs/{job_id}"}
 
 
 def _idempotency(
@@ -199,7 +206,7 @@ def _replay(key: str, request_hash: str) -> tuple[dict[str, Any], int, dict[str,
             ]
         )
     job = _find(seen.job_id)
-    return job_json(job), 200, {"Location": f"/v1/jobs/{job.id}"}
+    return job_json(job, measured_throughput()), 200, {"Location": f"/v1/jobs/{job.id}"}
 
 
 def _check_active_cap() -> None:
@@ -227,13 +234,6 @@ def _check_active_cap() -> None:
             limit=limit,
             value=active,
         )
-
-
-def _work(width: int, height: int, params: RenderParams) -> int:
-    """Pixels rendered x steps x octaves, at the size the worker will render."""
-    longest = max(width, height)
-    scale = min(1.0, params.max_dim / longest) if params.max_dim else 1.0
-    return round(width * scale) * round(height * scale) * params.steps * params.octaves
 
 
 def _read_webhook() -> WebhookSpec | None:
@@ -288,8 +288,10 @@ def _read_params() -> tuple[RenderParams, dict[str, Any]]:
         )
     text = _form_text("params") or "{}"
     try:
-        raw = json.loads(text)
-    except json.JSONDecodeError as exc:
+        # pydantic's parser, which validates the part below: it refuses numbers past its range
+        # and nesting past its depth with a ValueError, where json.loads raised RecursionError.
+        raw = pydantic_core.from_json(text)
+    except ValueError as exc:
         raise invalid([{"field": "params", "message": f"not valid JSON: {exc}"}]) from None
     if not isinstance(raw, dict):
         raise invalid([{"field": "params", "message": "must be a JSON object"}])
@@ -318,8 +320,9 @@ def list_jobs(query: JobListQuery) -> dict[str, Any]:
         statement = statement.where(tuple_(Job.created_at, Job.id) < after)
     jobs = list(db().scalars(statement))
     page, more = jobs[:limit], len(jobs) > limit
+    throughput = measured_throughput()
     return {
-        "jobs": [job_json(job) for job in page],
+        "jobs": [job_json(job, throughput) for job in page],
         "next_cursor": encode_cursor(page[-1].created_at, page[-1].id) if more else None,
     }
 
@@ -328,7 +331,7 @@ def list_jobs(query: JobListQuery) -> dict[str, Any]:
 @spec.validate(resp=job_responses(HTTP_200=JobOut, errors=(404,)), security=BEARER)
 def get_job(job_id: uuid.UUID) -> dict[str, Any]:
     """The job's status, progress and resolved params."""
-    return job_json(_find(job_id))
+    return job_json(_find(job_id), measured_throughput())
 
 
 # How often an event stream looks at the job row, and how long a quiet stream waits before a
@@ -353,6 +356,7 @@ def job_events(job_id: uuid.UUID) -> Response:
     _find(job_id)
     last_seen = request.headers.get("Last-Event-ID")
     sessions = services().sessions
+    throughput = measured_throughput()  # the stream outlives the request's context
 
     def stream() -> Iterator[str]:
         nonlocal last_seen
@@ -362,7 +366,7 @@ def job_events(job_id: uuid.UUID) -> Response:
                 job = session.get(Job, job_id)
                 if job is None:
                     return
-                state = job_json(job)
+                state = job_json(job, throughput)
             event_id = f"{state['status']}:{state['attempt']}:{state['progress']['fraction']}"
             if event_id != last_seen:
                 last_seen = event_id
@@ -422,17 +426,28 @@ def get_preview(job_id: uuid.UUID) -> Response:
     the result once the job has succeeded."""
     job = _find(job_id)
     _check_not_expired(job)
-    try:
-        data = services().storage.get(preview_key(job_id))
-    except ObjectNotFound:
-        raise Problem(
-            409,
-            "Preview not ready",
-            f"job {job_id} is {job.status.value} and has no preview yet; the worker writes one "
-            "after the first step of its render",
-            job_status=job.status.value,
-        ) from None
+    data = _latest_preview(job)
+    if data is None:
+        detail = (
+            f"job {job_id} ended ({job.status.value}) before its first step, so it has no preview"
+            if job.status.is_terminal()
+            else f"job {job_id} is {job.status.value} and has no preview yet; the worker "
+            "writes one after the first step of its render"
+        )
+        raise Problem(409, "Preview not ready", detail, job_status=job.status.value)
     return Response(data, mimetype="image/jpeg", headers={"Cache-Control": "no-store"})
+
+
+def _latest_preview(job: Job) -> bytes | None:
+    """The preview of the job's latest attempt; until a resumed attempt writes its first, the
+    one before's; for a job stored before per-job folders, its preview under the old key."""
+    keys = [preview_key(job.id, n) for n in (job.attempt, job.attempt - 1) if n > 0]
+    for key in [*keys, legacy_keys(job.id)[1]]:
+        try:
+            return services().storage.get(key)
+        except ObjectNotFound:
+            continue
+    return None
 
 
 def _check_not_expired(job: Job) -> None:
@@ -458,7 +473,7 @@ def cancel_job(job_id: uuid.UUID) -> dict[str, Any]:
         finished_at=utcnow(),
     )
     send_event(services().celery, db(), job_id, "completed")
-    return job_json(job)
+    return job_json(job, measured_throughput())
 
 
 @blueprint.post("/<uuid:job_id>/retry")
@@ -483,7 +498,7 @@ def retry_job(job_id: uuid.UUID) -> tuple[dict[str, Any], int]:
         enqueued_at=utcnow(),  # cleared by _enqueue if Redis does not take the message
     )
     _enqueue(job)
-    return job_json(job), 202
+    return job_json(job, measured_throughput()), 202
 
 
 def _transition(job_id: uuid.UUID, verb: str, allowed: list[JobStatus], **values: Any) -> Job:
@@ -537,12 +552,56 @@ def _find(job_id: uuid.UUID, fresh: bool = False) -> Job:
     return job
 
 
-def job_json(job: Job) -> dict[str, Any]:
-    """The public representation of a job."""
+@dataclass(frozen=True)
+class Throughput:
+    """The workers' measured speed: mean megapixel-steps per second, and over how many."""
+
+    rate: float | None
+    workers: int
+
+
+NO_THROUGHPUT = Throughput(None, 0)
+# The measured speed changes slowly; one query per API process this often serves every submit
+# and poll in between.
+THROUGHPUT_TTL_S = 30.0
+
+
+def measured_throughput() -> Throughput:
+    """The mean speed of the workers that finished jobs lately (api.metrics.worker_throughput),
+    cached for THROUGHPUT_TTL_S in this app."""
+    cache = current_app.extensions.setdefault("oneiro.throughput", {})
+    now = time.monotonic()
+    if cache.get("until", 0.0) < now:
+        rates = worker_throughput(db())
+        mean = sum(rates.values()) / len(rates) if rates else None
+        cache.update(until=now + THROUGHPUT_TTL_S, value=Throughput(mean, len(rates)))
+    return cache["value"]  # type: ignore[no-any-return]
+
+
+def render_estimate(job: Job, throughput: Throughput) -> dict[str, Any]:
+    """How long the job's render should take at the workers' measured speed, or why unknown."""
+    # The cost measure of ONEIRO_MAX_WORK and of the throughput metric, in megapixels.
+    work = megapixel_steps(job.input_width, job.input_height, job.params)
+    if throughput.rate is None:
+        return {
+            "render_seconds": None,
+            "megapixel_steps": round(work, 3),
+            "basis": "no estimate yet: no worker has finished a job in the last hour",
+        }
+    return {
+        "render_seconds": round(work / throughput.rate, 1),
+        "megapixel_steps": round(work, 3),
+        "basis": f"at {throughput.rate:.3g} megapixel-steps per second, the mean speed of "
+        f"{throughput.workers} worker(s) over the last hour",
+    }
+
+
+def job_json(job: Job, throughput: Throughput = NO_THROUGHPUT) -> dict[str, Any]:
+    """The public representation of a job; its estimate at `throughput`."""
     return {
         "id": str(job.id),
         "status": job.status.value,
-        "progress": _progress(job),
+        "progress": shown_progress(job),
         "params": job.params,
         "input": {"width": job.input_width, "height": job.input_height},
         "attempt": job.attempt,
@@ -558,21 +617,8 @@ def job_json(job: Job) -> dict[str, Any]:
         else None,
         "preview_url": f"/v1/jobs/{job.id}/preview",
         "expired": job.expired_at is not None,
+        "estimate": render_estimate(job, throughput),
     }
-
-
-def _progress(job: Job) -> dict[str, Any]:
-    base = {
-        "fraction": 0.0,
-        "octave": 0,
-        "octaves": job.params.get("octaves"),
-        "step": 0,
-        "steps": job.params.get("steps"),
-        "tiles_done": 0,
-        "tiles": None,
-        "eta_seconds": None,
-    }
-    return {**base, **(job.progress or {})}
 
 
 def _iso(moment: datetime | None) -> str | None:

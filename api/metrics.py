@@ -8,6 +8,8 @@ share: the job rows (the truth, DESIGN.md invariant 1) and the Redis queues.
 from __future__ import annotations
 
 import logging
+import threading
+import time
 from collections import Counter
 from collections.abc import Iterable, Iterator
 from datetime import datetime, timedelta
@@ -15,7 +17,6 @@ from typing import TYPE_CHECKING, Any
 
 import redis
 from flask import Flask, Response
-from kombu.transport.redis import PRIORITY_STEPS, Channel
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 from prometheus_client.core import (
     CounterMetricFamily,
@@ -28,8 +29,10 @@ from prometheus_client.utils import floatToGoString
 from sqlalchemy import ColumnElement, case, distinct, extract, func, select
 from sqlalchemy.orm import Session
 
+from shared.cost import work
 from shared.models import Job, JobStatus, utcnow
-from shared.queue import maintenance_queue
+from shared.params import RenderParams
+from shared.queue import maintenance_queue, queue_keys
 
 if TYPE_CHECKING:
     from api import Services
@@ -79,6 +82,9 @@ class OneiroCollector(Collector):
         self.services = services
         settings = services.settings
         self.queues = (settings.queue, maintenance_queue(settings))
+        # The broadcast's answers and when they came (monotonic seconds); see _worker_replies.
+        self._replies: tuple[float, dict[str, Any] | None] | None = None
+        self._broadcast_lock = threading.Lock()
 
     def collect(self) -> Iterator[Metric]:
         """The metric families, computed now; a source that is down reports `_up 0`."""
@@ -163,42 +169,16 @@ class OneiroCollector(Collector):
 
     def _throughput(self, session: Session, now: datetime) -> Metric:
         """Megapixel-steps per second of each worker over the jobs it finished lately."""
-        rows = session.execute(
-            select(
-                Job.worker,
-                Job.input_width,
-                Job.input_height,
-                Job.params,
-                Job.started_at,
-                Job.finished_at,
-            )
-            .where(
-                Job.status == JobStatus.SUCCEEDED,
-                # A resumed attempt renders only what its checkpoint left, from a later
-                # started_at; counting it would overstate the speed.
-                Job.attempt == 1,
-                Job.finished_at >= now - THROUGHPUT_WINDOW,
-                Job.worker.is_not(None),
-            )
-            .order_by(Job.finished_at.desc())
-            .limit(THROUGHPUT_MAX_JOBS)
-        ).all()
-        work: Counter[str] = Counter()
-        seconds: Counter[str] = Counter()
-        for worker, width, height, params, started, finished in rows:
-            work[worker] += megapixel_steps(width, height, params)
-            seconds[worker] += (finished - started).total_seconds()
         family = GaugeMetricFamily(
             "oneiro_worker_megapixel_steps_per_second",
-            "Rendered megapixels x steps x octaves (the measure of ONEIRO_MAX_WORK) per second "
-            "of started_at to finished_at, over the first-attempt jobs each worker finished in "
-            f"the last {THROUGHPUT_WINDOW.total_seconds():g}s (at most {THROUGHPUT_MAX_JOBS} "
-            "jobs); includes model loading and image coding.",
+            "Rendered megapixel-steps (every octave's pixels x steps, as ONEIRO_MAX_WORK "
+            "counts them) per second of started_at to finished_at, over the first-attempt jobs "
+            f"each worker finished in the last {THROUGHPUT_WINDOW.total_seconds():g}s (at most "
+            f"{THROUGHPUT_MAX_JOBS} jobs); includes model loading and image coding.",
             labels=["worker"],
         )
-        for worker in sorted(work):
-            if seconds[worker] > 0:
-                family.add_metric([worker], work[worker] / seconds[worker])
+        for worker, rate in sorted(worker_throughput(session, now).items()):
+            family.add_metric([worker], rate)
         return family
 
     def _redis_families(self) -> Iterator[Metric]:
@@ -241,15 +221,13 @@ class OneiroCollector(Collector):
         family = GaugeMetricFamily(
             "oneiro_workers_online",
             "Celery worker nodes (idle or busy) consuming each queue that answered a broadcast "
-            f"(`inspect active_queues`) within {INSPECT_TIMEOUT_S:g}s of this scrape.",
+            f"(`inspect active_queues`) within {INSPECT_TIMEOUT_S:g}s; the broadcast is sent at "
+            "most once per ONEIRO_METRICS_CACHE_SECONDS and its answers reused in between.",
             labels=["queue"],
         )
         online = dict.fromkeys(self.queues, 0)
-        try:
-            inspect = self.services.celery.control.inspect(timeout=INSPECT_TIMEOUT_S)
-            replies: dict[str, Any] = inspect.active_queues() or {}
-        except Exception:
-            log.warning("metrics: the worker broadcast failed", exc_info=True)
+        replies = self._worker_replies()
+        if replies is None:
             return family
         for queues in replies.values():
             for name in {queue["name"] for queue in queues} & online.keys():
@@ -258,24 +236,73 @@ class OneiroCollector(Collector):
             family.add_metric([queue], count)
         return family
 
+    def _worker_replies(self) -> dict[str, Any] | None:
+        """The workers' answers to `inspect active_queues` (None if the broadcast failed),
+        reused for metrics_cache_seconds.
+
+        The broadcast waits up to INSPECT_TIMEOUT_S for answers, however few workers there are:
+        without the cache every scrape would hold a request thread that long. The lock makes
+        scrapes that come together wait for one broadcast rather than each send their own.
+        """
+        with self._broadcast_lock:
+            ttl = self.services.settings.metrics_cache_seconds
+            if self._replies is not None and time.monotonic() - self._replies[0] < ttl:
+                return self._replies[1]
+            replies: dict[str, Any] | None
+            try:
+                inspect = self.services.celery.control.inspect(timeout=INSPECT_TIMEOUT_S)
+                replies = inspect.active_queues() or {}
+            except Exception:
+                log.warning("metrics: the worker broadcast failed", exc_info=True)
+                replies = None
+            self._replies = (time.monotonic(), replies)
+            return replies
+
 
 def _queue_depth(client: redis.Redis, queue: str) -> int:
-    # Kombu keeps a list per priority step: the queue's name for the default priority and
-    # name + separator + step for the others.
-    keys = [queue, *(f"{queue}{Channel.sep}{step}" for step in PRIORITY_STEPS if step)]
     with client.pipeline(transaction=False) as pipe:
-        for key in keys:
+        for key in queue_keys(queue):
             pipe.llen(key)
         return sum(pipe.execute())
 
 
+def worker_throughput(session: Session, now: datetime | None = None) -> dict[str, float]:
+    """Megapixel-steps per second of each worker, over the first-attempt jobs it finished in
+    the last THROUGHPUT_WINDOW (the metric, and the render-time estimate of a job)."""
+    now = now or utcnow()
+    rows = session.execute(
+        select(
+            Job.worker,
+            Job.input_width,
+            Job.input_height,
+            Job.params,
+            Job.started_at,
+            Job.finished_at,
+        )
+        .where(
+            Job.status == JobStatus.SUCCEEDED,
+            # A resumed attempt renders only what its checkpoint left, from a later
+            # started_at; counting it would overstate the speed.
+            Job.attempt == 1,
+            Job.finished_at >= now - THROUGHPUT_WINDOW,
+            Job.worker.is_not(None),
+        )
+        .order_by(Job.finished_at.desc())
+        .limit(THROUGHPUT_MAX_JOBS)
+    ).all()
+    work: Counter[str] = Counter()
+    seconds: Counter[str] = Counter()
+    for worker, width, height, params, started, finished in rows:
+        work[worker] += megapixel_steps(width, height, params)
+        seconds[worker] += (finished - started).total_seconds()
+    return {worker: work[worker] / seconds[worker] for worker in work if seconds[worker] > 0}
+
+
 def megapixel_steps(width: int, height: int, params: dict[str, Any]) -> float:
-    """A job's rendered megapixels x steps x octaves: the measure ONEIRO_MAX_WORK limits."""
-    longest = max(width, height)
-    max_dim = params.get("max_dim")
-    scale = min(1.0, max_dim / longest) if max_dim else 1.0
-    pixels = round(width * scale) * round(height * scale)
-    return pixels * params.get("steps", 0) * params.get("octaves", 0) / 1e6
+    """A job's megapixel-steps from its stored params: the measure ONEIRO_MAX_WORK limits."""
+    # Stored params are resolved and were valid when submitted; not validated again, so a
+    # range tightened since cannot break a scrape.
+    return work(width, height, RenderParams.model_construct(**params)) / 1e6
 
 
 def _seconds(session: Session, start: Any, end: Any) -> ColumnElement[float]:

@@ -3,15 +3,18 @@
 from __future__ import annotations
 
 import logging
+import re
 from typing import Any
 
 import sqlalchemy.exc
-from flask import Flask, Response, json
+from flask import Flask, Response, json, request
 from werkzeug.exceptions import HTTPException
 
 log = logging.getLogger(__name__)
 
 PROBLEM_JSON = "application/problem+json"
+# A job route whose id is not a UUID (the routes match only UUIDs).
+JOB_PATH = re.compile(r"^/v1/jobs/(?P<id>[^/]+)(/(events|result|preview|cancel|retry))?/?$")
 
 
 class Problem(Exception):
@@ -61,6 +64,11 @@ def register(app: Flask) -> None:
             return exc.response  # type: ignore[return-value]
         status = exc.code or 500
         detail = exc.description or exc.name
+        malformed = JOB_PATH.match(request.path) if status == 404 else None
+        if malformed:  # /v1/jobs/<not a UUID>: a job that does not exist, as the routes say it
+            return Problem(
+                404, "Job not found", f"there is no job {malformed['id']}; job ids are UUIDs"
+            ).response()
         if status == 413:
             detail = (
                 f"the request is larger than the upload limit of "

@@ -128,6 +128,24 @@ class JobWebhook(BaseModel):
     events: list[Event]
 
 
+class RenderEstimate(BaseModel):
+    """How long the render should take, from the workers' measured speed."""
+
+    model_config = ConfigDict(title="RenderEstimate")
+
+    render_seconds: Annotated[
+        float | None,
+        Field(
+            description="Seconds of rendering, once a worker runs it; null before any worker "
+            "has finished a job in the last hour."
+        ),
+    ]
+    megapixel_steps: Annotated[
+        float, Field(description="The job's cost: megapixels rendered x steps x octaves.")
+    ]
+    basis: Annotated[str, Field(description="What the estimate rests on, or why there is none.")]
+
+
 class JobOut(BaseModel):
     """A job, as every /v1/jobs route answers it (api.jobs.job_json)."""
 
@@ -147,6 +165,7 @@ class JobOut(BaseModel):
     result_url: Annotated[str | None, Field(description="Set once the job has succeeded.")]
     preview_url: str
     expired: Annotated[bool, Field(description="Retention has deleted the job's files.")]
+    estimate: RenderEstimate
 
 
 class JobPage(BaseModel):
@@ -187,3 +206,29 @@ class Health(BaseModel):
     model_config = ConfigDict(extra="allow")
 
     status: str
+
+
+class LayerOut(BaseModel):
+    """A layer a backbone can dream."""
+
+    model_config = ConfigDict(title="Layer")
+
+    name: str
+    channels: Annotated[int, Field(description="Its channels, for `params.channels`.")]
+
+
+class ModelOut(BaseModel):
+    """A backbone this deployment can render, for `params.model`."""
+
+    model_config = ConfigDict(title="Model")
+
+    name: str
+    default: Annotated[bool, Field(description="Used when `params.model` is not given.")]
+    default_layers: Annotated[list[str], Field(description="Used when `params.layers` is not.")]
+    layers: list[LayerOut]
+
+
+class ModelList(BaseModel):
+    """GET /v1/models: the backbones this deployment has weights for."""
+
+    models: list[ModelOut]

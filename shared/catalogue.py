@@ -14,6 +14,9 @@ class Backbone:
     """A Keras application cut at dreamable layers."""
 
     keras_name: str  # the constructor in keras.applications
+    # The ImageNet weights without the top, as Keras names the file it downloads; a weights
+    # directory (ONEIRO_WEIGHTS_DIR) or the Keras cache holds it under this name.
+    weights_file: str
     # "tf": pixels scaled to [-1, 1]; "caffe": BGR with the ImageNet channel means subtracted.
     preprocessing: str
     layers: dict[str, int]  # dreamable layer -> channels
@@ -41,6 +44,7 @@ def _names(template: str, *ranges: tuple[int, int, int]) -> dict[str, int]:
 BACKBONES: dict[str, Backbone] = {
     "inception_v3": Backbone(
         keras_name="InceptionV3",
+        weights_file="inception_v3_weights_tf_dim_ordering_tf_kernels_notop.h5",
         preprocessing="tf",
         layers=_names(
             "mixed{}", (0, 1, 256), (1, 3, 288), (3, 8, 768), (8, 9, 1280), (9, 11, 2048)
@@ -52,6 +56,7 @@ BACKBONES: dict[str, Backbone] = {
     ),
     "vgg19": Backbone(
         keras_name="VGG19",
+        weights_file="vgg19_weights_tf_dim_ordering_tf_kernels_notop.h5",
         preprocessing="caffe",
         layers={
             f"block{block}_{kind}": channels
@@ -71,6 +76,7 @@ BACKBONES: dict[str, Backbone] = {
     ),
     "resnet50": Backbone(
         keras_name="ResNet50",
+        weights_file="resnet50_weights_tf_dim_ordering_tf_kernels_notop.h5",
         preprocessing="caffe",
         layers={
             f"conv{stage}_block{block}_out": channels
@@ -84,6 +90,7 @@ BACKBONES: dict[str, Backbone] = {
     ),
     "mobilenet_v2": Backbone(
         keras_name="MobileNetV2",
+        weights_file="mobilenet_v2_weights_tf_dim_ordering_tf_kernels_1.0_224_no_top.h5",
         preprocessing="tf",
         layers={
             **_names(

@@ -203,10 +203,18 @@ class Client:
 
     def jobs(self, status: str | None = None, limit: int = 20) -> list[dict[str, Any]]:
         """The newest jobs, optionally of one status."""
+        return list(self.job_page(status, limit)["jobs"])
+
+    def job_page(
+        self, status: str | None = None, limit: int = 20, cursor: str | None = None
+    ) -> dict[str, Any]:
+        """One page of jobs, newest first: `jobs`, and `next_cursor` (None on the last page)."""
         query: dict[str, Any] = {"limit": limit}
         if status:
             query["status"] = status
-        return list(_json(self.request("GET", "/v1/jobs", params=query))["jobs"])
+        if cursor:
+            query["cursor"] = cursor
+        return _json(self.request("GET", "/v1/jobs", params=query))
 
     def cancel(self, job_id: str) -> dict[str, Any]:
         """Cancel a queued or running job."""

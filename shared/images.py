@@ -6,7 +6,9 @@ import io
 import warnings
 
 import numpy as np
-from PIL import Image, ImageOps
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+from shared.cost import render_size
 
 ACCEPTED_FORMATS = ("JPEG", "PNG", "WEBP")
 
@@ -20,7 +22,8 @@ class ImageTooLarge(ImageRejected):
 
 
 def inspect_image(data: bytes, max_pixels: int) -> tuple[str, int, int]:
-    """Check that `data` is a whole JPEG, PNG or WebP image; return its format, width, height.
+    """Check that `data` is a whole JPEG, PNG or WebP image; return its format, width, height
+    (of the first picture, upright).
 
     The header is read first, so an image with too many pixels is refused before its pixels
     are decoded (a decompression bomb costs nothing).
@@ -33,7 +36,10 @@ def inspect_image(data: bytes, max_pixels: int) -> tuple[str, int, int]:
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
             image = Image.open(io.BytesIO(data))
         with image:
-            if image.format not in ACCEPTED_FORMATS:
+            # A JPEG with a multi-picture block (phone HDR gain maps, stereo and DSLR previews)
+            # opens as MPO; its first picture is the photo, a plain JPEG.
+            kind = "JPEG" if image.format == "MPO" else image.format
+            if kind not in ACCEPTED_FORMATS:
                 raise ImageRejected(
                     f"unsupported image format {image.format}; send JPEG, PNG or WebP"
                 )
@@ -44,9 +50,14 @@ def inspect_image(data: bytes, max_pixels: int) -> tuple[str, int, int]:
                     f"the limit is {max_pixels}"
                 )
             image.load()
-            return image.format, width, height
+            return kind, width, height
     except ImageRejected:
         raise
+    except UnidentifiedImageError:
+        # Pillow's own message names its in-memory file object (<_io.BytesIO object at 0x...>).
+        raise ImageRejected(
+            "the file is not an image Oneiro can read; send JPEG, PNG or WebP"
+        ) from None
     except Image.DecompressionBombError as exc:
         raise ImageTooLarge(
             f"the image has too many pixels: {exc}; the limit is {max_pixels}"
@@ -63,12 +74,13 @@ def _upright_size(image: Image.Image) -> tuple[int, int]:
 
 
 def decode_rgb(data: bytes) -> np.ndarray:
-    """The image in `data` as an upright H x W x 3 uint8 RGB array (first frame if animated)."""
+    """The image in `data` as an upright H x W x 3 uint8 RGB array (the first frame of an
+    animation, the first picture of a multi-picture JPEG)."""
     with warnings.catch_warnings():
         # The pixel limit is enforced at submit time by inspect_image.
         warnings.simplefilter("ignore", Image.DecompressionBombWarning)
         with Image.open(io.BytesIO(data)) as image:
-            image.seek(0)  # the first frame of an animation
+            image.seek(0)  # the first frame of an animation, the first picture of an MPO
             upright = ImageOps.exif_transpose(image)
             if upright.mode in ("I", "I;16", "I;16B", "I;16L"):
                 # 16-bit greyscale: keep the high byte; a plain convert would clip at 255.
@@ -80,10 +92,9 @@ def decode_rgb(data: bytes) -> np.ndarray:
 def fit_within(image: np.ndarray, max_dim: int | None) -> np.ndarray:
     """`image` scaled down (never up) so that its longer side is at most `max_dim`."""
     height, width = image.shape[:2]
-    if max_dim is None or max(height, width) <= max_dim:
+    size = render_size(width, height, max_dim)
+    if size == (width, height):
         return image
-    scale = max_dim / max(height, width)
-    size = (max(1, round(width * scale)), max(1, round(height * scale)))
     return np.asarray(Image.fromarray(image).resize(size, Image.Resampling.LANCZOS))
 
 

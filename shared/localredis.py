@@ -55,6 +55,9 @@ def start_redis(port: int, workdir: Path, timeout: float = 10.0) -> subprocess.P
             str(workdir),
         ],
         stdout=subprocess.DEVNULL,
+        # Its own session: the terminal's Ctrl-C must not stop Redis before the workers that
+        # use it; whoever started it stops it last.
+        start_new_session=True,
     )
     url = f"redis://127.0.0.1:{port}/0"
     deadline = time.monotonic() + timeout

@@ -149,3 +149,29 @@ class IdempotencyKey(Base):
     request_hash: Mapped[str] = mapped_column(String(64))
     job_id: Mapped[uuid.UUID] = mapped_column(Uuid, ForeignKey("jobs.id", ondelete="CASCADE"))
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+def shown_progress(job: Job) -> dict[str, Any]:
+    """The job's progress as clients see it. Octaves count from 1, so a job not yet started
+    reads octave 1, step 0. Once the job has ended its progress is final: complete on success,
+    with no ETA on any other end (the row keeps the last throttled report until then)."""
+    progress: dict[str, Any] = {
+        "fraction": 0.0,
+        "octave": 1,
+        "octaves": job.params.get("octaves"),
+        "step": 0,
+        "steps": job.params.get("steps"),
+        "tiles_done": 0,
+        "tiles": None,
+        "eta_seconds": None,
+        **(job.progress or {}),
+    }
+    if job.status == JobStatus.SUCCEEDED:
+        progress.update(
+            fraction=1.0, octave=progress["octaves"], step=progress["steps"], eta_seconds=0.0
+        )
+        if progress["tiles"] is not None:
+            progress["tiles_done"] = progress["tiles"]
+    elif job.status.is_terminal():
+        progress["eta_seconds"] = None
+    return progress

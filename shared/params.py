@@ -22,7 +22,8 @@ def _layers_schema(schema: dict[str, Any]) -> None:
     schema.pop("default", None)
     weights = {key: schema.pop(key) for key in ("type", "additionalProperties") if key in schema}
     names = {"type": "array", "items": {"type": "string"}, "minItems": 1, "uniqueItems": True}
-    schema["anyOf"] = [names, {**weights, "minProperties": 1}]
+    one = {"type": "string", "description": "One layer name, or names separated by commas."}
+    schema["anyOf"] = [one, names, {**weights, "minProperties": 1}]
 
 
 class RenderParams(BaseModel):
@@ -38,7 +39,7 @@ class RenderParams(BaseModel):
         dict[str, LayerWeight],
         Field(
             validate_default=True,
-            description="Layers to dream: a list of names, or {name: weight}. Default: the "
+            description="Layers to dream: a name, a list of names, or {name: weight}. Default: the "
             "backbone's default layers, equally weighted.",
             json_schema_extra=_layers_schema,
         ),
@@ -52,8 +53,10 @@ class RenderParams(BaseModel):
     octaves: Annotated[
         int, Field(ge=1, le=12, description="Number of octave scales, centred on the input.")
     ] = 5
+    # Classic DeepDream steps 1.3 to 1.5 between octaves; past 2 an octave skips a scale of
+    # detail and the top octave outgrows any pixel limit (the job's cost is checked too).
     octave_scale: Annotated[
-        float, Field(ge=1.01, le=4, description="Size ratio between octaves.")
+        float, Field(ge=1.01, le=2, description="Size ratio between octaves.")
     ] = 1.3
     grad_norm: Annotated[
         Literal["std", "laplacian"],
@@ -85,7 +88,11 @@ class RenderParams(BaseModel):
         if layers is None:
             backbone = BACKBONES.get(info.data.get("model", DEFAULT_BACKBONE))
             return {name: 1.0 for name in backbone.default_layers} if backbone else {}
+        if isinstance(layers, str):  # `--param layers=mixed4`, or `mixed3,mixed5`
+            layers = [name.strip() for name in layers.split(",") if name.strip()]
         if isinstance(layers, list | tuple):
+            if not all(isinstance(name, str) for name in layers):
+                raise ValueError("a list of layers holds layer names (strings)")
             if len(set(layers)) != len(layers):
                 raise ValueError("layers must not repeat")
             return {name: 1.0 for name in layers}

@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+import base64
+import binascii
+import json
 import uuid
 
+import redis
 from celery import Celery
+from kombu.transport.redis import PRIORITY_STEPS, Channel
 from sqlalchemy import update
 from sqlalchemy.orm import Session
 
@@ -86,6 +91,49 @@ def send_job(session: Session, celery: Celery, job_id: uuid.UUID) -> None:
     enqueue_render(celery, job_id)
     session.execute(update(Job).where(Job.id == job_id).values(enqueued_at=utcnow()))
     session.commit()
+
+
+def queue_keys(queue: str) -> list[str]:
+    """The Redis lists of a Celery queue: kombu keeps one per priority step, the queue's name
+    for the default priority and name + separator + step for the others."""
+    return [queue, *(f"{queue}{Channel.sep}{step}" for step in PRIORITY_STEPS if step)]
+
+
+# The waiting messages are read this many at a time, so a long backlog is never one huge reply.
+READ_BATCH = 1000
+
+
+def waiting_render_jobs(settings: Settings) -> set[uuid.UUID]:
+    """The job ids of the render messages waiting in Redis, not yet delivered to a worker."""
+    waiting: set[uuid.UUID] = set()
+    with redis.Redis.from_url(
+        settings.redis_url,
+        socket_timeout=settings.enqueue_timeout,
+        socket_connect_timeout=settings.enqueue_timeout,
+    ) as client:
+        for key in queue_keys(settings.queue):
+            # Kombu pushes at the head and workers pop at the tail: reading from the head in
+            # batches, a message pushed meanwhile may be read twice, none already there missed.
+            start = 0
+            while batch := client.lrange(key, start, start + READ_BATCH - 1):
+                waiting.update(filter(None, map(_render_job_id, batch)))
+                start += READ_BATCH
+    return waiting
+
+
+def _render_job_id(message: bytes) -> uuid.UUID | None:
+    """The job id of a kombu message on the Redis transport, if it is a render message."""
+    try:
+        envelope = json.loads(message)
+        if envelope["headers"]["task"] != RENDER_TASK:
+            return None
+        body = envelope["body"]
+        if envelope["properties"].get("body_encoding") == "base64":
+            body = base64.b64decode(body)
+        args = json.loads(body)[0]
+        return uuid.UUID(args[0])
+    except (ValueError, KeyError, IndexError, TypeError, binascii.Error):
+        return None  # not a message this code sent; it says nothing about a job
 
 
 def enqueue_render(celery: Celery, job_id: uuid.UUID) -> None:

@@ -37,9 +37,11 @@ class Settings(BaseSettings):
     # How this worker names itself in job rows (with its pid); the host name when empty.
     worker_name: str = ""
     max_upload_bytes: int = Field(50 * 1024 * 1024, gt=0)
+    # The most pixels of any image a job holds: the upload, and every octave the engine renders
+    # (shared/cost.py), which is what a worker's memory grows with.
     max_pixels: int = Field(64 * 1024 * 1024, gt=0)
-    # Pixels rendered x steps x octaves: what a job may cost. The default admits the largest
-    # image at the default steps and octaves.
+    # Pixel-steps, the pixels of every octave rendered x steps: what a job may cost. The
+    # default admits the largest image whose octaves fit max_pixels at the default params.
     max_work: int = Field(64 * 1024 * 1024 * 100 * 5, gt=0)
     # Seconds between progress writes to the job row: often enough to look smooth, rare enough
     # that a thousand workers do not hammer the database.
@@ -80,7 +82,8 @@ class Settings(BaseSettings):
     # Webhooks: targets on loopback, private or link-local addresses are refused unless allowed
     # (so the service cannot be aimed at its own network); failed deliveries are retried with
     # back-off up to webhook_max_attempts; progress events go out at most every
-    # webhook_progress_interval seconds.
+    # webhook_progress_interval seconds. webhook_timeout bounds a whole delivery (connect, TLS,
+    # request, answer), not each read: a target that drips bytes cannot hold a worker longer.
     webhook_allow_private: bool = False
     webhook_timeout: float = Field(10.0, gt=0)
     webhook_max_attempts: int = Field(8, ge=1)
@@ -92,6 +95,19 @@ class Settings(BaseSettings):
     # person at a terminal.
     log_format: Literal["json", "text"] = "json"
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"] = "INFO"
+    # The longer side of an upload over its shorter: the engine raises every octave's shorter
+    # side to what the backbone can see, so a thread-thin image renders huge, useless octaves.
+    max_aspect_ratio: float = Field(20.0, ge=1)
+    # A temporary file of a storage write older than this was left by a process killed
+    # mid-write (a write in progress is far younger); maintenance deletes it.
+    temp_file_max_age: float = Field(3600.0, gt=0)
+    # How long /metrics reuses its count of online workers: a Celery broadcast that waits up to a
+    # second for answers, which several or frequent scrapers would otherwise each pay.
+    metrics_cache_seconds: float = Field(5.0, ge=0)
+    # A directory of weights files, one per backbone, each named as Keras names its ImageNet
+    # file (shared/catalogue.py `weights_file`): how a deployment offline gets more backbones
+    # than the one ONEIRO_WEIGHTS names.
+    weights_dir: Path | None = None
     # The Keras backend the engine computes with: TensorFlow, or JAX (the `jax` extra). Read once
     # when a worker starts, before Keras is imported (Keras cannot change backend afterwards).
     backend: Literal["tensorflow", "jax"] = "tensorflow"

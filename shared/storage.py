@@ -3,21 +3,53 @@
 from __future__ import annotations
 
 import os
+import shutil
 import tempfile
+import time
 import uuid
 from pathlib import Path
 from typing import Any, Protocol
 from urllib.parse import urlparse
 
 
-def checkpoint_key(job_id: uuid.UUID) -> str:
-    """Where the worker keeps the job's latest engine state, to resume from."""
-    return f"checkpoints/{job_id}.npz"
+def job_prefix(job_id: uuid.UUID) -> str:
+    """The folder of every file of the job: retention deletes it whole, found from the id alone."""
+    return f"jobs/{job_id}/"
 
 
-def preview_key(job_id: uuid.UUID) -> str:
-    """Where the worker keeps the small JPEG of the job's render in progress (or its result)."""
-    return f"previews/{job_id}.jpg"
+def job_key(job_id: uuid.UUID, name: str, attempt: int | None = None) -> str:
+    """The one place a job's storage keys are named: `jobs/<id>/<name>` for the job's own files
+    (its input), `jobs/<id>/attempt-<n>/<name>` for what one attempt writes, so a worker that
+    lost its job can never overwrite a newer attempt's files."""
+    if attempt is None:
+        return f"{job_prefix(job_id)}{name}"
+    return f"{job_prefix(job_id)}attempt-{attempt}/{name}"
+
+
+def input_key(job_id: uuid.UUID, extension: str) -> str:
+    """Where the API stores the job's uploaded image."""
+    return job_key(job_id, f"input.{extension}")
+
+
+def result_key(job_id: uuid.UUID, attempt: int) -> str:
+    """Where an attempt stores the rendered PNG (recorded in the row by its fenced finish)."""
+    return job_key(job_id, "result.png", attempt)
+
+
+def checkpoint_key(job_id: uuid.UUID, attempt: int) -> str:
+    """Where an attempt keeps its latest engine state; the next attempt resumes from it."""
+    return job_key(job_id, "checkpoint.npz", attempt)
+
+
+def preview_key(job_id: uuid.UUID, attempt: int) -> str:
+    """Where an attempt keeps the small JPEG of its render in progress (or of its result)."""
+    return job_key(job_id, "preview.jpg", attempt)
+
+
+def legacy_keys(job_id: uuid.UUID) -> tuple[str, str, str]:
+    """The per-kind keys jobs had before `jobs/<id>/`: (result, preview, checkpoint). Read and
+    deleted so jobs stored then stay readable and are expired whole."""
+    return f"results/{job_id}.png", f"previews/{job_id}.jpg", f"checkpoints/{job_id}.npz"
 
 
 class StorageError(RuntimeError):
@@ -42,6 +74,12 @@ class Storage(Protocol):
 
     def delete(self, key: str) -> None:
         """Remove the object under `key`, if any."""
+
+    def delete_prefix(self, prefix: str) -> None:
+        """Remove every object whose key starts with `prefix` (a folder such as `jobs/<id>/`)."""
+
+    def sweep_temporary(self, older_than: float) -> list[str]:
+        """Remove what interrupted writes left, older than `older_than` seconds; return it."""
 
 
 class FileStorage:
@@ -83,6 +121,38 @@ class FileStorage:
 
     def delete(self, key: str) -> None:
         self._path(key).unlink(missing_ok=True)
+
+    def delete_prefix(self, prefix: str) -> None:
+        if not prefix.endswith("/"):
+            raise StorageError(f"a file storage prefix is a folder ending in '/': {prefix!r}")
+        try:
+            shutil.rmtree(self._path(prefix))
+        except FileNotFoundError:
+            pass
+        except OSError as exc:
+            # A file written into the folder meanwhile (a lost worker) fails the removal; the
+            # caller tries again later rather than calling the job's files gone.
+            raise StorageError(f"could not delete {prefix!r}: {exc}") from exc
+
+    def sweep_temporary(self, older_than: float) -> list[str]:
+        # put() names its temporaries `.<name>.<random>.tmp`; a process killed between the
+        # write and the rename leaves one that nothing else would ever remove. One younger than
+        # `older_than` may be a write in progress and is left alone.
+        cutoff = time.time() - older_than
+        swept = []
+        for directory, _dirs, files in os.walk(self.root):
+            for name in files:
+                if not (name.startswith(".") and name.endswith(".tmp")):
+                    continue
+                path = Path(directory, name)
+                try:
+                    if path.stat().st_mtime >= cutoff:
+                        continue
+                    path.unlink()
+                except FileNotFoundError:
+                    continue  # renamed or swept by another process meanwhile
+                swept.append(path.relative_to(self.root).as_posix())
+        return swept
 
 
 class S3Storage:
@@ -127,6 +197,24 @@ class S3Storage:
 
     def delete(self, key: str) -> None:
         self.client.delete_object(Bucket=self.bucket, Key=self._key(key))
+
+    def delete_prefix(self, prefix: str) -> None:
+        pages = self.client.get_paginator("list_objects_v2").paginate(
+            Bucket=self.bucket, Prefix=self._key(prefix)
+        )
+        for page in pages:
+            # A listing page holds at most 1,000 keys: as many as one DeleteObjects accepts.
+            objects = [{"Key": item["Key"]} for item in page.get("Contents", [])]
+            if not objects:
+                continue
+            answer = self.client.delete_objects(
+                Bucket=self.bucket, Delete={"Objects": objects, "Quiet": True}
+            )
+            if answer.get("Errors"):
+                raise StorageError(f"could not delete under {prefix!r}: {answer['Errors'][:3]}")
+
+    def sweep_temporary(self, older_than: float) -> list[str]:
+        return []  # a PUT stores an object whole: an interrupted one leaves nothing behind
 
 
 def open_storage(url: str) -> Storage:

@@ -9,35 +9,48 @@ A delivery is a JSON body POSTed with these headers:
 
 A receiver recomputes the HMAC over the timestamp, a dot and the raw body, compares it in
 constant time, and refuses timestamps too old (replays); `verify_signature` does exactly that.
+
+A delivery connects to the very addresses that were checked (a second lookup could answer with
+another: DNS rebinding), gives up at one total deadline whatever the target does (a target that
+drips a byte at a time would otherwise hold its worker for ever), and reads at most
+ANSWER_READ_LIMIT bytes of the answer.
 """
 
 from __future__ import annotations
 
+import base64
+import functools
 import hashlib
 import hmac
+import http.client
 import ipaddress
 import json
 import logging
 import socket
+import ssl
 import time
 import uuid
+from dataclasses import dataclass
 from typing import Annotated, Any, Literal
-from urllib.parse import urlsplit
+from urllib.parse import unquote, urlsplit
 
-import requests
+import certifi
 from celery import Celery
 from pydantic import AnyHttpUrl, BaseModel, ConfigDict, Field, UrlConstraints
 from sqlalchemy import select
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, sessionmaker
 
-from shared.models import Job, Tenant, utcnow
+from shared.models import Job, Tenant, shown_progress, utcnow
 from shared.queue import WEBHOOK_TASK
 from shared.settings import Settings
 
 log = logging.getLogger(__name__)
 
-# Event ids are UUIDs derived from (job, attempt, event[, progress]): the same event has the
-# same id on every delivery attempt, and were it emitted twice (a redelivered message), too.
+# Event ids are UUIDs derived from what makes the event itself: the job, its attempt, the event,
+# and the progress (for `progress`) or the ending's status and time (for `completed`). The same
+# event has the same id on every delivery attempt, and were it emitted twice (a redelivered
+# message), too; two endings of one attempt (failed, retried, canceled before any worker
+# claimed it) are two events with two ids.
 EVENT_NAMESPACE = uuid.UUID("5f0c7a4e-43a4-4d0b-9a51-0a8f3c2f6e11")
 
 EVENTS = ("started", "progress", "completed")
@@ -67,30 +80,100 @@ class WebhookRefused(ValueError):
     """The target is not one the service may call; the message says why."""
 
 
-def check_target(url: str, allow_private: bool = False) -> None:
-    """Refuse a URL whose host resolves to a loopback, private, link-local or otherwise
-    non-public address (unless allowed), so the service cannot be aimed at its own network.
+# IPv6 ranges whose last 32 bits are an IPv4 address that a gateway or a dual stack connects
+# to: NAT64 (RFC 6052), IPv4-compatible (RFC 4291, deprecated) and IPv4-translated (RFC 2765).
+# Python calls most of these global whatever IPv4 address they carry.
+_LOW_32_BITS_IPV4 = tuple(
+    ipaddress.IPv6Network(n) for n in ("64:ff9b::/96", "::/96", "::ffff:0:0:0/96")
+)
+# Local-use NAT64 (RFC 8215) translates into the operator's own network.
+_LOCAL_NAT64 = ipaddress.IPv6Network("64:ff9b:1::/48")
 
-    Every address the name resolves to is checked: one public address does not excuse a
-    private one.
+
+def embedded_ipv4(address: ipaddress.IPv6Address) -> list[ipaddress.IPv4Address]:
+    """The IPv4 addresses an IPv6 address carries (mapped, compatible, NAT64, 6to4, Teredo)."""
+    found = [v4 for v4 in (address.ipv4_mapped, address.sixtofour) if v4 is not None]
+    if address.teredo is not None:
+        found.extend(address.teredo)  # the Teredo server and the client's (public) address
+    if any(address in network for network in _LOW_32_BITS_IPV4):
+        found.append(ipaddress.IPv4Address(int(address) & 0xFFFFFFFF))
+    return found
+
+
+def refusal(address: ipaddress.IPv4Address | ipaddress.IPv6Address) -> str | None:
+    """Why a webhook may not go to `address`, or None for a public address."""
+    if isinstance(address, ipaddress.IPv6Address):
+        if address in _LOCAL_NAT64:
+            return f"{address}, a local-use NAT64 address"
+        for v4 in embedded_ipv4(address):
+            if refusal(v4) is not None:
+                return f"{address}, which embeds {v4}, a loopback, private or reserved address"
+    if not address.is_global or address.is_multicast:
+        return f"{address}, a loopback, private, link-local or reserved address"
+    return None
+
+
+@dataclass(frozen=True)
+class Target:
+    """A webhook URL taken apart, with the addresses its host resolved to when checked."""
+
+    scheme: str
+    host: str
+    port: int
+    # What the request line asks for (path and query), and the Host header.
+    path: str
+    host_header: str
+    authorization: str | None
+    # (family, sockaddr) pairs from getaddrinfo, in its order: connect to these and no others.
+    addresses: tuple[tuple[int, tuple[Any, ...]], ...]
+
+
+def resolve_target(url: str, allow_private: bool = False) -> Target:
+    """Resolve the URL's host once and refuse it when any of its addresses is a loopback,
+    private, link-local or otherwise non-public one (unless allowed), so the service cannot be
+    aimed at its own network.
+
+    Every address is checked: one public address does not excuse a private one. A delivery
+    connects only to the addresses returned here.
     """
-    host = urlsplit(url).hostname
+    parts = urlsplit(url)
+    host = parts.hostname
     if not host:
         raise WebhookRefused("the URL has no host")
     try:
-        infos = socket.getaddrinfo(host, None, proto=socket.IPPROTO_TCP)
-    except (socket.gaierror, UnicodeError) as exc:
+        port = parts.port or (443 if parts.scheme == "https" else 80)
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    except (socket.gaierror, UnicodeError, ValueError) as exc:
         raise WebhookRefused(f"the host {host!r} does not resolve ({exc})") from None
-    if allow_private:
-        return
-    for *_, sockaddr in infos:
-        address = ipaddress.ip_address(str(sockaddr[0]).split("%")[0])
-        if not address.is_global or address.is_multicast:
-            raise WebhookRefused(
-                f"the host {host!r} resolves to {address}, a loopback, private, link-local or "
-                "reserved address; webhooks go to public addresses only "
-                "(ONEIRO_WEBHOOK_ALLOW_PRIVATE=true allows others)"
-            )
+    addresses = tuple(dict.fromkeys((family, sockaddr) for family, *_, sockaddr in infos))
+    if not allow_private:
+        for _, sockaddr in addresses:
+            why = refusal(ipaddress.ip_address(str(sockaddr[0]).split("%")[0]))
+            if why is not None:
+                raise WebhookRefused(
+                    f"the host {host!r} resolves to {why}; webhooks go to public addresses "
+                    "only (ONEIRO_WEBHOOK_ALLOW_PRIVATE=true allows others)"
+                )
+    authority = f"[{host}]" if ":" in host else host
+    authorization = None
+    if parts.username is not None:
+        # Credentials in the URL are sent as Basic auth, as an HTTP client would.
+        pair = f"{unquote(parts.username)}:{unquote(parts.password or '')}".encode()
+        authorization = "Basic " + base64.b64encode(pair).decode()
+    return Target(
+        scheme=parts.scheme,
+        host=host,
+        port=port,
+        path=(parts.path or "/") + (f"?{parts.query}" if parts.query else ""),
+        host_header=authority + (f":{parts.port}" if parts.port else ""),
+        authorization=authorization,
+        addresses=addresses,
+    )
+
+
+def check_target(url: str, allow_private: bool = False) -> None:
+    """Refuse a URL the service may not call (see resolve_target)."""
+    resolve_target(url, allow_private)
 
 
 def sign(secret: str, body: bytes, timestamp: int | None = None) -> str:
@@ -116,15 +199,145 @@ class DeliveryFailed(RuntimeError):
     """The target did not take the event (no answer, or not a 2xx); it is retried."""
 
 
+# Of the target's answer only the status line, the headers and this much of the body are read
+# (for the log of a refusal): a target that answers a huge body costs nothing.
+ANSWER_READ_LIMIT = 4096
+
+
+class _Deadline:
+    """One delivery's time: every socket operation may take what is left of it, no more."""
+
+    def __init__(self, seconds: float) -> None:
+        self.seconds = seconds
+        self.end = time.monotonic() + seconds
+
+    def left(self) -> float:
+        left = self.end - time.monotonic()
+        if left <= 0:
+            raise TimeoutError(f"past the deadline of {self.seconds:g}s")
+        return left
+
+
+class _DeadlineSocket(socket.socket):
+    """A socket whose every wait ends at the delivery's deadline.
+
+    A per-operation timeout restarts with each byte, so a target that drips one byte a second
+    would hold a delivery for ever; arming each operation with the time left bounds the whole.
+    """
+
+    deadline: _Deadline
+
+    def _arm(self) -> None:
+        self.settimeout(self.deadline.left())
+
+    def recv(self, *args: Any, **kwargs: Any) -> bytes:
+        self._arm()
+        return super().recv(*args, **kwargs)
+
+    def recv_into(self, *args: Any, **kwargs: Any) -> int:
+        self._arm()
+        return super().recv_into(*args, **kwargs)
+
+    def send(self, *args: Any, **kwargs: Any) -> int:
+        self._arm()
+        return super().send(*args, **kwargs)
+
+    def sendall(self, *args: Any, **kwargs: Any) -> None:
+        self._arm()
+        super().sendall(*args, **kwargs)
+
+
+class _DeadlineSSLSocket(_DeadlineSocket, ssl.SSLSocket):
+    """The TLS socket over a _DeadlineSocket: the handshake and every read share the deadline."""
+
+    def do_handshake(self, *args: Any, **kwargs: Any) -> None:
+        self._arm()
+        super().do_handshake(*args, **kwargs)
+
+
+@functools.cache
+def _tls_context(cafile: str) -> ssl.SSLContext:
+    # The CA bundle `requests` uses, so the certificates trusted do not depend on the host.
+    context = ssl.create_default_context(cafile=cafile)
+    context.sslsocket_class = _DeadlineSSLSocket
+    return context
+
+
+class _PinnedConnection(http.client.HTTPConnection):
+    """HTTP(S) to the target's checked addresses, never to a new lookup of its name.
+
+    The name still goes in the Host header, in TLS's SNI and into certificate verification, so
+    pinning the address changes nothing else (the approach of urllib3's own `_dns_host`, done
+    on the standard library's connection, whose `connect` is the one place a socket is made).
+    """
+
+    def __init__(self, target: Target, deadline: _Deadline, cafile: str) -> None:
+        super().__init__(target.host, target.port)
+        self.target, self.deadline, self.cafile = target, deadline, cafile
+
+    def connect(self) -> None:
+        """Connect to the first checked address that answers, then speak TLS for https."""
+        errors = []
+        for family, sockaddr in self.target.addresses:
+            sock = _DeadlineSocket(family, socket.SOCK_STREAM)
+            sock.deadline = self.deadline
+            try:
+                sock.settimeout(self.deadline.left())
+                sock.connect(sockaddr)
+                break
+            except OSError as exc:
+                sock.close()
+                errors.append(f"{sockaddr[0]}: {exc}")
+        else:
+            raise ConnectionError("could not connect: " + "; ".join(errors))
+        self.sock = sock  # so that close() closes it, whatever happens next
+        if self.target.scheme == "https":
+            tls = _tls_context(self.cafile).wrap_socket(
+                sock, server_hostname=self.target.host, do_handshake_on_connect=False
+            )
+            assert isinstance(tls, _DeadlineSSLSocket)  # the context's socket class
+            self.sock = tls
+            tls.deadline = self.deadline
+            tls.do_handshake()
+
+
+def post_event(
+    target: Target,
+    data: bytes,
+    headers: dict[str, str],
+    deadline_s: float,
+    cafile: str | None = None,
+) -> tuple[int, bytes]:
+    """POST `data` to the checked target within `deadline_s` seconds in all; the answer's
+    status and at most ANSWER_READ_LIMIT bytes of its body. Redirects are not followed (a 3xx
+    is just an answer): they could point at an address the check would refuse."""
+    connection = _PinnedConnection(target, _Deadline(deadline_s), cafile or certifi.where())
+    headers = {**headers, "Host": target.host_header, "Connection": "close"}
+    if target.authorization:
+        headers["Authorization"] = target.authorization
+    try:
+        connection.request("POST", target.path, body=data, headers=headers)
+        answer = connection.getresponse()
+        status = answer.status
+        head = b"" if 200 <= status < 300 else answer.read(ANSWER_READ_LIMIT)
+    finally:
+        # Closed unread: the rest of the body is the target's problem, not ours.
+        connection.close()
+    return status, head
+
+
 def job_event(job: Job, event: Event) -> tuple[str, str] | None:
     """The (event id, JSON body) of `event` for `job`, or None when the job asks for no such
     event."""
     if not job.webhook_url or event not in (job.webhook_events or EVENTS):
         return None
-    progress = dict(job.progress or {})
+    progress = shown_progress(job)
     identity = f"{job.id}:{job.attempt}:{event}"
     if event == "progress":
         identity += f":{progress.get('fraction', 0.0)}"
+    elif event == "completed":
+        ended = job.finished_at.isoformat() if job.finished_at else ""
+        identity += f":{job.status.value}:{ended}"
     event_id = str(uuid.uuid5(EVENT_NAMESPACE, identity))
     body = {
         "id": event_id,
@@ -158,27 +371,31 @@ def send_event(celery: Celery, session: Session, job_id: uuid.UUID, event: Event
         log.warning("job %s: webhook event %s not queued", job_id, event, exc_info=True)
 
 
-def deliver(session: Session, settings: Settings, job_id: str, event_id: str, body: str) -> bool:
+def deliver(
+    sessions: sessionmaker[Session], settings: Settings, job_id: str, event_id: str, body: str
+) -> bool:
     """POST one event to the job's webhook, signed with its tenant's secret.
 
     Returns False when the event is dropped for good (the job is gone, or its target now
     resolves to an address we refuse: DNS may have changed since submit). Raises
     DeliveryFailed when the target should be tried again.
     """
-    row = session.execute(
-        select(Job.webhook_url, Tenant.webhook_secret)
-        .join(Tenant, Tenant.id == Job.tenant_id)
-        .where(Job.id == uuid.UUID(job_id))
-    ).one_or_none()
+    # A short read: no database connection is held while the target takes its time.
+    with sessions() as session:
+        row = session.execute(
+            select(Job.webhook_url, Tenant.webhook_secret)
+            .join(Tenant, Tenant.id == Job.tenant_id)
+            .where(Job.id == uuid.UUID(job_id))
+        ).one_or_none()
     if row is None or row.webhook_url is None:
         return False
     try:
-        check_target(row.webhook_url, settings.webhook_allow_private)
+        target = resolve_target(row.webhook_url, settings.webhook_allow_private)
     except WebhookRefused as exc:
         log.error("job %s: webhook %s refused: %s", job_id, event_id, exc)
         return False
     data = body.encode()
-    headers: dict[str, Any] = {
+    headers = {
         "Content-Type": "application/json",
         "User-Agent": "oneiro-webhooks",
         EVENT_ID_HEADER: event_id,
@@ -186,18 +403,16 @@ def deliver(session: Session, settings: Settings, job_id: str, event_id: str, bo
         SIGNATURE_HEADER: sign(row.webhook_secret, data),
     }
     try:
-        # No redirects: a redirect could point at an address check_target would refuse.
-        answer = requests.post(
-            row.webhook_url,
-            data=data,
-            headers=headers,
-            timeout=settings.webhook_timeout,
-            allow_redirects=False,
-        )
-    except requests.RequestException as exc:
-        raise DeliveryFailed(f"{row.webhook_url}: {exc}") from exc
-    if not 200 <= answer.status_code < 300:
-        raise DeliveryFailed(f"{row.webhook_url} answered {answer.status_code}")
+        status, head = post_event(target, data, headers, settings.webhook_timeout)
+    except TimeoutError as exc:
+        # Raised by the deadline itself or by a socket wait it armed with the time left.
+        raise DeliveryFailed(
+            f"{row.webhook_url}: no complete answer within {settings.webhook_timeout:g}s"
+        ) from exc
+    except (OSError, http.client.HTTPException) as exc:
+        raise DeliveryFailed(f"{row.webhook_url}: {type(exc).__name__}: {exc}") from exc
+    if not 200 <= status < 300:
+        raise DeliveryFailed(f"{row.webhook_url} answered {status}: {head[:200]!r}")
     return True
 
 

@@ -13,6 +13,7 @@ from typing import Any
 import pytest
 import redis
 import sqlalchemy as sa
+from flask import Flask
 from flask.testing import FlaskClient
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
@@ -159,7 +160,7 @@ def test_bad_params_are_422_naming_the_field_and_change_nothing(
     ("image", "words"),
     [
         (b"", "empty"),
-        (b"this is not an image at all", "not a readable image"),
+        (b"this is not an image at all", "the file is not an image Oneiro can read"),
         (image_bytes((200, 200), "JPEG")[:300], "not a readable image"),
         (image_bytes((40, 40), "GIF", "P"), "unsupported image format GIF"),
         (None, "required"),
@@ -173,6 +174,7 @@ def test_bad_images_are_422_and_change_nothing(
 
     assert body["errors"][0]["field"] == "image"
     assert words in body["detail"]
+    assert "<_io" not in body["detail"] and "0x" not in body["detail"]
     assert session.scalar(select(func.count()).select_from(Job)) == 0
     assert stored_files(settings) == []
     assert queued_job_ids(settings) == []
@@ -219,7 +221,37 @@ def test_upload_over_the_limit_is_413(client: FlaskClient, settings: Settings) -
 def test_status_of_unknown_and_malformed_ids_is_404(client: FlaskClient) -> None:
     body = assert_problem(client.get(f"/v1/jobs/{uuid.uuid4()}"), 404)
     assert "no job" in body["detail"]
-    assert_problem(client.get("/v1/jobs/not-a-uuid"), 404)
+    # The API's own 404, not Flask's "The requested URL was not found on the server".
+    for path in ("/v1/jobs/not-a-uuid", "/v1/jobs/not-a-uuid/preview"):
+        body = assert_problem(client.get(path), 404)
+        assert body["title"] == "Job not found"
+        assert body["detail"] == "there is no job not-a-uuid; job ids are UUIDs"
+
+
+def test_layers_may_be_one_name(client: FlaskClient) -> None:
+    for layers, resolved in [
+        ("mixed4", {"mixed4": 1.0}),
+        ("mixed3, mixed5", {"mixed3": 1.0, "mixed5": 1.0}),
+    ]:
+        response = submit(client, image_bytes(), {"layers": layers, "steps": 2})
+        assert response.status_code == 202, response.get_data(as_text=True)
+        assert response.get_json()["params"]["layers"] == resolved
+    body = assert_problem(submit(client, image_bytes(), {"layers": "mixed99"}), 422)
+    assert body["errors"][0]["field"] == "params.layers"
+
+
+def test_preview_of_a_job_that_ended_without_one_says_so(
+    app: Flask, session: Session, storage: Storage
+) -> None:
+    http = authed_client(app)
+    for status in (JobStatus.FAILED, JobStatus.CANCELED):
+        job = make_job(session, storage, status=status)
+        body = assert_problem(http.get(f"/v1/jobs/{job.id}/preview"), 409)
+        assert "before its first step" in body["detail"]
+        assert "writes one" not in body["detail"]
+    running = make_job(session, storage, status=JobStatus.RUNNING)
+    body = assert_problem(http.get(f"/v1/jobs/{running.id}/preview"), 409)
+    assert "writes one after the first step" in body["detail"]
 
 
 def test_status_reports_progress_and_timestamps(
@@ -358,3 +390,45 @@ def test_the_api_comes_back_by_itself_after_the_database_restarts(
         proxy.close()
         app.extensions["oneiro"].engine.dispose()
         app.extensions["oneiro"].celery.close()
+
+
+def test_an_ended_jobs_progress_is_final(app: Flask, session: Session, storage: Storage) -> None:
+    last_report = {
+        "fraction": 0.8,
+        "octave": 2,
+        "octaves": 2,
+        "step": 8,
+        "steps": 10,
+        "tiles_done": 66,
+        "tiles": 70,
+        "eta_seconds": 681.2,
+    }
+    params = {"steps": 10, "octaves": 2, "seed": 3}
+    done = make_job(
+        session, storage, status=JobStatus.SUCCEEDED, progress=last_report, params=params
+    )
+    canceled = make_job(
+        session, storage, status=JobStatus.CANCELED, progress=last_report, params=params
+    )
+    failed = make_job(session, storage, status=JobStatus.FAILED, progress=last_report)
+    running = make_job(session, storage, status=JobStatus.RUNNING, progress=last_report)
+    queued = make_job(session, storage, params=params)
+    http = authed_client(app)
+
+    def progress(job: Job) -> dict[str, Any]:
+        return http.get(f"/v1/jobs/{job.id}").get_json()["progress"]  # type: ignore[no-any-return]
+
+    assert progress(done) == {
+        **last_report,
+        "fraction": 1.0,
+        "step": 10,
+        "tiles_done": 70,
+        "eta_seconds": 0.0,
+    }
+    assert progress(canceled)["eta_seconds"] is None
+    assert progress(failed)["eta_seconds"] is None
+    assert progress(running) == last_report
+    # Octaves count from 1: a job not started is at octave 1 of 2, step 0.
+    assert progress(queued)["octave"] == 1 and progress(queued)["step"] == 0
+    # Canceling a running job through the API drops its ETA too.
+    assert http.post(f"/v1/jobs/{running.id}/cancel").get_json()["progress"]["eta_seconds"] is None

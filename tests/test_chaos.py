@@ -172,9 +172,14 @@ def test_five_kills_during_one_render_lose_nothing_and_change_nothing(
         "the job to finish after the last kill",
     )
     celery.close()
-    log = workers.log()
 
     assert done.status == JobStatus.SUCCEEDED, done.error
+    # The worker logs its success after the row says so (and after dropping the checkpoints).
+    log = wait_for(
+        lambda: (text := workers.log()).count(f"job {job.id} succeeded") and text,
+        10,
+        "the worker's success line",
+    )
     assert done.attempt == KILLS + 1
     assert storage.get(done.result_key or "") == storage.get(
         row(sessions, reference.id).result_key or ""

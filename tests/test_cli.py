@@ -2,14 +2,20 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from pathlib import Path
 
+import pytest
 from click.testing import CliRunner
 from PIL import Image
 
+from shared.clientconfig import write_client_config
 from shared.params import RenderParams
+from tests.conftest import ROOT
 from tests.utils import CHELSEA
-from worker.cli import main
+from worker.cli import GPU_DEVICE_NODES, main
 
 
 def test_render_writes_the_dream(tmp_path: Path) -> None:
@@ -45,6 +51,8 @@ def test_render_writes_the_dream(tmp_path: Path) -> None:
         assert image.size == (100, 67)
     assert "100%" in result.stderr
     assert "octave 2/2 step 2/2" in result.stderr
+    # The engine's ETA, none before a rate is measured; tqdm's own estimate is not shown.
+    assert "ETA 0:00" in result.stderr and "<" not in result.stderr
 
 
 def test_help_documents_every_parameter() -> None:
@@ -71,3 +79,36 @@ def test_bad_parameters_name_the_option(tmp_path: Path) -> None:
     assert result.exit_code == 2
     assert "--steps" in result.output and "--layers" in result.output
     assert not (tmp_path / "x.png").exists()
+
+
+@pytest.mark.skipif(
+    any(Path(node).exists() for node in GPU_DEVICE_NODES), reason="this machine has a GPU"
+)
+def test_render_on_a_cpu_prints_no_cuda_error(tmp_path: Path) -> None:
+    env = {k: v for k, v in os.environ.items() if k not in ("TF_CPP_MIN_LOG_LEVEL",)}
+    rendered = subprocess.run(
+        [sys.executable, "-m", "worker.cli", "render", str(CHELSEA), "-o", str(tmp_path / "d.png")]
+        + ["--weights", "random", "--steps", "1", "--octaves", "1", "--max-dim", "64"],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert rendered.returncode == 0, rendered.stderr
+    assert "cuInit" not in rendered.stderr and "CUDA error" not in rendered.stderr
+
+
+def test_config_prints_the_saved_key_and_url(no_saved_config: Path, tmp_path: Path) -> None:
+    runner = CliRunner()
+    missing = runner.invoke(main, ["config", "key"])
+    assert missing.exit_code == 1 and "no API key" in missing.stderr
+    write_client_config("http://127.0.0.1:8123", "oneiro_saved", no_saved_config)
+    assert runner.invoke(main, ["config", "key"]).stdout == "oneiro_saved\n"
+    assert runner.invoke(main, ["config", "url"]).stdout == "http://127.0.0.1:8123\n"
+    # The README's key line honours $ONEIRO_CLIENT_CONFIG, as every command does.
+    elsewhere = tmp_path / "elsewhere.json"
+    write_client_config("http://10.0.0.2:8000", "oneiro_elsewhere", elsewhere)
+    moved = runner.invoke(main, ["config", "key"], env={"ONEIRO_CLIENT_CONFIG": str(elsewhere)})
+    assert moved.stdout == "oneiro_elsewhere\n"
+    assert runner.invoke(main, ["config", "key"], env={"ONEIRO_API_KEY": "k"}).stdout == "k\n"

@@ -10,7 +10,7 @@ import signal
 import subprocess
 import sys
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -284,7 +284,11 @@ def test_the_job_is_polled_when_the_stream_keeps_failing(
 # -- Ctrl-C --------------------------------------------------------------------------------------
 
 
-def test_ctrl_c_while_waiting_offers_to_cancel_the_job(stack: Stack, tmp_path: Path) -> None:
+def _interrupt_at_the_question(
+    stack: Stack, tmp_path: Path, answer: Callable[[subprocess.Popen[bytes]], None]
+) -> tuple[str, int, str]:
+    """Submit a long render with --wait, press Ctrl-C once it runs, `answer` the cancel
+    question; the job id, the exit code and what was written to stderr."""
     env = {
         **os.environ,
         "ONEIRO_URL": stack.url,
@@ -309,14 +313,23 @@ def test_ctrl_c_while_waiting_offers_to_cancel_the_job(stack: Stack, tmp_path: P
             wait_for(lambda: b"octave" in err, 120, "the render to start", every=0.1)
             process.send_signal(signal.SIGINT)
             wait_for(lambda: b"Cancel job" in err, 20, "the question", every=0.1)
-            process.stdin.write(b"y\n")
-            process.stdin.close()
+            answer(process)
             code = process.wait(timeout=30)
         finally:
             if process.poll() is None:
                 process.kill()
             reader.join(5)
-    text = err.decode(errors="replace")
+    return job_id, code, err.decode(errors="replace")
+
+
+def _yes(process: subprocess.Popen[bytes]) -> None:
+    assert process.stdin
+    process.stdin.write(b"y\n")
+    process.stdin.close()
+
+
+def test_ctrl_c_while_waiting_offers_to_cancel_the_job(stack: Stack, tmp_path: Path) -> None:
+    job_id, code, text = _interrupt_at_the_question(stack, tmp_path, _yes)
 
     assert code == 130, text
     assert f"Cancel job {job_id}? [y/N]" in text
@@ -328,3 +341,39 @@ def test_ctrl_c_while_waiting_offers_to_cancel_the_job(stack: Stack, tmp_path: P
 def _drain(stream: Any, into: bytearray) -> None:
     while chunk := os.read(stream.fileno(), 4096):
         into.extend(chunk)
+
+
+def test_list_pages_with_cursor_and_says_there_is_more(stack: Stack) -> None:
+    for _ in range(3):
+        assert oneiro(stack, "submit", str(CHELSEA), *SMALL, "--param", "steps=1").exit_code == 0
+    with stack.http() as http:
+        total = len(
+            http.get(f"{stack.url}/v1/jobs", params={"limit": 100}, timeout=10).json()["jobs"]
+        )
+    seen: list[str] = []
+    args = ["list", "--limit", "2"]
+    for _ in range(100):
+        page = oneiro(stack, *args)
+        assert page.exit_code == 0, page.output
+        seen += [line.split()[0] for line in page.stdout.splitlines()]
+        more = re.search(r"^more jobs: oneiro list --limit 2 --cursor (\S+)$", page.stderr, re.M)
+        if more is None:
+            break
+        args = ["list", "--limit", "2", "--cursor", more[1]]
+    assert len(seen) == len(set(seen)) == total >= 3
+
+
+def test_a_second_ctrl_c_at_the_question_leaves_the_job_running(
+    stack: Stack, tmp_path: Path
+) -> None:
+    job_id, code, text = _interrupt_at_the_question(
+        stack, tmp_path, lambda process: process.send_signal(signal.SIGINT)
+    )
+    try:
+        assert code == 130, text
+        assert f"job {job_id} goes on; `oneiro status {job_id}` shows it" in text
+        assert "Aborted!" not in text
+        assert stack.job(job_id)["status"] in ("queued", "running")
+    finally:
+        with stack.http() as http:
+            http.post(f"{stack.url}/v1/jobs/{job_id}/cancel", timeout=10)

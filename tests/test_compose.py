@@ -12,12 +12,13 @@ from typing import Any
 import pytest
 import yaml
 
-from shared.launcher import api_command
+from shared.launcher import WEBHOOK_THREADS, api_command, maintenance_command, webhooks_command
 from shared.queue import MAINTAIN_TASK, WEBHOOK_TASK
+from shared.settings import load_settings
 from tests.conftest import ROOT
 
 COMPOSE = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
-PROJECT_SERVICES = ["migrate", "api", "worker", "beat", "flower"]
+PROJECT_SERVICES = ["migrate", "api", "worker", "beat", "webhooks", "flower"]
 
 
 def service(name: str) -> dict[str, Any]:
@@ -42,11 +43,15 @@ def test_project_commands_exist(name: str) -> None:
         app = importlib.import_module(command[command.index("-A") + 1]).app
         queues = command[command.index("--queues") + 1].split(",")
         concurrency = command[command.index("--concurrency") + 1]
-        if "--beat" in command:  # the maintenance worker: what beat schedules, and webhooks
-            routes = app.conf.task_routes
-            assert queues == [routes[MAINTAIN_TASK]["queue"], routes[WEBHOOK_TASK]["queue"]]
+        routes = app.conf.task_routes
+        if "--beat" in command:  # the maintenance worker: what beat schedules, nothing else
+            assert queues == [routes[MAINTAIN_TASK]["queue"]]
             assert MAINTAIN_TASK in {e["task"] for e in app.conf.beat_schedule.values()}
-            assert concurrency == "4"
+            assert concurrency == "1"
+        elif name == "webhooks":  # deliveries, apart, on threads: they wait on the network
+            assert queues == [routes[WEBHOOK_TASK]["queue"]]
+            assert command[command.index("--pool") + 1] == "threads"
+            assert concurrency == str(WEBHOOK_THREADS)
         else:  # one render at a time per GPU
             assert queues == [app.conf.task_default_queue]
             assert concurrency == "1"
@@ -73,7 +78,35 @@ def test_project_services_get_their_settings(name: str) -> None:
     assert env["REDIS_URL"].split("//")[1].split(":")[0] in COMPOSE["services"]
 
 
-@pytest.mark.parametrize("name", ["api", "worker", "beat"])
+def options(command: list[str]) -> dict[str, str]:
+    """A Celery worker command's options, `--name value`, whatever their order."""
+    start = command.index("worker") + 1
+    found, args = {}, command[start:]
+    for index, arg in enumerate(args):
+        if arg.startswith("--"):
+            following = args[index + 1] if index + 1 < len(args) else ""
+            found[arg] = "" if following.startswith("--") else following
+    return found
+
+
+@pytest.mark.parametrize(
+    ("name", "launched"),
+    [
+        ("beat", lambda s: maintenance_command(s, Path("/data/celerybeat-schedule"))),
+        ("webhooks", webhooks_command),
+    ],
+)
+def test_compose_and_make_run_start_the_same_maintenance_and_webhook_workers(
+    name: str, launched: Any
+) -> None:
+    settings = load_settings(queue="gpu")
+    ours = options(launched(settings))
+    # Node names must differ on one host (`make run`); compose gives each container its own.
+    ours.pop("--hostname")
+    assert options(service(name)["command"]) == ours
+
+
+@pytest.mark.parametrize("name", ["api", "worker", "beat", "webhooks"])
 def test_serving_waits_for_migrations(name: str) -> None:
     depends = service(name)["depends_on"]
     assert depends["migrate"] == {"condition": "service_completed_successfully"}
@@ -100,9 +133,9 @@ def test_the_dockerfile_copies_every_package() -> None:
 
 
 def test_the_image_bakes_the_imagenet_weights_where_the_worker_looks() -> None:
-    from worker.engine.model import IMAGENET_FILES
+    from shared.catalogue import BACKBONES
 
     dockerfile = (ROOT / "Dockerfile").read_text()
     assert "ENV KERAS_HOME=/opt/keras" in dockerfile
-    for keras_name in IMAGENET_FILES:
-        assert f"'{keras_name}'" in dockerfile
+    for backbone in BACKBONES.values():
+        assert f"'{backbone.keras_name}'" in dockerfile

@@ -12,17 +12,20 @@ import dataclasses
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
 
+from shared import cost
 from shared.catalogue import BACKBONES
+from shared.cost import octave_sizes
 from shared.images import decode_rgb, fit_within
 from shared.params import RenderParams
 from tests.conftest import ROOT
-from tests.utils import CHELSEA
+from tests.utils import CHELSEA, image_bytes
 from worker.engine import (
     BACKEND,
     Canceled,
@@ -36,7 +39,7 @@ from worker.engine import (
     render,
 )
 from worker.engine.device import loss_scale, should_compile
-from worker.engine.dream import TilePlan, octave_shapes, split, tiled_gradient
+from worker.engine.dream import TilePlan, split, tiled_gradient
 from worker.engine.model import Gradient, backend_module, dream_loss
 
 SHARED_WEIGHTS = (
@@ -97,12 +100,29 @@ def test_windows_are_sizes_that_give_every_pixel_a_gradient() -> None:
     assert TilePlan((40, 40), 512, model).window == (75, 75)
 
 
-def test_octaves_surround_the_input_and_respect_the_model_minimum() -> None:
-    shapes = octave_shapes(300, 400, 5, 1.3, 75)
-    assert shapes[2] == (300, 400)
-    assert shapes == sorted(shapes)
-    assert shapes[0] == (round(300 / 1.69), round(400 / 1.69))
-    assert min(min(shape) for shape in octave_shapes(60, 90, 3, 1.5, 75)) >= 75
+@pytest.mark.parametrize(
+    ("source", "run"),
+    [
+        ((120, 80), params(steps=1, octaves=3)),  # the smallest octave raised to 75 rows
+        ((451, 300), params(steps=1, octaves=2, max_dim=100)),  # downscaled, then raised
+        ((200, 150), params(steps=1, octaves=3, octave_scale=1.5, model="vgg19", max_dim=90)),
+    ],
+    ids=["raised", "max_dim", "vgg19"],
+)
+def test_the_engine_renders_exactly_the_octaves_the_cost_is_charged_for(
+    source: tuple[int, int], run: RenderParams
+) -> None:
+    # The worker's path: decode, fit max_dim, render; every step's image has its octave's size.
+    image = fit_within(decode_rgb(image_bytes(source)), run.max_dim)
+    seen: list[tuple[int, int]] = []
+
+    def size_of(planar: np.ndarray) -> None:
+        seen.append((planar.shape[2], planar.shape[1]))
+
+    render(image, run, dream_model(run.model), on_step=size_of)
+
+    assert seen == octave_sizes(*source, run)
+    assert cost.work(*source, run) == sum(w * h for w, h in seen)
 
 
 # With 64-pixel tiles: several tiles a side, partial tiles, wrapping windows, a single tile.
@@ -170,7 +190,35 @@ def test_progress_reports_octaves_steps_tiles_fraction_and_eta(cat: np.ndarray) 
     assert {(p.octave, p.step) for p in seen} == {(o, s) for o in (1, 2) for s in (1, 2, 3)}
     assert seen[-1].tiles_done == seen[-1].tiles and seen[-1].octaves == 2
     assert seen[-1].eta_seconds == pytest.approx(0.0)
-    assert all(p.eta_seconds is not None and p.eta_seconds >= 0 for p in seen)
+    assert all(p.eta_seconds is None or p.eta_seconds >= 0 for p in seen)
+    # Before a rate is measured (the first, tracing batch) there is no ETA, after it there is.
+    assert seen[0].eta_seconds is None
+    assert all(p.eta_seconds is not None for p in seen[1:])
+
+
+def test_the_first_eta_leaves_out_the_tracing_batch(cat: np.ndarray) -> None:
+    model = dream_model()
+    traced: list[bool] = []
+
+    def gradient(tiles: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        if not traced:  # the first call of a new shape traces for seconds, once
+            traced.append(True)
+            time.sleep(3.0)
+        return model.gradient(tiles)
+
+    seen: list[tuple[float, Progress]] = []
+    render(
+        cat,
+        params(steps=6, octaves=1, tile_size=512),
+        dataclasses.replace(model, gradient=gradient),
+        on_progress=lambda p: seen.append((time.monotonic(), p)),
+    )
+    assert seen[0][1].eta_seconds is None  # no rate measured yet
+    moment, second = seen[1]
+    left = seen[-1][0] - moment
+    # Counting the tracing batch, this ETA was over 3 s for well under a second of work left.
+    assert second.eta_seconds is not None
+    assert second.eta_seconds < 3 * left + 0.5
 
 
 def test_gradient_ascent_raises_the_loss(cat: np.ndarray) -> None:

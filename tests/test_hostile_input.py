@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import io
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import numpy as np
@@ -43,6 +43,15 @@ def animated_webp() -> bytes:
     return encoded(frames[0], "WEBP", save_all=True, append_images=frames[1:], lossless=True)
 
 
+def phone_mpo() -> bytes:
+    """A JPEG with a multi-picture block, as phones write: a red photo, stored sideways, then a
+    blue picture of another size (a gain map, a preview)."""
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    photo, extra = Image.new("RGB", (60, 40), "red"), Image.new("RGB", (120, 90), "blue")
+    return encoded(photo, "MPO", save_all=True, append_images=[extra], exif=exif)
+
+
 def sixteen_bit_png() -> bytes:
     ramp = np.tile(np.linspace(0, 65535, 60, dtype=np.uint16), (40, 1))
     return encoded(Image.fromarray(ramp), "PNG")  # uint16 -> mode I;16
@@ -56,6 +65,7 @@ CASES = {
     "16-bit-png": (sixteen_bit_png(), (60, 40)),
     "animated-webp": (animated_webp(), (40, 30)),
     "exif-rotated-jpeg": (rotated_jpeg(), (40, 60)),
+    "multi-picture-jpeg": (phone_mpo(), (40, 60)),
 }
 
 
@@ -71,6 +81,23 @@ def test_every_image_mode_becomes_upright_rgb(client: FlaskClient, name: str) ->
     assert pixels.shape == (height, width, 3) and pixels.dtype == np.uint8
 
 
+def test_a_multi_picture_jpeg_is_stored_as_jpeg_and_renders_its_first_picture(
+    client: FlaskClient, settings: Settings
+) -> None:
+    data = phone_mpo()
+    with Image.open(io.BytesIO(data)) as opened:
+        assert opened.format == "MPO" and opened.n_frames == 2
+
+    response = submit(client, data)
+
+    assert response.status_code == 202, response.get_data(as_text=True)
+    (stored,) = stored_files(settings)
+    assert stored.suffix == ".jpg"
+    pixels = decode_rgb(stored.read_bytes())  # what the worker renders
+    assert pixels.shape == (60, 40, 3)
+    assert tuple(pixels[30, 20]) == pytest.approx((254, 0, 0), abs=2)
+
+
 def test_sixteen_bit_greyscale_keeps_its_range() -> None:
     pixels = decode_rgb(sixteen_bit_png())
     assert pixels[0, 0, 0] == 0 and pixels[0, -1, 0] == 255  # not clipped to white
@@ -82,23 +109,33 @@ def test_an_animation_gives_its_first_frame() -> None:
 
 
 @pytest.fixture
-def tight(settings: Settings) -> Iterator[Flask]:
-    app = create_app(settings.model_copy(update={"max_pixels": 1000, "max_work": 50_000}))
-    yield app
-    app.extensions["oneiro"].engine.dispose()
-    app.extensions["oneiro"].celery.close()
+def limited(settings: Settings) -> Iterator[Callable[..., FlaskClient]]:
+    """Clients of apps with other limits: limited(max_pixels=..., max_work=...)."""
+    apps: list[Flask] = []
+
+    def client_with(**limits: Any) -> FlaskClient:
+        apps.append(create_app(settings.model_copy(update=limits)))
+        return authed_client(apps[-1])
+
+    yield client_with
+    for app in apps:
+        app.extensions["oneiro"].engine.dispose()
+        app.extensions["oneiro"].celery.close()
+
+
+def assert_nothing_stored(session: Session, settings: Settings) -> None:
+    assert session.scalar(select(func.count()).select_from(Job)) == 0
+    assert stored_files(settings) == []
 
 
 def test_too_many_pixels_is_413_with_limit_and_value(
-    tight: Flask, session: Session, settings: Settings
+    limited: Callable[..., FlaskClient], session: Session, settings: Settings
 ) -> None:
-    body = assert_problem(
-        submit(authed_client(tight), encoded(gradient(size=(50, 40)), "PNG")), 413
-    )
+    client = limited(max_pixels=1000)
+    body = assert_problem(submit(client, encoded(gradient(size=(50, 40)), "PNG")), 413)
     assert "2000 pixels" in body["detail"] and "1000" in body["detail"]
     assert body["limit"] == 1000
-    assert session.scalar(select(func.count()).select_from(Job)) == 0
-    assert stored_files(settings) == []
+    assert_nothing_stored(session, settings)
 
 
 def test_a_decompression_bomb_is_refused_before_decoding(client: FlaskClient) -> None:
@@ -110,9 +147,60 @@ def test_a_decompression_bomb_is_refused_before_decoding(client: FlaskClient) ->
 
 
 def test_a_job_over_the_work_budget_is_422_with_limit_and_value(
-    tight: Flask, session: Session
+    limited: Callable[..., FlaskClient], session: Session, settings: Settings
 ) -> None:
-    image = encoded(gradient(size=(30, 30)), "PNG")  # 900 pixels
-    body = assert_problem(submit(authed_client(tight), image, {"steps": 20, "octaves": 5}), 422)
-    assert "90000 pixel-steps" in body["detail"] and "50000" in body["detail"]
-    assert submit(authed_client(tight), image, {"steps": 10, "octaves": 5}).status_code == 202
+    client = limited(max_work=50_000)
+    image = encoded(gradient(size=(100, 100)), "PNG")  # one octave: the input's 10000 pixels
+    body = assert_problem(submit(client, image, {"steps": 6, "octaves": 1}), 422)
+    assert body["errors"][0]["field"] == "params"
+    assert "60000 pixel-steps" in body["detail"] and "50000 (ONEIRO_MAX_WORK)" in body["detail"]
+    assert_nothing_stored(session, settings)
+    assert submit(client, image, {"steps": 5, "octaves": 1}).status_code == 202
+
+
+def test_the_work_is_charged_after_max_dim(limited: Callable[..., FlaskClient]) -> None:
+    # 400 x 400 at 2 steps costs 320000 pixel-steps; downscaled to 200 x 200, 80000.
+    client = limited(max_work=100_000)
+    image = encoded(gradient(size=(400, 400)), "PNG")
+    assert_problem(submit(client, image, {"steps": 2, "octaves": 1}), 422)
+    accepted = submit(client, image, {"steps": 2, "octaves": 1, "max_dim": 200})
+    assert accepted.status_code == 202, accepted.get_data(as_text=True)
+
+
+def test_the_work_counts_every_octave_at_its_own_size(limited: Callable[..., FlaskClient]) -> None:
+    # 5 octaves of a 100 x 100 image at 1.3: 75, 77, 100, 130 and 169 a side, 67015 pixels a
+    # step, not 5 x 10000: the cheap count would pass a limit of 60000.
+    client = limited(max_work=60_000)
+    body = assert_problem(
+        submit(client, encoded(gradient(size=(100, 100)), "PNG"), {"steps": 1}), 422
+    )
+    assert "67015 pixel-steps" in body["detail"]
+
+
+def test_the_issues_tiny_png_with_huge_octaves_is_refused(
+    client: FlaskClient, session: Session, settings: Settings
+) -> None:
+    image = encoded(gradient(size=(256, 256)), "PNG")
+    body = assert_problem(submit(client, image, {"octaves": 12, "octave_scale": 4}), 422)
+    assert [e["field"] for e in body["errors"]] == ["params.octave_scale"]
+    # Within the ranges, 12 octaves at 2 put a 300 x 300 image's top octave (2 ** 5 times the
+    # input a side) over the pixel limit; the 256 x 256 one's is 8192 a side, just within it.
+    bigger = encoded(gradient(size=(300, 300)), "PNG")
+    body = assert_problem(submit(client, bigger, {"octaves": 12, "octave_scale": 2}), 422)
+    assert body["errors"][0]["field"] == "params"
+    assert "9600x9600 = 92160000 pixels" in body["detail"]
+    assert f"{settings.max_pixels} (ONEIRO_MAX_PIXELS)" in body["detail"]
+    assert "set max_dim to at most 256" in body["detail"]
+    assert_nothing_stored(session, settings)
+
+
+def test_the_issues_thin_png_is_refused(
+    client: FlaskClient, session: Session, settings: Settings
+) -> None:
+    thin = encoded(Image.new("RGB", (1, 65536)), "PNG")
+    assert len(thin) < 1000
+    body = assert_problem(submit(client, thin), 422)
+    assert body["errors"][0]["field"] == "image"
+    assert "aspect ratio of 65536:1" in body["detail"]
+    assert "20:1 (ONEIRO_MAX_ASPECT_RATIO)" in body["detail"]
+    assert_nothing_stored(session, settings)

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timedelta
 
 import pytest
@@ -12,12 +14,14 @@ from prometheus_client.parser import text_string_to_metric_families
 from sqlalchemy.orm import Session
 
 from api import create_app
+from api.metrics import INSPECT_TIMEOUT_S
 from shared.models import JobStatus, utcnow
-from shared.queue import MAINTAIN_TASK, RENDER_TASK, create_celery, maintenance_queue
+from shared.queue import MAINTAIN_TASK, RENDER_TASK, create_celery, maintenance_queue, send_job
 from shared.settings import Settings
 from shared.storage import Storage
 from tests.conftest import free_port
 from tests.utils import make_job
+from worker.maintenance import relay_queued_jobs
 
 Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
 
@@ -182,7 +186,8 @@ def test_worker_throughput_and_busy_workers(
     finished("w1", 4.0, timedelta(minutes=1))
     finished("w1", 0.5, timedelta(minutes=1), attempt=2)  # resumed: only part of the work
     finished("w2", 1.0, timedelta(hours=2))  # outside the window
-    finished("w3", 1.0, timedelta(minutes=1), params={**params, "max_dim": 48})  # 48 x 32
+    # VGG19 renders 48 x 32 (InceptionV3 would raise it to 112 x 75, as it does the 96 x 64).
+    finished("w3", 1.0, timedelta(minutes=1), params={**params, "max_dim": 48, "model": "vgg19"})
 
     lease = timedelta(seconds=settings.lease_seconds)
     for worker, beat in [
@@ -196,7 +201,8 @@ def test_worker_throughput_and_busy_workers(
     samples = scrape(client)
 
     speed = "oneiro_worker_megapixel_steps_per_second"
-    assert value(samples, speed, worker="w1") == pytest.approx(2 * 96 * 64 * 2 * 2 / 1e6 / 6.0)
+    # Two jobs of two octaves raised to 112 x 75 (InceptionV3's least side), two steps each.
+    assert value(samples, speed, worker="w1") == pytest.approx(2 * 112 * 75 * 2 * 2 / 1e6 / 6.0)
     assert value(samples, speed, worker="w3") == pytest.approx(48 * 32 * 2 * 2 / 1e6 / 1.0)
     assert (speed, frozenset({("worker", "w2")})) not in samples
     assert value(samples, "oneiro_workers_busy") == 2
@@ -217,3 +223,59 @@ def test_a_redis_that_is_down_leaves_the_database_figures(
     assert value(samples, "oneiro_redis_up") == 0
     assert "oneiro_queue_depth" not in names(samples)
     assert value(samples, "oneiro_jobs", status="queued") == 1
+
+
+def test_the_queue_depth_matches_the_backlog_through_relay_rounds(
+    settings: Settings, client: FlaskClient, session: Session, storage: Storage
+) -> None:
+    # Issue 10.8: with no worker the relay used to add a message per waiting job every round,
+    # so the depth overstated the backlog (10 jobs became 39 messages).
+    celery = create_celery(settings)
+    for _ in range(10):
+        send_job(session, celery, make_job(session, storage).id)
+    for round_ in range(1, 4):
+        later = utcnow() + timedelta(seconds=round_ * (settings.relay_after + 1))
+        relay_queued_jobs(session, celery, settings, now=later)
+    celery.close()
+
+    samples = scrape(client)
+
+    assert value(samples, "oneiro_queue_depth", queue=settings.queue) == 10
+    assert value(samples, "oneiro_jobs", status="queued") == 10
+
+
+def test_scrapes_share_one_worker_broadcast_until_the_cache_expires(
+    settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Issue 10.10: each scrape paid a broadcast that waits a second for worker answers.
+    ttl = 3.0
+    app = create_app(settings.model_copy(update={"metrics_cache_seconds": ttl}))
+    control = app.extensions["oneiro"].celery.control
+    broadcasts: list[str] = []
+    real = control.broadcast
+
+    def counted(command: str, *args: object, **kwargs: object) -> object:
+        broadcasts.append(command)
+        return real(command, *args, **kwargs)
+
+    monkeypatch.setattr(control, "broadcast", counted)
+    try:
+        started = time.monotonic()
+        scrape(app.test_client())
+        first = time.monotonic() - started
+        started = time.monotonic()
+        scrape(app.test_client())
+        second = time.monotonic() - started
+        assert broadcasts == ["active_queues"]
+        # No worker answers this test's broadcast, so it waits its whole timeout; the cached
+        # scrape does not.
+        assert first >= INSPECT_TIMEOUT_S > second
+
+        time.sleep(ttl + 0.1)
+        # Expired: four scrapers arriving together make one broadcast between them.
+        with ThreadPoolExecutor(4) as pool:
+            list(pool.map(lambda _: scrape(app.test_client()), range(4)))
+        assert broadcasts == ["active_queues"] * 2
+    finally:
+        app.extensions["oneiro"].engine.dispose()
+        app.extensions["oneiro"].celery.close()

@@ -13,7 +13,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from shared.models import JobStatus
 from shared.settings import Settings
-from shared.storage import Storage, preview_key
+from shared.storage import Storage, preview_key, result_key
 from tests.test_api import assert_problem
 from tests.test_reliability import before_each_gradient
 from tests.utils import image_bytes, make_job
@@ -62,7 +62,7 @@ def test_the_preview_follows_the_render_and_ends_as_the_result(
     final = client.get(f"/v1/jobs/{job.id}/preview")
     assert final.status_code == 200 and final.headers["Cache-Control"] == "no-store"
     assert final.content_type == "image/jpeg" and final.data not in seen
-    result = Image.open(io.BytesIO(storage.get(f"results/{job.id}.png"))).convert("RGB")
+    result = Image.open(io.BytesIO(storage.get(result_key(job.id, 1)))).convert("RGB")
     shown = Image.open(io.BytesIO(final.data)).convert("RGB")
     # The final preview is the result made small (JPEG, so close rather than equal).
     small = result.resize(shown.size, Image.Resampling.LANCZOS)
@@ -86,4 +86,4 @@ def test_previews_are_written_at_most_every_preview_interval(
     runtime = runtime_with(settings, sessions, storage, preview_interval=3600.0)
     assert run_job(job.id, runtime) == JobStatus.SUCCEEDED
     # Twelve steps: one preview after the first, none for an hour, then the result's.
-    assert writes.count(preview_key(job.id)) == 2
+    assert writes.count(preview_key(job.id, 1)) == 2

@@ -8,13 +8,14 @@ from datetime import timedelta
 from typing import Any
 
 import pytest
+import redis
 from sqlalchemy import update
 from sqlalchemy.orm import Session, sessionmaker
 
 from shared.models import Job, JobStatus, utcnow
-from shared.queue import create_celery
+from shared.queue import create_celery, queue_keys, send_job
 from shared.settings import Settings
-from shared.storage import Storage, checkpoint_key
+from shared.storage import Storage, checkpoint_key, preview_key, result_key
 from tests.test_api import queued_job_ids
 from tests.utils import image_bytes, make_job
 from worker.jobs import run_job
@@ -91,7 +92,7 @@ def test_a_job_killed_mid_render_resumes_from_its_checkpoint_to_the_same_image(
         with pytest.raises(Crash):
             run_job(job.id, runtime)
     dead = reload(session, job.id)
-    assert dead.status == JobStatus.RUNNING and dead.checkpoint_key == checkpoint_key(job.id)
+    assert dead.status == JobStatus.RUNNING and dead.checkpoint_key == checkpoint_key(job.id, 1)
 
     session.execute(
         update(Job).where(Job.id == job.id).values(heartbeat_at=utcnow() - timedelta(seconds=5))
@@ -110,7 +111,8 @@ def test_a_job_killed_mid_render_resumes_from_its_checkpoint_to_the_same_image(
     assert done.attempt == 2
     assert storage.get(done.result_key or "") == expected
     assert progress[0] > 0.5  # it resumed: the first octave was not done again
-    assert not storage.exists(checkpoint_key(job.id)) and done.checkpoint_key is None
+    assert done.checkpoint_key is None
+    assert not any(storage.exists(checkpoint_key(job.id, n)) for n in (1, 2))
 
 
 def test_a_worker_whose_job_was_taken_stops_and_writes_nothing(
@@ -135,6 +137,58 @@ def test_a_worker_whose_job_was_taken_stops_and_writes_nothing(
     after = reload(session, job.id)
     assert after.status == JobStatus.RUNNING and after.attempt == 2 and after.worker == "b"
     assert after.result_key is None
+
+
+def test_a_worker_that_lost_its_job_writes_no_file_of_the_newer_attempt(
+    settings: Settings,
+    sessions: sessionmaker[Session],
+    session: Session,
+    storage: Storage,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # One tile per step, a preview and a checkpoint after every step, no progress write (that
+    # would notice the loss first): the stale worker's next writes are files.
+    runtime = runtime_for(
+        settings,
+        sessions,
+        storage,
+        checkpoint_every=1,
+        preview_interval=0.0,
+        progress_interval=3600.0,
+    )
+    job = make_job(session, storage, image=image_bytes((48, 40)), params={"steps": 6, "octaves": 1})
+    newer = {
+        checkpoint_key(job.id, 2): b"attempt 2 checkpoint",
+        preview_key(job.id, 2): b"attempt 2 preview",
+        result_key(job.id, 2): b"attempt 2 result",
+    }
+    own = [checkpoint_key(job.id, 1), preview_key(job.id, 1), result_key(job.id, 1)]
+    at_loss: dict[str, bytes | None] = {}
+
+    def taken(n: int) -> None:
+        if n != 3:
+            return
+        # The reaper gave the job to another worker, whose attempt 2 has written its files.
+        with sessions.begin() as other:
+            other.execute(
+                update(Job)
+                .where(Job.id == job.id)
+                .values(attempt=2, worker="b", heartbeat_at=utcnow())
+            )
+        for key, data in newer.items():
+            storage.put(key, data)
+        at_loss.update({key: storage.get(key) if storage.exists(key) else None for key in own})
+
+    before_each_gradient(monkeypatch, taken)
+
+    assert run_job(job.id, runtime) is None
+
+    assert {key: storage.get(key) for key in newer} == newer
+    # Nothing of its own either after it lost the job: no preview, checkpoint or result.
+    assert at_loss[checkpoint_key(job.id, 1)] is not None  # it had been writing until then
+    assert {key: storage.get(key) if storage.exists(key) else None for key in own} == at_loss
+    assert not storage.exists(result_key(job.id, 1))
+    assert reload(session, job.id).checkpoint_key == checkpoint_key(job.id, 1)
 
 
 def test_the_reaper_requeues_silent_jobs_and_fails_them_after_the_last_attempt(
@@ -185,3 +239,29 @@ def test_the_relay_sends_what_redis_never_got_or_lost(
     assert sorted(queued_job_ids(settings)) == sorted(str(i) for i in sent)
     assert reload(session, never.id).enqueued_at is not None
     assert recent.id not in sent
+
+
+def test_a_job_waiting_for_a_worker_stays_one_message_and_a_flushed_queue_is_refilled(
+    settings: Settings, session: Session, storage: Storage, redis_url: str
+) -> None:
+    # Issue 10.8: 10 jobs with no worker became 39 messages in 110 s, every job still queued
+    # after relay_after sent again on every round.
+    celery = create_celery(settings)
+    jobs = sorted(str(make_job(session, storage).id) for _ in range(10))
+    for job_id in jobs:
+        send_job(session, celery, uuid.UUID(job_id))
+
+    for round_ in range(1, 6):
+        later = utcnow() + timedelta(seconds=round_ * (settings.relay_after + 1))
+        assert relay_queued_jobs(session, celery, settings, now=later) == []
+    assert sorted(queued_job_ids(settings)) == jobs
+
+    # A flushed Redis loses the messages: the next round sends each job exactly once again.
+    client = redis.Redis.from_url(redis_url)
+    client.delete(*queue_keys(settings.queue))
+    client.close()
+    later = utcnow() + timedelta(seconds=10 * (settings.relay_after + 1))
+    assert sorted(str(i) for i in relay_queued_jobs(session, celery, settings, now=later)) == jobs
+    assert relay_queued_jobs(session, celery, settings, now=later) == []
+    celery.close()
+    assert sorted(queued_job_ids(settings)) == jobs

@@ -3,38 +3,54 @@ marked expired, and the API says the files are gone (410)."""
 
 from __future__ import annotations
 
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
 from datetime import timedelta
+from pathlib import Path
 
 import pytest
 from flask.testing import FlaskClient
-from sqlalchemy import func, select
+from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
 
 from shared.db import create_session_factory
 from shared.models import IdempotencyKey, Job, JobStatus, utcnow
 from shared.settings import Settings
-from shared.storage import Storage, checkpoint_key, preview_key
+from shared.storage import (
+    FileStorage,
+    Storage,
+    checkpoint_key,
+    job_prefix,
+    legacy_keys,
+    preview_key,
+    result_key,
+)
 from tests.test_api import assert_problem
 from tests.test_idempotency import post
 from tests.utils import image_bytes, make_job
-from worker.maintenance import expire_old_files
+from worker.jobs import run_job
+from worker.maintenance import TemporarySweeper, expire_old_files
 from worker.runtime import Runtime
 
 
 def with_files(
     session: Session, storage: Storage, ended_days_ago: float | None, **kw: object
 ) -> Job:
-    job = make_job(session, storage, **kw)
-    job.result_key = f"results/{job.id}.png"
+    job = make_job(session, storage, attempt=1, **kw)
+    job.result_key = result_key(job.id, 1)
     job.finished_at = None if ended_days_ago is None else utcnow() - timedelta(days=ended_days_ago)
     session.commit()
-    for key in (job.result_key, preview_key(job.id), checkpoint_key(job.id)):
+    for key in keys_of(job)[1:]:
         storage.put(key, b"data")
     return job
 
 
 def keys_of(job: Job) -> list[str]:
-    return [job.input_key, f"results/{job.id}.png", preview_key(job.id), checkpoint_key(job.id)]
+    return [job.input_key, result_key(job.id, 1), preview_key(job.id, 1), checkpoint_key(job.id, 1)]
 
 
 def test_old_jobs_lose_their_files_and_keep_their_rows(
@@ -110,3 +126,130 @@ def test_the_periodic_maintenance_task_expires_old_files(
     session.expire_all()
     assert session.get_one(Job, old.id).expired_at is not None
     assert not storage.exists(old.input_key)
+
+
+def files_of(settings: Settings, job_id: uuid.UUID) -> list[str]:
+    """Every file under the storage folder whose path names the job, temporaries included."""
+    root = Path(settings.storage_url)
+    return [
+        str(p.relative_to(root)) for p in root.rglob("*") if p.is_file() and str(job_id) in str(p)
+    ]
+
+
+def test_a_result_written_just_before_a_cancel_is_deleted_by_retention(
+    session: Session, storage: Storage, settings: Settings
+) -> None:
+    # Issue 10.4: the cancel lands between the result's write and the worker's fenced finish,
+    # so the row never records the result (5 of 5 tries left `results/<id>.png` forever).
+    job = make_job(session, storage)
+    canceled_at = []
+
+    class CancelAfterResult(FileStorage):
+        def put(self, key: str, data: bytes) -> None:
+            super().put(key, data)
+            if key.endswith("result.png"):
+                with create_session_factory(session.get_bind())() as other:  # type: ignore[arg-type]
+                    other.execute(
+                        update(Job)
+                        .where(Job.id == job.id)
+                        .values(status=JobStatus.CANCELED, finished_at=utcnow())
+                    )
+                    other.commit()
+                canceled_at.append(key)
+
+    racing = CancelAfterResult(Path(settings.storage_url))
+    runtime = Runtime(
+        settings=settings.model_copy(update={"dry_run": True}),
+        sessions=create_session_factory(session.get_bind()),  # type: ignore[arg-type]
+        storage=racing,
+        name="racing",
+    )
+
+    assert run_job(job.id, runtime) is None  # it lost the job at its finish
+
+    session.expire_all()
+    canceled = session.get_one(Job, job.id)
+    assert canceled_at and canceled.status == JobStatus.CANCELED and canceled.result_key is None
+    # A month later retention finds every file from the job alone.
+    later = utcnow() + timedelta(seconds=settings.retention_seconds + 60)
+    assert expire_old_files(session, storage, settings, now=later) == [job.id]
+    assert files_of(settings, job.id) == []
+
+
+def test_a_job_stored_under_the_older_keys_is_expired_whole(
+    client: FlaskClient, session: Session, storage: Storage, settings: Settings
+) -> None:
+    # Jobs written before per-job folders: inputs/, results/, previews/, checkpoints/.
+    job = make_job(session, storage, status=JobStatus.SUCCEEDED, attempt=1)
+    old_result, old_preview, old_checkpoint = legacy_keys(job.id)
+    storage.put(f"inputs/{job.id}.png", storage.get(job.input_key))
+    storage.delete_prefix(job_prefix(job.id))
+    job.input_key, job.result_key, job.checkpoint_key = f"inputs/{job.id}.png", old_result, None
+    job.finished_at = utcnow() - timedelta(days=40)
+    session.commit()
+    for key in (old_result, old_preview, old_checkpoint):
+        storage.put(key, image_bytes(fmt="JPEG" if key == old_preview else "PNG"))
+
+    # Still readable through the API ...
+    assert client.get(f"/v1/jobs/{job.id}/result").data == storage.get(old_result)
+    assert client.get(f"/v1/jobs/{job.id}/preview").data == storage.get(old_preview)
+    # ... and expired whole.
+    assert expire_old_files(session, storage, settings) == [job.id]
+    assert files_of(settings, job.id) == []
+
+
+def test_stale_temporary_files_are_swept_and_fresh_ones_kept(
+    storage: Storage, settings: Settings
+) -> None:
+    root = Path(settings.storage_url)
+    killer = (
+        "import os, signal, sys\n"
+        "from pathlib import Path\n"
+        "from shared.storage import FileStorage\n"
+        "os.fsync = lambda fd: os.kill(os.getpid(), signal.SIGKILL)\n"
+        "FileStorage(Path(sys.argv[1])).put(sys.argv[2], b'half a result')\n"
+    )
+    # Two writers killed (-9) mid-write; one long ago, one just now (or a write in progress).
+    for key in (result_key(uuid.uuid4(), 1), result_key(uuid.uuid4(), 1)):
+        died = subprocess.run([sys.executable, "-c", killer, str(root), key], check=False)
+        assert died.returncode == -signal.SIGKILL
+    old, fresh = sorted(root.rglob(".*.tmp"))
+    an_hour = settings.temp_file_max_age
+    os.utime(old, (time.time() - an_hour - 60,) * 2)
+    storage.put("jobs/kept/input.png", b"a finished write")
+
+    swept = TemporarySweeper()(storage, settings)
+
+    assert swept == [old.relative_to(root).as_posix()]
+    assert not old.exists() and fresh.exists()
+    assert storage.get("jobs/kept/input.png") == b"a finished write"
+
+
+def test_the_maintenance_task_sweeps_temporary_files_once_per_age(
+    session: Session, storage: Storage, settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from worker import tasks
+
+    runtime = Runtime(
+        settings=settings,
+        sessions=create_session_factory(session.get_bind()),  # type: ignore[arg-type]
+        storage=storage,
+        name="maintenance",
+    )
+    monkeypatch.setattr(tasks, "get_runtime", lambda: runtime)
+    monkeypatch.setattr(tasks, "sweep_temporary_files", TemporarySweeper())
+    root = Path(settings.storage_url)
+
+    def leftover(name: str) -> Path:
+        path = root / "jobs" / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(b"x")
+        os.utime(path, (time.time() - settings.temp_file_max_age - 60,) * 2)
+        return path
+
+    first = leftover(".result.png.first.tmp")
+    tasks.maintain()
+    second = leftover(".result.png.second.tmp")
+    tasks.maintain()  # within the age of the last sweep: the walk is not repeated
+
+    assert not first.exists() and second.exists()

@@ -75,3 +75,27 @@ def test_s3_objects_live_under_the_prefix(s3_url: str) -> None:
     bucket = s3_url.removeprefix("s3://").split("/")[0]
     listed = boto3.client("s3").list_objects_v2(Bucket=bucket)["Contents"]
     assert [item["Key"] for item in listed] == ["renders/inputs/x.png"]
+
+
+def test_a_prefix_is_deleted_whole_and_nothing_beside_it(any_storage: Storage) -> None:
+    storage = any_storage
+    inside = ["jobs/a/input.png", "jobs/a/attempt-1/result.png", "jobs/a/attempt-2/preview.jpg"]
+    beside = ["jobs/ab/input.png", "jobs/b/input.png", "results/a.png"]
+    for key in inside + beside:
+        storage.put(key, b"x")
+
+    storage.delete_prefix("jobs/a/")
+    storage.delete_prefix("jobs/none/")  # nothing there: nothing to do
+
+    assert [key for key in inside + beside if storage.exists(key)] == beside
+
+
+def test_s3_deletes_a_prefix_of_more_than_one_listing_page(s3_url: str) -> None:
+    storage = open_storage(s3_url)
+    keys = [f"jobs/many/attempt-1/{n}.png" for n in range(1001)]  # a page holds 1,000
+    for key in keys:
+        storage.put(key, b"")
+
+    storage.delete_prefix("jobs/many/")
+
+    assert not any(storage.exists(key) for key in (keys[0], keys[999], keys[1000]))

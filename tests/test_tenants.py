@@ -167,6 +167,8 @@ def test_a_tenant_at_its_active_job_cap_gets_429_and_nothing_is_written(
     assert (body["limit"], body["value"]) == (2, 2) and refused.headers["Retry-After"]
     assert session.scalar(select(func.count()).select_from(Job)) == 2
     assert len(stored_files(limited.extensions["oneiro"].settings)) == 2
+    folders = Path(limited.extensions["oneiro"].settings.storage_url, "jobs").iterdir()
+    assert sorted(p.name for p in folders) == sorted([first, second])  # not even a folder
     # Another tenant is not held back by this one's jobs.
     assert submit(authed_client(limited, "other"), image_bytes()).status_code == 202
 

@@ -3,6 +3,7 @@ under gunicorn and a real Celery worker."""
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import sys
@@ -149,3 +150,83 @@ def test_dream_in_the_browser(stack: Stack, page: object) -> None:
     expect(page.locator("#job-status")).to_have_text("succeeded")
     expect(page.locator("#result")).to_be_visible()
     wait_for(lambda: page.is_visible("#download"), 10, "the download button")
+
+
+def _open_with_key(page: object, stack: Stack) -> None:
+    from playwright.sync_api import Page, expect
+
+    assert isinstance(page, Page)
+    page.goto(f"{stack.url}/")
+    page.fill("#key-input", stack.key)
+    page.click("#key-form button")
+    expect(page.locator("#app")).to_be_visible()
+
+
+def test_a_form_error_goes_once_fixed_and_jobs_page_past_twelve_and_retry(
+    stack: Stack, page: object
+) -> None:
+    from playwright.sync_api import Page, Response, expect
+
+    assert isinstance(page, Page)
+    refused: list[str] = []
+
+    def note(response: Response) -> None:
+        if response.status >= 400:
+            refused.append(f"{response.status} {response.request.method} {response.url}")
+
+    page.on("response", note)
+    # More jobs than one page of the list holds, all canceled before any render.
+    with stack.http() as http:
+        made = []
+        for seed in range(13):
+            answer = http.post(
+                f"{stack.url}/v1/jobs",
+                files={"image": CHELSEA.read_bytes()},
+                data={
+                    "params": json.dumps({"steps": 1, "octaves": 1, "max_dim": 64, "seed": seed})
+                },
+                timeout=10,
+            )
+            assert answer.status_code == 202, answer.text
+            made.append(answer.json()["id"])
+            http.post(f"{stack.url}/v1/jobs/{made[-1]}/cancel", timeout=10)
+        total = len(
+            http.get(f"{stack.url}/v1/jobs", params={"limit": 100}, timeout=10).json()["jobs"]
+        )
+    _open_with_key(page, stack)
+
+    # Paging: twelve, then all of them.
+    rows = page.locator("#jobs li[data-job-id]")
+    expect(rows).to_have_count(12)
+    expect(page.locator("#more-jobs")).to_be_visible()
+    while page.is_visible("#more-jobs"):
+        page.click("#more-jobs")
+        page.wait_for_timeout(300)
+    expect(rows).to_have_count(total)
+    expect(page.locator(f"#jobs li[data-job-id='{made[0]}']")).to_be_visible()
+    # No 404 on load, no 409 for previews that cannot exist yet.
+    assert refused == [], refused
+
+    # A form error, then the field fixed: the error goes.
+    page.set_input_files("#image-input", str(CHELSEA))
+    page.click("#params summary")
+    page.fill("input[name=layers]", "no_such_layer")
+    page.click("#submit")
+    expect(page.locator("#form-error")).to_be_visible()
+    expect(page.locator("#form-error")).to_contain_text("params.layers")
+    page.fill("input[name=layers]", "mixed3")
+    expect(page.locator("#form-error")).to_be_hidden()
+    refused.clear()
+
+    # A canceled job, opened from the list, has a Retry button that runs it again.
+    page.click(f"#jobs li[data-job-id='{made[0]}']")
+    expect(page.locator("#job-status")).to_have_text("canceled")
+    expect(page.locator("#retry")).to_be_visible()
+    page.click("#retry")
+    expect(page.locator("#job-status")).to_have_text("succeeded", timeout=120_000)
+    expect(page.locator("#retry")).to_be_hidden()
+    expect(page.locator("#result")).to_be_visible()
+    assert stack.job(made[0])["status"] == "succeeded"
+    # The finished job's thumbnail is there, and no preview was asked for before it existed.
+    expect(page.locator(f"#jobs li[data-job-id='{made[0]}'] img.thumb")).to_be_visible()
+    assert refused == [], refused

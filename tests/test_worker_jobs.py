@@ -172,3 +172,27 @@ def test_a_dry_run_stores_the_input_as_the_result_without_the_engine(
     with Image.open(io.BytesIO(storage.get(done.result_key or ""))) as result:
         assert result.size == (50, 40)
     assert done.progress["fraction"] == 1.0
+
+
+def test_a_succeeded_job_reads_complete_though_progress_was_throttled(
+    settings: Settings, sessions: sessionmaker[Session], session: Session, storage: Storage
+) -> None:
+    # One progress write per hour: only the first report reaches the row before the end.
+    slow = Runtime(
+        settings=settings.model_copy(update={"progress_interval": 3600.0}),
+        sessions=sessions,
+        storage=storage,
+        name="test-worker",
+    )
+    job = make_job(
+        session,
+        storage,
+        image=image_bytes((100, 80)),
+        params={"steps": 3, "octaves": 2, "seed": 1, "max_dim": 90, "tile_size": 64},
+    )
+    assert run_job(job.id, slow) == JobStatus.SUCCEEDED
+    progress = reload(session, job).progress
+    assert progress["step"] == progress["steps"] == 3
+    assert progress["octave"] == progress["octaves"] == 2
+    assert progress["tiles"] and progress["tiles_done"] == progress["tiles"]
+    assert progress["fraction"] == 1.0 and progress["eta_seconds"] == 0.0

@@ -20,7 +20,7 @@ from shared.db import create_db_engine, create_session_factory
 from shared.models import Job, JobStatus, Tenant
 from shared.params import RenderParams
 from shared.settings import Settings
-from shared.storage import Storage
+from shared.storage import Storage, input_key
 from shared.tenants import create_key
 
 # The tenant the `client` fixture calls as, and that make_job gives its jobs to by default.
@@ -89,13 +89,13 @@ def make_job(session: Session, storage: Storage, **fields: Any) -> Job:
     params = fields.pop("params", {"steps": 2, "octaves": 2, "seed": 7})
     with Image.open(io.BytesIO(data)) as decoded:
         width, height = decoded.size
-    input_key = f"inputs/{job_id}.png"
-    storage.put(input_key, data)
+    stored_input = input_key(job_id, "png")
+    storage.put(stored_input, data)
     job = Job(
         id=job_id,
         status=fields.pop("status", JobStatus.QUEUED),
         params=RenderParams.model_validate(params).model_dump(mode="json"),
-        input_key=input_key,
+        input_key=stored_input,
         input_width=width,
         input_height=height,
         progress=fields.pop("progress", {}),

@@ -51,6 +51,18 @@ def _backend(ctx: click.Context, value: str) -> str:
     return value
 
 
+# Where a GPU is, the kernel driver makes these device nodes (NVIDIA's, and ROCm's).
+GPU_DEVICE_NODES = ("/dev/nvidiactl", "/dev/kfd")
+
+
+def quiet_tensorflow_without_gpu() -> None:
+    """On a machine without a GPU, keep TensorFlow's error-level start-up lines (`failed call
+    to cuInit: ... CUDA error`) off the terminal: they read like a failure of the render."""
+    if any(Path(node).exists() for node in GPU_DEVICE_NODES):
+        return
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+
+
 @main.command()
 @click.argument("input_path", metavar="INPUT", type=click.Path(exists=True, dir_okay=False))
 @click.option(
@@ -136,6 +148,7 @@ def render(
         )
         raise click.UsageError(problems) from None
 
+    quiet_tensorflow_without_gpu()
     # Imported once the arguments are known good: Keras takes seconds to load, and reads its
     # backend (which the engine sets from ONEIRO_BACKEND) when it does.
     from PIL import Image
@@ -163,20 +176,24 @@ def render(
         f"{','.join(params.layers)}, seed {params.seed}, {model.precision}, {model.backend}",
         err=True,
     )
+    from worker.client_commands import format_eta
+
+    # The engine's ETA, not tqdm's: tqdm's rate would count the first, tracing batch of each
+    # octave, and promised minutes for a render of seconds.
     with tqdm(
         total=1.0,
         unit="",
-        bar_format="{l_bar}{bar}| {elapsed}<{remaining} {postfix}",
+        bar_format="{l_bar}{bar}| {elapsed} {postfix}",
         file=sys.stderr,
     ) as bar:
 
         def progress(p: Any) -> None:
-            bar.update(p.fraction - bar.n)
             bar.set_postfix_str(
                 f"octave {p.octave}/{p.octaves} step {p.step}/{p.steps} "
-                f"tiles {p.tiles_done}/{p.tiles}",
+                f"tiles {p.tiles_done}/{p.tiles} ETA {format_eta(p.eta_seconds)}",
                 refresh=False,
             )
+            bar.update(p.fraction - bar.n)
 
         result = dream(image, params, model, on_progress=progress)
     Image.fromarray(result).save(output)

@@ -70,7 +70,8 @@ def _params(pairs: tuple[str, ...], params_json: str | None) -> dict[str, Any]:
     return params
 
 
-def _eta(seconds: float | None) -> str:
+def format_eta(seconds: float | None) -> str:
+    """`m:ss` (or `XhYYm`) of an ETA; `--:--` while there is none."""
     if seconds is None:
         return "--:--"
     minutes, secs = divmod(max(0, round(seconds)), 60)
@@ -83,8 +84,8 @@ def describe_progress(job: dict[str, Any]) -> str:
     if job.get("status") != "running":
         return str(job.get("status"))
     return (
-        f"octave {p.get('octave', 0)}/{p.get('octaves')} step {p.get('step', 0)}/{p.get('steps')} "
-        f"ETA {_eta(p.get('eta_seconds'))}"
+        f"octave {p.get('octave', 1)}/{p.get('octaves')} step {p.get('step', 0)}/{p.get('steps')} "
+        f"ETA {format_eta(p.get('eta_seconds'))}"
     )
 
 
@@ -117,7 +118,7 @@ def _wait(client: Client, job_id: str) -> dict[str, Any]:
     "pairs",
     multiple=True,
     metavar="KEY=VALUE",
-    help="A render parameter, e.g. steps=20 or layers='[\"mixed4\"]' (VALUE as JSON, else text); "
+    help="A render parameter, e.g. steps=20 or layers=mixed4 (VALUE as JSON, else text); "
     "repeatable.",
 )
 @click.option("--params-json", metavar="JSON", help="All parameters as one JSON object.")
@@ -147,11 +148,17 @@ def submit(
         job = _wait(client, job_id)
     except KeyboardInterrupt:
         click.echo("", err=True)
-        if click.confirm(f"Cancel job {job_id}?", default=False, err=True):
+        goes_on = f"job {job_id} goes on; `oneiro status {job_id}` shows it"
+        try:
+            cancel_it = click.confirm(f"Cancel job {job_id}?", default=False, err=True)
+        except click.Abort:  # a second Ctrl-C at the question: leave the job be, and say so
+            click.echo(f"\n{goes_on}", err=True)
+            raise click.exceptions.Exit(130) from None
+        if cancel_it:
             canceled = client.cancel(job_id)
             click.echo(f"job {job_id} is {canceled['status']}", err=True)
         else:
-            click.echo(f"job {job_id} goes on; `oneiro status {job_id}` shows it", err=True)
+            click.echo(goes_on, err=True)
         raise click.exceptions.Exit(130) from None
     _finish(client, job, output or Path(f"{job_id}.png"))
 
@@ -195,15 +202,44 @@ def status(client: Client, job_id: str, as_json: bool) -> None:
 @click.command("list")
 @click.option("--status", type=click.Choice(STATUSES), help="Only jobs in this state.")
 @click.option("--limit", type=click.IntRange(1, 100), default=20, show_default=True)
+@click.option("--cursor", metavar="CURSOR", help="Go on from where the previous page stopped.")
 @connection
-def list_jobs(client: Client, status: str | None, limit: int) -> None:
-    """List your jobs, newest first."""
-    jobs = client.jobs(status, limit)
+def list_jobs(client: Client, status: str | None, limit: int, cursor: str | None) -> None:
+    """List your jobs, newest first, a page at a time."""
+    page = client.job_page(status, limit, cursor)
+    jobs = page["jobs"]
     if not jobs:
         click.echo("no jobs", err=True)
     for job in jobs:
         fraction = float((job.get("progress") or {}).get("fraction") or 0)
         click.echo(f"{job['id']}  {job['status']:<9}  {100 * fraction:3.0f}%  {job['created_at']}")
+    if page.get("next_cursor"):
+        # On stderr, so that `oneiro list | cut -c1-36` still gives ids only.
+        again = " ".join(
+            part
+            for part in (
+                "oneiro list",
+                f"--status {status}" if status else "",
+                f"--limit {limit}" if limit != 20 else "",
+                f"--cursor {page['next_cursor']}",
+            )
+            if part
+        )
+        click.echo(f"more jobs: {again}", err=True)
+
+
+@click.command()
+@click.argument("what", type=click.Choice(["key", "url"]))
+def config(what: str) -> None:
+    """Print the API key or URL the other commands use (--key/--url aside): from
+    ONEIRO_API_KEY / ONEIRO_URL, else the file `make run` saved ($ONEIRO_CLIENT_CONFIG)."""
+    resolved = resolve_config()
+    if what == "url":
+        click.echo(resolved.url)
+    elif resolved.key:
+        click.echo(resolved.key)
+    else:
+        raise click.ClickException(f"no API key: {config_hint()}")
 
 
 @click.command()
@@ -233,4 +269,4 @@ def result(client: Client, job_id: str, output: Path | None) -> None:
     click.echo(str(output))
 
 
-COMMANDS = [submit, status, list_jobs, cancel, retry, result]
+COMMANDS = [submit, status, list_jobs, cancel, retry, result, config]

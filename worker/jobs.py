@@ -23,10 +23,18 @@ from tenacity import (
 
 from shared.images import decode_rgb, encode_jpeg, encode_png, fit_within
 from shared.logs import log_context
-from shared.models import Job, JobStatus, utcnow
+from shared.models import Job, JobStatus, shown_progress, utcnow
 from shared.params import RenderParams
-from shared.storage import ObjectNotFound, StorageError, checkpoint_key, preview_key
+from shared.storage import (
+    ObjectNotFound,
+    StorageError,
+    checkpoint_key,
+    legacy_keys,
+    preview_key,
+    result_key,
+)
 from shared.webhooks import Event, send_event
+from shared.weights import NoWeights
 from worker.runtime import Runtime
 
 log = logging.getLogger(__name__)
@@ -100,22 +108,49 @@ def _run_claimed(job_id: uuid.UUID, attempt: int, runtime: Runtime) -> JobStatus
     _event(runtime, job_id, "started")
     try:
         with Heartbeat(runtime, job_id, attempt) as heartbeat:
-            result_key = _render(job_id, attempt, runtime, heartbeat)
+            stored = _render(job_id, attempt, runtime, heartbeat)
     except LostJob as exc:
-        with runtime.sessions() as session:
-            canceled = session.get_one(Job, job_id).status == JobStatus.CANCELED
-        if canceled:
-            log.info("job %s was canceled; render stopped", job_id)
-            runtime.storage.delete(checkpoint_key(job_id))
-        else:
-            log.warning("%s", exc)
-        return None
+        return _lost(runtime, job_id, attempt, exc)
     except Exception as exc:
         log.exception("job %s failed", job_id)
         return _fail(runtime, job_id, attempt, _readable(exc))
-    _finish(runtime, job_id, attempt, JobStatus.SUCCEEDED, result_key=result_key)
+    try:
+        _finish(runtime, job_id, attempt, JobStatus.SUCCEEDED, result_key=stored)
+    except LostJob as exc:
+        # Canceled (or taken) between the result's write and this record.
+        return _lost(runtime, job_id, attempt, exc)
     log.info("job %s succeeded", job_id)
     return JobStatus.SUCCEEDED
+
+
+def _lost(runtime: Runtime, job_id: uuid.UUID, attempt: int, exc: LostJob) -> None:
+    """Tidy up after an attempt that lost its job: the result it may have stored is recorded
+    by no one, and a canceled job's checkpoints will not be resumed."""
+
+    def read() -> tuple[JobStatus, str | None]:
+        with runtime.sessions() as session:
+            job = session.get_one(Job, job_id)
+            return job.status, job.result_key
+
+    status, recorded = patient(read)()
+    own = result_key(job_id, attempt)
+    # The attempt in the key means no other attempt ever wrote it; the row's key is checked
+    # anyway, in case this attempt's finish did commit and only its answer was lost.
+    if recorded != own:
+        runtime.storage.delete(own)
+    if status == JobStatus.CANCELED:
+        log.info("job %s was canceled; render stopped", job_id)
+        _drop_checkpoints(runtime, job_id, attempt)
+    else:
+        log.warning("%s", exc)
+
+
+def _drop_checkpoints(runtime: Runtime, job_id: uuid.UUID, attempt: int) -> None:
+    """Delete the checkpoints of this attempt and the ones before it (never a newer one's)."""
+    for key in [checkpoint_key(job_id, n) for n in range(attempt, 0, -1)] + [
+        legacy_keys(job_id)[2]
+    ]:
+        runtime.storage.delete(key)
 
 
 def _claim(runtime: Runtime, job_id: uuid.UUID) -> int | None:
@@ -144,7 +179,7 @@ def _finish(
             )
 
     patient(record)()
-    runtime.storage.delete(checkpoint_key(job_id))
+    _drop_checkpoints(runtime, job_id, attempt)
     _event(runtime, job_id, "completed")
 
 
@@ -161,49 +196,63 @@ def _render(job_id: uuid.UUID, attempt: int, runtime: Runtime, heartbeat: Heartb
     with runtime.sessions() as session:
         job = session.get_one(Job, job_id)
         params = RenderParams.model_validate(job.params)
-        input_key = job.input_key
+        input_key, recorded_checkpoint = job.input_key, job.checkpoint_key
     try:
         image = fit_within(decode_rgb(runtime.storage.get(input_key)), params.max_dim)
     except ObjectNotFound:
         raise StorageError(
             f"the input image of this job is missing from storage ({input_key})"
         ) from None
+    ours = StillOurs(runtime, job_id, attempt, heartbeat)
     dreamed = (
         image
         if runtime.settings.dry_run
-        else _dream(job_id, attempt, runtime, heartbeat, image, params)
+        else _dream(job_id, attempt, runtime, ours, image, params, recorded_checkpoint)
     )
     size = runtime.settings.preview_size
-    result_key = f"results/{job_id}.png"
-    runtime.storage.put(result_key, encode_png(dreamed))
-    runtime.storage.put(preview_key(job_id), encode_jpeg(fit_within(dreamed, size)))
-    return result_key
+    stored = result_key(job_id, attempt)
+    _put_fenced(runtime, ours, stored, encode_png(dreamed))
+    _put_fenced(runtime, ours, preview_key(job_id, attempt), encode_jpeg(fit_within(dreamed, size)))
+    return stored
+
+
+def _put_fenced(runtime: Runtime, ours: StillOurs, key: str, data: bytes) -> None:
+    """Store one of this attempt's files, unless the job is no longer this attempt's.
+
+    The attempt in the key already keeps a lost worker off a newer attempt's files; the check
+    keeps it from writing files no one will read.
+    """
+    if ours():
+        raise LostJob(f"job {ours.job_id} attempt {ours.attempt} lost; {key} not written")
+    runtime.storage.put(key, data)
 
 
 def _dream(
     job_id: uuid.UUID,
     attempt: int,
     runtime: Runtime,
-    heartbeat: Heartbeat,
+    ours: StillOurs,
     image: Any,
     params: RenderParams,
+    recorded_checkpoint: str | None,
 ) -> Any:
     """Run the engine on the job's image, with progress, previews, checkpoints and cancel."""
     # Imported here: TensorFlow loads in the process that renders, never in Celery's parent.
     from worker.engine import Canceled, DreamState, preview, render
 
-    # The checkpoint's key is fixed per job, so one saved while the database was away counts.
     resume = None
-    saved = checkpoint_key(job_id)
-    if runtime.storage.exists(saved):
+    saved = _latest_checkpoint(runtime, job_id, attempt, recorded_checkpoint)
+    if saved is not None:
         resume = DreamState.from_bytes(runtime.storage.get(saved))
         log.info("job %s resumes at octave %d step %d", job_id, resume.octave + 1, resume.step)
 
+    own = checkpoint_key(job_id, attempt)
+
     def save(state: DreamState) -> None:
-        runtime.storage.put(checkpoint_key(job_id), state.to_bytes())
+        _put_fenced(runtime, ours, own, state.to_bytes())
         try:
             with runtime.sessions.begin() as session:
-                _update_running(session, job_id, attempt, checkpoint_key=checkpoint_key(job_id))
+                _update_running(session, job_id, attempt, checkpoint_key=own)
         except DATABASE_DOWN:
             log.warning("job %s: checkpoint saved, database away; not recorded", job_id)
 
@@ -217,7 +266,9 @@ def _dream(
             return
         last_preview = time.monotonic()
         try:
-            runtime.storage.put(preview_key(job_id), encode_jpeg(preview(planar, size)))
+            _put_fenced(
+                runtime, ours, preview_key(job_id, attempt), encode_jpeg(preview(planar, size))
+            )
         except StorageError:
             log.warning("job %s: preview not written", job_id, exc_info=True)
 
@@ -228,7 +279,7 @@ def _dream(
             params,
             model,
             on_progress=ProgressReporter(runtime, job_id, attempt),
-            should_stop=StillOurs(runtime, job_id, attempt, heartbeat),
+            should_stop=ours,
             on_checkpoint=save,
             checkpoint_every=runtime.settings.checkpoint_every,
             resume=resume,
@@ -238,6 +289,19 @@ def _dream(
         raise LostJob(
             f"job {job_id} attempt {attempt} was canceled or taken from this worker"
         ) from None
+
+
+def _latest_checkpoint(
+    runtime: Runtime, job_id: uuid.UUID, attempt: int, recorded: str | None
+) -> str | None:
+    """The checkpoint a new attempt resumes from: the latest earlier attempt's that exists,
+    looked up by name so one saved while the database was away counts; else the one the row
+    records (a job checkpointed under the older, per-job key)."""
+    earlier = [checkpoint_key(job_id, n) for n in range(attempt - 1, 0, -1)]
+    for key in [*earlier, *([recorded] if recorded else [])]:
+        if runtime.storage.exists(key):
+            return key
+    return None
 
 
 class StillOurs:
@@ -341,8 +405,10 @@ class ProgressReporter:
             log.warning("job %s: progress not written, database away", self.job_id)
             return
         if now - self.last_event >= self.runtime.settings.webhook_progress_interval:
-            self.last_event = now
             _event(self.runtime, self.job_id, "progress")
+            # Counted from when the event was made, not from before the write that preceded
+            # it (whose time varies): events are never closer than the interval.
+            self.last_event = time.monotonic()
 
 
 def progress_json(progress: Any) -> dict[str, Any]:
@@ -360,9 +426,9 @@ def progress_json(progress: Any) -> dict[str, Any]:
 
 
 def _finished_progress(session: Session, job_id: uuid.UUID) -> dict[str, Any]:
-    progress = dict(session.get_one(Job, job_id).progress or {})
-    progress.update(fraction=1.0, eta_seconds=0.0)
-    return progress
+    # The last report was throttled (step 8 of 10, say): the row says the render is complete.
+    job = session.get_one(Job, job_id)
+    return shown_progress(Job(status=JobStatus.SUCCEEDED, params=job.params, progress=job.progress))
 
 
 def _fail(runtime: Runtime, job_id: uuid.UUID, attempt: int, message: str) -> JobStatus | None:
@@ -374,11 +440,24 @@ def _fail(runtime: Runtime, job_id: uuid.UUID, attempt: int, message: str) -> Jo
     return JobStatus.FAILED
 
 
+# An unexpected error's share of what the user reads: a line, not a library's dump. The whole
+# exception, traceback and all, is in the worker's log (run_job logs it).
+MAX_ERROR_CHARS = 300
+
+
 def _readable(exc: Exception) -> str:
     from worker.engine import WeightsUnavailable
 
-    if isinstance(exc, WeightsUnavailable | StorageError):
-        return str(exc)
+    if isinstance(exc, WeightsUnavailable | StorageError | NoWeights):
+        return str(exc)  # ours: a sentence on what is wrong, one on what to do
     if isinstance(exc, SoftTimeLimitExceeded):
         return "the render ran past the time limit (ONEIRO_SOFT_TIME_LIMIT) and was stopped"
-    return f"render failed: {type(exc).__name__}: {exc}"
+    first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+    return _short(
+        f"the render failed ({type(exc).__name__}{': ' + first_line if first_line else ''}); "
+        "the worker's log has the details"
+    )
+
+
+def _short(text: str) -> str:
+    return text if len(text) <= MAX_ERROR_CHARS else text[: MAX_ERROR_CHARS - 1] + "…"

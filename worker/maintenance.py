@@ -4,19 +4,34 @@ send again the jobs whose message never reached (or no longer is in) Redis."""
 from __future__ import annotations
 
 import logging
+import time
 import uuid
 from datetime import datetime, timedelta
 
+import redis
 from celery import Celery
 from sqlalchemy import delete, or_, select, update
 from sqlalchemy.orm import Session
 
 from shared.models import IDEMPOTENCY_WINDOW, IdempotencyKey, Job, JobStatus, utcnow
-from shared.queue import send_job
+from shared.queue import send_job, waiting_render_jobs
 from shared.settings import Settings
-from shared.storage import Storage, checkpoint_key, preview_key
+from shared.storage import Storage, StorageError, job_prefix, legacy_keys
 
 log = logging.getLogger(__name__)
+
+
+def maintenance_lock(settings: Settings) -> redis.lock.Lock:
+    """The lock one maintenance run holds, so that a second beat (a second `make run`, two
+    maintenance workers) makes a second run a no-op instead of a race.
+
+    It expires on its own, so a run killed while holding it stops no later run for long."""
+    client = redis.Redis.from_url(settings.redis_url)
+    return client.lock(
+        f"oneiro:{settings.queue}:maintain",
+        timeout=max(60.0, 2 * settings.maintenance_interval),
+        blocking=False,
+    )
 
 
 def reap_stale_jobs(
@@ -71,11 +86,14 @@ def reap_stale_jobs(
 def relay_queued_jobs(
     session: Session, celery: Celery, settings: Settings, now: datetime | None = None
 ) -> list[uuid.UUID]:
-    """Send again every queued job never enqueued, or enqueued longer ago than relay_after.
+    """Send again every queued job never enqueued, or enqueued longer ago than relay_after,
+    whose message is not waiting in Redis (lost, flushed, or never sent).
 
-    A duplicate message is harmless: the claim lets only one through."""
+    A job that merely waits for a worker keeps its one message: re-sending it on every round
+    would multiply the backlog and the queue-depth metric with it.
+    """
     now = now or utcnow()
-    due = session.scalars(
+    due = (
         select(Job.id)
         .where(
             Job.status == JobStatus.QUEUED,
@@ -85,12 +103,19 @@ def relay_queued_jobs(
             ),
         )
         .order_by(Job.created_at)
-    ).all()
-    for job_id in due:
+    )
+    if session.scalar(due.limit(1)) is None:
+        return []  # nothing to check, so no read of the queue
+    # The queue is read before the rows are: a message in this read keeps its job from being
+    # sent again even if a worker takes it a moment later. Read after the rows, a message taken
+    # in between (its job not yet claimed) would look lost and be sent twice.
+    waiting = waiting_render_jobs(settings)
+    due_ids = [job_id for job_id in session.scalars(due) if job_id not in waiting]
+    for job_id in due_ids:
         send_job(session, celery, job_id)
-    if due:
-        log.info("relayed %d queued job(s) to Redis", len(due))
-    return list(due)
+    if due_ids:
+        log.info("relayed %d queued job(s) to Redis", len(due_ids))
+    return due_ids
 
 
 # Retention works through old jobs a batch at a time, so one maintenance run stays short.
@@ -100,12 +125,13 @@ EXPIRE_BATCH = 500
 def expire_old_files(
     session: Session, storage: Storage, settings: Settings, now: datetime | None = None
 ) -> list[uuid.UUID]:
-    """Delete the input, result, preview and checkpoint of jobs that ended longer ago than
-    retention_seconds; the row stays, with expired_at set. Returns the jobs expired."""
+    """Delete every file of jobs that ended longer ago than retention_seconds: the job's folder
+    (whatever any attempt wrote there, recorded or not) and the keys the row and the older
+    naming give; the row stays, with expired_at set. Returns the jobs expired."""
     now = now or utcnow()
     cutoff = now - timedelta(seconds=settings.retention_seconds)
     old = session.execute(
-        select(Job.id, Job.input_key, Job.result_key)
+        select(Job.id, Job.input_key, Job.result_key, Job.checkpoint_key)
         .where(
             Job.status.in_([JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.CANCELED]),
             Job.finished_at < cutoff,
@@ -115,10 +141,17 @@ def expire_old_files(
         .limit(EXPIRE_BATCH)
     ).all()
     expired = []
-    for job_id, input_key, result_key in old:
-        for key in (input_key, result_key, preview_key(job_id), checkpoint_key(job_id)):
-            if key:
-                storage.delete(key)
+    for job_id, input_key, result_key, checkpoint in old:
+        try:
+            storage.delete_prefix(job_prefix(job_id))
+            for key in {input_key, result_key, checkpoint, *legacy_keys(job_id)}:
+                if key and not key.startswith(job_prefix(job_id)):
+                    storage.delete(key)
+        except StorageError:
+            # Not marked: the next run tries this job again, and one job's trouble does not
+            # hold up the others'.
+            log.warning("retention: the files of job %s stay for now", job_id, exc_info=True)
+            continue
         # Files first, then the mark: a crash in between leaves the job to be expired again.
         changed = session.execute(
             update(Job)
@@ -136,3 +169,22 @@ def expire_old_files(
     if expired:
         log.info("retention: deleted the files of %d job(s)", len(expired))
     return expired
+
+
+class TemporarySweeper:
+    """Deletes the temporary files of writes a killed process never finished, once older than
+    temp_file_max_age. At most once per that age in a process: the sweep walks the whole storage
+    folder, too much for every maintenance run, and a leftover waits at most twice the age."""
+
+    def __init__(self) -> None:
+        self.last = float("-inf")
+
+    def __call__(self, storage: Storage, settings: Settings) -> list[str]:
+        """Sweep if this process has not within temp_file_max_age; return what was deleted."""
+        if time.monotonic() - self.last < settings.temp_file_max_age:
+            return []
+        self.last = time.monotonic()
+        swept = storage.sweep_temporary(settings.temp_file_max_age)
+        if swept:
+            log.warning("storage: deleted %d temporary file(s) of interrupted writes", len(swept))
+        return swept

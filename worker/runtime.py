@@ -6,6 +6,7 @@ import functools
 import logging
 import os
 import socket
+import threading
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -17,6 +18,7 @@ from shared.params import RenderParams
 from shared.queue import create_celery
 from shared.settings import Settings, get_settings
 from shared.storage import Storage, open_storage
+from shared.weights import require_weights
 
 if TYPE_CHECKING:
     from worker.engine import DreamModel
@@ -40,7 +42,7 @@ class Runtime:
             params.model,
             tuple(params.layers.items()),
             tuple((name, tuple(indices)) for name, indices in channels.items()),
-            self.settings.weights,
+            require_weights(self.settings, params.model),
             self.settings.weights_download,
             self.settings.precision,
         )
@@ -55,9 +57,19 @@ def _celery(settings: Settings) -> Celery:
     return create_celery(settings)
 
 
-@functools.cache
+# The webhooks worker runs its tasks on threads: the first few, arriving together, must share
+# one runtime (one engine and its pool of connections), not make one each.
+_runtime_lock = threading.Lock()
+
+
 def get_runtime() -> Runtime:
     """This process's runtime, made on first use: after the fork, never before it."""
+    with _runtime_lock:
+        return _make_runtime()
+
+
+@functools.cache
+def _make_runtime() -> Runtime:
     settings = get_settings()
     return Runtime(
         settings=settings,

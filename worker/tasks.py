@@ -2,19 +2,30 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import uuid
 
+import redis
 from celery import Task
 
 from shared.queue import MAINTAIN_TASK, RENDER_TASK, WEBHOOK_TASK
 from shared.webhooks import DeliveryFailed, backoff, deliver, send_event
 from worker.celery_app import app
 from worker.jobs import run_job
-from worker.maintenance import expire_old_files, reap_stale_jobs, relay_queued_jobs
+from worker.maintenance import (
+    TemporarySweeper,
+    expire_old_files,
+    maintenance_lock,
+    reap_stale_jobs,
+    relay_queued_jobs,
+)
 from worker.runtime import get_runtime
 
 log = logging.getLogger(__name__)
+
+# One per process: it remembers when this process last swept.
+sweep_temporary_files = TemporarySweeper()
 
 
 @app.task(name=RENDER_TASK)
@@ -30,14 +41,24 @@ def render_job(job_id: str) -> None:
 
 @app.task(name=MAINTAIN_TASK, ignore_result=True)
 def maintain() -> None:
-    """Put back the jobs of dead workers, then send again the queued jobs Redis lost."""
+    """Put back the jobs of dead workers, send again the queued jobs Redis lost, delete the
+    files of old jobs and of interrupted writes."""
     runtime = get_runtime()
-    with runtime.sessions() as session:
-        _, failed = reap_stale_jobs(session, runtime.settings)
-        for job_id in failed:
-            send_event(app, session, job_id, "completed")
-        relay_queued_jobs(session, app, runtime.settings)
-        expire_old_files(session, runtime.storage, runtime.settings)
+    lock = maintenance_lock(runtime.settings)
+    if not lock.acquire():
+        log.info("maintenance is running elsewhere (another beat); skipping this round")
+        return
+    try:
+        with runtime.sessions() as session:
+            _, failed = reap_stale_jobs(session, runtime.settings)
+            for job_id in failed:
+                send_event(app, session, job_id, "completed")
+            relay_queued_jobs(session, app, runtime.settings)
+            expire_old_files(session, runtime.storage, runtime.settings)
+        sweep_temporary_files(runtime.storage, runtime.settings)
+    finally:
+        with contextlib.suppress(redis.exceptions.LockError):  # expired meanwhile
+            lock.release()
 
 
 @app.task(name=WEBHOOK_TASK, bind=True, ignore_result=True)
@@ -45,8 +66,7 @@ def deliver_webhook(self: Task, job_id: str, event_id: str, body: str) -> None:
     """POST one webhook event; retried with back-off while the target fails."""
     runtime = get_runtime()
     try:
-        with runtime.sessions() as session:
-            deliver(session, runtime.settings, job_id, event_id, body)
+        deliver(runtime.sessions, runtime.settings, job_id, event_id, body)
     except DeliveryFailed as exc:
         attempts = self.request.retries + 1
         if attempts >= runtime.settings.webhook_max_attempts:

@@ -13,6 +13,7 @@ const PRESETS = {
 };
 const PREVIEW_EVERY_MS = 1000;
 const STREAM_RETRIES = 3;
+const JOBS_PAGE = 12;
 
 const $ = (id) => document.getElementById(id);
 let apiKey = localStorage.getItem(KEY_STORE);
@@ -210,6 +211,10 @@ drop.addEventListener("drop", (event) => {
   }
 });
 
+// An error about the form goes once the form is changed: it was about what was there before.
+form.addEventListener("input", () => { $("form-error").hidden = true; });
+form.addEventListener("change", () => { $("form-error").hidden = true; });
+
 function params() {
   const chosen = {};
   for (const field of ["steps", "octaves", "max_dim", "seed", "step_size", "octave_scale"]) {
@@ -256,6 +261,14 @@ function describe(job) {
   return `octave ${p.octave}/${p.octaves} · step ${p.step}/${p.steps} · ${percent}${formatEta(p.eta_seconds)}`;
 }
 
+// The worker writes a job's first preview once its first step is done; asking before only
+// earns a 409.
+function previewExists(job) {
+  if (job.status === "succeeded") return !job.expired;
+  const p = job.progress;
+  return !job.expired && (p.octave > 1 || p.step > 1);
+}
+
 async function watch(jobId) {
   following?.controller.abort();
   const controller = new AbortController();
@@ -264,7 +277,9 @@ async function watch(jobId) {
   $("current").hidden = false;
   $("job-id").textContent = jobId.slice(0, 8);
   $("job-id").title = jobId;
-  for (const id of ["preview-figure", "result-figure", "download", "job-error"]) $(id).hidden = true;
+  for (const id of ["preview-figure", "result-figure", "download", "job-error", "retry"]) {
+    $(id).hidden = true;
+  }
   $("progress").value = 0;
   $("cancel").hidden = false;
   let status = null;
@@ -280,7 +295,8 @@ async function watch(jobId) {
       status = job.status;
       refreshJobs();
     }
-    if (job.status === "running" && !previewing && Date.now() - lastPreview > PREVIEW_EVERY_MS) {
+    if (job.status === "running" && previewExists(job) && !previewing &&
+        Date.now() - lastPreview > PREVIEW_EVERY_MS) {
       previewing = true;
       lastPreview = Date.now();
       fetchBlob(`/v1/jobs/${jobId}/preview`, signal)
@@ -298,6 +314,10 @@ async function watch(jobId) {
     const job = await follow(jobId, signal, onJob);
     $("cancel").hidden = true;
     if (job.status === "succeeded") {
+      // The list's thumbnail becomes the finished dream's, whatever preview it showed before.
+      fetchBlob(`/v1/jobs/${jobId}/preview`, signal)
+        .then((blob) => setThumb(jobId, "succeeded", blob))
+        .catch(() => { /* expired meanwhile: the list shows none */ });
       const url = await imageUrl(`/v1/jobs/${jobId}/result`, signal);
       show($("result"), "result", url);
       $("result-figure").hidden = false;
@@ -306,9 +326,10 @@ async function watch(jobId) {
       $("download").download = `${jobId}.png`;
       $("download").hidden = false;
     } else if (job.status === "failed") {
-      $("job-error").textContent = `Failed: ${job.error}`;
+      $("job-error").textContent = `This job failed: ${job.error || "no reason was recorded"}`;
       $("job-error").hidden = false;
     }
+    if (job.status === "failed" || job.status === "canceled") $("retry").hidden = job.expired;
   } catch (error) {
     if (signal.aborted || refused(error)) return;
     $("job-error").textContent = error.message;
@@ -316,26 +337,34 @@ async function watch(jobId) {
   }
 }
 
-$("cancel").addEventListener("click", async () => {
+// Cancel and Retry: one POST about the watched job, its error shown under the job.
+async function act(button, verb, then) {
   if (!following) return;
-  $("cancel").disabled = true;
+  const jobId = following.id;
+  button.disabled = true;
   try {
-    await api(`/v1/jobs/${following.id}/cancel`, { method: "POST" });
+    await api(`/v1/jobs/${jobId}/${verb}`, { method: "POST" });
+    then?.(jobId);
   } catch (error) {
     if (!refused(error)) {
       $("job-error").textContent = error.message;
       $("job-error").hidden = false;
     }
   } finally {
-    $("cancel").disabled = false;
+    button.disabled = false;
   }
-});
+}
+
+$("cancel").addEventListener("click", () => act($("cancel"), "cancel"));
+$("retry").addEventListener("click", () => act($("retry"), "retry", watch));
 
 // -- recent jobs ---------------------------------------------------------------------------------
 
 // The list's thumbnail of a job, kept as the watched job's preview comes in.
 function setThumb(jobId, status, blob) {
   const known = thumbs.get(jobId);
+  // A preview fetched while the job ran may arrive after the finished one: keep the latter.
+  if (known && TERMINAL.has(known.status) && !TERMINAL.has(status)) return;
   if (known) URL.revokeObjectURL(known.url);
   const url = URL.createObjectURL(blob);
   thumbs.set(jobId, { status, url });
@@ -355,7 +384,7 @@ async function thumbnail(job) {
   const known = thumbs.get(job.id);
   // A finished job's preview no longer changes; a running one's does.
   if (known && (known.status === job.status || known.status === "succeeded")) return known.url;
-  if (job.status === "queued" || job.expired) return null;
+  if (!previewExists(job)) return null;
   try {
     const url = await imageUrl(job.preview_url);
     if (known) URL.revokeObjectURL(known.url);
@@ -383,14 +412,28 @@ function refreshJobs() {
   return refreshing;
 }
 
+// How many pages of recent jobs are shown ("More" adds one), and where the next one starts.
+let jobPages = 1;
+let nextCursor = null;
+
 async function loadJobs() {
-  let jobs;
+  const jobs = [];
+  let cursor = null;
   try {
-    ({ jobs } = await apiJson("/v1/jobs?limit=12"));
+    for (let page = 0; page < jobPages; page++) {
+      const query = new URLSearchParams({ limit: String(JOBS_PAGE) });
+      if (cursor) query.set("cursor", cursor);
+      const answer = await apiJson(`/v1/jobs?${query}`);
+      jobs.push(...answer.jobs);
+      cursor = answer.next_cursor;
+      if (!cursor) break;
+    }
   } catch (error) {
     refused(error);
     return;
   }
+  nextCursor = cursor;
+  $("more-jobs").hidden = !nextCursor;
   const items = await Promise.all(jobs.map(async (job) => {
     const li = document.createElement("li");
     li.dataset.jobId = job.id;
@@ -424,6 +467,10 @@ async function loadJobs() {
 }
 
 $("refresh").addEventListener("click", () => refreshJobs());
+$("more-jobs").addEventListener("click", () => {
+  jobPages += 1;
+  refreshJobs();
+});
 
 // -- start ---------------------------------------------------------------------------------------
 

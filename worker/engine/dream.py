@@ -12,6 +12,7 @@ from typing import Any
 
 import numpy as np
 
+from shared.cost import octave_sizes
 from shared.params import RenderParams
 from worker.engine import imaging
 from worker.engine.model import DreamModel
@@ -68,20 +69,6 @@ class Tile:
     rows: tuple[int, int]  # owned rows [start, end) of the rolled image
     cols: tuple[int, int]
     window: tuple[int, int]  # top-left corner of the window on the rolled image
-
-
-def octave_shapes(
-    height: int, width: int, octaves: int, scale: float, min_side: int
-) -> list[tuple[int, int]]:
-    """Sizes of the octaves, n = -(octaves // 2) ... around the input size, smallest first.
-
-    An octave whose shorter side would fall below what the model can see is raised to it.
-    """
-    shapes = []
-    for n in range(-(octaves // 2), octaves - octaves // 2):
-        factor = max(scale**n, min_side / min(height, width))
-        shapes.append((max(1, round(height * factor)), max(1, round(width * factor))))
-    return shapes
 
 
 def split(length: int, count: int, window: int) -> list[tuple[int, int, int]]:
@@ -147,9 +134,8 @@ def render(
     `preview`) after every step.
     """
     height, width = image.shape[:2]
-    shapes = octave_shapes(
-        height, width, params.octaves, params.octave_scale, model.backbone.min_side
-    )
+    # The schedule the API charged for (shared/cost.py), so price and render never disagree.
+    shapes = [(h, w) for w, h in octave_sizes(width, height, params)]
     plans = [TilePlan(shape, params.tile_size, model) for shape in shapes]
     clock = _Clock(shapes, plans, params, resume)
     rng = np.random.default_rng(params.seed)
@@ -355,15 +341,27 @@ class _Clock:
             h, w = shapes[resume.octave]
             self.work += h * w * resume.step
             self.tiles += len(plans[resume.octave].tiles) * resume.step
-        self.start_fraction = self.work / self.total_work
-        self.started = time.monotonic()
+        # The rate counts only batches that reuse a traced gradient function: the first batch
+        # of each octave (a new window shape) waits seconds for tracing, and counted in the
+        # rate it made the first ETA many times too long.
+        self.measured_time = self.measured_fraction = 0.0
+        self.last_time, self.last_fraction = time.monotonic(), self.work / self.total_work
+        self.last_octave: int | None = None
 
     def advance(self, batch: list[Tile], octave: int, step: int, loss: float) -> Progress:
         self.tiles += len(batch)
         self.work += sum((t.rows[1] - t.rows[0]) * (t.cols[1] - t.cols[0]) for t in batch)
         fraction = min(1.0, self.work / self.total_work)
-        elapsed = time.monotonic() - self.started
-        rate = (fraction - self.start_fraction) / elapsed if elapsed > 0 else 0.0
+        now = time.monotonic()
+        if octave == self.last_octave:
+            self.measured_time += now - self.last_time
+            self.measured_fraction += fraction - self.last_fraction
+        self.last_time, self.last_fraction, self.last_octave = now, fraction, octave
+        rate = self.measured_fraction / self.measured_time if self.measured_time > 0 else 0.0
+        if fraction >= 1.0:
+            eta: float | None = 0.0
+        else:  # none until a rate is measured
+            eta = (1.0 - fraction) / rate if rate > 0 else None
         return Progress(
             fraction=fraction,
             octave=octave + 1,
@@ -372,6 +370,6 @@ class _Clock:
             steps=self.params.steps,
             tiles_done=int(self.tiles),
             tiles=self.total_tiles,
-            eta_seconds=(1.0 - fraction) / rate if rate > 0 else None,
+            eta_seconds=eta,
             loss=loss,
         )

@@ -19,23 +19,13 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 import keras  # noqa: E402
 
 from shared.catalogue import BACKBONES, Backbone  # noqa: E402
+from shared.weights import how_to_provide, keras_cache  # noqa: E402
 from worker.engine import device as policy  # noqa: E402
 from worker.engine.device import Device, DeviceOutOfMemory  # noqa: E402
 
 DOWNLOAD_TIMEOUT_S = 60.0
 PRECISIONS = ("auto", "float32", "bfloat16", "float16")
 
-HOW_TO_PROVIDE = (
-    "Provide them offline: set ONEIRO_WEIGHTS to the path of a Keras weights file for this "
-    "backbone without its top (for InceptionV3, inception_v3_weights_tf_dim_ordering_tf_kernels_"
-    "notop.h5), or put the file in the Keras cache (~/.keras/models/, or $KERAS_HOME/models/)."
-)
-IMAGENET_FILES = {
-    "InceptionV3": "inception_v3_weights_tf_dim_ordering_tf_kernels_notop.h5",
-    "VGG19": "vgg19_weights_tf_dim_ordering_tf_kernels_notop.h5",
-    "ResNet50": "resnet50_weights_tf_dim_ordering_tf_kernels_notop.h5",
-    "MobileNetV2": "mobilenet_v2_weights_tf_dim_ordering_tf_kernels_1.0_224_no_top.h5",
-}
 CAFFE_MEANS_BGR = (103.939, 116.779, 123.68)
 
 
@@ -179,14 +169,17 @@ def _backbone(backbone: Backbone, weights: str, allow_download: bool, seed: int)
         path = Path(weights).expanduser()
         if not path.is_file():
             raise WeightsUnavailable(
-                f"ONEIRO_WEIGHTS names {weights!r}, which is not a file. {HOW_TO_PROVIDE}"
+                f"the weights file {weights} does not exist. {how_to_provide(backbone)}"
             )
         source = str(path)
     try:
         return build(include_top=False, weights=source)
     except (OSError, ValueError) as exc:
+        # Keras's own message is many lines about layer shapes; it goes to the log (the
+        # exception's cause), the job says which file and what to do.
         raise WeightsUnavailable(
-            f"could not load {backbone.keras_name} weights from {source}: {exc}. {HOW_TO_PROVIDE}"
+            f"{source} does not hold {backbone.keras_name} weights without the top. "
+            f"{how_to_provide(backbone)}"
         ) from exc
 
 
@@ -209,17 +202,14 @@ def randomize_kernels(model: keras.Model, seed: int) -> None:
 
 
 def _imagenet_weights(backbone: Backbone, allow_download: bool) -> str:
-    cached = (
-        Path(os.environ.get("KERAS_HOME", Path.home() / ".keras"))
-        / "models"
-        / IMAGENET_FILES[backbone.keras_name]
-    )
+    cached = keras_cache() / backbone.weights_file
     if cached.is_file():
         return str(cached)
     if not allow_download:
         raise WeightsUnavailable(
             f"the ImageNet {backbone.keras_name} weights are not in the Keras cache ({cached}) "
-            f"and downloading is off (ONEIRO_WEIGHTS_DOWNLOAD=false). {HOW_TO_PROVIDE}"
+            f"and downloading is off (ONEIRO_WEIGHTS_DOWNLOAD=false). "
+            f"{how_to_provide(backbone)}"
         )
     # Keras downloads with no timeout; on a network that drops packets the job would hang
     # forever instead of failing.
@@ -229,8 +219,8 @@ def _imagenet_weights(backbone: Backbone, allow_download: bool) -> str:
         getattr(keras.applications, backbone.keras_name)(include_top=False, weights="imagenet")
     except Exception as exc:
         raise WeightsUnavailable(
-            f"could not download the ImageNet {backbone.keras_name} weights ({exc}). "
-            f"{HOW_TO_PROVIDE}"
+            f"could not download the ImageNet {backbone.keras_name} weights "
+            f"({type(exc).__name__}). {how_to_provide(backbone)}"
         ) from exc
     finally:
         socket.setdefaulttimeout(previous)

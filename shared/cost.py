@@ -1,0 +1,111 @@
+"""What a render costs, from the engine's own octave schedule.
+
+The engine (worker/engine/dream.py) renders exactly the sizes `octave_sizes` returns, and the
+API charges and limits a job by the same function, so the price of a job and what the worker
+does cannot drift apart. Pure Python: the API imports it without TensorFlow.
+"""
+
+from __future__ import annotations
+
+from shared.catalogue import BACKBONES
+from shared.params import RenderParams
+from shared.settings import Settings
+
+
+class CostRefused(ValueError):
+    """A job breaks a limit; `field` is the request part to change, the message says how."""
+
+    def __init__(self, field: str, message: str) -> None:
+        super().__init__(message)
+        self.field = field
+
+
+def render_size(width: int, height: int, max_dim: int | None) -> tuple[int, int]:
+    """(width, height) the engine renders a width x height input at: scaled down (never up) so
+    its longer side is at most `max_dim`."""
+    longest = max(width, height)
+    if max_dim is None or longest <= max_dim:
+        return width, height
+    scale = max_dim / longest
+    return max(1, round(width * scale)), max(1, round(height * scale))
+
+
+def octave_sizes(width: int, height: int, params: RenderParams) -> list[tuple[int, int]]:
+    """(width, height) of every octave the engine renders for a width x height input, smallest
+    first: octave n = -(octaves // 2) ... at octave_scale ** n times the size after max_dim.
+
+    An octave whose shorter side would fall below what the backbone can see is raised to it,
+    as the engine must, so a tiny or thin input costs what it really renders.
+    """
+    width, height = render_size(width, height, params.max_dim)
+    min_side = BACKBONES[params.model].min_side
+    octaves = params.octaves
+    sizes = []
+    for n in range(-(octaves // 2), octaves - octaves // 2):
+        factor = max(params.octave_scale**n, min_side / min(width, height))
+        sizes.append((max(1, round(width * factor)), max(1, round(height * factor))))
+    return sizes
+
+
+def work(width: int, height: int, params: RenderParams) -> int:
+    """Pixel-steps a job costs: the pixels of every octave it renders x steps per octave."""
+    return sum(w * h for w, h in octave_sizes(width, height, params)) * params.steps
+
+
+def peak_pixels(width: int, height: int, params: RenderParams) -> int:
+    """Pixels of the largest octave: what the engine's memory grows with."""
+    return max(w * h for w, h in octave_sizes(width, height, params))
+
+
+def check_limits(width: int, height: int, params: RenderParams, settings: Settings) -> None:
+    """Raise CostRefused when a width x height input with `params` breaks a limit: its aspect
+    ratio, the pixels of its largest octave, or its work."""
+    ratio = max(width, height) / min(width, height)
+    if ratio > settings.max_aspect_ratio:
+        raise CostRefused(
+            "image",
+            f"the image is {width}x{height}, an aspect ratio of {_figure(ratio)}:1; the limit is "
+            f"{_figure(settings.max_aspect_ratio)}:1 (ONEIRO_MAX_ASPECT_RATIO): crop the image",
+        )
+    sizes = octave_sizes(width, height, params)
+    top_w, top_h = max(sizes, key=lambda size: size[0] * size[1])
+    if top_w * top_h > settings.max_pixels:
+        fits = _largest_max_dim(width, height, params, settings.max_pixels)
+        hint = f", or set max_dim to at most {fits}" if fits else ""
+        raise CostRefused(
+            "params",
+            f"the largest of its {len(sizes)} octaves would be {top_w}x{top_h} = "
+            f"{top_w * top_h} pixels; the limit is {settings.max_pixels} (ONEIRO_MAX_PIXELS): "
+            f"lower octaves or octave_scale{hint}",
+        )
+    cost = work(width, height, params)
+    if cost > settings.max_work:
+        raise CostRefused(
+            "params",
+            f"the job would cost {cost} pixel-steps (the pixels of its {len(sizes)} octaves, "
+            f"{sizes[0][0]}x{sizes[0][1]} to {top_w}x{top_h}, x {params.steps} steps); the "
+            f"limit is {settings.max_work} (ONEIRO_MAX_WORK): lower steps, octaves or max_dim",
+        )
+
+
+def _largest_max_dim(width: int, height: int, params: RenderParams, max_pixels: int) -> int | None:
+    """The largest max_dim (at least 32, the least the params allow) under which the job's
+    largest octave fits `max_pixels`, or None when none does."""
+
+    def fits(max_dim: int) -> bool:
+        return (
+            peak_pixels(width, height, params.model_copy(update={"max_dim": max_dim})) <= max_pixels
+        )
+
+    low, high = 32, max(width, height)
+    if not fits(low):
+        return None
+    while low < high:  # the largest octave grows with max_dim: bisect for the last that fits
+        middle = (low + high + 1) // 2
+        low, high = (middle, high) if fits(middle) else (low, middle - 1)
+    return low
+
+
+def _figure(number: float) -> str:
+    """`number` to two decimals, without trailing zeros (20.04, 20.5, 20)."""
+    return f"{number:.2f}".rstrip("0").rstrip(".")

@@ -1,0 +1,88 @@
+"""A job's cost from the engine's own octave schedule (shared/cost.py), and the limits on it."""
+
+from __future__ import annotations
+
+import pytest
+
+from shared.cost import CostRefused, check_limits, octave_sizes, peak_pixels, work
+from shared.params import RenderParams
+from shared.settings import Settings, SettingsError, load_settings
+
+
+def unchecked(**fields: object) -> RenderParams:
+    """Params as a stored row or an older range might hold them: not validated."""
+    defaults = {"model": "inception_v3", "steps": 100, "octaves": 5, "octave_scale": 1.3}
+    return RenderParams.model_construct(**{**defaults, "max_dim": None, **fields})
+
+
+def test_octaves_surround_the_input_smallest_first() -> None:
+    sizes = octave_sizes(400, 300, RenderParams(octaves=5))
+    assert sizes == [(237, 178), (308, 231), (400, 300), (520, 390), (676, 507)]
+    assert work(400, 300, RenderParams(octaves=5, steps=10)) == 10 * sum(w * h for w, h in sizes)
+    assert peak_pixels(400, 300, RenderParams(octaves=5)) == 676 * 507
+
+
+def test_octaves_below_the_backbone_minimum_are_raised_as_the_engine_raises_them() -> None:
+    # InceptionV3 sees nothing below 75 pixels; VGG19 below 32.
+    assert octave_sizes(96, 64, RenderParams(octaves=2)) == [(112, 75), (112, 75)]
+    assert octave_sizes(96, 64, RenderParams(octaves=2, model="vgg19")) == [(74, 49), (96, 64)]
+
+
+def test_max_dim_downscales_before_the_octaves() -> None:
+    assert octave_sizes(4000, 3000, RenderParams(octaves=1, max_dim=400)) == [(400, 300)]
+    assert work(4000, 3000, RenderParams(octaves=1, steps=2, max_dim=400)) == 2 * 400 * 300
+    assert octave_sizes(400, 300, RenderParams(octaves=1, max_dim=4000)) == [(400, 300)]
+
+
+def test_the_issues_uploads_have_the_octaves_it_measured() -> None:
+    # A 256 x 256 PNG with 12 octaves at scale 4 (a range now refused) tops out at 262144 a side.
+    assert octave_sizes(256, 256, unchecked(octaves=12, octave_scale=4))[-1] == (262144, 262144)
+    # A 1 x 65536 PNG at default params: five octaves of 75 x 4.9 M.
+    assert octave_sizes(1, 65536, RenderParams()) == [(75, 4915200)] * 5
+
+
+def refusal(width: int, height: int, params: RenderParams, **limits: object) -> CostRefused:
+    with pytest.raises(CostRefused) as refused:
+        check_limits(width, height, params, Settings(**limits))  # type: ignore[arg-type]
+    return refused.value
+
+
+def test_an_octave_over_the_pixel_limit_is_refused_with_a_max_dim_that_fits() -> None:
+    params = RenderParams()  # 5 octaves at 1.3: the top one is 1.69 times the input a side
+    error = refusal(4000, 3000, params, max_pixels=12_000_000)
+    assert error.field == "params"
+    assert "6760x5070 = 34273200 pixels" in str(error) and "ONEIRO_MAX_PIXELS" in str(error)
+    fits = int(str(error).rsplit("at most ", 1)[1])
+    check_limits(4000, 3000, params.model_copy(update={"max_dim": fits}), Settings(max_pixels=12e6))
+    assert peak_pixels(4000, 3000, params.model_copy(update={"max_dim": fits + 1})) > 12e6
+
+
+def test_work_over_the_limit_names_the_octaves_and_the_setting() -> None:
+    error = refusal(400, 300, RenderParams(octaves=1, steps=10), max_work=1_000_000)
+    assert "1200000 pixel-steps" in str(error) and "ONEIRO_MAX_WORK" in str(error)
+    assert "1000000" in str(error) and error.field == "params"
+
+
+def test_a_thin_image_is_refused_by_its_aspect_ratio() -> None:
+    error = refusal(1, 65536, RenderParams())
+    assert error.field == "image"
+    assert (
+        "65536:1" in str(error) and "20:1" in str(error) and "ONEIRO_MAX_ASPECT_RATIO" in str(error)
+    )
+    # Allowed that ratio, its raised octaves still break the pixel limit.
+    error = refusal(1, 65536, RenderParams(), max_aspect_ratio=100_000)
+    assert "75x4915200 = 368640000 pixels" in str(error)
+    check_limits(1, 20, RenderParams(), Settings())
+
+
+def test_the_default_limits_admit_the_largest_image_that_fits_at_default_params() -> None:
+    # ONEIRO_MAX_WORK's promise: its default never refuses what ONEIRO_MAX_PIXELS lets through.
+    settings, params = Settings(), RenderParams()
+    check_limits(5600, 4000, params, settings)  # 22.4 MP: its top octave is 9464 x 6760
+    assert peak_pixels(5600, 4000, params) > 0.95 * settings.max_pixels
+
+
+def test_a_bad_aspect_ratio_setting_names_its_variable(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("ONEIRO_MAX_ASPECT_RATIO", "0.5")
+    with pytest.raises(SettingsError, match="ONEIRO_MAX_ASPECT_RATIO"):
+        load_settings()
