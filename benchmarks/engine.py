@@ -2,6 +2,7 @@
 
     .venv/bin/python benchmarks/engine.py            # ratio and scaling (1, 4, 16, 64 MP)
     .venv/bin/python benchmarks/engine.py --huge     # also one step of a 16384 x 16384 render
+    .venv/bin/python benchmarks/engine.py --backend jax   # the same on Keras's JAX backend
 
 Megapixel-steps per second: pixels x gradient steps / seconds, one octave at the input size,
 after a warm-up step (tracing) for each. Each scaling row runs in a fresh process so its peak
@@ -76,6 +77,9 @@ class StraightforwardLoop:
         self.gradient = gradient
         self.tf = tf
 
+    def tile_gradient(self, tile: np.ndarray) -> np.ndarray:
+        return self.gradient(self.tf.constant(tile)).numpy()
+
     def step(self, image: np.ndarray, rng: np.random.Generator) -> np.ndarray:
         height, width = image.shape[:2]
         shift = (int(rng.integers(-TILE, TILE)), int(rng.integers(-TILE, TILE)))
@@ -83,16 +87,53 @@ class StraightforwardLoop:
         grad = np.zeros_like(rolled)
         for y in range(0, height, TILE):
             for x in range(0, width, TILE):
-                tile = self.tf.constant(rolled[y : y + TILE, x : x + TILE])
-                grad[y : y + TILE, x : x + TILE] = self.gradient(tile).numpy()
+                grad[y : y + TILE, x : x + TILE] = self.tile_gradient(
+                    rolled[y : y + TILE, x : x + TILE]
+                )
         grad = np.roll(grad, (-shift[0], -shift[1]), axis=(0, 1))
         grad /= grad.std() + 1e-8
         return np.clip(image + grad * 0.01, -1, 1)
 
 
-def baseline_timer(image: np.ndarray) -> Callable[[int], float]:
+class StraightforwardJaxLoop(StraightforwardLoop):
+    """The same baseline on JAX: `jax.jit` of the gradient over `stateless_call`, one tile at a
+    time (one compile per tile shape: the full tile and the partial last row and column)."""
+
+    def __init__(self, weights: str, layers: tuple[str, ...] = LAYERS) -> None:
+        import jax
+        import jax.numpy as jnp
+        import keras
+
+        from worker.engine.model import randomize_kernels
+
+        base = keras.applications.InceptionV3(
+            include_top=False, weights=None if weights == "random" else weights
+        )
+        if weights == "random":
+            randomize_kernels(base, 0)
+        model = keras.Model(base.input, [base.get_layer(name).output for name in layers])
+        trainable = [v.value for v in model.trainable_variables]
+        fixed = [v.value for v in model.non_trainable_variables]
+
+        def loss(tile: jax.Array, trainable: list, fixed: list) -> jax.Array:
+            outputs, _ = model.stateless_call(trainable, fixed, tile[None], training=False)
+            return sum(jnp.mean(a) for a in outputs)
+
+        gradient = jax.jit(jax.grad(loss))
+        self.gradient = lambda tile: gradient(tile, trainable, fixed)
+
+    def tile_gradient(self, tile: np.ndarray) -> np.ndarray:
+        return np.asarray(self.gradient(tile))
+
+
+def baseline_timer(
+    image: np.ndarray, loop: StraightforwardLoop | None = None
+) -> Callable[[int], float]:
     """A function that runs `steps` baseline steps on `image` and returns MP-steps/s."""
-    loop = StraightforwardLoop(weights())
+    from worker.engine import BACKEND
+
+    if loop is None:
+        loop = (StraightforwardJaxLoop if BACKEND == "jax" else StraightforwardLoop)(weights())
     rng = np.random.default_rng(0)
     state = {"dream": loop.step(image.astype(np.float32) / 127.5 - 1, rng)}  # warm-up
 
@@ -107,24 +148,27 @@ def baseline_timer(image: np.ndarray) -> Callable[[int], float]:
 
 def engine_timer(image: np.ndarray, precision: str) -> Callable[[int], float]:
     """A function that renders `steps` engine steps on `image` and returns MP-steps/s."""
-    from shared.params import RenderParams
-    from worker.engine import load_dream_model, render
+    from worker.engine import load_dream_model
 
     model = load_dream_model(weights(), LAYERS, precision=precision)
+    return lambda steps: engine_rate(image, model, steps)
 
-    def run(steps: int) -> float:
-        params = RenderParams(steps=steps + 1, octaves=1, seed=0, tile_size=TILE, detail=False)
-        stamps: list[float] = []
 
-        def progress(p: Any) -> None:
-            if p.tiles_done % (p.tiles // p.steps) == 0:  # a step ends
-                stamps.append(time.perf_counter())
+def engine_rate(image: np.ndarray, model: Any, steps: int) -> float:
+    """MP-steps/s of the engine rendering `steps` steps on `image`, one octave at its size."""
+    from shared.params import RenderParams
+    from worker.engine import render
 
-        render(image, params, model, on_progress=progress)
-        # From the end of the first step (tracing, first touches) to the end of the last.
-        return image.shape[0] * image.shape[1] * steps / 1e6 / (stamps[-1] - stamps[0])
+    params = RenderParams(steps=steps + 1, octaves=1, seed=0, tile_size=TILE, detail=False)
+    stamps: list[float] = []
 
-    return run
+    def progress(p: Any) -> None:
+        if p.tiles_done % (p.tiles // p.steps) == 0:  # a step ends
+            stamps.append(time.perf_counter())
+
+    render(image, params, model, on_progress=progress)
+    # From the end of the first step (tracing, first touches) to the end of the last.
+    return image.shape[0] * image.shape[1] * steps / 1e6 / (stamps[-1] - stamps[0])
 
 
 def time_engine(image: np.ndarray, steps: int, precision: str) -> float:
@@ -164,7 +208,10 @@ def main() -> None:
     parser.add_argument("--row", type=float, help=argparse.SUPPRESS)
     parser.add_argument("--side", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--precision", default="auto")
+    parser.add_argument("--backend", choices=("tensorflow", "jax"), default="tensorflow")
     args = parser.parse_args()
+    # Before the engine is imported: Keras reads its backend once. Child processes inherit it.
+    os.environ["ONEIRO_BACKEND"] = args.backend
 
     if args.row is not None:
         if args.side:
@@ -177,6 +224,7 @@ def main() -> None:
     from worker.engine.model import best_precision
 
     print(
+        f"backend: {args.backend}; "
         f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs; "
         f"weights: {'shared InceptionV3 file' if weights() != 'random' else 'random'}; "
         f"auto precision here: {best_precision()}"

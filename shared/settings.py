@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import typing
 from pathlib import Path
 from typing import Literal
 
@@ -128,6 +129,9 @@ class Settings(BaseSettings):
     api_keepalive: int = Field(5, ge=1)
     api_io_timeout: float = Field(30.0, gt=0)
     api_timeout: int = Field(30, ge=1)
+    # The Keras backend the engine computes with: TensorFlow, or JAX (the `jax` extra). Read once
+    # when a worker starts, before Keras is imported (Keras cannot change backend afterwards).
+    backend: Literal["tensorflow", "jax"] = "tensorflow"
 
     @field_validator("log_level", mode="before")
     @classmethod
@@ -143,6 +147,9 @@ class Settings(BaseSettings):
             object.__setattr__(self, "storage_url", str(self.data_dir / "storage"))
         return self
 
+
+# The Keras backends the engine runs on, for the engine and the CLI to check against.
+BACKENDS: tuple[str, ...] = typing.get_args(Settings.model_fields["backend"].annotation)
 
 _ENV_NAMES = {"database_url": "DATABASE_URL", "redis_url": "REDIS_URL"}
 

@@ -1,8 +1,17 @@
-"""The DeepDream engine on tiny images, random weights, on the CPU."""
+"""The DeepDream engine on tiny images, random weights, on the CPU.
+
+The tests marked `backends` test the engine's own logic (tiling, octaves, seeds, checkpoints,
+cancel, traces, loss scaling, memory errors); they run on the backend this process has, and
+test_the_engine_logic_holds_on_jax_too runs them again under JAX in a child process (Keras picks
+its backend once per process).
+"""
 
 from __future__ import annotations
 
 import dataclasses
+import os
+import subprocess
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -15,9 +24,12 @@ from shared.catalogue import BACKBONES
 from shared.cost import octave_sizes
 from shared.images import decode_rgb, fit_within
 from shared.params import RenderParams
+from tests.conftest import ROOT
 from tests.utils import CHELSEA, image_bytes
 from worker.engine import (
+    BACKEND,
     Canceled,
+    DeviceOutOfMemory,
     DreamModel,
     DreamState,
     Progress,
@@ -26,7 +38,9 @@ from worker.engine import (
     load_dream_model,
     render,
 )
+from worker.engine.device import loss_scale, should_compile
 from worker.engine.dream import TilePlan, split, tiled_gradient
+from worker.engine.model import Gradient, backend_module, dream_loss
 
 SHARED_WEIGHTS = (
     Path(__file__).resolve().parents[2] / "shared/models/inception_v3_notop_nsfwjs.weights.h5"
@@ -112,6 +126,7 @@ def test_the_engine_renders_exactly_the_octaves_the_cost_is_charged_for(
 
 
 # With 64-pixel tiles: several tiles a side, partial tiles, wrapping windows, a single tile.
+@pytest.mark.backends
 @pytest.mark.parametrize("shape", [(200, 300), (129, 257), (75, 90), (80, 120)])
 def test_every_pixel_gets_a_gradient_in_a_tiled_step(shape: tuple[int, int]) -> None:
     rng = np.random.default_rng(0)
@@ -126,6 +141,7 @@ def test_every_pixel_gets_a_gradient_in_a_tiled_step(shape: tuple[int, int]) -> 
     assert len(plan.tiles) > 1 or shape == (75, 90)
 
 
+@pytest.mark.backends
 def test_render_keeps_the_size_and_dreams(cat: np.ndarray) -> None:
     dreamed = render(cat, params(steps=3, octaves=3), dream_model())
 
@@ -133,6 +149,7 @@ def test_render_keeps_the_size_and_dreams(cat: np.ndarray) -> None:
     assert np.abs(dreamed.astype(int) - cat).mean() > 1.0
 
 
+@pytest.mark.backends
 def test_the_same_seed_gives_the_same_image_bit_for_bit(cat: np.ndarray) -> None:
     model = dream_model(precision="bfloat16")
     first = render(cat, params(), model)
@@ -143,6 +160,7 @@ def test_the_same_seed_gives_the_same_image_bit_for_bit(cat: np.ndarray) -> None
     assert not np.array_equal(first, other)
 
 
+@pytest.mark.backends
 def test_tiles_go_in_batches_through_one_trace_per_shape() -> None:
     image = np.random.default_rng(3).integers(0, 255, (300, 400, 3), dtype=np.uint8)
     model, calls = counting(dream_model(layers=("mixed2",)))
@@ -162,6 +180,7 @@ def model_traces(model: DreamModel) -> int:
     return int(base.gradient.traces())  # type: ignore[attr-defined]
 
 
+@pytest.mark.backends
 def test_progress_reports_octaves_steps_tiles_fraction_and_eta(cat: np.ndarray) -> None:
     seen: list[Progress] = []
     render(cat, params(steps=3, octaves=2), dream_model(), on_progress=seen.append)
@@ -214,6 +233,7 @@ def test_gradient_ascent_raises_the_loss(cat: np.ndarray) -> None:
     assert seen[-1].loss > seen[0].loss * 1.1
 
 
+@pytest.mark.backends
 def test_a_stop_request_stops_within_one_tile_batch(cat: np.ndarray) -> None:
     model, calls = counting(dream_model())
     with pytest.raises(Canceled):
@@ -221,6 +241,7 @@ def test_a_stop_request_stops_within_one_tile_batch(cat: np.ndarray) -> None:
     assert len(calls) == 3
 
 
+@pytest.mark.backends
 def test_resuming_from_any_checkpoint_gives_the_uninterrupted_image(cat: np.ndarray) -> None:
     model = dream_model()
     run = params(steps=4, octaves=3, seed=9)
@@ -362,3 +383,95 @@ def test_real_weights_from_a_file_dream(cat: np.ndarray) -> None:
 
     assert np.abs(dreamed.astype(int) - cat).mean() > 1.0
     assert seen[-1].loss > seen[0].loss
+
+
+@pytest.mark.backends
+def test_float16_loss_scaling_keeps_gradients_that_would_underflow() -> None:
+    import keras
+
+    # One float16 1x1 convolution, 4 outputs, kernel (c + 1) * 1e-4 for input channel c, loss
+    # the mean over 256 x 256 x 4 outputs: d loss / d pixel of channel c is 4 (c + 1) 1e-4 /
+    # 262144, about 1.5e-9 (c + 1), under float16's smallest subnormal (6e-8).
+    inputs = keras.Input((None, None, 3))
+    conv = keras.layers.Conv2D(4, 1, use_bias=False, dtype="float16")
+    model = keras.Model(inputs, conv(inputs))
+    conv.kernel.assign(
+        np.repeat(np.arange(1, 4, dtype=np.float32)[:, None], 4, 1)[None, None] * 1e-4
+    )
+    module = backend_module()
+    compiled = module.make_gradient_fn(
+        model,
+        lambda pixels: pixels,
+        dream_loss([1.0], [None]),
+        jit=should_compile(BACKEND, module.device()),
+    )
+    tiles = np.random.default_rng(0).uniform(-1, 1, (1, 256, 256, 3)).astype(np.float32)
+    exact = np.broadcast_to(4 * np.arange(1, 4) * 1e-4 / (256 * 256 * 4), tiles.shape)
+
+    unscaled, _ = Gradient(compiled, 1.0, module.is_out_of_memory)(tiles)
+    scaled, _ = Gradient(compiled, loss_scale("float16"), module.is_out_of_memory)(tiles)
+
+    assert not unscaled.any(), "the unscaled float16 gradient should have flushed to zero"
+    assert scaled.dtype == np.float32
+    np.testing.assert_allclose(scaled, exact, rtol=1e-2)
+    normalized = scaled / imaging.std(scaled)
+    np.testing.assert_allclose(normalized, exact / exact.std(), rtol=1e-2)
+
+
+@pytest.mark.backends
+def test_a_device_out_of_memory_is_a_clear_engine_error() -> None:
+    # No device here has a memory limit to run into, so the backend's own error is raised where
+    # the compiled gradient would raise it, and must come out as the engine's.
+    if BACKEND == "jax":
+        import jax
+
+        error: Exception = jax.errors.JaxRuntimeError(
+            "RESOURCE_EXHAUSTED: Out of memory while trying to allocate 8589934592 bytes."
+        )
+    else:
+        import tensorflow as tf
+
+        error = tf.errors.ResourceExhaustedError(None, None, "OOM when allocating tensor")
+    module = backend_module()
+
+    def compiled(tiles: np.ndarray, scale: float) -> tuple[np.ndarray, np.ndarray]:
+        raise error
+
+    gradient = Gradient(compiled, 1.0, module.is_out_of_memory)
+    with pytest.raises(DeviceOutOfMemory, match="2 tile.s. of 75 x 80 pixels.*smaller tile_size"):
+        gradient(np.zeros((2, 75, 80, 3), np.float32))
+    assert not module.is_out_of_memory(ValueError("RESOURCE_EXHAUSTED"))
+
+
+@pytest.mark.skipif(BACKEND != "tensorflow", reason="the JAX pass is started from the default one")
+@pytest.mark.timeout(1800)
+def test_the_engine_logic_holds_on_jax_too() -> None:
+    marked = subprocess.run(
+        [sys.executable, "-m", "pytest", __file__, "-m", "backends", "--collect-only", "-q"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+    ).stdout
+    expected = sum(1 for line in marked.splitlines() if "::" in line)
+
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pytest",
+            __file__,
+            "-m",
+            "backends",
+            "-q",
+            "-p",
+            "no:cacheprovider",
+        ],
+        cwd=ROOT,
+        env={**os.environ, "ONEIRO_BACKEND": "jax"},
+        capture_output=True,
+        text=True,
+    )
+
+    assert result.returncode == 0, result.stdout[-6000:] + result.stderr[-3000:]
+    assert f"{expected} passed" in result.stdout, result.stdout[-2000:]
+    assert expected >= 12

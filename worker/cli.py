@@ -41,6 +41,16 @@ def _channels(values: tuple[str, ...]) -> dict[str, list[int]] | None:
     return channels or None
 
 
+def _backend(ctx: click.Context, value: str) -> str:
+    from shared.settings import BACKENDS as backends
+
+    if value not in backends:
+        source = ctx.get_parameter_source("backend")
+        name = "ONEIRO_BACKEND" if source == click.core.ParameterSource.ENVIRONMENT else "--backend"
+        raise click.UsageError(f"{name} must be one of {', '.join(backends)}, not {value!r}")
+    return value
+
+
 # Where a GPU is, the kernel driver makes these device nodes (NVIDIA's, and ROCm's).
 GPU_DEVICE_NODES = ("/dev/nvidiactl", "/dev/kfd")
 
@@ -106,6 +116,14 @@ def quiet_tensorflow_without_gpu() -> None:
     show_default=True,
     help="Arithmetic of the model.",
 )
+@click.option(
+    "--backend",
+    envvar="ONEIRO_BACKEND",
+    callback=lambda ctx, param, value: _backend(ctx, value),
+    default="tensorflow",
+    show_default=True,
+    help="Keras backend to compute with: tensorflow or jax (or ONEIRO_BACKEND).",
+)
 def render(
     input_path: str,
     output: str,
@@ -113,6 +131,7 @@ def render(
     channels: tuple[str, ...],
     weights: str,
     precision: str,
+    backend: str,
     **options: Any,
 ) -> None:
     """Dream on INPUT and write the result to OUTPUT, with a progress bar."""
@@ -130,11 +149,14 @@ def render(
         raise click.UsageError(problems) from None
 
     quiet_tensorflow_without_gpu()
-    # Imported once the arguments are known good: TensorFlow takes seconds to load.
+    # Imported once the arguments are known good: Keras takes seconds to load, and reads its
+    # backend (which the engine sets from ONEIRO_BACKEND) when it does.
     from PIL import Image
     from tqdm import tqdm
 
     from shared.images import decode_rgb, fit_within
+
+    os.environ["ONEIRO_BACKEND"] = backend
     from worker.engine import WeightsUnavailable, load_dream_model
     from worker.engine import render as dream
 
@@ -151,7 +173,7 @@ def render(
         raise click.ClickException(str(exc)) from None
     click.echo(
         f"{image.shape[1]}x{image.shape[0]}, {params.model} "
-        f"{','.join(params.layers)}, seed {params.seed}, {model.precision}",
+        f"{','.join(params.layers)}, seed {params.seed}, {model.precision}, {model.backend}",
         err=True,
     )
     from worker.client_commands import format_eta

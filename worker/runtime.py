@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import logging
 import os
 import socket
 import threading
@@ -22,6 +23,8 @@ from shared.weights import require_weights
 if TYPE_CHECKING:
     from worker.engine import DreamModel
 
+log = logging.getLogger(__name__)
+
 
 @dataclass(frozen=True)
 class Runtime:
@@ -33,6 +36,8 @@ class Runtime:
     def dream_model(self, params: RenderParams) -> DreamModel:
         """The dream model for a job's params, built once per process (loading takes seconds)."""
         channels = params.channels or {}
+        # What the engine reads on import: these settings' backend, even when they were given.
+        os.environ["ONEIRO_BACKEND"] = self.settings.backend
         return _dream_model(
             params.model,
             tuple(params.layers.items()),
@@ -83,10 +88,11 @@ def _dream_model(
     allow_download: bool,
     precision: str,
 ) -> DreamModel:
-    # TensorFlow is imported here, in the process that renders, never in Celery's parent.
+    # Keras is imported here, in the process that renders, never in Celery's parent; the engine
+    # sets its backend from ONEIRO_BACKEND on import.
     from worker.engine import load_dream_model
 
-    return load_dream_model(
+    loaded = load_dream_model(
         weights,
         dict(layers),
         model=model,
@@ -94,3 +100,12 @@ def _dream_model(
         precision=precision,
         allow_download=allow_download,
     )
+    # Which backend, device and precision a worker really computes with: `auto` decides here.
+    log.info(
+        "dream model %s loaded: %s backend, %s, %s",
+        model,
+        loaded.backend,
+        loaded.device.kind,
+        loaded.precision,
+    )
+    return loaded

@@ -3,11 +3,19 @@
 No I/O, no database, no Celery: the worker, the CLI and the benchmark drive it alike.
 """
 
-from worker.engine.dream import Canceled, DreamState, Progress, preview, render
-from worker.engine.model import DreamModel, WeightsUnavailable, load_dream_model
+from worker.engine.backend import choose_backend
+
+# Before the imports below load Keras: Keras fixes its backend on first import.
+BACKEND = choose_backend()
+
+from worker.engine.device import DeviceOutOfMemory  # noqa: E402
+from worker.engine.dream import Canceled, DreamState, Progress, preview, render  # noqa: E402
+from worker.engine.model import DreamModel, WeightsUnavailable, load_dream_model  # noqa: E402
 
 __all__ = [
+    "BACKEND",
     "Canceled",
+    "DeviceOutOfMemory",
     "DreamModel",
     "DreamState",
     "Progress",

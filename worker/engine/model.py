@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import importlib
 import os
 import socket
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
+from types import ModuleType
 from typing import Any
 
 import numpy as np
@@ -18,14 +20,11 @@ import keras  # noqa: E402
 
 from shared.catalogue import BACKBONES, Backbone  # noqa: E402
 from shared.weights import how_to_provide, keras_cache  # noqa: E402
-from worker.engine.gradients import gpu_compute_capability, make_gradient_fn  # noqa: E402
+from worker.engine import device as policy  # noqa: E402
+from worker.engine.device import Device, DeviceOutOfMemory  # noqa: E402
 
 DOWNLOAD_TIMEOUT_S = 60.0
 PRECISIONS = ("auto", "float32", "bfloat16", "float16")
-# Tiles per model call: about this many pixels. Batches of about 0.6 MP ran 5-10% faster per
-# pixel than single tiles on a 2-core CPU, small tiles gaining most (benchmarks/README.md).
-BATCH_PIXELS = 600_000
-MAX_BATCH = 16
 
 CAFFE_MEANS_BGR = (103.939, 116.779, 123.68)
 
@@ -43,10 +42,55 @@ class DreamModel:
     precision: str
     # tiles (B x H x W x 3 float32 in [-1, 1]) -> (gradient of each tile's loss, losses (B,))
     gradient: Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]]
+    device: Device = Device("cpu", None, None)
+    backend: str = "tensorflow"
 
     def batch_size(self, window: tuple[int, int]) -> int:
         """How many tiles of `window` go through the model in one call."""
-        return max(1, min(MAX_BATCH, round(BATCH_PIXELS / (window[0] * window[1]))))
+        return policy.tiles_per_call(self.device, window)
+
+
+class Gradient:
+    """A backend's compiled gradient with float16 loss scaling and a clear out-of-memory error.
+
+    tiles -> (gradient of each tile's loss, losses); `traces()` counts the model's tracings.
+    """
+
+    def __init__(self, compiled: Any, scale: float, is_out_of_memory: Any) -> None:
+        self.compiled, self.scale, self.is_out_of_memory = compiled, scale, is_out_of_memory
+
+    def __call__(self, tiles: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        while True:
+            try:
+                grads, losses = self.compiled(tiles, self.scale)
+            except Exception as exc:
+                if not self.is_out_of_memory(exc):
+                    raise
+                raise DeviceOutOfMemory(out_of_memory_message(tiles.shape)) from exc
+            # A scaled float16 gradient that overflowed is worthless: scale less, do it again.
+            if self.scale > 1.0 and not np.isfinite(grads).all():
+                self.scale /= 4.0
+                continue
+            return grads, losses
+
+    def traces(self) -> int:
+        """How many times the model has been traced (once per tile-batch shape)."""
+        return int(self.compiled.traces())
+
+
+def out_of_memory_message(shape: tuple[int, ...]) -> str:
+    """What to say when a batch of tiles of `shape` (B x H x W x 3) did not fit."""
+    return (
+        f"the device ran out of memory computing the gradient of {shape[0]} tile(s) of "
+        f"{shape[1]} x {shape[2]} pixels; render with a smaller tile_size, or run one worker "
+        "per GPU with nothing else on it"
+    )
+
+
+def backend_module(backend: str | None = None) -> ModuleType:
+    """The gradient module of `backend` (default: the one Keras runs on)."""
+    name = backend or keras.backend.backend()
+    return importlib.import_module(f"worker.engine.gradients_{name}")
 
 
 def load_dream_model(
@@ -65,39 +109,60 @@ def load_dream_model(
         layers = {name: 1.0 for name in layers}
     if precision not in PRECISIONS:
         raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, not {precision!r}")
-    dtype = best_precision() if precision == "auto" else precision
+    backend = keras.backend.backend()
+    module = backend_module(backend)
+    device = module.device()
+    dtype = policy.best_precision(backend, device) if precision == "auto" else precision
     full = _backbone(backbone, weights, allow_download, seed)
     cut = keras.Model(full.input, [full.get_layer(name).output for name in layers])
     selected = [list(channels[name]) if channels and name in channels else None for name in layers]
-    gradient = make_gradient_fn(
+    compiled = module.make_gradient_fn(
         fold_batch_norms(cut, dtype),
         PREPROCESSORS[backbone.preprocessing],
-        [float(w) for w in layers.values()],
-        selected,
+        dream_loss([float(w) for w in layers.values()], selected),
+        jit=policy.should_compile(backend, device),
     )
-    return DreamModel(backbone, tuple(layers), dtype, gradient)
+    gradient = Gradient(compiled, policy.loss_scale(dtype), module.is_out_of_memory)
+    return DreamModel(backbone, tuple(layers), dtype, gradient, device, backend)
+
+
+def dream_loss(
+    weights: Sequence[float], channels: Sequence[Sequence[int] | None]
+) -> Callable[[Any], Any]:
+    """The loss of each tile from the model's outputs, in Keras ops and float32.
+
+    Per output layer, the mean of its activations (or of the chosen channels), weighted and
+    summed, whatever the model's precision.
+    """
+
+    def losses(outputs: Any) -> Any:
+        if not isinstance(outputs, list | tuple):
+            outputs = [outputs]
+        total = None
+        for weight, activation, chosen in zip(weights, outputs, channels, strict=True):
+            activation = keras.ops.cast(activation, "float32")
+            if chosen is not None:
+                activation = keras.ops.take(activation, chosen, axis=-1)
+            term = weight * keras.ops.mean(activation, axis=(1, 2, 3))
+            total = term if total is None else total + term
+        return total
+
+    return losses
 
 
 @cache
 def best_precision() -> str:
-    """The fastest precision measured here: bfloat16 on GPUs that have it (Ampere and newer),
-    float16 on older GPUs, bfloat16 on CPUs with native bfloat16, float32 on other CPUs."""
-    capability = gpu_compute_capability()
-    if capability is not None:
-        return "bfloat16" if capability >= (8, 0) else "float16"
-    try:
-        flags = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return "float32"
-    return "bfloat16" if "avx512_bf16" in flags or "amx_bf16" in flags else "float32"
+    """The precision `auto` picks in this process (see device.best_precision)."""
+    return policy.best_precision(keras.backend.backend(), backend_module().device())
 
 
 def _backbone(backbone: Backbone, weights: str, allow_download: bool, seed: int) -> keras.Model:
     build = getattr(keras.applications, backbone.keras_name)
     if weights == "random":
         # Seeded random initialization: every code path runs, with no weights to fetch.
-        keras.utils.set_random_seed(seed)
-        return build(include_top=False, weights=None)
+        model = build(include_top=False, weights=None)
+        randomize_kernels(model, seed)
+        return model
     if weights == "imagenet":
         source = _imagenet_weights(backbone, allow_download)
     else:
@@ -116,6 +181,24 @@ def _backbone(backbone: Backbone, weights: str, allow_download: bool, seed: int)
             f"{source} does not hold {backbone.keras_name} weights without the top. "
             f"{how_to_provide(backbone)}"
         ) from exc
+
+
+def randomize_kernels(model: keras.Model, seed: int) -> None:
+    """Give every kernel of `model` Glorot-uniform values drawn by numpy from `seed`.
+
+    Drawn by numpy, not by the backend's random generator, so that both backends build the same
+    random model (and neither needs TensorFlow's global seed, which would import TensorFlow).
+    The other variables (biases, batch-norm statistics) start as constants anyway.
+    """
+    rng = np.random.default_rng(seed)
+    for variable in model.weights:
+        shape = tuple(variable.shape)
+        if len(shape) < 2:
+            continue
+        receptive = int(np.prod(shape[:-2]))
+        fan_in, fan_out = receptive * shape[-2], receptive * shape[-1]
+        limit = np.sqrt(6.0 / (fan_in + fan_out))
+        variable.assign(rng.uniform(-limit, limit, shape).astype(np.float32))
 
 
 def _imagenet_weights(backbone: Backbone, allow_download: bool) -> str:

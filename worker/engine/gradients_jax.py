@@ -1,0 +1,68 @@
+"""The engine's JAX-specific code: the batched gradient of the dream loss, the device."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import keras
+import numpy as np
+
+from worker.engine.device import Device
+
+
+def make_gradient_fn(
+    model: keras.Model,
+    preprocess: Callable[[Any], Any],
+    tile_losses: Callable[[Any], Any],
+    *,
+    jit: bool = True,
+) -> Callable[[np.ndarray, float], tuple[np.ndarray, np.ndarray]]:
+    """A compiled function: (tiles (B x H x W x 3), loss scale) -> (d loss_b / d tile_b, loss_b).
+
+    `tile_losses` maps the model's outputs to one float32 loss per tile. The gradient is taken
+    of the scaled sum (tiles are independent, so each gets its own) and unscaled in float32.
+    JAX is always compiled: uncompiled, every operation is a separate dispatch.
+    """
+    del jit
+    trainable = [v.value for v in model.trainable_variables]
+    fixed = [v.value for v in model.non_trainable_variables]
+    traces = [0]
+
+    def scaled_loss(
+        tiles: jax.Array, scale: jax.Array, trainable: list, fixed: list
+    ) -> tuple[jax.Array, jax.Array]:
+        traces[0] += 1  # runs only while jax.jit traces
+        outputs, _ = model.stateless_call(trainable, fixed, preprocess(tiles), training=False)
+        losses = tile_losses(outputs)
+        return jnp.sum(losses) * scale, losses
+
+    # The weights go in as arguments, not captured constants: XLA would fold megabytes of
+    # constants into every compiled shape.
+    step = jax.jit(jax.value_and_grad(scaled_loss, has_aux=True))
+
+    def run(tiles: np.ndarray, scale: float) -> tuple[np.ndarray, np.ndarray]:
+        (_, losses), grads = step(tiles, jnp.float32(scale), trainable, fixed)
+        return np.asarray(grads / scale), np.asarray(losses)
+
+    run.traces = lambda: traces[0]  # type: ignore[attr-defined]
+    return run
+
+
+def is_out_of_memory(error: BaseException) -> bool:
+    """Whether `error` is XLA saying a device ran out of memory."""
+    return isinstance(error, jax.errors.JaxRuntimeError) and "RESOURCE_EXHAUSTED" in str(error)
+
+
+def device() -> Device:
+    """The device JAX computes on: the first GPU, or the CPU."""
+    first = jax.devices()[0]
+    if first.platform != "gpu":
+        return Device("cpu", None, None)
+    capability = getattr(first, "compute_capability", "0.0")
+    major, _, minor = str(capability).partition(".")
+    stats = first.memory_stats() or {}
+    free = stats["bytes_limit"] - stats.get("bytes_in_use", 0) if "bytes_limit" in stats else None
+    return Device("gpu", (int(major), int(minor or 0)), free)

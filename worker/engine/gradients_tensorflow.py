@@ -1,0 +1,82 @@
+"""The engine's TensorFlow-specific code: the batched gradient of the dream loss, the device."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import subprocess
+from collections.abc import Callable
+from typing import Any
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from worker.engine.device import Device
+
+
+def make_gradient_fn(
+    model: keras.Model,
+    preprocess: Callable[[Any], Any],
+    tile_losses: Callable[[Any], Any],
+    *,
+    jit: bool,
+) -> Callable[[np.ndarray, float], tuple[np.ndarray, np.ndarray]]:
+    """A compiled function: (tiles (B x H x W x 3), loss scale) -> (d loss_b / d tile_b, loss_b).
+
+    `tile_losses` maps the model's outputs to one float32 loss per tile. The gradient is taken
+    of the scaled sum (tiles are independent, so each gets its own) and unscaled in float32.
+    """
+
+    # Traced once per tile-batch shape; the engine keeps that shape fixed through a render.
+    @tf.function(jit_compile=jit)
+    def gradient(tiles: tf.Tensor, scale: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+        with tf.GradientTape() as tape:
+            tape.watch(tiles)
+            losses = tile_losses(model(preprocess(tiles), training=False))
+            total = tf.reduce_sum(losses) * scale
+        return tape.gradient(total, tiles) / scale, losses
+
+    def run(tiles: np.ndarray, scale: float) -> tuple[np.ndarray, np.ndarray]:
+        grads, losses = gradient(tf.constant(tiles), tf.constant(scale, tf.float32))
+        return grads.numpy(), losses.numpy()
+
+    run.traces = gradient.experimental_get_tracing_count  # type: ignore[attr-defined]
+    return run
+
+
+def is_out_of_memory(error: BaseException) -> bool:
+    """Whether `error` is TensorFlow saying a device ran out of memory."""
+    return isinstance(error, tf.errors.ResourceExhaustedError)
+
+
+def device() -> Device:
+    """The device TensorFlow computes on: the first GPU, or the CPU."""
+    gpus = tf.config.list_physical_devices("GPU")
+    if not gpus:
+        return Device("cpu", None, None)
+    # With growth on, TensorFlow takes GPU memory as it needs it instead of nearly all of it at
+    # start, so the free memory the driver reports is what a tile batch can still use.
+    for gpu in gpus:
+        # RuntimeError: the GPU is already initialized (growth set before, or the operator's).
+        with contextlib.suppress(RuntimeError):
+            tf.config.experimental.set_memory_growth(gpu, True)
+    details = tf.config.experimental.get_device_details(gpus[0])
+    capability = details.get("compute_capability")
+    return Device("gpu", tuple(capability) if capability else (0, 0), _free_gpu_bytes())
+
+
+def _free_gpu_bytes() -> int | None:
+    """The first visible GPU's free memory as the driver reports it, or None if unknown."""
+    index = os.environ.get("CUDA_VISIBLE_DEVICES", "0").split(",")[0].strip() or "0"
+    try:
+        out = subprocess.run(
+            ["nvidia-smi", "-i", index, "--query-gpu=memory.free", "--format=csv,noheader,nounits"],
+            capture_output=True,
+            text=True,
+            timeout=10,
+            check=True,
+        ).stdout
+        return int(out.split()[0]) * 1024**2
+    except (OSError, subprocess.SubprocessError, ValueError, IndexError):
+        return None
