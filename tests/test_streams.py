@@ -142,7 +142,7 @@ def test_a_stream_hears_a_progress_write_when_it_is_published_not_by_polling(
         publish_change(settings.redis_url, job.id)  # what the worker does after each write
         heard = read_until(stream, b'"fraction": 0.5', 5)
         assert b'"fraction": 0.5' in heard
-        assert time.monotonic() - published < 0.5
+        assert time.monotonic() - published < 1.0  # prompt: unpublished, it did not come in 1.5 s
     finally:
         stream.close()
 
