@@ -93,7 +93,8 @@ def _start_and_interrupt(settings: Settings, port: int, log: Path) -> list[int]:
     launcher = _start(settings, port, log)
     try:
         wait_for(lambda: http_answers(f"http://127.0.0.1:{port}/healthz"), 90, "the API")
-        wait_for(lambda: len(_children(log)) == 3, 30, "the three children to start")
+        # The API, the render worker, the maintenance worker (with beat) and the webhooks worker.
+        wait_for(lambda: len(_children(log)) == 4, 30, "the four children to start")
         children = [pid for pids in _children(log).values() for pid in pids]
         # Ctrl-C at a terminal: SIGINT to the foreground process group.
         pressed = time.monotonic()
