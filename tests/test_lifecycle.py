@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import threading
 import uuid
 from typing import Any
@@ -42,13 +43,21 @@ def test_a_queued_job_is_canceled_at_once_and_never_runs(
     assert status_of(session, job_id).status == JobStatus.CANCELED
 
 
+# 0 writes progress after every batch, and a write to a canceled row stops the render by
+# itself; at the production interval (1 s) only the worker's own check (StillOurs) can.
+@pytest.mark.parametrize("progress_interval", [0.0, 1.0])
 def test_a_running_job_stops_within_one_tile_batch(
     client: FlaskClient,
     session: Session,
     storage: Storage,
     runtime: Runtime,
     monkeypatch: pytest.MonkeyPatch,
+    progress_interval: float,
 ) -> None:
+    runtime = dataclasses.replace(
+        runtime,
+        settings=runtime.settings.model_copy(update={"progress_interval": progress_interval}),
+    )
     job = make_job(session, storage, params={"steps": 50, "octaves": 2, "seed": 1})
     calls: list[int] = []
 
