@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import dataclasses
 import io
+import time
 import uuid
+from typing import Any
 
 import pytest
 from PIL import Image
@@ -12,7 +15,9 @@ from sqlalchemy.orm import Session, sessionmaker
 from shared.models import Job, JobStatus
 from shared.settings import Settings
 from shared.storage import Storage
+from tests.test_reliability import before_each_gradient
 from tests.utils import image_bytes, make_job
+from worker import jobs as worker_jobs
 from worker.jobs import LostJob, ProgressReporter, claim_job, run_job
 from worker.runtime import Runtime
 
@@ -172,3 +177,49 @@ def test_a_dry_run_stores_the_input_as_the_result_without_the_engine(
     with Image.open(io.BytesIO(storage.get(done.result_key or ""))) as result:
         assert result.size == (50, 40)
     assert done.progress["fraction"] == 1.0
+
+
+def record_progress_writes(monkeypatch: pytest.MonkeyPatch) -> list[tuple[float, dict]]:
+    """(monotonic time, progress) of every progress write the worker makes to the job row."""
+    writes: list[tuple[float, dict]] = []
+    original = worker_jobs._update_running
+
+    def recording(session: Session, job_id: uuid.UUID, attempt: int, **values: Any) -> None:
+        original(session, job_id, attempt, **values)
+        if "progress" in values and "status" not in values:  # not the final write
+            writes.append((time.monotonic(), values["progress"]))
+
+    monkeypatch.setattr(worker_jobs, "_update_running", recording)
+    return writes
+
+
+def test_progress_names_the_step_under_way(
+    runtime: Runtime, session: Session, storage: Storage, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    writes = record_progress_writes(monkeypatch)
+    job = make_job(session, storage, params={"steps": 4, "octaves": 2, "seed": 1})
+
+    assert run_job(job.id, runtime) == JobStatus.SUCCEEDED
+
+    # progress_interval=0 (the test settings): one write per tile batch, one batch per step.
+    seen = [(p["octave"], p["step"], p["steps"], p["octaves"]) for _, p in writes]
+    assert seen == [(o, s, 4, 2) for o in (1, 2) for s in (1, 2, 3, 4)]
+
+
+def test_progress_writes_are_spaced_by_the_progress_interval(
+    runtime: Runtime, session: Session, storage: Storage, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    writes = record_progress_writes(monkeypatch)
+    # 24 batches of at least 0.05 s each: at least 1.2 s of render, reported after every batch.
+    before_each_gradient(monkeypatch, lambda _n: time.sleep(0.05))
+    spaced = dataclasses.replace(
+        runtime, settings=runtime.settings.model_copy(update={"progress_interval": 0.4})
+    )
+    job = make_job(session, storage, params={"steps": 12, "octaves": 2, "seed": 1})
+
+    assert run_job(job.id, spaced) == JobStatus.SUCCEEDED
+
+    times = [moment for moment, _ in writes]
+    assert 2 <= len(times) < 24, f"{len(times)} progress writes for 24 batches"
+    gaps = [later - earlier for earlier, later in zip(times, times[1:], strict=False)]
+    assert min(gaps) >= 0.4, f"progress writes closer than the interval: {gaps}"
