@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import time
 import uuid
 from datetime import timedelta
 from typing import Any
@@ -135,6 +136,36 @@ def test_a_worker_whose_job_was_taken_stops_and_writes_nothing(
     after = reload(session, job.id)
     assert after.status == JobStatus.RUNNING and after.attempt == 2 and after.worker == "b"
     assert after.result_key is None
+
+
+def test_a_long_step_with_a_live_heartbeat_is_not_reaped(
+    settings: Settings,
+    sessions: sessionmaker[Session],
+    session: Session,
+    storage: Storage,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Progress writes refresh the heartbeat too; in a step that reports nothing for longer than
+    # the lease, only the heartbeat thread keeps the job from the reaper.
+    runtime = runtime_for(
+        settings, sessions, storage, heartbeat_interval=0.1, lease_seconds=1.0, progress_interval=0
+    )
+    job = make_job(session, storage, params=PARAMS)
+    reaped: list[tuple[list[uuid.UUID], list[uuid.UUID]]] = []
+
+    def long_step(n: int) -> None:
+        if n == 2:
+            time.sleep(2.5)  # 2.5 leases without progress
+            with sessions() as reaper:
+                reaped.append(reap_stale_jobs(reaper, runtime.settings))
+
+    before_each_gradient(monkeypatch, long_step)
+
+    assert run_job(job.id, runtime) == JobStatus.SUCCEEDED
+
+    assert reaped == [([], [])]
+    done = reload(session, job.id)
+    assert done.status == JobStatus.SUCCEEDED and done.attempt == 1
 
 
 def test_the_reaper_requeues_silent_jobs_and_fails_them_after_the_last_attempt(
