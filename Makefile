@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: install run test lint
+.PHONY: install run test lint mutate
 
 install: $(VENV)/.installed
 
@@ -32,3 +32,9 @@ test: install lint
 		(apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y chromium) || \
 		echo "note: could not install chromium; tests/test_web.py will be skipped"
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+# Mutation testing (cosmic-ray) of the code where a silent bug costs most, each target against
+# its own fast tests (mutation/targets.toml); slow, so not part of `make test`.
+# `make mutate TARGETS="webhook-signing retention"` runs some of them.
+mutate: install
+	$(BIN)/python mutation/run.py $(TARGETS)
