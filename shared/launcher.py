@@ -109,6 +109,21 @@ def ensure_local_key(settings: Settings, url: str) -> str | None:
     return made.key
 
 
+class NoRedis(Exception):
+    """No Redis answers at REDIS_URL, and it is not on this machine, where one could start."""
+
+
+def ensure_redis(settings: Settings) -> subprocess.Popen[bytes] | None:
+    """Start redis-server when none answers at a local REDIS_URL; None when one answers."""
+    if redis_answers(settings.redis_url):
+        return None
+    parsed = urlparse(settings.redis_url)
+    if parsed.hostname not in ("127.0.0.1", "localhost"):
+        raise NoRedis(f"no Redis answers at REDIS_URL={settings.redis_url}")
+    print(f"oneiro: no Redis at {settings.redis_url}; starting one", flush=True)
+    return start_redis(parsed.port or 6379, settings.data_dir / "redis")
+
+
 def main() -> int:
     try:
         settings = get_settings()
@@ -116,13 +131,13 @@ def main() -> int:
         print(f"oneiro: {exc}", file=sys.stderr)
         return 2
     children: list[subprocess.Popen[bytes]] = []
-    if not redis_answers(settings.redis_url):
-        parsed = urlparse(settings.redis_url)
-        if parsed.hostname not in ("127.0.0.1", "localhost"):
-            print(f"oneiro: no Redis answers at REDIS_URL={settings.redis_url}", file=sys.stderr)
-            return 2
-        print(f"oneiro: no Redis at {settings.redis_url}; starting one", flush=True)
-        children.append(start_redis(parsed.port or 6379, settings.data_dir / "redis"))
+    try:
+        redis_server = ensure_redis(settings)
+    except NoRedis as exc:
+        print(f"oneiro: {exc}", file=sys.stderr)
+        return 2
+    if redis_server is not None:
+        children.append(redis_server)
 
     subprocess.run(migrate_command(), check=True)
     ensure_local_key(settings, f"http://{API_BIND}")

@@ -19,7 +19,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from api import create_app
 from shared.db import create_db_engine, create_session_factory
-from shared.localredis import redis_answers, start_redis
+from shared.localredis import redis_answers
 from shared.settings import Settings, load_settings
 from shared.storage import Storage, open_storage
 
@@ -33,6 +33,15 @@ def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
+
+
+@pytest.fixture(scope="session")
+def dead_port() -> Iterator[int]:
+    """A port where nothing answers, for the whole run: bound here but never listening, so
+    connections are refused and no other process can start serving on it meanwhile."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        yield int(sock.getsockname()[1])
 
 
 @pytest.fixture(autouse=True)
@@ -52,8 +61,9 @@ def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     if redis_answers(url):
         yield url
         return
-    port = free_port()
-    server = start_redis(port, tmp_path_factory.mktemp("redis"))
+    from tests.utils import redis_on_free_port
+
+    server, port = redis_on_free_port(tmp_path_factory.mktemp("redis"))
     try:
         yield f"redis://127.0.0.1:{port}/0"
     finally:

@@ -8,16 +8,16 @@ import sys
 
 import pytest
 
-from tests.conftest import ROOT, free_port
+from tests.conftest import ROOT
 
 # One PostgreSQL-parametrized test, run in a pytest of its own.
 ONE_TEST = "tests/test_idempotency.py::test_keys_expire_after_a_day[postgresql]"
 
 
-def run_one_postgres_test(ci: str | None) -> subprocess.CompletedProcess[str]:
+def run_one_postgres_test(ci: str | None, port: int) -> subprocess.CompletedProcess[str]:
     env = {
         **os.environ,
-        "ONEIRO_TEST_POSTGRES_URL": f"postgresql+psycopg://postgres@127.0.0.1:{free_port()}/x",
+        "ONEIRO_TEST_POSTGRES_URL": f"postgresql+psycopg://postgres@127.0.0.1:{port}/x",
     }
     env.pop("CI", None)
     if ci is not None:
@@ -33,8 +33,8 @@ def run_one_postgres_test(ci: str | None) -> subprocess.CompletedProcess[str]:
 
 
 @pytest.mark.parametrize("ci", ["true"])
-def test_on_ci_an_unreachable_postgresql_fails_the_run(ci: str) -> None:
-    result = run_one_postgres_test(ci)
+def test_on_ci_an_unreachable_postgresql_fails_the_run(ci: str, dead_port: int) -> None:
+    result = run_one_postgres_test(ci, dead_port)
 
     assert result.returncode != 0, result.stdout
     assert "1 error" in result.stdout and "skipped" not in result.stdout, result.stdout
@@ -42,8 +42,10 @@ def test_on_ci_an_unreachable_postgresql_fails_the_run(ci: str) -> None:
 
 
 @pytest.mark.parametrize("ci", [None])
-def test_elsewhere_an_unreachable_postgresql_skips_saying_why(ci: str | None) -> None:
-    result = run_one_postgres_test(ci)
+def test_elsewhere_an_unreachable_postgresql_skips_saying_why(
+    ci: str | None, dead_port: int
+) -> None:
+    result = run_one_postgres_test(ci, dead_port)
 
     assert result.returncode == 0, result.stdout
     assert "1 skipped" in result.stdout and "PostgreSQL is not reachable" in result.stdout

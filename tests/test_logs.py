@@ -24,7 +24,7 @@ from shared.models import Job, JobStatus, utcnow
 from shared.queue import RENDER_TASK, create_celery
 from shared.settings import Settings
 from shared.storage import Storage
-from tests.conftest import ROOT, free_port
+from tests.conftest import ROOT
 from tests.utils import authed_client, make_job, process_env, wait_for
 from worker.jobs import run_job
 from worker.maintenance import reap_stale_jobs
@@ -54,11 +54,15 @@ def records(text: str) -> list[dict[str, Any]]:
 
 
 def test_an_api_route_about_a_job_logs_with_its_id(
-    settings: Settings, session: Session, storage: Storage, log_stream: io.StringIO
+    settings: Settings,
+    session: Session,
+    storage: Storage,
+    log_stream: io.StringIO,
+    dead_port: int,
 ) -> None:
     job = make_job(session, storage, status=JobStatus.FAILED)
     # Redis is away, so the retry is recorded but not enqueued: the API logs why.
-    dead_redis = settings.model_copy(update={"redis_url": f"redis://127.0.0.1:{free_port()}/0"})
+    dead_redis = settings.model_copy(update={"redis_url": f"redis://127.0.0.1:{dead_port}/0"})
     app = create_app(dead_redis)
     configure_logging(dead_redis, log_stream)  # create_app pointed the logs at stderr
 
