@@ -291,6 +291,16 @@ def test_health_and_readiness(client: FlaskClient) -> None:
     assert ready.get_json() == {"status": "ready", "database": "ok", "redis": "ok"}
 
 
+def test_readiness_with_only_redis_down_is_503_naming_redis(
+    app_without_redis: FlaskClient,
+) -> None:
+    ready = app_without_redis.get("/readyz")
+
+    assert ready.status_code == 503
+    assert ready.get_json() == {"status": "unavailable", "database": "ok", "redis": "unavailable"}
+    assert app_without_redis.get("/healthz").status_code == 200  # the process itself is up
+
+
 def test_a_database_that_is_down_is_a_503_not_a_500_or_a_hang(
     settings: Settings, dead_port: int
 ) -> None:
