@@ -9,6 +9,7 @@ from datetime import timedelta
 from typing import Any
 
 import pytest
+from celery.exceptions import SoftTimeLimitExceeded
 from sqlalchemy import update
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -166,6 +167,32 @@ def test_a_long_step_with_a_live_heartbeat_is_not_reaped(
     assert reaped == [([], [])]
     done = reload(session, job.id)
     assert done.status == JobStatus.SUCCEEDED and done.attempt == 1
+
+
+def test_the_soft_time_limit_fails_the_job_saying_which_limit(
+    settings: Settings,
+    sessions: sessionmaker[Session],
+    session: Session,
+    storage: Storage,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    runtime = runtime_for(settings, sessions, storage, soft_time_limit=30.0)
+    job = make_job(session, storage, params=PARAMS)
+
+    def past_the_limit(n: int) -> None:
+        if n == 2:  # what Celery raises in the task when task_soft_time_limit passes
+            raise SoftTimeLimitExceeded()
+
+    before_each_gradient(monkeypatch, past_the_limit)
+
+    assert run_job(job.id, runtime) == JobStatus.FAILED
+
+    failed = reload(session, job.id)
+    assert failed.error == (
+        "the render ran past the time limit (ONEIRO_SOFT_TIME_LIMIT) and was stopped"
+    )
+    assert failed.result_key is None and not storage.exists(checkpoint_key(job.id))
+    assert create_celery(runtime.settings).conf.task_soft_time_limit == 30.0
 
 
 def test_the_reaper_requeues_silent_jobs_and_fails_them_after_the_last_attempt(
