@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import ast
+import re
 import shlex
 import shutil
 import subprocess
@@ -24,6 +25,14 @@ from cosmic_ray.work_item import TestOutcome, WorkerOutcome, WorkResult
 ROOT = Path(__file__).resolve().parents[1]
 TARGETS = ROOT / "mutation" / "targets.toml"
 BIN = Path(sys.executable).parent
+
+# Mutants not worth a test run: a shift, power, bitwise or modulo operator where + - * / stand,
+# and `is`/`in` where == < > stand, are type errors or absurd on datetimes, SQL expressions and
+# strings; they die at once and would only pad the score while tripling the time.
+EXCLUDED = re.compile(
+    r"core/(ReplaceBinaryOperator_\w+_(Pow|LShift|RShift|BitOr|BitAnd|BitXor|FloorDiv|Mod)"
+    r"|ReplaceComparisonOperator_\w+_(Is|IsNot|In|NotIn))$"
+)
 
 
 @dataclass
@@ -65,10 +74,11 @@ def definition_spans(source: str, names: list[str]) -> list[tuple[int, int]]:
 
 
 def skip_outside(db: WorkDB, spans: list[tuple[int, int]]) -> None:
-    """Mark every mutant outside `spans` as skipped, so that `exec` leaves it alone."""
+    """Mark every mutant outside `spans`, or EXCLUDED, as skipped: `exec` leaves it alone."""
     for item in db.pending_work_items:
         line = item.mutations[0].start_pos[0]
-        if not any(first <= line <= last for first, last in spans):
+        inside = any(first <= line <= last for first, last in spans)
+        if not inside or EXCLUDED.match(item.mutations[0].operator_name):
             db.set_result(
                 item.job_id,
                 WorkResult(output="outside the target", worker_outcome=WorkerOutcome.SKIPPED),
@@ -79,7 +89,8 @@ def score(db: WorkDB, target: str) -> Score:
     """Killed mutants and survivors (as `path:line operator`) of a finished session."""
     killed, survivors = 0, []
     for item, result in db.completed_work_items:
-        if result.worker_outcome == WorkerOutcome.SKIPPED:
+        excluded = EXCLUDED.match(item.mutations[0].operator_name)
+        if result.worker_outcome == WorkerOutcome.SKIPPED or excluded:
             continue
         if result.test_outcome == TestOutcome.SURVIVED:
             mutation = item.mutations[0]
