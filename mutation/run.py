@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from cosmic_ray.work_db import WorkDB, use_db
-from cosmic_ray.work_item import TestOutcome, WorkerOutcome, WorkResult
+from cosmic_ray.work_item import TestOutcome, WorkerOutcome, WorkItem, WorkResult
 
 ROOT = Path(__file__).resolve().parents[1]
 TARGETS = ROOT / "mutation" / "targets.toml"
@@ -73,24 +73,53 @@ def definition_spans(source: str, names: list[str]) -> list[tuple[int, int]]:
     return [spans[name] for name in names]
 
 
-def skip_outside(db: WorkDB, spans: list[tuple[int, int]]) -> None:
-    """Mark every mutant outside `spans`, or EXCLUDED, as skipped: `exec` leaves it alone."""
+Position = tuple[int, int]
+
+
+def annotation_spans(source: str) -> list[tuple[Position, Position]]:
+    """Where the type annotations are. Every module has `from __future__ import annotations`,
+    so annotations are never evaluated and a mutant inside one (`int | None` to `int + None`)
+    cannot change behaviour."""
+    spans = []
+    for node in ast.walk(ast.parse(source)):
+        found: list[ast.expr | None] = []
+        if isinstance(node, ast.arg | ast.AnnAssign):
+            found.append(node.annotation)
+        if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef):
+            found.append(node.returns)
+        for annotation in filter(None, found):
+            end = (annotation.end_lineno or annotation.lineno, annotation.end_col_offset or 0)
+            spans.append(((annotation.lineno, annotation.col_offset), end))
+    return spans
+
+
+def unevaluated(item: WorkItem, annotations: list[tuple[Position, Position]]) -> bool:
+    """Whether the mutant lies in an annotation, or is one of the EXCLUDED operator swaps."""
+    mutation = item.mutations[0]
+    start = tuple(mutation.start_pos)
+    in_annotation = any(first <= start < last for first, last in annotations)
+    return in_annotation or bool(EXCLUDED.match(mutation.operator_name))
+
+
+def skip_outside(
+    db: WorkDB, spans: list[tuple[int, int]], annotations: list[tuple[Position, Position]]
+) -> None:
+    """Mark every mutant outside `spans`, or unevaluated, as skipped: `exec` leaves it alone."""
     for item in db.pending_work_items:
         line = item.mutations[0].start_pos[0]
         inside = any(first <= line <= last for first, last in spans)
-        if not inside or EXCLUDED.match(item.mutations[0].operator_name):
+        if not inside or unevaluated(item, annotations):
             db.set_result(
                 item.job_id,
                 WorkResult(output="outside the target", worker_outcome=WorkerOutcome.SKIPPED),
             )
 
 
-def score(db: WorkDB, target: str) -> Score:
+def score(db: WorkDB, target: str, annotations: list[tuple[Position, Position]]) -> Score:
     """Killed mutants and survivors (as `path:line operator`) of a finished session."""
     killed, survivors = 0, []
     for item, result in db.completed_work_items:
-        excluded = EXCLUDED.match(item.mutations[0].operator_name)
-        if result.worker_outcome == WorkerOutcome.SKIPPED or excluded:
+        if result.worker_outcome == WorkerOutcome.SKIPPED or unevaluated(item, annotations):
             continue
         if result.test_outcome == TestOutcome.SURVIVED:
             mutation = item.mutations[0]
@@ -137,16 +166,17 @@ def run_target(copy: Path, name: str, spec: dict, keep: Path) -> Score:
     )
     cosmic_ray = str(BIN / "cosmic-ray")
     subprocess.run([cosmic_ray, "init", str(config), str(session)], cwd=copy, check=True)
-    spans = definition_spans((copy / module).read_text(), spec["functions"])
+    source = (copy / module).read_text()
+    spans, annotations = definition_spans(source, spec["functions"]), annotation_spans(source)
     with use_db(str(session)) as db:
-        skip_outside(db, spans)
+        skip_outside(db, spans, annotations)
         print(f"{name}: {sum(1 for _ in db.pending_work_items)} mutants in {module}", flush=True)
     baseline = subprocess.run([cosmic_ray, "baseline", str(config)], cwd=copy)
     if baseline.returncode != 0:
         raise SystemExit(f"{name}: the tests fail without any mutant; fix them first")
     subprocess.run([cosmic_ray, "exec", str(config), str(session)], cwd=copy, check=True)
     with use_db(str(session), WorkDB.Mode.open) as db:
-        return score(db, name)
+        return score(db, name, annotations)
 
 
 def main() -> None:
