@@ -42,6 +42,7 @@ class Score:
     target: str
     killed: int
     survivors: list[str]
+    pending: int
 
     @property
     def total(self) -> int:
@@ -49,7 +50,8 @@ class Score:
 
     def line(self) -> str:
         percent = 100 * self.killed / self.total if self.total else 100.0
-        return f"{self.target}: {self.killed}/{self.total} killed ({percent:.1f}%)"
+        line = f"{self.target}: {self.killed}/{self.total} killed ({percent:.1f}%)"
+        return f"{line}, {self.pending} not run yet (--resume)" if self.pending else line
 
 
 def definition_spans(source: str, names: list[str]) -> list[tuple[int, int]]:
@@ -129,7 +131,7 @@ def score(db: WorkDB, target: str, annotations: list[tuple[Position, Position]])
             )
         else:
             killed += 1
-    return Score(target, killed, survivors)
+    return Score(target, killed, survivors, sum(1 for _ in db.pending_work_items))
 
 
 def copy_tree(destination: Path) -> None:
@@ -147,12 +149,14 @@ def copy_tree(destination: Path) -> None:
             shutil.copy2(source, destination / name)
 
 
-def run_target(copy: Path, name: str, spec: dict, keep: Path) -> Score:
-    """Init, filter, baseline and execute one target's session in `copy`."""
+def run_target(copy: Path, name: str, spec: dict, keep: Path, how: str) -> Score:
+    """Init, filter, baseline and execute one target's session in `copy`; with `how` "resume"
+    only run what an interrupted session left, with "report" only score it."""
     module = spec["module"]
     config = copy / f"mutation-{name}.toml"
     session = keep / f"{name}.sqlite"
-    session.unlink(missing_ok=True)
+    source = (copy / module).read_text()
+    spans, annotations = definition_spans(source, spec["functions"]), annotation_spans(source)
     # PYTHONDONTWRITEBYTECODE is set by cosmic-ray; -p no:cacheprovider keeps the copy clean.
     pytest = f"{shlex.quote(sys.executable)} -m pytest -x -q -p no:cacheprovider"
     test_command = f"{pytest} {spec['tests']}"
@@ -164,10 +168,14 @@ def run_target(copy: Path, name: str, spec: dict, keep: Path) -> Score:
         f"test-command = {test_command!r}\n"
         '[cosmic-ray.distributor]\nname = "local"\n'
     )
+    if how != "run" and session.exists():
+        if how == "resume":
+            subprocess.run([BIN / "cosmic-ray", "exec", config, session], cwd=copy, check=True)
+        with use_db(str(session), WorkDB.Mode.open) as db:
+            return score(db, name, annotations)
+    session.unlink(missing_ok=True)
     cosmic_ray = str(BIN / "cosmic-ray")
     subprocess.run([cosmic_ray, "init", str(config), str(session)], cwd=copy, check=True)
-    source = (copy / module).read_text()
-    spans, annotations = definition_spans(source, spec["functions"]), annotation_spans(source)
     with use_db(str(session)) as db:
         skip_outside(db, spans, annotations)
         print(f"{name}: {sum(1 for _ in db.pending_work_items)} mutants in {module}", flush=True)
@@ -190,7 +198,12 @@ def main() -> None:
         default=ROOT / "mutation" / "sessions",
         help="where the cosmic-ray sessions are kept (read them with cr-report)",
     )
+    parser.add_argument(
+        "--resume", action="store_true", help="go on with the sessions an interrupt left"
+    )
+    parser.add_argument("--report", action="store_true", help="only score the kept sessions")
     args = parser.parse_args()
+    how = "report" if args.report else "resume" if args.resume else "run"
     unknown = sorted(set(args.targets) - set(targets))
     if unknown:
         parser.error(f"no such target: {', '.join(unknown)} (see {TARGETS.name})")
@@ -200,7 +213,7 @@ def main() -> None:
         copy = Path(tmp)
         copy_tree(copy)
         for name in args.targets or list(targets):
-            scores.append(run_target(copy, name, targets[name], args.sessions.resolve()))
+            scores.append(run_target(copy, name, targets[name], args.sessions.resolve(), how))
             print(scores[-1].line(), *scores[-1].survivors, sep="\n  survived: ", flush=True)
     killed = sum(s.killed for s in scores)
     total = sum(s.total for s in scores)
