@@ -196,7 +196,7 @@ def test_the_soft_time_limit_fails_the_job_saying_which_limit(
 
 
 def test_the_reaper_requeues_silent_jobs_and_fails_them_after_the_last_attempt(
-    settings: Settings, session: Session, storage: Storage
+    settings: Settings, session: Session, storage: Storage, caplog: pytest.LogCaptureFixture
 ) -> None:
     old = utcnow() - timedelta(seconds=settings.lease_seconds + 5)
     silent = make_job(
@@ -223,6 +223,9 @@ def test_the_reaper_requeues_silent_jobs_and_fails_them_after_the_last_attempt(
     assert gave_up.error is not None and "w2 stopped answering" in gave_up.error
     assert f"attempt {settings.max_attempts} of {settings.max_attempts}" in gave_up.error
     assert reload(session, alive.id).status == JobStatus.RUNNING
+    said = {r.job_id: r.getMessage() for r in caplog.records if r.name == "worker.maintenance"}
+    assert said[str(silent.id)].endswith("; put back in the queue")
+    assert said[str(exhausted.id)].endswith("; failed")
 
 
 def test_the_relay_sends_what_redis_never_got_or_lost(
@@ -233,6 +236,9 @@ def test_the_relay_sends_what_redis_never_got_or_lost(
     long_ago = make_job(
         session, storage, enqueued_at=utcnow() - timedelta(seconds=settings.relay_after + 5)
     )
+    # Jobs past the queue are never sent again, however long ago they were enqueued.
+    for status in (JobStatus.RUNNING, JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.CANCELED):
+        make_job(session, storage, status=status, enqueued_at=long_ago.enqueued_at)
     make_job(session, storage, status=JobStatus.SUCCEEDED)
     celery = create_celery(settings)
 
