@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import argparse
 import ast
+import contextlib
 import re
 import shlex
 import shutil
+import sqlite3
 import subprocess
 import sys
 import tempfile
@@ -134,6 +136,12 @@ def score(db: WorkDB, target: str, annotations: list[tuple[Position, Position]])
     return Score(target, killed, survivors, sum(1 for _ in db.pending_work_items))
 
 
+def forget_survivors(session: Path) -> None:
+    """Make the survivors pending again, so a resumed run tries them on the tests written since."""
+    with contextlib.closing(sqlite3.connect(session)) as db, db:
+        db.execute("DELETE FROM work_results WHERE test_outcome = 'SURVIVED'")
+
+
 def copy_tree(destination: Path) -> None:
     """The tracked and untracked-but-not-ignored files of the checkout, as they are now."""
     listed = subprocess.run(
@@ -170,6 +178,7 @@ def run_target(copy: Path, name: str, spec: dict, keep: Path, how: str) -> Score
     )
     if how != "run" and session.exists():
         if how == "resume":
+            forget_survivors(session)
             subprocess.run([BIN / "cosmic-ray", "exec", config, session], cwd=copy, check=True)
         with use_db(str(session), WorkDB.Mode.open) as db:
             return score(db, name, annotations)
@@ -199,7 +208,9 @@ def main() -> None:
         help="where the cosmic-ray sessions are kept (read them with cr-report)",
     )
     parser.add_argument(
-        "--resume", action="store_true", help="go on with the sessions an interrupt left"
+        "--resume",
+        action="store_true",
+        help="go on with the sessions an interrupt left, trying their survivors again",
     )
     parser.add_argument("--report", action="store_true", help="only score the kept sessions")
     args = parser.parse_args()
