@@ -194,18 +194,17 @@ def s3_endpoint(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     import subprocess
     import sys
 
-    from tests.utils import http_answers, wait_for
+    from tests.utils import WERKZEUG_LISTENING, http_answers, listening_port, wait_for
 
-    port = free_port()
-    log = (tmp_path_factory.mktemp("s3") / "moto.log").open("wb")
+    log_path = tmp_path_factory.mktemp("s3") / "moto.log"
+    log = log_path.open("wb")
     server = subprocess.Popen(
-        [str(Path(sys.executable).parent / "moto_server"), "-H", "127.0.0.1", "-p", str(port)],
+        [str(Path(sys.executable).parent / "moto_server"), "-H", "127.0.0.1", "-p", "0"],
         stdout=log,
         stderr=subprocess.STDOUT,
     )
-    endpoint = f"http://127.0.0.1:{port}"
-    wait_for(lambda: http_answers(endpoint) or server.poll() is not None, 30, "moto_server")
-    assert server.poll() is None, "moto_server exited at start"
+    endpoint = f"http://127.0.0.1:{listening_port(log_path, server, WERKZEUG_LISTENING, 30)}"
+    wait_for(lambda: http_answers(endpoint), 30, "moto_server")
     try:
         yield endpoint
     finally:

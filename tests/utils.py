@@ -144,14 +144,24 @@ def redis_on_free_port(workdir: Path, attempts: int = 5) -> tuple[subprocess.Pop
     raise AssertionError(f"no redis-server of our own in {attempts} tries: {error}")
 
 
-def listening_port(log: Path, process: subprocess.Popen[bytes], timeout: float = 60) -> int:
-    """The port a gunicorn started with `--bind 127.0.0.1:0` chose, read from its log: the
-    kernel picks a free one, so no other process can take it first."""
+# What a server started on port 0 logs once it listens: gunicorn, and werkzeug (moto_server).
+GUNICORN_LISTENING = r"Listening at: http://127\.0\.0\.1:(\d+)"
+WERKZEUG_LISTENING = r"Running on http://127\.0\.0\.1:(\d+)"
+
+
+def listening_port(
+    log: Path,
+    process: subprocess.Popen[bytes],
+    pattern: str = GUNICORN_LISTENING,
+    timeout: float = 60,
+) -> int:
+    """The port a server started on port 0 chose, read from its log (`pattern`'s group): the
+    kernel picks a free one, so no other process can take it between choosing and binding."""
 
     def announced() -> int | None:
         if process.poll() is not None:
-            raise AssertionError(f"gunicorn exited at start:\n{log.read_text()[-2000:]}")
-        found = re.search(r"Listening at: http://127\.0\.0\.1:(\d+)", log.read_text())
+            raise AssertionError(f"{process.args} exited at start:\n{log.read_text()[-2000:]}")
+        found = re.search(pattern, log.read_text())
         return int(found.group(1)) if found else None
 
-    return int(wait_for(announced, timeout, "gunicorn to listen"))
+    return int(wait_for(announced, timeout, f"{process.args} to listen"))
