@@ -131,3 +131,12 @@ def test_concurrent_requests_with_one_key_make_one_job(
     assert len({job_id for _, job_id in answers}) == 1
     assert sorted(code for code, _ in answers).count(202) == 1
     assert jobs(session) == 1 and len(stored_files(settings)) == 1
+
+
+def test_a_key_is_1_to_255_characters(client: FlaskClient, session: Session) -> None:
+    assert post(client, "k", image_bytes()).status_code == 202
+    assert post(client, "k" * 255, image_bytes()).status_code == 202
+    for bad in ("", "k" * 256):
+        body = assert_problem(post(client, bad, image_bytes()), 422)
+        assert body["errors"][0]["field"] == "Idempotency-Key"
+    assert jobs(session) == 2

@@ -186,3 +186,16 @@ def test_a_tenant_at_its_active_job_cap_gets_429_and_nothing_is_written(
         Job.tenant_id == tenant.id, Job.status.in_([JobStatus.QUEUED, JobStatus.RUNNING])
     )
     assert session.scalar(active) == 2 and second
+
+
+def test_a_tenant_already_past_its_cap_is_refused_too(
+    limited: Flask, session: Session, storage: Storage
+) -> None:
+    # The cap is soft: submits at the same moment can pass it. Past it, every submit is a 429.
+    tenant = tenant_named(session, "overdrawn")
+    for status in (JobStatus.QUEUED, JobStatus.RUNNING, JobStatus.QUEUED):
+        make_job(session, storage, tenant_id=tenant.id, status=status)
+
+    body = assert_problem(submit(authed_client(limited, "overdrawn"), image_bytes()), 429)
+
+    assert (body["limit"], body["value"]) == (2, 3)
