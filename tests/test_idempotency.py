@@ -140,3 +140,11 @@ def test_a_key_is_1_to_255_characters(client: FlaskClient, session: Session) -> 
         body = assert_problem(post(client, bad, image_bytes()), 422)
         assert body["errors"][0]["field"] == "Idempotency-Key"
     assert jobs(session) == 2
+
+
+def test_the_same_params_in_another_order_are_the_same_request(client: FlaskClient) -> None:
+    first = post(client, "k-order", image_bytes(), '{"steps": 3, "seed": 1}')
+    again = post(client, "k-order", image_bytes(), '{"seed": 1, "steps": 3}')
+
+    assert (first.status_code, again.status_code) == (202, 200)
+    assert again.get_json()["id"] == first.get_json()["id"]

@@ -228,6 +228,21 @@ def test_the_reaper_requeues_silent_jobs_and_fails_them_after_the_last_attempt(
     assert said[str(exhausted.id)].endswith("; failed")
 
 
+def test_the_reaper_puts_back_every_silent_job_of_one_attempt(
+    settings: Settings, session: Session, storage: Storage
+) -> None:
+    old = utcnow() - timedelta(seconds=settings.lease_seconds + 5)
+    silent = [
+        make_job(session, storage, status=JobStatus.RUNNING, attempt=1, heartbeat_at=old)
+        for _ in range(3)
+    ]
+
+    requeued, failed = reap_stale_jobs(session, settings)
+
+    assert sorted(requeued) == sorted(job.id for job in silent) and failed == []
+    assert {reload(session, job.id).status for job in silent} == {JobStatus.QUEUED}
+
+
 def test_the_relay_sends_what_redis_never_got_or_lost(
     settings: Settings, session: Session, storage: Storage
 ) -> None:
