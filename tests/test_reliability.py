@@ -264,3 +264,17 @@ def test_the_relay_sends_what_redis_never_got_or_lost(
     assert sorted(queued_job_ids(settings)) == sorted(str(i) for i in sent)
     assert reload(session, never.id).enqueued_at is not None
     assert recent.id not in sent
+
+
+def test_the_relay_waits_relay_after_seconds_exactly(
+    settings: Settings, session: Session, storage: Storage
+) -> None:
+    now = utcnow()
+    due = make_job(session, storage, enqueued_at=now - timedelta(seconds=settings.relay_after + 1))
+    make_job(session, storage, enqueued_at=now - timedelta(seconds=settings.relay_after))
+    celery = create_celery(settings)
+
+    sent = relay_queued_jobs(session, celery, settings, now=now)
+    celery.close()
+
+    assert sent == [due.id]
