@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 from celery.exceptions import SoftTimeLimitExceeded
-from sqlalchemy import update
+from sqlalchemy import event, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from shared.models import Job, JobStatus, utcnow
@@ -232,15 +232,69 @@ def test_the_reaper_puts_back_every_silent_job_of_one_attempt(
     settings: Settings, session: Session, storage: Storage
 ) -> None:
     old = utcnow() - timedelta(seconds=settings.lease_seconds + 5)
+    # The middle id first: an update that reached past its own row, in either direction of
+    # ids, would count the others with it.
     silent = [
-        make_job(session, storage, status=JobStatus.RUNNING, attempt=1, heartbeat_at=old)
-        for _ in range(3)
+        make_job(
+            session,
+            storage,
+            id=uuid.UUID(int=n),
+            status=JobStatus.RUNNING,
+            attempt=1,
+            heartbeat_at=old,
+        )
+        for n in (2, 1, 3)
     ]
 
     requeued, failed = reap_stale_jobs(session, settings)
 
     assert sorted(requeued) == sorted(job.id for job in silent) and failed == []
     assert {reload(session, job.id).status for job in silent} == {JobStatus.QUEUED}
+
+
+def test_the_reaper_leaves_a_job_that_beat_or_ended_after_it_looked(
+    settings: Settings, session: Session, sessions: sessionmaker[Session], storage: Storage
+) -> None:
+    old = utcnow() - timedelta(seconds=settings.lease_seconds + 5)
+    beat, ended = (
+        make_job(session, storage, status=JobStatus.RUNNING, attempt=1, heartbeat_at=old)
+        for _ in range(2)
+    )
+    meanwhile: list[int] = []
+
+    # Between the reaper's select and its first update, one worker beats, another finishes.
+    @event.listens_for(session, "do_orm_execute")
+    def before_the_update(state: Any) -> None:
+        if state.is_update and not meanwhile:
+            meanwhile.append(1)
+            with sessions.begin() as other:
+                other.execute(update(Job).where(Job.id == beat.id).values(heartbeat_at=utcnow()))
+                other.execute(
+                    update(Job).where(Job.id == ended.id).values(status=JobStatus.SUCCEEDED)
+                )
+
+    assert reap_stale_jobs(session, settings) == ([], [])
+
+    assert meanwhile == [1]
+    assert reload(session, beat.id).status == JobStatus.RUNNING
+    assert reload(session, ended.id).status == JobStatus.SUCCEEDED
+
+
+def test_a_retried_job_past_max_attempts_is_failed_when_silent(
+    settings: Settings, session: Session, storage: Storage
+) -> None:
+    # A retry counts attempts on past the limit; its silent worker fails it, never requeues it.
+    old = utcnow() - timedelta(seconds=settings.lease_seconds + 5)
+    job = make_job(
+        session,
+        storage,
+        status=JobStatus.RUNNING,
+        attempt=settings.max_attempts + 1,
+        heartbeat_at=old,
+    )
+
+    assert reap_stale_jobs(session, settings) == ([], [job.id])
+    assert reload(session, job.id).status == JobStatus.FAILED
 
 
 def test_the_relay_sends_what_redis_never_got_or_lost(
