@@ -281,7 +281,7 @@ def test_the_reaper_leaves_a_job_that_beat_or_ended_after_it_looked(
 
 
 def test_a_retried_job_past_max_attempts_is_failed_when_silent(
-    settings: Settings, session: Session, storage: Storage
+    settings: Settings, session: Session, storage: Storage, caplog: pytest.LogCaptureFixture
 ) -> None:
     # A retry counts attempts on past the limit; its silent worker fails it, never requeues it.
     old = utcnow() - timedelta(seconds=settings.lease_seconds + 5)
@@ -295,6 +295,8 @@ def test_a_retried_job_past_max_attempts_is_failed_when_silent(
 
     assert reap_stale_jobs(session, settings) == ([], [job.id])
     assert reload(session, job.id).status == JobStatus.FAILED
+    (said,) = [r.getMessage() for r in caplog.records if r.name == "worker.maintenance"]
+    assert said.endswith("; failed")
 
 
 def test_the_relay_sends_what_redis_never_got_or_lost(
