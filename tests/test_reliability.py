@@ -256,31 +256,32 @@ def test_the_reaper_leaves_a_job_that_beat_or_ended_after_it_looked(
     settings: Settings, session: Session, sessions: sessionmaker[Session], storage: Storage
 ) -> None:
     old = utcnow() - timedelta(seconds=settings.lease_seconds + 5)
-    beat, ended = (
+    beat, ended, canceled = (
         make_job(session, storage, status=JobStatus.RUNNING, attempt=1, heartbeat_at=old)
-        for _ in range(2)
+        for _ in range(3)
     )
     meanwhile: list[int] = []
 
-    # Between the reaper's select and its first update, one worker beats, another finishes.
+    # Between the reaper's select and its first update, one worker beats, another finishes, a
+    # third job is canceled.
     @event.listens_for(session, "do_orm_execute")
     def before_the_update(state: Any) -> None:
         if state.is_update and not meanwhile:
             meanwhile.append(1)
             with sessions.begin() as other:
                 other.execute(update(Job).where(Job.id == beat.id).values(heartbeat_at=utcnow()))
-                other.execute(
-                    update(Job).where(Job.id == ended.id).values(status=JobStatus.SUCCEEDED)
-                )
+                for job, status in ((ended, JobStatus.SUCCEEDED), (canceled, JobStatus.CANCELED)):
+                    other.execute(update(Job).where(Job.id == job.id).values(status=status))
 
     assert reap_stale_jobs(session, settings) == ([], [])
 
     assert meanwhile == [1]
     assert reload(session, beat.id).status == JobStatus.RUNNING
     assert reload(session, ended.id).status == JobStatus.SUCCEEDED
+    assert reload(session, canceled.id).status == JobStatus.CANCELED
 
 
-def test_a_retried_job_past_max_attempts_is_failed_when_silent(
+def test_the_reaper_fails_a_silent_retried_job_past_max_attempts(
     settings: Settings, session: Session, storage: Storage, caplog: pytest.LogCaptureFixture
 ) -> None:
     # A retry counts attempts on past the limit; its silent worker fails it, never requeues it.

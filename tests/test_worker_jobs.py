@@ -84,6 +84,24 @@ def test_only_one_of_two_claims_wins(
     assert reload(session, job).worker == "a"
 
 
+def test_only_the_queued_job_asked_for_is_claimed(session: Session, storage: Storage) -> None:
+    # Ids on either side, and every other status: a claim reaches no other row.
+    neighbours = [make_job(session, storage, id=uuid.UUID(int=n)) for n in (1, 3)]
+    job = make_job(session, storage, id=uuid.UUID(int=2))
+    others = {
+        status: make_job(session, storage, status=status)
+        for status in JobStatus
+        if status != JobStatus.QUEUED
+    }
+
+    assert claim_job(session, job.id, "w") == 1
+    for status, other in others.items():
+        assert claim_job(session, other.id, "w") is None
+        assert reload(session, other).status == status
+    session.commit()
+    assert {reload(session, n).status for n in neighbours} == {JobStatus.QUEUED}
+
+
 def test_an_unknown_job_id_does_nothing(runtime: Runtime) -> None:
     assert run_job(uuid.uuid4(), runtime) is None
 
@@ -119,10 +137,13 @@ def test_a_worker_that_lost_its_claim_cannot_write(
 ) -> None:
     job = make_job(session, storage, status=JobStatus.RUNNING, attempt=2)
     stale = ProgressReporter(runtime, job.id, attempt=1)
+    canceled = make_job(session, storage, status=JobStatus.CANCELED, attempt=1)
+    own_but_canceled = ProgressReporter(runtime, canceled.id, attempt=1)
 
-    with pytest.raises(LostJob):
-        stale(_progress())
-    assert reload(session, job).progress == {}
+    for reporter in (stale, own_but_canceled):
+        with pytest.raises(LostJob):
+            reporter(_progress())
+    assert reload(session, job).progress == {} and reload(session, canceled).progress == {}
 
 
 def _progress() -> object:
