@@ -102,6 +102,21 @@ def test_only_the_queued_job_asked_for_is_claimed(session: Session, storage: Sto
     assert {reload(session, n).status for n in neighbours} == {JobStatus.QUEUED}
 
 
+def test_a_progress_write_reaches_only_its_own_row(
+    runtime: Runtime, session: Session, storage: Storage
+) -> None:
+    # Running jobs of the same attempt, with ids on either side of this one's.
+    rows = [
+        make_job(session, storage, id=uuid.UUID(int=n), status=JobStatus.RUNNING, attempt=1)
+        for n in (2, 1, 3)
+    ]
+
+    ProgressReporter(runtime, rows[0].id, attempt=1)(_progress())
+
+    assert reload(session, rows[0]).progress["fraction"] == 0.5
+    assert [reload(session, row).progress for row in rows[1:]] == [{}, {}]
+
+
 def test_an_unknown_job_id_does_nothing(runtime: Runtime) -> None:
     assert run_job(uuid.uuid4(), runtime) is None
 
