@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: install run test lint fuzz
+.PHONY: install run test lint fuzz mutate
 
 install: $(VENV)/.installed
 
@@ -39,3 +39,9 @@ fuzz: install
 	@seed=$${FUZZ_SEED:-$$(od -An -N4 -tu4 /dev/urandom | tr -d ' ')}; echo "FUZZ_SEED=$$seed"; \
 		FUZZ_SEED=$$seed FUZZ_EXAMPLES=$${FUZZ_EXAMPLES:-500} \
 		$(BIN)/python -m pytest tests/test_openapi.py -k fuzz $(PYTEST_ARGS)
+
+# Mutation testing (cosmic-ray) of the code where a silent bug costs most, each target against
+# its own fast tests (mutation/targets.toml); slow, so not part of `make test`.
+# `make mutate TARGETS="webhook-signing retention"` runs some of them.
+mutate: install
+	$(BIN)/python mutation/run.py $(TARGETS)

@@ -240,6 +240,21 @@ def supervise(children: list[Child], stopping: Callable[[], bool]) -> int:
     return 0
 
 
+class NoRedis(Exception):
+    """No Redis answers at REDIS_URL, and it is not on this machine, where one could start."""
+
+
+def ensure_redis(settings: Settings) -> subprocess.Popen[bytes] | None:
+    """Start redis-server when none answers at a local REDIS_URL; None when one answers."""
+    if redis_answers(settings.redis_url):
+        return None
+    parsed = urlparse(settings.redis_url)
+    if parsed.hostname not in ("127.0.0.1", "localhost"):
+        raise NoRedis(f"no Redis answers at REDIS_URL={settings.redis_url}")
+    print(f"oneiro: no Redis at {settings.redis_url}; starting one", flush=True)
+    return start_redis(parsed.port or 6379, settings.data_dir / "redis")
+
+
 def main() -> int:
     try:
         settings = get_settings()
@@ -255,14 +270,11 @@ def main() -> int:
             file=sys.stderr,
         )
         return 2
-    redis: subprocess.Popen[bytes] | None = None
-    if not redis_answers(settings.redis_url):
-        parsed = urlparse(settings.redis_url)
-        if parsed.hostname not in ("127.0.0.1", "localhost"):
-            print(f"oneiro: no Redis answers at REDIS_URL={settings.redis_url}", file=sys.stderr)
-            return 2
-        print(f"oneiro: no Redis at {settings.redis_url}; starting one", flush=True)
-        redis = start_redis(parsed.port or 6379, settings.data_dir / "redis")
+    try:
+        redis = ensure_redis(settings)
+    except NoRedis as exc:
+        print(f"oneiro: {exc}", file=sys.stderr)
+        return 2
 
     stopping = False
 

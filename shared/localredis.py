@@ -61,9 +61,22 @@ def start_redis(port: int, workdir: Path, timeout: float = 10.0) -> subprocess.P
     )
     url = f"redis://127.0.0.1:{port}/0"
     deadline = time.monotonic() + timeout
-    while not redis_answers(url, timeout=0.2):
+    # Ours, not merely a Redis: another one that took the port meanwhile answers PING too.
+    while not _served_by(url, process.pid):
         if process.poll() is not None or time.monotonic() > deadline:
             process.kill()
+            process.wait()
             raise RuntimeError(f"redis-server did not start on port {port}")
         time.sleep(0.05)
     return process
+
+
+def _served_by(url: str, pid: int) -> bool:
+    """Whether the Redis answering at `url` is the process `pid`."""
+    client = redis.Redis.from_url(url, socket_connect_timeout=0.2, socket_timeout=0.2)
+    try:
+        return int(client.info("server")["process_id"]) == pid
+    except (redis.ConnectionError, redis.TimeoutError):
+        return False
+    finally:
+        client.close()

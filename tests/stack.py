@@ -16,8 +16,8 @@ import requests
 
 from shared.launcher import api_command, migrate_command, worker_command
 from shared.settings import Settings, load_settings
-from tests.conftest import ROOT, free_port
-from tests.utils import http_answers, new_key, process_env, wait_for
+from tests.conftest import ROOT
+from tests.utils import http_answers, listening_port, new_key, process_env, wait_for
 
 
 @dataclass
@@ -76,11 +76,10 @@ def running_stack(tmp: Path, redis_url: str, database_url: str | None = None) ->
     # Frequent progress and previews, so that a short test render shows several of each.
     env = process_env(settings, ONEIRO_PROGRESS_INTERVAL="0.2", ONEIRO_PREVIEW_INTERVAL="0.5")
     subprocess.run(migrate_command(), cwd=ROOT, env=env, check=True, capture_output=True)
-    port = free_port()
     api_log, worker_log = tmp / "api.log", tmp / "worker.log"
     with api_log.open("wb") as api_out, worker_log.open("wb") as worker_out:
         api = subprocess.Popen(
-            [*api_command(f"127.0.0.1:{port}"), "--access-logfile", "-"],
+            [*api_command("127.0.0.1:0"), "--access-logfile", "-"],
             cwd=ROOT,
             env=env,
             stdout=api_out,
@@ -100,7 +99,7 @@ def running_stack(tmp: Path, redis_url: str, database_url: str | None = None) ->
             stderr=STDOUT,
         )
         try:
-            url = f"http://127.0.0.1:{port}"
+            url = f"http://127.0.0.1:{listening_port(api_log, api)}"
             wait_for(lambda: http_answers(f"{url}/healthz"), 30, "the API")
             yield Stack(url, settings, new_key(database_url), api_log, worker_log)
         finally:
@@ -124,12 +123,12 @@ def serving_api(settings: Settings, log: Path, **extra: str) -> Iterator[str]:
     `settings`, with `extra` ONEIRO_* variables; yields its URL. For tests that play the worker
     themselves."""
     env = process_env(settings, **extra)
-    url = f"http://127.0.0.1:{free_port()}"
     with log.open("wb") as out:
         api = subprocess.Popen(
-            api_command(url.removeprefix("http://")), cwd=ROOT, env=env, stdout=out, stderr=STDOUT
+            api_command("127.0.0.1:0"), cwd=ROOT, env=env, stdout=out, stderr=STDOUT
         )
         try:
+            url = f"http://127.0.0.1:{listening_port(log, api)}"
             wait_for(lambda: http_answers(f"{url}/healthz"), 30, "the API")
             yield url
         finally:

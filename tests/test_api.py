@@ -22,7 +22,6 @@ from api import create_app
 from shared.models import Job, JobStatus
 from shared.settings import Settings
 from shared.storage import Storage
-from tests.conftest import free_port
 from tests.tcpproxy import Proxy
 from tests.utils import CHELSEA, authed_client, image_bytes, make_job
 
@@ -309,8 +308,8 @@ def test_submit_with_redis_down_still_records_the_job(
 
 
 @pytest.fixture
-def app_without_redis(settings: Settings) -> Iterator[FlaskClient]:
-    dead = settings.model_copy(update={"redis_url": f"redis://127.0.0.1:{free_port()}/0"})
+def app_without_redis(settings: Settings, dead_port: int) -> Iterator[FlaskClient]:
+    dead = settings.model_copy(update={"redis_url": f"redis://127.0.0.1:{dead_port}/0"})
     app = create_app(dead)
     yield authed_client(app)
     app.extensions["oneiro"].engine.dispose()
@@ -324,12 +323,23 @@ def test_health_and_readiness(client: FlaskClient) -> None:
     assert ready.get_json() == {"status": "ready", "database": "ok", "redis": "ok"}
 
 
-def test_a_database_that_is_down_is_a_503_not_a_500_or_a_hang(settings: Settings) -> None:
-    port = free_port()
+def test_readiness_with_only_redis_down_is_503_naming_redis(
+    app_without_redis: FlaskClient,
+) -> None:
+    ready = app_without_redis.get("/readyz")
+
+    assert ready.status_code == 503
+    assert ready.get_json() == {"status": "unavailable", "database": "ok", "redis": "unavailable"}
+    assert app_without_redis.get("/healthz").status_code == 200  # the process itself is up
+
+
+def test_a_database_that_is_down_is_a_503_not_a_500_or_a_hang(
+    settings: Settings, dead_port: int
+) -> None:
     down = settings.model_copy(
         update={
-            "database_url": f"postgresql+psycopg://postgres@127.0.0.1:{port}/oneiro",
-            "redis_url": f"redis://127.0.0.1:{free_port()}/0",
+            "database_url": f"postgresql+psycopg://postgres@127.0.0.1:{dead_port}/oneiro",
+            "redis_url": f"redis://127.0.0.1:{dead_port}/0",
         }
     )
     app = create_app(down)

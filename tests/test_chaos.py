@@ -23,9 +23,9 @@ from shared.models import Job, JobStatus
 from shared.queue import create_celery, enqueue_render
 from shared.settings import Settings
 from shared.storage import Storage
-from tests.conftest import ROOT, free_port
+from tests.conftest import ROOT
 from tests.tcpproxy import Proxy
-from tests.utils import CHELSEA, image_bytes, make_job, process_env, wait_for
+from tests.utils import CHELSEA, image_bytes, make_job, process_env, redis_on_free_port, wait_for
 from worker.maintenance import reap_stale_jobs, relay_queued_jobs
 
 pytestmark = pytest.mark.chaos
@@ -98,8 +98,8 @@ def workers(settings: Settings, tmp_path: Path) -> Iterator[Workers]:
 @pytest.fixture
 def own_redis(settings: Settings, tmp_path: Path) -> Iterator[tuple[Settings, Any]]:
     """A Redis of this test's own, which it may kill: (settings pointing at it, restart)."""
-    port = free_port()
-    servers = [start_redis(port, tmp_path / "redis")]
+    server, port = redis_on_free_port(tmp_path / "redis")
+    servers = [server]
 
     def restart() -> None:
         servers[-1].kill()  # SIGKILL: no save, every message in it is gone

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import secrets
 import signal
 import subprocess
 import sys
@@ -20,7 +21,7 @@ from PIL import Image
 
 from shared.client import ApiError, Client, Event
 from shared.clientconfig import write_client_config
-from tests.conftest import ROOT, free_port
+from tests.conftest import ROOT
 from tests.stack import Stack, running_stack
 from tests.tcpproxy import Proxy
 from tests.utils import CHELSEA, wait_for
@@ -53,8 +54,10 @@ def png_size(path: Path) -> tuple[int, int]:
 # -- where the CLI finds the API ---------------------------------------------------------------
 
 
-def test_config_precedence_against_the_api(stack: Stack, no_saved_config: Path) -> None:
-    nowhere = f"http://127.0.0.1:{free_port()}"
+def test_config_precedence_against_the_api(
+    stack: Stack, no_saved_config: Path, dead_port: int
+) -> None:
+    nowhere = f"http://127.0.0.1:{dead_port}"
     write_client_config(stack.url, stack.key, no_saved_config)
     runner = CliRunner()
 
@@ -109,8 +112,8 @@ def test_a_malformed_param_is_a_usage_error(stack: Stack) -> None:
     assert result.exit_code == 2 and "must be a JSON object" in result.stderr
 
 
-def test_an_unreachable_api_is_one_line() -> None:
-    nowhere = f"http://127.0.0.1:{free_port()}"
+def test_an_unreachable_api_is_one_line(dead_port: int) -> None:
+    nowhere = f"http://127.0.0.1:{dead_port}"
     result = CliRunner().invoke(main, ["status", "x", "--url", nowhere, "--key", "k"])
     assert result.exit_code == 1
     assert result.stderr == f"Error: cannot connect to the Oneiro API at {nowhere}\n"
@@ -139,10 +142,30 @@ def test_submit_wait_shows_progress_and_writes_the_png(stack: Stack, tmp_path: P
     percents = [int(p) for p in re.findall(r"(\d+)%\|", result.stderr)]
     assert percents == sorted(percents) and percents[-1] == 100, result.stderr
     assert len({p for p in percents if 0 < p < 100}) >= 3, f"too few steps: {percents}"
-    assert re.search(r"octave \d/5 step \d/8 ETA \d+:\d\d", result.stderr), result.stderr
+    # A step below 8: the bar shows the step under way, not the number of steps.
+    assert re.search(r"octave \d/5 step [1-7]/8 ETA \d+:\d\d", result.stderr), result.stderr
     job = stack.job(job_id)
     assert job["status"] == "succeeded" and job["params"]["seed"] == 3
     assert job["params"]["steps"] == 8
+
+
+def test_param_values_are_json_where_they_parse_and_text_otherwise(stack: Stack) -> None:
+    result = oneiro(
+        stack,
+        "submit",
+        str(CHELSEA),
+        "--params-json",
+        '{"steps": 9, "tv_weight": 0.5}',
+        *("--param", "max_dim=64", "--param", "steps=2", "--param", "octaves=1"),
+        *("--param", "grad_norm=laplacian", "--param", 'layers=["mixed4"]'),
+        *("--param", "preserve_colors=true"),
+    )
+
+    assert result.exit_code == 0, result.output
+    params = stack.job(result.stdout.strip())["params"]
+    assert params["grad_norm"] == "laplacian"  # not JSON: sent as text
+    assert list(params["layers"]) == ["mixed4"] and params["preserve_colors"] is True  # JSON
+    assert params["steps"] == 2 and params["tv_weight"] == 0.5  # --param over --params-json
 
 
 def test_status_list_cancel_retry_and_result(stack: Stack, tmp_path: Path) -> None:
@@ -186,15 +209,18 @@ def test_status_list_cancel_retry_and_result(stack: Stack, tmp_path: Path) -> No
 
 
 def test_a_job_canceled_elsewhere_ends_the_wait_non_zero(stack: Stack, tmp_path: Path) -> None:
+    # The stack is shared by this module's tests: the seed marks this test's own job, so the
+    # canceller never cancels another test's.
+    seed = secrets.randbelow(2**31)
+
+    def ours_running(http: Any) -> list[dict[str, Any]]:
+        jobs = http.get(f"{stack.url}/v1/jobs?status=running", timeout=5).json()["jobs"]
+        return [job for job in jobs if job["params"]["seed"] == seed]
+
     def cancel_when_running() -> None:
         with stack.http() as http:
-            running = wait_for(
-                lambda: http.get(f"{stack.url}/v1/jobs?status=running", timeout=5).json()["jobs"],
-                120,
-                "a running job",
-                every=0.1,
-            )
-            http.post(f"{stack.url}/v1/jobs/{running[0]['id']}/cancel", timeout=5)
+            (running,) = wait_for(lambda: ours_running(http), 120, "our job running", every=0.1)
+            http.post(f"{stack.url}/v1/jobs/{running['id']}/cancel", timeout=5)
 
     canceller = threading.Thread(target=cancel_when_running, daemon=True)
     canceller.start()
@@ -205,6 +231,8 @@ def test_a_job_canceled_elsewhere_ends_the_wait_non_zero(stack: Stack, tmp_path:
         *SMALL[:4],
         "--param",
         "steps=1000",
+        "--param",
+        f"seed={seed}",
         "-o",
         str(tmp_path / "x.png"),
     )

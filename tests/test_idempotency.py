@@ -8,6 +8,7 @@ import threading
 from datetime import timedelta
 from typing import Any
 
+from flask import Flask
 from flask.testing import FlaskClient
 from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
@@ -15,7 +16,7 @@ from sqlalchemy.orm import Session
 from shared.models import IdempotencyKey, Job, utcnow
 from shared.settings import Settings
 from tests.test_api import assert_problem, queued_job_ids, stored_files
-from tests.utils import image_bytes
+from tests.utils import authed_client, image_bytes
 
 
 def post(client: FlaskClient, key: str, image: bytes, params: str = '{"steps": 3}') -> object:
@@ -75,6 +76,32 @@ def test_the_same_key_with_another_webhook_is_another_request(
     assert jobs(session) == 1
 
 
+def test_the_same_key_and_params_with_another_image_is_422(
+    client: FlaskClient, session: Session, settings: Settings
+) -> None:
+    assert post(client, "k-img", image_bytes((96, 64))).status_code == 202
+
+    body = assert_problem(post(client, "k-img", image_bytes((64, 96))), 422)
+
+    assert body["errors"][0]["field"] == "Idempotency-Key"
+    assert jobs(session) == 1 and len(stored_files(settings)) == 1
+
+
+def test_one_key_used_by_two_tenants_makes_two_jobs(
+    app: Flask, client: FlaskClient, session: Session
+) -> None:
+    other = authed_client(app, "another-tenant")
+
+    mine = post(client, "k-shared", image_bytes())
+    theirs = post(other, "k-shared", image_bytes())
+
+    assert mine.status_code == 202 and theirs.status_code == 202
+    assert mine.get_json()["id"] != theirs.get_json()["id"]
+    assert jobs(session) == 2
+    # Each tenant's retry still answers with its own job.
+    assert post(other, "k-shared", image_bytes()).get_json()["id"] == theirs.get_json()["id"]
+
+
 def test_keys_expire_after_a_day(client: FlaskClient, session: Session) -> None:
     first = post(client, "k-3", image_bytes()).get_json()["id"]
     session.execute(update(IdempotencyKey).values(created_at=utcnow() - timedelta(hours=25)))
@@ -104,3 +131,20 @@ def test_concurrent_requests_with_one_key_make_one_job(
     assert len({job_id for _, job_id in answers}) == 1
     assert sorted(code for code, _ in answers).count(202) == 1
     assert jobs(session) == 1 and len(stored_files(settings)) == 1
+
+
+def test_a_key_is_1_to_255_characters(client: FlaskClient, session: Session) -> None:
+    assert post(client, "k", image_bytes()).status_code == 202
+    assert post(client, "k" * 255, image_bytes()).status_code == 202
+    for bad in ("", "k" * 256):
+        body = assert_problem(post(client, bad, image_bytes()), 422)
+        assert body["errors"][0]["field"] == "Idempotency-Key"
+    assert jobs(session) == 2
+
+
+def test_the_same_params_in_another_order_are_the_same_request(client: FlaskClient) -> None:
+    first = post(client, "k-order", image_bytes(), '{"steps": 3, "seed": 1}')
+    again = post(client, "k-order", image_bytes(), '{"seed": 1, "steps": 3}')
+
+    assert (first.status_code, again.status_code) == (202, 200)
+    assert again.get_json()["id"] == first.get_json()["id"]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import threading
 import uuid
 from typing import Any
@@ -42,13 +43,21 @@ def test_a_queued_job_is_canceled_at_once_and_never_runs(
     assert status_of(session, job_id).status == JobStatus.CANCELED
 
 
+# 0 writes progress after every batch, and a write to a canceled row stops the render by
+# itself; at the production interval (1 s) only the worker's own check (StillOurs) can.
+@pytest.mark.parametrize("progress_interval", [0.0, 1.0])
 def test_a_running_job_stops_within_one_tile_batch(
     client: FlaskClient,
     session: Session,
     storage: Storage,
     runtime: Runtime,
     monkeypatch: pytest.MonkeyPatch,
+    progress_interval: float,
 ) -> None:
+    runtime = dataclasses.replace(
+        runtime,
+        settings=runtime.settings.model_copy(update={"progress_interval": progress_interval}),
+    )
     job = make_job(session, storage, params={"steps": 50, "octaves": 2, "seed": 1})
     calls: list[int] = []
 
@@ -130,6 +139,7 @@ def test_jobs_list_newest_first_by_status_a_page_at_a_time(
     [
         ({"status": "done"}, "status"),
         ({"limit": 0}, "limit"),
+        ({"limit": 101}, "limit"),
         ({"limit": "x"}, "limit"),
         ({"cursor": "nonsense"}, "cursor"),
     ],
@@ -137,6 +147,21 @@ def test_jobs_list_newest_first_by_status_a_page_at_a_time(
 def test_bad_list_parameters_are_422(client: FlaskClient, query: dict, field: str) -> None:
     body = assert_problem(client.get("/v1/jobs", query_string=query), 422)
     assert body["errors"][0]["field"] == field
+
+
+def test_the_list_limit_is_20_by_default_and_100_at_most(
+    client: FlaskClient, session: Session, storage: Storage
+) -> None:
+    for _ in range(101):
+        make_job(session, storage)
+
+    default = client.get("/v1/jobs").get_json()
+    largest = client.get("/v1/jobs", query_string={"limit": 100}).get_json()
+    rest = client.get("/v1/jobs", query_string={"limit": 100, "cursor": largest["next_cursor"]})
+
+    assert len(default["jobs"]) == 20 and default["next_cursor"] is not None
+    assert len(largest["jobs"]) == 100 and largest["next_cursor"] is not None
+    assert len(rest.get_json()["jobs"]) == 1 and rest.get_json()["next_cursor"] is None
 
 
 def test_concurrent_cancels_agree(client: FlaskClient, session: Session, storage: Storage) -> None:

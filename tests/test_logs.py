@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import json
 import logging
+import re
 import subprocess
 import uuid
 from collections.abc import Iterator
@@ -19,12 +20,12 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from api import create_app
 from shared.launcher import worker_command
-from shared.logs import configure_logging
+from shared.logs import configure_logging, log_context
 from shared.models import Job, JobStatus, utcnow
 from shared.queue import RENDER_TASK, create_celery
-from shared.settings import Settings
+from shared.settings import Settings, load_settings
 from shared.storage import Storage
-from tests.conftest import ROOT, free_port
+from tests.conftest import ROOT
 from tests.utils import authed_client, make_job, process_env, wait_for
 from worker.jobs import run_job
 from worker.maintenance import reap_stale_jobs
@@ -54,11 +55,15 @@ def records(text: str) -> list[dict[str, Any]]:
 
 
 def test_an_api_route_about_a_job_logs_with_its_id(
-    settings: Settings, session: Session, storage: Storage, log_stream: io.StringIO
+    settings: Settings,
+    session: Session,
+    storage: Storage,
+    log_stream: io.StringIO,
+    dead_port: int,
 ) -> None:
     job = make_job(session, storage, status=JobStatus.FAILED)
     # Redis is away, so the retry is recorded but not enqueued: the API logs why.
-    dead_redis = settings.model_copy(update={"redis_url": f"redis://127.0.0.1:{free_port()}/0"})
+    dead_redis = settings.model_copy(update={"redis_url": f"redis://127.0.0.1:{dead_port}/0"})
     app = create_app(dead_redis)
     configure_logging(dead_redis, log_stream)  # create_app pointed the logs at stderr
 
@@ -179,3 +184,53 @@ def test_a_celery_worker_process_logs_json_lines_with_the_job(
         if sample.name == "oneiro_workers_online"
     }
     assert online[settings.queue] == 1
+
+
+@pytest.fixture
+def restored_root_logger() -> Iterator[None]:
+    """Whatever a test configures, the root logger is as it was afterwards."""
+    root = logging.getLogger()
+    handlers, level = list(root.handlers), root.level
+    yield
+    root.handlers[:] = handlers
+    root.setLevel(level)
+
+
+def test_log_format_text_and_log_level_from_the_environment(
+    monkeypatch: pytest.MonkeyPatch, restored_root_logger: None
+) -> None:
+    monkeypatch.setenv("ONEIRO_LOG_FORMAT", "text")
+    monkeypatch.setenv("ONEIRO_LOG_LEVEL", "warning")
+    stream = io.StringIO()
+    configure_logging(load_settings(), stream)
+
+    log = logging.getLogger("oneiro.test")
+    with log_context(job_id="j-1", attempt=2, worker="w-1"):
+        log.info("below the level")
+        log.warning("at the level")
+    log.error("outside any job")
+
+    lines = stream.getvalue().splitlines()
+    assert len(lines) == 2, lines
+    assert re.fullmatch(
+        r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3} WARNING oneiro\.test "
+        r"\[job=j-1 attempt=2 worker=w-1\] at the level",
+        lines[0],
+    )
+    unknown = "[job=None attempt=None worker=None]"
+    assert lines[1].endswith(f" ERROR oneiro.test {unknown} outside any job")
+
+
+def test_json_is_the_default_format_and_info_the_default_level(
+    monkeypatch: pytest.MonkeyPatch, restored_root_logger: None
+) -> None:
+    monkeypatch.delenv("ONEIRO_LOG_FORMAT", raising=False)
+    monkeypatch.delenv("ONEIRO_LOG_LEVEL", raising=False)
+    stream = io.StringIO()
+    configure_logging(load_settings(), stream)
+
+    logging.getLogger("oneiro.test").debug("below the level")
+    logging.getLogger("oneiro.test").info("at the level")
+
+    (line,) = records(stream.getvalue())
+    assert line["level"] == "INFO" and line["message"] == "at the level"

@@ -19,7 +19,6 @@ from shared.models import JobStatus, utcnow
 from shared.queue import MAINTAIN_TASK, RENDER_TASK, create_celery, maintenance_queue, send_job
 from shared.settings import Settings
 from shared.storage import Storage
-from tests.conftest import free_port
 from tests.utils import make_job
 from worker.maintenance import relay_queued_jobs
 
@@ -209,12 +208,10 @@ def test_worker_throughput_and_busy_workers(
 
 
 def test_a_redis_that_is_down_leaves_the_database_figures(
-    settings: Settings, session: Session, storage: Storage
+    settings: Settings, session: Session, storage: Storage, dead_port: int
 ) -> None:
     make_job(session, storage)
-    app = create_app(
-        settings.model_copy(update={"redis_url": f"redis://127.0.0.1:{free_port()}/0"})
-    )
+    app = create_app(settings.model_copy(update={"redis_url": f"redis://127.0.0.1:{dead_port}/0"}))
 
     samples = scrape(app.test_client())
     app.extensions["oneiro"].engine.dispose()

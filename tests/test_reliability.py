@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import dataclasses
+import time
 import uuid
 from datetime import timedelta
 from typing import Any
 
 import pytest
 import redis
-from sqlalchemy import update
+from celery.exceptions import SoftTimeLimitExceeded
+from sqlalchemy import event, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from shared.models import Job, JobStatus, utcnow
@@ -191,8 +193,64 @@ def test_a_worker_that_lost_its_job_writes_no_file_of_the_newer_attempt(
     assert reload(session, job.id).checkpoint_key == checkpoint_key(job.id, 1)
 
 
+def test_a_long_step_with_a_live_heartbeat_is_not_reaped(
+    settings: Settings,
+    sessions: sessionmaker[Session],
+    session: Session,
+    storage: Storage,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Progress writes refresh the heartbeat too; in a step that reports nothing for longer than
+    # the lease, only the heartbeat thread keeps the job from the reaper.
+    runtime = runtime_for(
+        settings, sessions, storage, heartbeat_interval=0.1, lease_seconds=1.0, progress_interval=0
+    )
+    job = make_job(session, storage, params=PARAMS)
+    reaped: list[tuple[list[uuid.UUID], list[uuid.UUID]]] = []
+
+    def long_step(n: int) -> None:
+        if n == 2:
+            time.sleep(2.5)  # 2.5 leases without progress
+            with sessions() as reaper:
+                reaped.append(reap_stale_jobs(reaper, runtime.settings))
+
+    before_each_gradient(monkeypatch, long_step)
+
+    assert run_job(job.id, runtime) == JobStatus.SUCCEEDED
+
+    assert reaped == [([], [])]
+    done = reload(session, job.id)
+    assert done.status == JobStatus.SUCCEEDED and done.attempt == 1
+
+
+def test_the_soft_time_limit_fails_the_job_saying_which_limit(
+    settings: Settings,
+    sessions: sessionmaker[Session],
+    session: Session,
+    storage: Storage,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    runtime = runtime_for(settings, sessions, storage, soft_time_limit=30.0)
+    job = make_job(session, storage, params=PARAMS)
+
+    def past_the_limit(n: int) -> None:
+        if n == 2:  # what Celery raises in the task when task_soft_time_limit passes
+            raise SoftTimeLimitExceeded()
+
+    before_each_gradient(monkeypatch, past_the_limit)
+
+    assert run_job(job.id, runtime) == JobStatus.FAILED
+
+    failed = reload(session, job.id)
+    assert failed.error == (
+        "the render ran past the time limit (ONEIRO_SOFT_TIME_LIMIT) and was stopped"
+    )
+    assert failed.result_key is None and not storage.exists(checkpoint_key(job.id, 1))
+    assert create_celery(runtime.settings).conf.task_soft_time_limit == 30.0
+
+
 def test_the_reaper_requeues_silent_jobs_and_fails_them_after_the_last_attempt(
-    settings: Settings, session: Session, storage: Storage
+    settings: Settings, session: Session, storage: Storage, caplog: pytest.LogCaptureFixture
 ) -> None:
     old = utcnow() - timedelta(seconds=settings.lease_seconds + 5)
     silent = make_job(
@@ -219,6 +277,81 @@ def test_the_reaper_requeues_silent_jobs_and_fails_them_after_the_last_attempt(
     assert gave_up.error is not None and "w2 stopped answering" in gave_up.error
     assert f"attempt {settings.max_attempts} of {settings.max_attempts}" in gave_up.error
     assert reload(session, alive.id).status == JobStatus.RUNNING
+    said = {r.job_id: r.getMessage() for r in caplog.records if r.name == "worker.maintenance"}
+    assert said[str(silent.id)].endswith("; put back in the queue")
+    assert said[str(exhausted.id)].endswith("; failed")
+
+
+def test_the_reaper_puts_back_every_silent_job_of_one_attempt(
+    settings: Settings, session: Session, storage: Storage
+) -> None:
+    old = utcnow() - timedelta(seconds=settings.lease_seconds + 5)
+    # The middle id first: an update that reached past its own row, in either direction of
+    # ids, would count the others with it.
+    silent = [
+        make_job(
+            session,
+            storage,
+            id=uuid.UUID(int=n),
+            status=JobStatus.RUNNING,
+            attempt=1,
+            heartbeat_at=old,
+        )
+        for n in (2, 1, 3)
+    ]
+
+    requeued, failed = reap_stale_jobs(session, settings)
+
+    assert sorted(requeued) == sorted(job.id for job in silent) and failed == []
+    assert {reload(session, job.id).status for job in silent} == {JobStatus.QUEUED}
+
+
+def test_the_reaper_leaves_a_job_that_beat_or_ended_after_it_looked(
+    settings: Settings, session: Session, sessions: sessionmaker[Session], storage: Storage
+) -> None:
+    old = utcnow() - timedelta(seconds=settings.lease_seconds + 5)
+    beat, ended, canceled = (
+        make_job(session, storage, status=JobStatus.RUNNING, attempt=1, heartbeat_at=old)
+        for _ in range(3)
+    )
+    meanwhile: list[int] = []
+
+    # Between the reaper's select and its first update, one worker beats, another finishes, a
+    # third job is canceled.
+    @event.listens_for(session, "do_orm_execute")
+    def before_the_update(state: Any) -> None:
+        if state.is_update and not meanwhile:
+            meanwhile.append(1)
+            with sessions.begin() as other:
+                other.execute(update(Job).where(Job.id == beat.id).values(heartbeat_at=utcnow()))
+                for job, status in ((ended, JobStatus.SUCCEEDED), (canceled, JobStatus.CANCELED)):
+                    other.execute(update(Job).where(Job.id == job.id).values(status=status))
+
+    assert reap_stale_jobs(session, settings) == ([], [])
+
+    assert meanwhile == [1]
+    assert reload(session, beat.id).status == JobStatus.RUNNING
+    assert reload(session, ended.id).status == JobStatus.SUCCEEDED
+    assert reload(session, canceled.id).status == JobStatus.CANCELED
+
+
+def test_the_reaper_fails_a_silent_retried_job_past_max_attempts(
+    settings: Settings, session: Session, storage: Storage, caplog: pytest.LogCaptureFixture
+) -> None:
+    # A retry counts attempts on past the limit; its silent worker fails it, never requeues it.
+    old = utcnow() - timedelta(seconds=settings.lease_seconds + 5)
+    job = make_job(
+        session,
+        storage,
+        status=JobStatus.RUNNING,
+        attempt=settings.max_attempts + 1,
+        heartbeat_at=old,
+    )
+
+    assert reap_stale_jobs(session, settings) == ([], [job.id])
+    assert reload(session, job.id).status == JobStatus.FAILED
+    (said,) = [r.getMessage() for r in caplog.records if r.name == "worker.maintenance"]
+    assert said.endswith("; failed")
 
 
 def test_the_relay_sends_what_redis_never_got_or_lost(
@@ -229,6 +362,9 @@ def test_the_relay_sends_what_redis_never_got_or_lost(
     long_ago = make_job(
         session, storage, enqueued_at=utcnow() - timedelta(seconds=settings.relay_after + 5)
     )
+    # Jobs past the queue are never sent again, however long ago they were enqueued.
+    for status in (JobStatus.RUNNING, JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.CANCELED):
+        make_job(session, storage, status=status, enqueued_at=long_ago.enqueued_at)
     make_job(session, storage, status=JobStatus.SUCCEEDED)
     celery = create_celery(settings)
 
@@ -265,3 +401,17 @@ def test_a_job_waiting_for_a_worker_stays_one_message_and_a_flushed_queue_is_ref
     assert relay_queued_jobs(session, celery, settings, now=later) == []
     celery.close()
     assert sorted(queued_job_ids(settings)) == jobs
+
+
+def test_the_relay_waits_relay_after_seconds_exactly(
+    settings: Settings, session: Session, storage: Storage
+) -> None:
+    now = utcnow()
+    due = make_job(session, storage, enqueued_at=now - timedelta(seconds=settings.relay_after + 1))
+    make_job(session, storage, enqueued_at=now - timedelta(seconds=settings.relay_after))
+    celery = create_celery(settings)
+
+    sent = relay_queued_jobs(session, celery, settings, now=now)
+    celery.close()
+
+    assert sent == [due.id]

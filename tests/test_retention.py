@@ -89,6 +89,25 @@ def test_old_jobs_lose_their_files_and_keep_their_rows(
     assert expire_old_files(session, storage, month) == []  # nothing twice
 
 
+def test_expiring_one_job_touches_no_other_row(
+    session: Session, storage: Storage, settings: Settings
+) -> None:
+    # Ids on either side of the old job's, so a mark that reached past its own row would show.
+    low, high = uuid.UUID(int=1), uuid.UUID(int=2**128 - 1)
+    recent = with_files(session, storage, 1, id=low, status=JobStatus.SUCCEEDED)
+    running = with_files(session, storage, None, id=uuid.UUID(int=2), status=JobStatus.RUNNING)
+    old = with_files(session, storage, 40, id=uuid.UUID(int=2**127), status=JobStatus.FAILED)
+    newest = with_files(session, storage, 2, id=high, status=JobStatus.CANCELED)
+
+    assert expire_old_files(session, storage, settings) == [old.id]  # 30 days by default
+
+    session.expire_all()
+    for job in (recent, running, newest):
+        kept = session.get_one(Job, job.id)
+        assert kept.expired_at is None and kept.result_key == result_key(job.id, 1)
+        assert storage.exists(result_key(job.id, 1))
+
+
 def test_idempotency_keys_older_than_a_day_are_forgotten(
     client: FlaskClient, session: Session, storage: Storage, settings: Settings
 ) -> None:

@@ -3,19 +3,20 @@ tenant has a request rate and a cap on active jobs. Real database, real Redis.""
 
 from __future__ import annotations
 
+import functools
 import json
-import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from cachetools import TTLCache
 from click.testing import CliRunner
 from flask import Flask
 from sqlalchemy import func, select, text
 from sqlalchemy.orm import Session
 
-from api import create_app
+from api import auth, create_app
 from shared.clientconfig import read_client_config
 from shared.launcher import LOCAL_TENANT, ensure_local_key
 from shared.models import ApiKey, Job, JobStatus, Tenant
@@ -85,6 +86,9 @@ def test_keys_are_stored_only_as_hashes_and_revoking_one_locks_it_out(
     settings: Settings, session: Session, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # The API trusts a checked key for auth_cache_seconds: a revoked key stops within that.
+    # The cache reads a clock of the test's own, so that "within" is exact, not a sleep.
+    now = [0.0]
+    monkeypatch.setattr(auth, "TTLCache", functools.partial(TTLCache, timer=lambda: now[0]))
     app = create_app(settings.model_copy(update={"auth_cache_seconds": 2.0}))
     monkeypatch.setenv("DATABASE_URL", settings.database_url)
     monkeypatch.setattr("shared.settings.get_settings", lambda: settings)
@@ -113,7 +117,9 @@ def test_keys_are_stored_only_as_hashes_and_revoking_one_locks_it_out(
     assert client.get("/v1/jobs").status_code == 200  # now in the API's key cache
     revoked = runner.invoke(cli, ["keys", "revoke", key[:13]])
     assert revoked.exit_code == 0 and "revoked 1" in revoked.stdout
-    time.sleep(2.1)
+    now[0] = 1.9
+    assert client.get("/v1/jobs").status_code == 200  # still trusted from the cache
+    now[0] = 2.0
     assert_problem(client.get("/v1/jobs"), 401)
     other = app.test_client()
     other.environ_base["HTTP_AUTHORIZATION"] = f"Bearer {second.stdout.strip()}"
@@ -182,3 +188,16 @@ def test_a_tenant_at_its_active_job_cap_gets_429_and_nothing_is_written(
         Job.tenant_id == tenant.id, Job.status.in_([JobStatus.QUEUED, JobStatus.RUNNING])
     )
     assert session.scalar(active) == 2 and second
+
+
+def test_a_tenant_already_past_its_cap_is_refused_too(
+    limited: Flask, session: Session, storage: Storage
+) -> None:
+    # The cap is soft: submits at the same moment can pass it. Past it, every submit is a 429.
+    tenant = tenant_named(session, "overdrawn")
+    for status in (JobStatus.QUEUED, JobStatus.RUNNING, JobStatus.QUEUED):
+        make_job(session, storage, tenant_id=tenant.id, status=status)
+
+    body = assert_problem(submit(authed_client(limited, "overdrawn"), image_bytes()), 429)
+
+    assert (body["limit"], body["value"]) == (2, 3)

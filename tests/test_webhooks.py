@@ -7,6 +7,7 @@ import base64
 import contextlib
 import hashlib
 import hmac
+import ipaddress
 import json
 import socket
 import socketserver
@@ -31,6 +32,7 @@ from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from api import create_app
+from shared import webhooks
 from shared.launcher import WEBHOOK_THREADS, maintenance_command, webhooks_command
 from shared.models import Job, JobStatus, utcnow
 from shared.queue import create_celery, maintenance_queue, webhook_queue
@@ -435,10 +437,23 @@ def test_a_name_that_rebinds_to_a_private_address_after_the_check_is_not_called(
     receiver = receivers(failures=0)
     # Public when checked, loopback when looked up again: the classic DNS rebinding.
     resolver = Resolver(monkeypatch, {"hooks.rebind.test": [["93.184.215.14"], ["127.0.0.1"]]})
+    # Tests reach only this machine: the connection to the public address is refused here,
+    # before any packet leaves, and recorded.
+    attempted: list[str] = []
+    connect = webhooks._DeadlineSocket.connect
+
+    def connect_here_only(sock: socket.socket, address: Any) -> None:
+        attempted.append(address[0])
+        if not ipaddress.ip_address(address[0]).is_loopback:
+            raise ConnectionRefusedError("tests reach only this machine")
+        connect(sock, address)
+
+    monkeypatch.setattr(webhooks._DeadlineSocket, "connect", connect_here_only)
     assert not direct.settings.webhook_allow_private
-    with pytest.raises(DeliveryFailed):  # the public address does not answer here
+    with pytest.raises(DeliveryFailed):
         direct.deliver(f"http://hooks.rebind.test:{receiver.port}/hook", webhook_timeout=1.0)
     assert resolver.lookups["hooks.rebind.test"] == 1
+    assert attempted == ["93.184.215.14"]  # the checked address, not the rebound one
     assert receiver.deliveries == []
 
 

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import dataclasses
 import io
+import time
 import uuid
+from typing import Any
 
 import pytest
 from PIL import Image
@@ -12,7 +15,9 @@ from sqlalchemy.orm import Session, sessionmaker
 from shared.models import Job, JobStatus
 from shared.settings import Settings
 from shared.storage import Storage
+from tests.test_reliability import before_each_gradient
 from tests.utils import image_bytes, make_job
+from worker import jobs as worker_jobs
 from worker.jobs import LostJob, ProgressReporter, claim_job, run_job
 from worker.runtime import Runtime
 
@@ -79,6 +84,39 @@ def test_only_one_of_two_claims_wins(
     assert reload(session, job).worker == "a"
 
 
+def test_only_the_queued_job_asked_for_is_claimed(session: Session, storage: Storage) -> None:
+    # Ids on either side, and every other status: a claim reaches no other row.
+    neighbours = [make_job(session, storage, id=uuid.UUID(int=n)) for n in (1, 3)]
+    job = make_job(session, storage, id=uuid.UUID(int=2))
+    others = {
+        status: make_job(session, storage, status=status)
+        for status in JobStatus
+        if status != JobStatus.QUEUED
+    }
+
+    assert claim_job(session, job.id, "w") == 1
+    for status, other in others.items():
+        assert claim_job(session, other.id, "w") is None
+        assert reload(session, other).status == status
+    session.commit()
+    assert {reload(session, n).status for n in neighbours} == {JobStatus.QUEUED}
+
+
+def test_a_progress_write_reaches_only_its_own_row(
+    runtime: Runtime, session: Session, storage: Storage
+) -> None:
+    # Running jobs of the same attempt, with ids on either side of this one's.
+    rows = [
+        make_job(session, storage, id=uuid.UUID(int=n), status=JobStatus.RUNNING, attempt=1)
+        for n in (2, 1, 3)
+    ]
+
+    ProgressReporter(runtime, rows[0].id, attempt=1)(_progress())
+
+    assert reload(session, rows[0]).progress["fraction"] == 0.5
+    assert [reload(session, row).progress for row in rows[1:]] == [{}, {}]
+
+
 def test_an_unknown_job_id_does_nothing(runtime: Runtime) -> None:
     assert run_job(uuid.uuid4(), runtime) is None
 
@@ -114,10 +152,13 @@ def test_a_worker_that_lost_its_claim_cannot_write(
 ) -> None:
     job = make_job(session, storage, status=JobStatus.RUNNING, attempt=2)
     stale = ProgressReporter(runtime, job.id, attempt=1)
+    canceled = make_job(session, storage, status=JobStatus.CANCELED, attempt=1)
+    own_but_canceled = ProgressReporter(runtime, canceled.id, attempt=1)
 
-    with pytest.raises(LostJob):
-        stale(_progress())
-    assert reload(session, job).progress == {}
+    for reporter in (stale, own_but_canceled):
+        with pytest.raises(LostJob):
+            reporter(_progress())
+    assert reload(session, job).progress == {} and reload(session, canceled).progress == {}
 
 
 def _progress() -> object:
@@ -196,3 +237,61 @@ def test_a_succeeded_job_reads_complete_though_progress_was_throttled(
     assert progress["octave"] == progress["octaves"] == 2
     assert progress["tiles"] and progress["tiles_done"] == progress["tiles"]
     assert progress["fraction"] == 1.0 and progress["eta_seconds"] == 0.0
+
+
+def record_progress_writes(monkeypatch: pytest.MonkeyPatch) -> list[tuple[float, dict]]:
+    """(monotonic time, progress) of every progress write the worker makes to the job row."""
+    writes: list[tuple[float, dict]] = []
+    original = worker_jobs._update_running
+
+    def recording(session: Session, job_id: uuid.UUID, attempt: int, **values: Any) -> None:
+        original(session, job_id, attempt, **values)
+        if "progress" in values and "status" not in values:  # not the final write
+            writes.append((time.monotonic(), values["progress"]))
+
+    monkeypatch.setattr(worker_jobs, "_update_running", recording)
+    return writes
+
+
+def test_progress_names_the_step_under_way(
+    runtime: Runtime, session: Session, storage: Storage, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    writes = record_progress_writes(monkeypatch)
+    job = make_job(session, storage, params={"steps": 4, "octaves": 2, "seed": 1})
+
+    assert run_job(job.id, runtime) == JobStatus.SUCCEEDED
+
+    # progress_interval=0 (the test settings): one write per tile batch, one batch per step.
+    seen = [(p["octave"], p["step"], p["steps"], p["octaves"]) for _, p in writes]
+    assert seen == [(o, s, 4, 2) for o in (1, 2) for s in (1, 2, 3, 4)]
+
+
+def test_progress_writes_are_spaced_by_the_progress_interval(
+    runtime: Runtime, session: Session, storage: Storage, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    writes = record_progress_writes(monkeypatch)
+    # When the reporter decided to write, on its own clock: the moment a write ends depends on
+    # how long the database took, which is not what the interval spaces.
+    decided: list[float] = []
+    report = ProgressReporter.__call__
+
+    def reporting(self: ProgressReporter, progress: Any) -> None:
+        before = self.last_write
+        report(self, progress)
+        if self.last_write != before:
+            decided.append(self.last_write)
+
+    monkeypatch.setattr(ProgressReporter, "__call__", reporting)
+    # 24 batches of at least 0.05 s each: at least 1.2 s of render, reported after every batch.
+    before_each_gradient(monkeypatch, lambda _n: time.sleep(0.05))
+    spaced = dataclasses.replace(
+        runtime, settings=runtime.settings.model_copy(update={"progress_interval": 0.4})
+    )
+    job = make_job(session, storage, params={"steps": 12, "octaves": 2, "seed": 1})
+
+    assert run_job(job.id, spaced) == JobStatus.SUCCEEDED
+
+    assert 2 <= len(writes) < 24, f"{len(writes)} progress writes for 24 batches"
+    assert len(decided) == len(writes)
+    gaps = [later - earlier for earlier, later in zip(decided, decided[1:], strict=False)]
+    assert min(gaps) >= 0.4, f"progress writes closer than the interval: {gaps}"

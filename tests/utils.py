@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import io
 import os
+import re
+import subprocess
 import time
 import uuid
 from pathlib import Path
@@ -17,6 +19,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from shared.db import create_db_engine, create_session_factory
+from shared.localredis import start_redis
 from shared.models import Job, JobStatus, Tenant
 from shared.params import RenderParams
 from shared.settings import Settings
@@ -124,3 +127,41 @@ def http_answers(url: str) -> bool:
     except requests.RequestException:
         return False
     return True
+
+
+def redis_on_free_port(workdir: Path, attempts: int = 5) -> tuple[subprocess.Popen[bytes], int]:
+    """A redis-server of a test's own and its port; another port when one is taken between
+    choosing it and binding it (start_redis checks the answer is its own server's)."""
+    from tests.conftest import free_port
+
+    error = None
+    for _ in range(attempts):
+        port = free_port()
+        try:
+            return start_redis(port, workdir), port
+        except RuntimeError as exc:
+            error = exc
+    raise AssertionError(f"no redis-server of our own in {attempts} tries: {error}")
+
+
+# What a server started on port 0 logs once it listens: gunicorn, and werkzeug (moto_server).
+GUNICORN_LISTENING = r"Listening at: http://127\.0\.0\.1:(\d+)"
+WERKZEUG_LISTENING = r"Running on http://127\.0\.0\.1:(\d+)"
+
+
+def listening_port(
+    log: Path,
+    process: subprocess.Popen[bytes],
+    pattern: str = GUNICORN_LISTENING,
+    timeout: float = 60,
+) -> int:
+    """The port a server started on port 0 chose, read from its log (`pattern`'s group): the
+    kernel picks a free one, so no other process can take it between choosing and binding."""
+
+    def announced() -> int | None:
+        if process.poll() is not None:
+            raise AssertionError(f"{process.args} exited at start:\n{log.read_text()[-2000:]}")
+        found = re.search(pattern, log.read_text())
+        return int(found.group(1)) if found else None
+
+    return int(wait_for(announced, timeout, f"{process.args} to listen"))
