@@ -15,6 +15,7 @@ from spectree import Response, SecurityScheme, SecuritySchemeData, SpecTree
 from spectree.page import ONLINE_PAGE_TEMPLATES
 from spectree.plugins.flask_plugin import FlaskPlugin
 
+from api import schemas
 from api.problems import PROBLEM_JSON, invalid
 from api.schemas import ProblemOut
 
@@ -100,6 +101,21 @@ def component_name(model: Any) -> str:
     return str(getattr(model, "__name__", model))
 
 
+def nested_component_name(_parent: str, child: str) -> str:
+    """A nested model's name in components/schemas: the name it has at the top level."""
+    # spectree's default, `Parent.Child`, gives a model nested in two others two schemas, and
+    # client generators then make a class per copy, none matching the others (issue 12). pydantic
+    # names a nested model by its class; ours go by their title.
+    return _TITLES.get(child, child)
+
+
+_TITLES = {
+    model.__name__: component_name(model)
+    for model in vars(schemas).values()
+    if isinstance(model, type) and issubclass(model, BaseModel)
+}
+
+
 def _problem_on_invalid_request(
     req: Any, resp: Any, error: Exception | None, instance: Any, adapter: Any
 ) -> None:
@@ -144,6 +160,7 @@ spec = SpecTree(
         )
     ],
     naming_strategy=component_name,
+    nested_naming_strategy=nested_component_name,
     validation_error_model=ProblemOut,
     before=_problem_on_invalid_request,
 )

@@ -158,7 +158,10 @@ def fuzz_app(settings: Settings, monkeypatch: pytest.MonkeyPatch) -> Iterator[Fl
 
     # Only shared.webhooks sees the stand-in: Redis and the databases resolve as ever.
     stand_in = SimpleNamespace(
-        getaddrinfo=resolve_offline, gaierror=socket.gaierror, IPPROTO_TCP=socket.IPPROTO_TCP
+        getaddrinfo=resolve_offline,
+        gaierror=socket.gaierror,
+        IPPROTO_TCP=socket.IPPROTO_TCP,
+        SOCK_STREAM=socket.SOCK_STREAM,
     )
     monkeypatch.setattr("shared.webhooks.socket", stand_in)
     roomy = settings.model_copy(update={"rate_limit": "100000/minute", "max_active_jobs": 100000})
