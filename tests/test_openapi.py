@@ -75,6 +75,25 @@ def test_the_docs_page_needs_no_key_and_reads_the_document(app: Flask) -> None:
     assert anonymous.get("/v1/docs/openapi.json").get_json() == document(app)
 
 
+def test_the_docs_page_loads_only_scripts_the_api_serves(app: Flask) -> None:
+    # It loaded Redoc from unpkg.com, so the page was blank offline (issue 12).
+    anonymous = app.test_client()
+    page = anonymous.get("/v1/docs", follow_redirects=True).get_data(as_text=True)
+    sources = re.findall(r"<(?:script|link)\b[^>]*\b(?:src|href)=[\"']([^\"']+)", page)
+    assert sources == ["/static/redoc.standalone.js"]
+    with anonymous.get(sources[0]) as bundle:
+        assert bundle.status_code == 200
+        assert bundle.mimetype in ("text/javascript", "application/javascript")
+        assert b"Redoc" in bundle.data and len(bundle.data) > 500_000  # the bundle, not a stub
+    # The web page's policy still holds for what its static folder serves, the bundle included.
+    policy = bundle.headers["Content-Security-Policy"]
+    with anonymous.get("/") as web_page:
+        assert "default-src 'self'" in policy
+        assert web_page.headers["Content-Security-Policy"] == policy
+    static = Path(app.static_folder or "")
+    assert "MIT License" in (static / "redoc.LICENSE").read_text()
+
+
 def test_every_v1_route_is_in_the_document_behind_the_bearer_key(app: Flask) -> None:
     paths = document(app)["paths"]
     routes = {
