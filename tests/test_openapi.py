@@ -67,6 +67,18 @@ def test_the_document_is_valid_openapi_3(app: Flask) -> None:
     }
 
 
+def test_each_model_has_one_name_and_one_schema(app: Flask) -> None:
+    # spectree named nested models Parent.Child: Job was also JobPage.JobOut, RenderParams also
+    # Job.RenderParams and JobSubmission.RenderParams, and generated clients dropped every job
+    # answer (issue 12).
+    schemas = document(app)["components"]["schemas"]
+    titles = [schema.get("title", name) for name, schema in schemas.items()]
+    assert not [name for name in schemas if "." in name]
+    assert sorted(titles) == sorted(set(titles))
+    assert {"Job", "JobPage", "RenderParams", "Progress", "Problem", "Layer"} <= set(schemas)
+    assert schemas["JobPage"]["properties"]["jobs"]["items"] == {"$ref": "#/components/schemas/Job"}
+
+
 def test_the_docs_page_needs_no_key_and_reads_the_document(app: Flask) -> None:
     anonymous = app.test_client()
     page = anonymous.get("/v1/docs", follow_redirects=True)
