@@ -12,9 +12,9 @@ import flask
 from flask import Flask, redirect
 from pydantic import BaseModel, ValidationError
 from spectree import Response, SecurityScheme, SecuritySchemeData, SpecTree
-from spectree.page import ONLINE_PAGE_TEMPLATES
 from spectree.plugins.flask_plugin import FlaskPlugin
 
+from api import schemas
 from api.problems import PROBLEM_JSON, invalid
 from api.schemas import ProblemOut
 
@@ -35,6 +35,23 @@ HEADERS: dict[str, dict[str, Any]] = {
     "WWW-Authenticate": {"description": "The scheme to use: Bearer.", "schema": {"type": "string"}},
 }
 BINARY = {"schema": {"type": "string", "format": "binary"}}
+
+# The Redoc page, with Redoc's bundle served from api/static (redoc 2.5.4 from npm, MIT, licences
+# beside it) rather than spectree's unpkg.com link, so the docs also read offline.
+REDOC_PAGE = """<!DOCTYPE html>
+<html>
+  <head>
+    <title>Oneiro API</title>
+    <meta charset="utf-8">
+    <meta name="viewport" content="width=device-width, initial-scale=1">
+    <style>body {{ margin: 0; padding: 0; }}</style>
+  </head>
+  <body>
+    <redoc spec-url="{spec_url}"></redoc>
+    <script src="/static/redoc.standalone.js"></script>
+  </body>
+</html>
+"""
 
 
 class Responses(Response):
@@ -100,6 +117,21 @@ def component_name(model: Any) -> str:
     return str(getattr(model, "__name__", model))
 
 
+def nested_component_name(_parent: str, child: str) -> str:
+    """A nested model's name in components/schemas: the name it has at the top level."""
+    # spectree's default, `Parent.Child`, gives a model nested in two others two schemas, and
+    # client generators then make a class per copy, none matching the others (issue 12). pydantic
+    # names a nested model by its class; ours go by their title.
+    return _TITLES.get(child, child)
+
+
+_TITLES = {
+    model.__name__: component_name(model)
+    for model in vars(schemas).values()
+    if isinstance(model, type) and issubclass(model, BaseModel)
+}
+
+
 def _problem_on_invalid_request(
     req: Any, resp: Any, error: Exception | None, instance: Any, adapter: Any
 ) -> None:
@@ -136,7 +168,7 @@ spec = SpecTree(
     path=DOCS_PREFIX,
     # Only routes declared with spec.validate; tests/test_openapi.py fails on an undeclared one.
     mode="strict",
-    page_templates={"redoc": ONLINE_PAGE_TEMPLATES["redoc"]},
+    page_templates={"redoc": REDOC_PAGE},
     security_schemes=[
         SecurityScheme(
             name="bearerAuth",
@@ -144,6 +176,7 @@ spec = SpecTree(
         )
     ],
     naming_strategy=component_name,
+    nested_naming_strategy=nested_component_name,
     validation_error_model=ProblemOut,
     before=_problem_on_invalid_request,
 )

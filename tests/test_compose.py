@@ -5,19 +5,25 @@ from __future__ import annotations
 import ast
 import importlib
 import importlib.util
+import json
 import re
 import shutil
+import subprocess
 import sys
+import threading
+import tomllib
 from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
+from flask import Flask
+from werkzeug.serving import make_server
 
 from shared.launcher import WEBHOOK_THREADS, api_command, maintenance_command, webhooks_command
 from shared.queue import MAINTAIN_TASK, WEBHOOK_TASK
 from shared.settings import load_settings
-from tests.conftest import ROOT
+from tests.conftest import ROOT, free_port
 
 COMPOSE = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
 PROJECT_SERVICES = ["migrate", "api", "worker", "beat", "webhooks", "flower"]
@@ -144,10 +150,11 @@ def test_the_dockerfile_copies_every_package() -> None:
 def test_the_image_bakes_the_imagenet_weights_where_the_worker_looks() -> None:
     from shared.catalogue import BACKBONES
 
-    dockerfile = (ROOT / "Dockerfile").read_text()
-    assert "ENV KERAS_HOME=/opt/keras" in dockerfile
+    worker_image = dockerfile_stages()["worker"]
+    assert ("ENV", "KERAS_HOME=/opt/keras") in worker_image
+    baking = " ".join(rest for keyword, rest in worker_image if keyword == "RUN")
     for backbone in BACKBONES.values():
-        assert f"'{backbone.keras_name}'" in dockerfile
+        assert f"'{backbone.keras_name}'" in baking
 
 
 def nginx_directives(block: list[dict[str, Any]]) -> dict[str, list[str]]:
@@ -196,3 +203,98 @@ def test_a_buffering_proxy_with_client_timeouts_fronts_the_api(tmp_path: Path) -
     read_timeout = nginx_directives(events)["proxy_read_timeout"][0]
     assert int(read_timeout.removesuffix("h")) * 3600 > jobs.KEEPALIVE_S
     assert nginx_directives(locations["/"])["proxy_buffering"] == ["on"]
+
+
+# -- the images ---------------------------------------------------------------------------------
+
+
+def dockerfile_stages() -> dict[str, list[tuple[str, str]]]:
+    """Each build stage's instructions (keyword, rest), those of the stage it starts FROM first."""
+    stages: dict[str, list[tuple[str, str]]] = {}
+    current: list[tuple[str, str]] = []
+    text = (ROOT / "Dockerfile").read_text().replace("\\\n", " ")
+    for line in text.splitlines():
+        if not line.strip() or line.lstrip().startswith("#"):
+            continue
+        keyword, _, rest = line.strip().partition(" ")
+        if keyword.upper() == "FROM":
+            image, _, name = rest.partition(" AS ")
+            current = list(stages.get(image.strip(), []))
+            stages[name.strip() or image.strip()] = current
+        current.append((keyword.upper(), rest.strip()))
+    return stages
+
+
+def targets() -> dict[str, str]:
+    """The Dockerfile target each project service is built from."""
+    return {name: service(name)["build"]["target"] for name in PROJECT_SERVICES}
+
+
+def test_the_api_image_has_no_tensorflow_and_the_worker_image_has_it() -> None:
+    stages = dockerfile_stages()
+    assert targets() == {
+        "migrate": "api",
+        "api": "api",
+        "flower": "worker",
+        "worker": "worker",
+        "beat": "worker",
+        "webhooks": "worker",
+    }
+    installs = {
+        name: " ".join(rest for keyword, rest in stages[name] if keyword == "RUN" and "pip" in rest)
+        for name in ("api", "worker")
+    }
+    assert "tensorflow" not in installs["api"] and "[worker]" not in installs["api"]
+    assert "'.[worker]'" in installs["worker"] and "tensorflow" in installs["worker"]
+    # `pip install .` brings the base dependencies only, and they hold no TensorFlow.
+    pyproject = tomllib.loads((ROOT / "pyproject.toml").read_text())
+    assert not [d for d in pyproject["project"]["dependencies"] if "tensorflow" in d]
+    assert "tensorflow>=2.16" in pyproject["project"]["optional-dependencies"]["worker"]
+
+
+@pytest.mark.parametrize("target", ["api", "worker"])
+def test_both_images_run_as_a_non_root_user(target: str) -> None:
+    instructions = dockerfile_stages()[target]
+    users = [rest for keyword, rest in instructions if keyword == "USER"]
+    assert users and users[-1] not in ("root", "0") and not users[-1].startswith(("root:", "0:"))
+    made = " ".join(rest for keyword, rest in instructions if keyword == "RUN")
+    assert "useradd" in made and users[-1] in made.split()
+    # The data volume's mount point belongs to that user, so the services can write there.
+    assert f"chown {users[-1]}" in made and "/data" in made
+
+
+def test_every_service_restarts_when_it_dies() -> None:
+    for name, item in COMPOSE["services"].items():
+        # A one-shot that succeeded must stay done; the others come back whatever stopped them.
+        one_shot = name in ("migrate", "s3-init")
+        assert item.get("restart") == ("on-failure" if one_shot else "unless-stopped"), name
+
+
+def run_healthcheck(port: int) -> subprocess.CompletedProcess[bytes]:
+    """The api service's healthcheck command, run here against 127.0.0.1:`port`."""
+    test = service("api")["healthcheck"]["test"]
+    assert test[0] == "CMD" and "/healthz" in " ".join(test)
+    command = [arg.replace(":8000/", f":{port}/") for arg in test[1:]]
+    python = sys.executable if command[0] == "python" else command[0]
+    return subprocess.run([python, *command[1:]], capture_output=True, timeout=30)
+
+
+def test_the_api_healthcheck_passes_on_a_live_api_and_fails_without_one(app: Flask) -> None:
+    server = make_server("127.0.0.1", 0, app, threaded=True)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        live = run_healthcheck(server.server_port)
+    finally:
+        server.shutdown()
+        thread.join()
+        server.server_close()
+    assert live.returncode == 0, live.stderr
+    assert run_healthcheck(free_port()).returncode != 0
+
+
+def test_the_api_images_default_command_is_the_compose_one() -> None:
+    # `docker run` of the API image without a command serves as compose does: gevent, the
+    # timeouts, gc.freeze (api/gunicorn_conf.py), not gunicorn's sync default.
+    (cmd,) = [rest for keyword, rest in dockerfile_stages()["api"] if keyword == "CMD"]
+    assert json.loads(cmd) == service("api")["command"]

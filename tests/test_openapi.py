@@ -67,12 +67,43 @@ def test_the_document_is_valid_openapi_3(app: Flask) -> None:
     }
 
 
+def test_each_model_has_one_name_and_one_schema(app: Flask) -> None:
+    # spectree named nested models Parent.Child: Job was also JobPage.JobOut, RenderParams also
+    # Job.RenderParams and JobSubmission.RenderParams, and generated clients dropped every job
+    # answer (issue 12).
+    schemas = document(app)["components"]["schemas"]
+    titles = [schema.get("title", name) for name, schema in schemas.items()]
+    assert not [name for name in schemas if "." in name]
+    assert sorted(titles) == sorted(set(titles))
+    assert {"Job", "JobPage", "RenderParams", "Progress", "Problem", "Layer"} <= set(schemas)
+    assert schemas["JobPage"]["properties"]["jobs"]["items"] == {"$ref": "#/components/schemas/Job"}
+
+
 def test_the_docs_page_needs_no_key_and_reads_the_document(app: Flask) -> None:
     anonymous = app.test_client()
     page = anonymous.get("/v1/docs", follow_redirects=True)
     assert page.status_code == 200
     assert "redoc" in page.get_data(as_text=True).lower()
     assert anonymous.get("/v1/docs/openapi.json").get_json() == document(app)
+
+
+def test_the_docs_page_loads_only_scripts_the_api_serves(app: Flask) -> None:
+    # It loaded Redoc from unpkg.com, so the page was blank offline (issue 12).
+    anonymous = app.test_client()
+    page = anonymous.get("/v1/docs", follow_redirects=True).get_data(as_text=True)
+    sources = re.findall(r"<(?:script|link)\b[^>]*\b(?:src|href)=[\"']([^\"']+)", page)
+    assert sources == ["/static/redoc.standalone.js"]
+    with anonymous.get(sources[0]) as bundle:
+        assert bundle.status_code == 200
+        assert bundle.mimetype in ("text/javascript", "application/javascript")
+        assert b"Redoc" in bundle.data and len(bundle.data) > 500_000  # the bundle, not a stub
+    # The web page's policy still holds for what its static folder serves, the bundle included.
+    policy = bundle.headers["Content-Security-Policy"]
+    with anonymous.get("/") as web_page:
+        assert "default-src 'self'" in policy
+        assert web_page.headers["Content-Security-Policy"] == policy
+    static = Path(app.static_folder or "")
+    assert "MIT License" in (static / "redoc.LICENSE").read_text()
 
 
 def test_every_v1_route_is_in_the_document_behind_the_bearer_key(app: Flask) -> None:
@@ -158,7 +189,10 @@ def fuzz_app(settings: Settings, monkeypatch: pytest.MonkeyPatch) -> Iterator[Fl
 
     # Only shared.webhooks sees the stand-in: Redis and the databases resolve as ever.
     stand_in = SimpleNamespace(
-        getaddrinfo=resolve_offline, gaierror=socket.gaierror, IPPROTO_TCP=socket.IPPROTO_TCP
+        getaddrinfo=resolve_offline,
+        gaierror=socket.gaierror,
+        IPPROTO_TCP=socket.IPPROTO_TCP,
+        SOCK_STREAM=socket.SOCK_STREAM,
     )
     monkeypatch.setattr("shared.webhooks.socket", stand_in)
     roomy = settings.model_copy(update={"rate_limit": "100000/minute", "max_active_jobs": 100000})

@@ -3,8 +3,10 @@ tenant has a request rate and a cap on active jobs. Real database, real Redis.""
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
+import sqlite3
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -128,6 +130,24 @@ def test_keys_are_stored_only_as_hashes_and_revoking_one_locks_it_out(
     assert again.exit_code == 1 and "no live key" in again.output
     app.extensions["oneiro"].engine.dispose()
     app.extensions["oneiro"].celery.close()
+
+
+@pytest.mark.parametrize("command", [["create", "--tenant", "acme"], ["revoke", "oneiro_x"]])
+def test_keys_on_a_database_never_migrated_say_how_to_make_the_schema(
+    command: list[str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    database = tmp_path / "never-migrated.db"
+    database.touch()  # an empty SQLite file, as `make run` never got to migrate
+    monkeypatch.setenv("DATABASE_URL", f"sqlite:///{database}")
+    monkeypatch.setenv("ONEIRO_DATA_DIR", str(tmp_path / "data"))
+    result = CliRunner().invoke(cli, ["keys", *command])
+    assert result.exit_code == 1
+    assert result.stderr == (
+        "Error: the database at DATABASE_URL has no schema yet: create it with "
+        "`alembic upgrade head` (`make run` does this first)\n"
+    )
+    with contextlib.closing(sqlite3.connect(database)) as db:  # no table was made
+        assert db.execute("SELECT name FROM sqlite_master").fetchall() == []
 
 
 def test_make_run_makes_a_local_key_once_and_saves_it_for_the_cli(

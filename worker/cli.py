@@ -216,10 +216,25 @@ def _session() -> Iterator[Any]:
         raise click.ClickException(str(exc)) from None
     engine = create_db_engine(settings.database_url)
     try:
+        _require_schema(engine)
         with create_session_factory(engine)() as session:
             yield session
     finally:
         engine.dispose()
+
+
+def _require_schema(engine: Any) -> None:
+    """Stop with one line, not a SQLAlchemy traceback, when the keys' tables were never made."""
+    from sqlalchemy import inspect
+
+    from shared.models import ApiKey, Tenant
+
+    found = inspect(engine)
+    if not all(found.has_table(model.__tablename__) for model in (Tenant, ApiKey)):
+        raise click.ClickException(
+            "the database at DATABASE_URL has no schema yet: create it with "
+            "`alembic upgrade head` (`make run` does this first)"
+        )
 
 
 @keys.command("create")
