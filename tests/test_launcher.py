@@ -3,6 +3,7 @@ restarted, a port in use is said before anything starts."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import signal
@@ -89,6 +90,17 @@ def launcher_settings(settings: Settings) -> Iterator[Settings]:
     yield settings
 
 
+def _kill_everything(launcher: subprocess.Popen[bytes], log: Path) -> None:
+    """After a test, pass or fail: the launcher and every child it started (each leads a
+    session of its own, so killing the launcher's group does not reach them)."""
+    if launcher.poll() is None:
+        os.killpg(launcher.pid, signal.SIGKILL)
+        launcher.wait()
+    for pid in [pid for pids in _children(log).values() for pid in pids]:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(pid, signal.SIGKILL)
+
+
 def _start_and_interrupt(settings: Settings, port: int, log: Path) -> list[int]:
     """Start the launcher, wait for the API, press Ctrl-C; the pids of the children."""
     launcher = _start(settings, port, log)
@@ -106,9 +118,7 @@ def _start_and_interrupt(settings: Settings, port: int, log: Path) -> list[int]:
         assert time.monotonic() - pressed < 10
         assert "did not stop" not in log.read_text()
     finally:
-        if launcher.poll() is None:
-            os.killpg(launcher.pid, signal.SIGKILL)
-            launcher.wait()
+        _kill_everything(launcher, log)
     return children
 
 
@@ -145,9 +155,7 @@ def test_a_killed_worker_is_restarted_and_the_api_stays_up(
         os.killpg(launcher.pid, signal.SIGINT)
         assert launcher.wait(timeout=20) == 0
     finally:
-        if launcher.poll() is None:
-            os.killpg(launcher.pid, signal.SIGKILL)
-            launcher.wait()
+        _kill_everything(launcher, log)
 
 
 def test_a_child_that_keeps_crashing_at_start_stops_everything(
@@ -175,9 +183,7 @@ def test_a_child_that_keeps_crashing_at_start_stops_everything(
     try:
         assert launcher.wait(timeout=90) == 1
     finally:
-        if launcher.poll() is None:
-            os.killpg(launcher.pid, signal.SIGKILL)
-            launcher.wait()
+        _kill_everything(launcher, log)
     text = log.read_text()
     assert re.search(r"oneiro: .*worker exited with code 3 3 times right after starting", text)
     assert _port_free(port)
