@@ -133,6 +133,14 @@ def test_a_stream_hears_a_progress_write_when_it_is_published_not_by_polling(
     job = running_job(session, storage)
     stream = open_stream(api, job.id, key)
     try:
+        # First a published change. Once it is heard the API process's feed is subscribed: on
+        # subscribing it wakes every stream to re-read (pub/sub keeps nothing sent before),
+        # which would read an unpublished change as well.
+        with sessions.begin() as other:
+            other.execute(update(Job).where(Job.id == job.id).values(progress={"fraction": 0.25}))
+        publish_change(settings.redis_url, job.id)
+        assert b'"fraction": 0.25' in read_until(stream, b'"fraction": 0.25', 10)
+
         with sessions.begin() as other:
             other.execute(update(Job).where(Job.id == job.id).values(progress={"fraction": 0.5}))
         # Written but not published: a stream that polled would send it within half a second.
