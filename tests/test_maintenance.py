@@ -11,13 +11,11 @@ from typing import Any
 import pytest
 from sqlalchemy.orm import Session
 
-from shared.db import create_session_factory
 from shared.models import Job, JobStatus, utcnow
 from shared.settings import Settings
 from shared.storage import Storage
-from tests.utils import make_job
+from tests.utils import maintenance_tasks, make_job
 from worker.maintenance import maintenance_lock
-from worker.runtime import Runtime
 
 
 @pytest.fixture
@@ -25,16 +23,7 @@ def tasks(
     session: Session, storage: Storage, settings: Settings, monkeypatch: pytest.MonkeyPatch
 ) -> ModuleType:
     """worker.tasks, its maintain task running on the test database and storage."""
-    from worker import tasks
-
-    runtime = Runtime(
-        settings=settings,
-        sessions=create_session_factory(session.get_bind()),  # type: ignore[arg-type]
-        storage=storage,
-        name="maintenance",
-    )
-    monkeypatch.setattr(tasks, "get_runtime", lambda: runtime)
-    return tasks
+    return maintenance_tasks(monkeypatch, session, storage, settings)  # type: ignore[no-any-return]
 
 
 def _stale_job(session: Session, storage: Storage, settings: Settings) -> Job:

@@ -31,7 +31,7 @@ from shared.storage import (
 )
 from tests.test_api import assert_problem
 from tests.test_idempotency import post
-from tests.utils import image_bytes, make_job
+from tests.utils import image_bytes, maintenance_tasks, make_job
 from worker.jobs import run_job
 from worker.maintenance import TemporarySweeper, expire_old_files
 from worker.runtime import Runtime
@@ -247,15 +247,7 @@ def test_stale_temporary_files_are_swept_and_fresh_ones_kept(
 def test_the_maintenance_task_sweeps_temporary_files_once_per_age(
     session: Session, storage: Storage, settings: Settings, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from worker import tasks
-
-    runtime = Runtime(
-        settings=settings,
-        sessions=create_session_factory(session.get_bind()),  # type: ignore[arg-type]
-        storage=storage,
-        name="maintenance",
-    )
-    monkeypatch.setattr(tasks, "get_runtime", lambda: runtime)
+    tasks = maintenance_tasks(monkeypatch, session, storage, settings)
     monkeypatch.setattr(tasks, "sweep_temporary_files", TemporarySweeper())
     root = Path(settings.storage_url)
 

@@ -165,3 +165,21 @@ def listening_port(
         return int(found.group(1)) if found else None
 
     return int(wait_for(announced, timeout, f"{process.args} to listen"))
+
+
+def maintenance_tasks(
+    monkeypatch: Any, session: Session, storage: Storage, settings: Settings
+) -> Any:
+    """worker.tasks, its maintenance task running on the test database and storage."""
+    from shared.db import create_session_factory as sessions_of
+    from worker import tasks
+    from worker.runtime import Runtime
+
+    runtime = Runtime(
+        settings=settings,
+        sessions=sessions_of(session.get_bind()),  # type: ignore[arg-type]
+        storage=storage,
+        name="maintenance",
+    )
+    monkeypatch.setattr(tasks, "get_runtime", lambda: runtime)
+    return tasks
