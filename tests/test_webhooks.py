@@ -32,7 +32,7 @@ from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from api import create_app
-from shared import webhooks
+from shared import pinned_http
 from shared.launcher import WEBHOOK_THREADS, maintenance_command, webhooks_command
 from shared.models import Job, JobStatus, utcnow
 from shared.queue import create_celery, maintenance_queue, webhook_queue
@@ -440,7 +440,7 @@ def test_a_name_that_rebinds_to_a_private_address_after_the_check_is_not_called(
     # Tests reach only this machine: the connection to the public address is refused here,
     # before any packet leaves, and recorded.
     attempted: list[str] = []
-    connect = webhooks._DeadlineSocket.connect
+    connect = pinned_http._DeadlineSocket.connect
 
     def connect_here_only(sock: socket.socket, address: Any) -> None:
         attempted.append(address[0])
@@ -448,7 +448,7 @@ def test_a_name_that_rebinds_to_a_private_address_after_the_check_is_not_called(
             raise ConnectionRefusedError("tests reach only this machine")
         connect(sock, address)
 
-    monkeypatch.setattr(webhooks._DeadlineSocket, "connect", connect_here_only)
+    monkeypatch.setattr(pinned_http._DeadlineSocket, "connect", connect_here_only)
     assert not direct.settings.webhook_allow_private
     with pytest.raises(DeliveryFailed):
         direct.deliver(f"http://hooks.rebind.test:{receiver.port}/hook", webhook_timeout=1.0)
