@@ -12,6 +12,8 @@ COPY pyproject.toml README.md ./
 COPY api api
 COPY worker worker
 COPY shared shared
+# The `oneiro` command (`oneiro keys create` in a container, `oneiro render` in the worker's).
+COPY client client
 COPY migrations migrations
 ENV ONEIRO_DATA_DIR=/data
 

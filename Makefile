@@ -14,7 +14,7 @@ $(VENV)/.installed: pyproject.toml
 	touch $@
 
 run: install
-	$(BIN)/python -m shared.launcher
+	$(BIN)/python -m dev.launcher
 
 lint: install
 	$(BIN)/ruff check .

@@ -10,9 +10,8 @@ from sqlalchemy import Engine, text
 from sqlalchemy.orm import Session, sessionmaker
 
 from shared.db import create_db_engine, create_session_factory
-from shared.localredis import redis_answers
 from shared.logs import bind, configure_logging, unbind
-from shared.queue import create_celery
+from shared.queue import create_celery, redis_answers
 from shared.settings import Settings, get_settings
 from shared.storage import Storage, open_storage
 

@@ -50,10 +50,11 @@ import requests  # noqa: E402
 import sqlalchemy as sa  # noqa: E402
 from PIL import Image  # noqa: E402
 
+from dev.launcher import api_command, migrate_command, worker_command  # noqa: E402
+from dev.localredis import start_redis  # noqa: E402
 from shared.db import create_db_engine, create_session_factory  # noqa: E402
-from shared.launcher import api_command, migrate_command, worker_command  # noqa: E402
-from shared.localredis import redis_answers, start_redis  # noqa: E402
 from shared.models import Job, JobStatus  # noqa: E402
+from shared.queue import redis_answers  # noqa: E402
 from shared.tenants import create_key  # noqa: E402
 
 POSTGRES_ADMIN_URL = os.environ.get(

@@ -19,7 +19,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from api import create_app
 from shared.db import create_db_engine, create_session_factory
-from shared.localredis import redis_answers
+from shared.queue import redis_answers
 from shared.settings import Settings, load_settings
 from shared.storage import Storage, open_storage
 

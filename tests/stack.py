@@ -14,7 +14,7 @@ from subprocess import STDOUT
 import redis
 import requests
 
-from shared.launcher import api_command, migrate_command, worker_command
+from dev.launcher import api_command, migrate_command, worker_command
 from shared.settings import Settings, load_settings
 from tests.conftest import ROOT
 from tests.utils import http_answers, listening_port, new_key, process_env, wait_for

@@ -17,8 +17,8 @@ import pytest
 import sqlalchemy as sa
 from sqlalchemy.orm import Session, sessionmaker
 
-from shared.launcher import worker_command
-from shared.localredis import start_redis
+from dev.launcher import worker_command
+from dev.localredis import start_redis
 from shared.models import Job, JobStatus
 from shared.queue import create_celery, enqueue_render
 from shared.settings import Settings

@@ -11,11 +11,12 @@ import pytest
 from click.testing import CliRunner
 from PIL import Image
 
-from shared.clientconfig import write_client_config
+from client.cli import main
+from client.config import write_client_config
+from client.render import GPU_DEVICE_NODES
 from shared.params import RenderParams
 from tests.conftest import ROOT
 from tests.utils import CHELSEA
-from worker.cli import GPU_DEVICE_NODES, main
 
 
 def test_render_writes_the_dream(tmp_path: Path) -> None:
@@ -87,7 +88,7 @@ def test_bad_parameters_name_the_option(tmp_path: Path) -> None:
 def test_render_on_a_cpu_prints_no_cuda_error(tmp_path: Path) -> None:
     env = {k: v for k, v in os.environ.items() if k not in ("TF_CPP_MIN_LOG_LEVEL",)}
     rendered = subprocess.run(
-        [sys.executable, "-m", "worker.cli", "render", str(CHELSEA), "-o", str(tmp_path / "d.png")]
+        [sys.executable, "-m", "client.cli", "render", str(CHELSEA), "-o", str(tmp_path / "d.png")]
         + ["--weights", "random", "--steps", "1", "--octaves", "1", "--max-dim", "64"],
         cwd=ROOT,
         env=env,

@@ -1,4 +1,4 @@
-"""shared.client without a server: the event-stream parser and where the API and key come from."""
+"""The client without a server: the event-stream parser and where the API and key come from."""
 
 from __future__ import annotations
 
@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from shared.client import Event, parse_events, resolve_config
-from shared.clientconfig import write_client_config
+from client.config import resolve_config, write_client_config
+from client.events import Event, parse_events
 
 
 def test_the_parser_follows_the_event_stream_rules() -> None:

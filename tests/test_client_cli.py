@@ -19,13 +19,14 @@ import pytest
 from click.testing import CliRunner, Result
 from PIL import Image
 
-from shared.client import ApiError, Client, Event
-from shared.clientconfig import write_client_config
+from client.api import ApiError, Client
+from client.cli import main
+from client.config import write_client_config
+from client.events import Event
 from tests.conftest import ROOT
 from tests.stack import Stack, running_stack
 from tests.tcpproxy import Proxy
 from tests.utils import CHELSEA, wait_for
-from worker.cli import main
 
 pytestmark = pytest.mark.e2e
 
@@ -327,7 +328,7 @@ def _interrupt_at_the_question(
     }
     err = bytearray()
     with subprocess.Popen(
-        [sys.executable, "-m", "worker.cli", "submit", str(CHELSEA), *SMALL[:4]]
+        [sys.executable, "-m", "client.cli", "submit", str(CHELSEA), *SMALL[:4]]
         + ["--param", "steps=1000", "--wait", "-o", str(tmp_path / "never.png")],
         cwd=ROOT,
         env=env,

@@ -20,7 +20,7 @@ import yaml
 from flask import Flask
 from werkzeug.serving import make_server
 
-from shared.launcher import WEBHOOK_THREADS, api_command, maintenance_command, webhooks_command
+from dev.launcher import WEBHOOK_THREADS, api_command, maintenance_command, webhooks_command
 from shared.queue import MAINTAIN_TASK, WEBHOOK_TASK
 from shared.settings import load_settings
 from tests.conftest import ROOT, free_port
@@ -143,8 +143,19 @@ def test_workers_reserve_a_gpu_and_redis_never_evicts() -> None:
 
 def test_the_dockerfile_copies_every_package() -> None:
     dockerfile = (ROOT / "Dockerfile").read_text()
-    for package in ("api", "worker", "shared", "migrations"):
+    for package in ("api", "worker", "shared", "client", "migrations"):
         assert (ROOT / package).is_dir() and f"COPY {package} {package}" in dockerfile
+    # The launcher and the throwaway Redis are for a developer's machine, not an image.
+    assert (ROOT / "dev").is_dir() and "COPY dev" not in dockerfile
+
+
+def test_the_oneiro_command_is_installed_and_shipped() -> None:
+    pyproject = tomllib.loads((ROOT / "pyproject.toml").read_text())
+    module, function = pyproject["project"]["scripts"]["oneiro"].split(":")
+    assert callable(getattr(importlib.import_module(module), function))
+    package = module.split(".")[0]
+    assert f"{package}*" in pyproject["tool"]["setuptools"]["packages"]["find"]["include"]
+    assert f"COPY {package} {package}" in (ROOT / "Dockerfile").read_text()
 
 
 def test_the_image_bakes_the_imagenet_weights_where_the_worker_looks() -> None:

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from shared.client import Client
+from client.api import Client
 from tests.stack import running_stack
 from tests.utils import CHELSEA
 

@@ -1,4 +1,4 @@
-"""`make run` (shared.launcher): Ctrl-C stops every child and frees the port, a crashed child is
+"""`make run` (dev.launcher): Ctrl-C stops every child and frees the port, a crashed child is
 restarted, a port in use is said before anything starts."""
 
 from __future__ import annotations
@@ -16,8 +16,8 @@ from pathlib import Path
 
 import pytest
 
-from shared.launcher import NoRedis, ensure_redis, maintenance_command, webhooks_command
-from shared.localredis import redis_answers
+from dev.launcher import NoRedis, ensure_redis, maintenance_command, webhooks_command
+from shared.queue import redis_answers
 from shared.settings import Settings, load_settings
 from tests.conftest import ROOT, free_port
 from tests.utils import http_answers, process_env, wait_for
@@ -31,7 +31,7 @@ def _start(settings: Settings, port: int, log: Path) -> subprocess.Popen[bytes]:
     # A session of its own, as a terminal's foreground job: Ctrl-C reaches its whole group.
     with log.open("ab") as out:
         return subprocess.Popen(
-            [sys.executable, "-m", "shared.launcher"],
+            [sys.executable, "-m", "dev.launcher"],
             cwd=ROOT,
             env=_launcher_env(settings, port),
             stdout=out,
@@ -169,7 +169,7 @@ def test_a_child_that_keeps_crashing_at_start_stops_everything(
             [
                 sys.executable,
                 "-c",
-                "import sys, shared.launcher as l; "
+                "import sys, dev.launcher as l; "
                 "l.worker_command = lambda *_, **__: "
                 "[sys.executable, '-c', 'raise SystemExit(3)']; "
                 "sys.exit(l.main())",
@@ -198,7 +198,7 @@ def test_a_second_launcher_on_a_port_in_use_says_what_to_do(
         held.listen()
         started = time.monotonic()
         second = subprocess.run(
-            [sys.executable, "-m", "shared.launcher"],
+            [sys.executable, "-m", "dev.launcher"],
             cwd=ROOT,
             env=_launcher_env(launcher_settings, port),
             capture_output=True,
@@ -265,7 +265,7 @@ def test_no_redis_on_another_machine_is_an_error_naming_the_variable(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # Nothing is sent to the other machine: tests reach only this one. It does not answer.
-    monkeypatch.setattr("shared.launcher.redis_answers", lambda _url: False)
+    monkeypatch.setattr("dev.launcher.redis_answers", lambda _url: False)
     url = "redis://redis.example.com:6379/0"
     with pytest.raises(NoRedis, match=r"no Redis answers at REDIS_URL=redis://redis\.example"):
         ensure_redis(_redis_settings(url, tmp_path))

@@ -1,11 +1,20 @@
-"""The boundaries of the design (DESIGN.md invariant 6), checked on what Python really imports."""
+"""The boundaries of the design (DESIGN.md invariant 6), checked on what Python really imports
+and, for imports made only when a function runs, on what the source says.
+
+The rooms: `api/` and `worker/` stand on `shared/`; `client/` (the `oneiro` command) speaks HTTP
+to the API; `dev/` (`make run`, a local Redis) is for development only.
+"""
 
 from __future__ import annotations
 
+import ast
 import subprocess
 import sys
+from pathlib import Path
 
 from tests.conftest import ROOT
+
+SERVICES = ("api", "worker", "shared")
 
 
 def imported_after(statement: str) -> set[str]:
@@ -14,6 +23,21 @@ def imported_after(statement: str) -> set[str]:
         [sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True
     ).stdout
     return {name.split(".")[0] for name in out.split()}
+
+
+def imports_in_source(path: Path) -> set[str]:
+    """The top-level packages a module imports anywhere, inside functions too."""
+    names = set()
+    for node in ast.walk(ast.parse(path.read_text(), filename=str(path))):
+        if isinstance(node, ast.Import):
+            names |= {alias.name.split(".")[0] for alias in node.names}
+        elif isinstance(node, ast.ImportFrom) and node.module and not node.level:
+            names.add(node.module.split(".")[0])
+    return names
+
+
+def sources(*packages: str) -> list[Path]:
+    return [path for package in packages for path in sorted((ROOT / package).rglob("*.py"))]
 
 
 def test_the_api_imports_neither_tensorflow_nor_the_worker() -> None:
@@ -33,7 +57,44 @@ def test_the_engine_imports_no_service_library() -> None:
     assert not modules & {"flask", "celery", "sqlalchemy", "redis", "api"}
 
 
-def test_the_cli_and_its_http_client_import_no_tensorflow() -> None:
-    # `oneiro submit` and friends must start at once on a machine without the worker extra.
-    modules = imported_after("import worker.cli, shared.client")
-    assert not modules & {"tensorflow", "keras", "flask", "api", "celery"}
+def test_the_oneiro_command_starts_without_any_service_code() -> None:
+    # `oneiro submit` and friends must start at once on a machine without the worker extra,
+    # and with every command registered (client.cli imports them all).
+    modules = imported_after("import client.cli")
+    assert "client" in modules
+    service_libraries = {"tensorflow", "keras", "jax", "flask", "celery", "sqlalchemy", "redis"}
+    assert not modules & (service_libraries | {"boto3", "api", "worker", "dev"})
+
+
+def test_the_client_reaches_the_engine_and_the_database_only_when_asked_to() -> None:
+    # `oneiro render` imports the engine when it runs, `oneiro keys` the database; nothing else
+    # in the client goes past HTTP, and no module of it knows the API's code or the dev tools.
+    for path in sources("client"):
+        names = imports_in_source(path)
+        assert not names & {"api", "dev", "flask", "celery"}, path
+        if path.name != "render.py":
+            assert not names & {"worker", "tensorflow", "keras"}, path
+        if path.name != "keys.py":
+            assert "sqlalchemy" not in names, path
+
+
+def test_no_service_imports_the_client_or_the_dev_tools() -> None:
+    offenders = [
+        f"{path.relative_to(ROOT)} imports {name}"
+        for path in sources(*SERVICES, "migrations")
+        for name in imports_in_source(path) & {"client", "dev"}
+    ]
+    assert not offenders
+
+
+def test_only_tests_and_benchmarks_import_the_dev_tools() -> None:
+    # Nothing that ships may lean on the launcher or the throwaway Redis: the images leave dev/ out.
+    tops = [
+        top.name
+        for top in ROOT.iterdir()
+        if top.is_dir() and not top.name.startswith(".")  # the virtualenv, git, caches
+        if top.name not in {"dev", "tests", "benchmarks"}
+    ]
+    assert {"client", "migrations", "mutation", *SERVICES} <= set(tops)
+    offenders = [path for path in sources(*tops) if "dev" in imports_in_source(path)]
+    assert not offenders

@@ -19,7 +19,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from sqlalchemy.orm import Session, sessionmaker
 
 from api import create_app
-from shared.launcher import worker_command
+from dev.launcher import worker_command
 from shared.logs import configure_logging, log_context
 from shared.models import Job, JobStatus, utcnow
 from shared.queue import RENDER_TASK, create_celery

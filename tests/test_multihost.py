@@ -24,10 +24,10 @@ import requests
 import sqlalchemy as sa
 from sqlalchemy.orm import Session, sessionmaker
 
-from shared.launcher import api_command, worker_command
-from shared.localredis import redis_answers, redis_server_binary
+from dev.launcher import api_command, worker_command
+from dev.localredis import redis_server_binary
 from shared.models import Job, JobStatus
-from shared.queue import create_celery
+from shared.queue import create_celery, redis_answers
 from shared.settings import Settings
 from tests.conftest import ROOT, free_port
 from tests.tcpproxy import Proxy

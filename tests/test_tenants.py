@@ -19,15 +19,15 @@ from sqlalchemy import func, select, text
 from sqlalchemy.orm import Session
 
 from api import auth, create_app
-from shared.clientconfig import read_client_config
-from shared.launcher import LOCAL_TENANT, ensure_local_key
+from client.cli import main as cli
+from client.config import read_client_config
+from dev.launcher import LOCAL_TENANT, ensure_local_key
 from shared.models import ApiKey, Job, JobStatus, Tenant
 from shared.settings import Settings
 from shared.storage import Storage
 from shared.tenants import authenticate
 from tests.test_api import assert_problem, stored_files, submit
 from tests.utils import authed_client, image_bytes, make_job, tenant_named
-from worker.cli import main as cli
 
 # Every route under /v1 that names a job, with its method.
 JOB_ROUTES = [

@@ -32,8 +32,8 @@ from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from api import create_app
+from dev.launcher import WEBHOOK_THREADS, maintenance_command, webhooks_command
 from shared import pinned_http
-from shared.launcher import WEBHOOK_THREADS, maintenance_command, webhooks_command
 from shared.models import Job, JobStatus, utcnow
 from shared.queue import create_celery, maintenance_queue, webhook_queue
 from shared.settings import Settings

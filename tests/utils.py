@@ -18,8 +18,8 @@ from PIL import Image
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from dev.localredis import start_redis
 from shared.db import create_db_engine, create_session_factory
-from shared.localredis import start_redis
 from shared.models import Job, JobStatus, Tenant
 from shared.params import RenderParams
 from shared.settings import Settings

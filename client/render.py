@@ -1,26 +1,22 @@
-"""The `oneiro` command: `render` dreams on a local file with the engine alone (no Redis, no
-database); `keys` makes API keys; `submit`, `status`, `list`, ... call the API
-(worker.client_commands)."""
+"""`oneiro render`: dream on a local file with the engine alone (no API, no Redis, no database).
+
+A thin command: it checks its arguments with the same RenderParams the API uses, then imports the
+engine (TensorFlow or JAX, seconds to load) and runs it with a progress bar.
+"""
 
 from __future__ import annotations
 
-import contextlib
 import os
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import click
 from pydantic import ValidationError
 
+from client.commands import format_eta
 from shared.catalogue import BACKBONES
 from shared.params import RenderParams
-
-
-@click.group()
-def main() -> None:
-    """Oneiro: asynchronous DeepDream rendering."""
 
 
 def _layers(value: str | None) -> dict[str, float] | None:
@@ -63,7 +59,7 @@ def quiet_tensorflow_without_gpu() -> None:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 
-@main.command()
+@click.command()
 @click.argument("input_path", metavar="INPUT", type=click.Path(exists=True, dir_okay=False))
 @click.option(
     "-o",
@@ -176,8 +172,6 @@ def render(
         f"{','.join(params.layers)}, seed {params.seed}, {model.precision}, {model.backend}",
         err=True,
     )
-    from worker.client_commands import format_eta
-
     # The engine's ETA, not tqdm's: tqdm's rate would count the first, tracing batch of each
     # octave, and promised minutes for a render of seconds.
     with tqdm(
@@ -198,87 +192,3 @@ def render(
         result = dream(image, params, model, on_progress=progress)
     Image.fromarray(result).save(output)
     click.echo(output)
-
-
-@main.group()
-def keys() -> None:
-    """Make and revoke API keys (in the database at DATABASE_URL)."""
-
-
-@contextlib.contextmanager
-def _session() -> Iterator[Any]:
-    from shared.db import create_db_engine, create_session_factory
-    from shared.settings import SettingsError, get_settings
-
-    try:
-        settings = get_settings()
-    except SettingsError as exc:
-        raise click.ClickException(str(exc)) from None
-    engine = create_db_engine(settings.database_url)
-    try:
-        _require_schema(engine)
-        with create_session_factory(engine)() as session:
-            yield session
-    finally:
-        engine.dispose()
-
-
-def _require_schema(engine: Any) -> None:
-    """Stop with one line, not a SQLAlchemy traceback, when the keys' tables were never made."""
-    from sqlalchemy import inspect
-
-    from shared.models import ApiKey, Tenant
-
-    found = inspect(engine)
-    if not all(found.has_table(model.__tablename__) for model in (Tenant, ApiKey)):
-        raise click.ClickException(
-            "the database at DATABASE_URL has no schema yet: create it with "
-            "`alembic upgrade head` (`make run` does this first)"
-        )
-
-
-@keys.command("create")
-@click.option("--tenant", required=True, help="The tenant the key belongs to; made if new.")
-def create_key_command(tenant: str) -> None:
-    """Make a key for TENANT and print it (it is shown only this once)."""
-    from shared.tenants import TenantError, create_key
-
-    with _session() as session:
-        try:
-            made = create_key(session, tenant)
-        except TenantError as exc:
-            raise click.ClickException(str(exc)) from None
-    click.echo(made.key)
-    click.echo(f"tenant {made.tenant!r}, key prefix {made.prefix}", err=True)
-    if made.webhook_secret:
-        click.echo(
-            f"new tenant: its webhook signing secret is {made.webhook_secret} (shown once)",
-            err=True,
-        )
-
-
-@keys.command("revoke")
-@click.argument("key_or_prefix")
-def revoke_key_command(key_or_prefix: str) -> None:
-    """Revoke a key, given whole or by the prefix `keys create` printed."""
-    from shared.tenants import revoke_key
-
-    with _session() as session:
-        revoked = revoke_key(session, key_or_prefix)
-    if not revoked:
-        raise click.ClickException(f"no live key matches {key_or_prefix!r}")
-    click.echo(f"revoked {revoked} key(s)")
-
-
-def _add_client_commands() -> None:
-    # The client commands speak HTTP only; they live apart so that nothing here grows imports.
-    from worker.client_commands import COMMANDS
-
-    for command in COMMANDS:
-        main.add_command(command)
-
-
-_add_client_commands()
-
-if __name__ == "__main__":
-    main()

@@ -1,4 +1,5 @@
-"""A small HTTP client of the Oneiro API, for the CLI: requests only, no TensorFlow, no database.
+"""The HTTP client of the Oneiro API that the `oneiro` commands use: requests only, no
+TensorFlow, no database.
 
 Every failure surfaces as `ApiError`, whose message is one line a person can read: the
 problem+json `title: detail` of the API, or what went wrong on the way to it.
@@ -7,18 +8,15 @@ problem+json `title: detail` of the API, or what went wrong on the way to it.
 from __future__ import annotations
 
 import json
-import os
 import time
-from collections.abc import Iterable, Iterator
-from dataclasses import dataclass
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import requests
 
-from shared.clientconfig import client_config_path, read_client_config
+from client.events import Event, parse_events
 
-DEFAULT_URL = "http://127.0.0.1:8000"
 TERMINAL = frozenset({"succeeded", "failed", "canceled"})
 
 
@@ -29,122 +27,6 @@ class ApiError(Exception):
     def __init__(self, message: str, status: int | None = None) -> None:
         super().__init__(message)
         self.status = status
-
-
-@dataclass(frozen=True)
-class ClientConfig:
-    """Where the API is and the key to call it with."""
-
-    url: str
-    key: str | None
-
-
-def resolve_config(url: str | None = None, key: str | None = None) -> ClientConfig:
-    """URL and key from the arguments, else ONEIRO_URL / ONEIRO_API_KEY, else the file `make run`
-    writes (shared.tenants.client_config_path), each value on its own."""
-    saved = read_client_config()
-    return ClientConfig(
-        url=(url or os.environ.get("ONEIRO_URL") or saved.get("url") or DEFAULT_URL).rstrip("/"),
-        key=key or os.environ.get("ONEIRO_API_KEY") or saved.get("api_key") or None,
-    )
-
-
-@dataclass(frozen=True)
-class Event:
-    """One Server-Sent Event."""
-
-    data: str
-    event: str = "message"
-    id: str | None = None
-    retry_ms: int | None = None
-
-
-class EventParser:
-    """Incremental Server-Sent Events parser (the WHATWG event-stream rules): feed it bytes as
-    they arrive, in chunks cut anywhere, and take the complete events out."""
-
-    def __init__(self) -> None:
-        self._buffer = b""
-        self._data: list[str] = []
-        self._event = ""
-        self._retry: int | None = None
-        self.last_id: str | None = None
-        self._id_changed = False
-        self._first = True
-
-    def feed(self, chunk: bytes) -> Iterator[Event]:
-        """The events that `chunk` completes."""
-        self._buffer += chunk
-        while True:
-            cut = _line_end(self._buffer)
-            if cut is None:
-                return
-            end, after = cut
-            raw, self._buffer = self._buffer[:end], self._buffer[after:]
-            line = raw.decode("utf-8", errors="replace")
-            if self._first:
-                line = line.removeprefix("\ufeff")
-                self._first = False
-            event = self._line(line)
-            if event is not None:
-                yield event
-
-    def finish(self) -> Iterator[Event]:
-        """At the end of the stream: a CR held back as the possible start of a CRLF ends a line
-        after all; an event without its blank line is dropped, as the rules say."""
-        if self._buffer.endswith(b"\r"):
-            yield from self.feed(b"\n")
-        self._buffer = b""
-
-    def _line(self, line: str) -> Event | None:
-        if not line:
-            return self._dispatch()
-        if line.startswith(":"):  # a comment: keep-alives
-            return None
-        name, colon, value = line.partition(":")
-        if colon and value.startswith(" "):
-            value = value[1:]
-        if name == "data":
-            self._data.append(value)
-        elif name == "event":
-            self._event = value
-        elif name == "id" and "\0" not in value:
-            self.last_id = value
-            self._id_changed = True
-        elif name == "retry" and value.isdigit():
-            self._retry = int(value)
-        return None
-
-    def _dispatch(self) -> Event | None:
-        data, event, retry = self._data, self._event, self._retry
-        self._data, self._event, self._retry = [], "", None
-        changed, self._id_changed = self._id_changed, False
-        if not data:
-            return Event("", event or "message", self.last_id, retry) if retry or changed else None
-        return Event("\n".join(data), event or "message", self.last_id, retry)
-
-
-def _line_end(buffer: bytes) -> tuple[int, int] | None:
-    """Where the first line of `buffer` ends and the next begins (CRLF, LF or CR), or None.
-
-    A CR at the very end is not an end yet: the LF of a CRLF may be in the next chunk.
-    """
-    for index, byte in enumerate(buffer):
-        if byte == 0x0A:
-            return index, index + 1
-        if byte == 0x0D:
-            if index + 1 == len(buffer):
-                return None
-            return index, index + 2 if buffer[index + 1] == 0x0A else index + 1
-    return None
-
-
-def parse_events(chunks: Iterable[bytes]) -> Iterator[Event]:
-    """The events of a whole stream given as chunks of bytes."""
-    parser = EventParser()
-    for chunk in chunks:
-        yield from parser.feed(chunk)
-    yield from parser.finish()
 
 
 class Client:
@@ -308,10 +190,3 @@ def _json(response: requests.Response) -> dict[str, Any]:
     if not isinstance(body, dict):
         raise ApiError(f"{response.url} answered with unexpected JSON")
     return body
-
-
-def config_hint() -> str:
-    """Where a key may come from, for messages."""
-    return (
-        f"pass --key, set ONEIRO_API_KEY, or run `make run` once (it saves {client_config_path()})"
-    )

@@ -1,13 +1,25 @@
-"""Where `make run` saves the local server URL and API key, and the CLI reads them.
+"""Where the `oneiro` commands find the API and their key: flags, else ONEIRO_URL /
+ONEIRO_API_KEY, else the file `make run` saves (ONEIRO_CLIENT_CONFIG).
 
-Kept apart from shared.tenants so the CLI client starts without importing SQLAlchemy.
+Kept apart from shared.tenants so the client starts without importing SQLAlchemy.
 """
 
 from __future__ import annotations
 
 import json
 import os
+from dataclasses import dataclass
 from pathlib import Path
+
+DEFAULT_URL = "http://127.0.0.1:8000"
+
+
+@dataclass(frozen=True)
+class ClientConfig:
+    """Where the API is and the key to call it with."""
+
+    url: str
+    key: str | None
 
 
 def client_config_path() -> Path:
@@ -39,3 +51,20 @@ def write_client_config(url: str, key: str, path: Path | None = None) -> Path:
     tmp.chmod(0o600)
     tmp.replace(path)
     return path
+
+
+def resolve_config(url: str | None = None, key: str | None = None) -> ClientConfig:
+    """URL and key from the arguments, else ONEIRO_URL / ONEIRO_API_KEY, else the file `make run`
+    writes (client_config_path), each value on its own."""
+    saved = read_client_config()
+    return ClientConfig(
+        url=(url or os.environ.get("ONEIRO_URL") or saved.get("url") or DEFAULT_URL).rstrip("/"),
+        key=key or os.environ.get("ONEIRO_API_KEY") or saved.get("api_key") or None,
+    )
+
+
+def config_hint() -> str:
+    """Where a key may come from, for messages."""
+    return (
+        f"pass --key, set ONEIRO_API_KEY, or run `make run` once (it saves {client_config_path()})"
+    )

@@ -1,6 +1,6 @@
 """`oneiro submit`, `status`, `list`, `cancel`, `retry`, `result`: the API from the command line.
 
-These talk HTTP only (shared.client); they import neither TensorFlow nor the database, so they
+These talk HTTP only (client.api); they import neither TensorFlow nor the database, so they
 start at once and work from any machine that can reach the API.
 """
 
@@ -15,7 +15,8 @@ from typing import Any, TypeVar
 
 import click
 
-from shared.client import ApiError, Client, config_hint, resolve_config
+from client.api import ApiError, Client
+from client.config import config_hint, resolve_config
 
 F = TypeVar("F", bound=Callable[..., Any])
 STATUSES = ["queued", "running", "succeeded", "failed", "canceled"]

@@ -1,7 +1,7 @@
 """`make run`: migrate, then serve the API and one worker in the foreground until Ctrl-C.
 
 On first start it makes an API key of the tenant 'local', prints it and saves it where the CLI
-looks (shared.tenants.client_config_path).
+looks (client.config.client_config_path).
 
 Starts a local Redis when none answers at REDIS_URL, and stops it on exit.
 """
@@ -20,10 +20,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlparse
 
-from shared.clientconfig import read_client_config, write_client_config
+from client.config import read_client_config, write_client_config
+from dev.localredis import start_redis
 from shared.db import create_db_engine, create_session_factory
-from shared.localredis import redis_answers, start_redis
-from shared.queue import maintenance_queue, webhook_queue
+from shared.queue import maintenance_queue, redis_answers, webhook_queue
 from shared.settings import Settings, SettingsError, get_settings
 from shared.tenants import authenticate, create_key
 
