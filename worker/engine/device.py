@@ -47,8 +47,14 @@ class DeviceOutOfMemory(RuntimeError):
 def best_precision(backend: str, device: Device) -> str:
     """The fastest precision measured for `device`: bfloat16 on GPUs that have it (Ampere and
     newer), float16 on older GPUs; on a CPU, bfloat16 with TensorFlow where the CPU has native
-    bfloat16 (oneDNN: about 2x float32), float32 otherwise and always with JAX (XLA's CPU
-    convolutions gain nothing from bfloat16: 0.86x of float32, benchmarks/README.md)."""
+    bfloat16 (oneDNN: about 2x float32), float32 otherwise and always with JAX.
+
+    Why float32 for JAX on a CPU: XLA's CPU convolutions (YNNPACK by default in jaxlib 0.10,
+    Eigen without it) have no fast bfloat16 path; they ran bfloat16 at 0.86x of float32 through
+    the whole engine, and a single convolution's gradient at about the same speed in either
+    precision, 20-25 GFLOP/s on 2 cores, where TensorFlow's oneDNN (AMX) did 72 in bfloat16.
+    That 3x per convolution is the whole of JAX's gap to TensorFlow on a CPU; no XLA flag of
+    jaxlib 0.10.2 sends convolutions to oneDNN (benchmarks/README.md)."""
     if device.kind == "gpu":
         return "bfloat16" if (device.compute_capability or (0, 0)) >= (8, 0) else "float16"
     return "bfloat16" if backend == "tensorflow" and _cpu_has_bfloat16() else "float32"
