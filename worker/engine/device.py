@@ -51,9 +51,10 @@ def best_precision(backend: str, device: Device) -> str:
 
     Why float32 for JAX on a CPU: XLA's CPU convolutions (YNNPACK by default in jaxlib 0.10,
     Eigen without it) have no fast bfloat16 path; they ran bfloat16 at 0.86x of float32 through
-    the whole engine, and a single convolution's gradient at about the same speed in either
-    precision, 20-25 GFLOP/s on 2 cores, where TensorFlow's oneDNN (AMX) did 72 in bfloat16.
-    That 3x per convolution is the whole of JAX's gap to TensorFlow on a CPU; no XLA flag of
+    the whole engine, and one convolution's input gradient at about the same speed in either
+    precision, at or below TensorFlow's float32, where TensorFlow's oneDNN (AMX) bfloat16 was
+    4-7x faster (benchmarks/cpu_convolution.py). That is why JAX's engine runs at about a
+    third of TensorFlow's on a CPU whatever the engine chooses; no XLA flag of
     jaxlib 0.10.2 sends convolutions to oneDNN (benchmarks/README.md)."""
     if device.kind == "gpu":
         return "bfloat16" if (device.compute_capability or (0, 0)) >= (8, 0) else "float16"
