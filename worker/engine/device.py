@@ -53,7 +53,7 @@ def best_precision(backend: str, device: Device) -> str:
     Eigen without it) have no fast bfloat16 path; they ran bfloat16 at 0.86x of float32 through
     the whole engine, and one convolution's input gradient at about the same speed in either
     precision, at or below TensorFlow's float32, where TensorFlow's oneDNN (AMX) bfloat16 was
-    4-7x faster (benchmarks/cpu_convolution.py). That is why JAX's engine runs at about a
+    3-7x faster (benchmarks/cpu_convolution.py). That is why JAX's engine runs at about a
     third of TensorFlow's on a CPU whatever the engine chooses; no XLA flag of
     jaxlib 0.10.2 sends convolutions to oneDNN (benchmarks/README.md)."""
     if device.kind == "gpu":
