@@ -3,6 +3,7 @@
     .venv/bin/python benchmarks/engine.py            # ratio and scaling (1, 4, 16, 64 MP)
     .venv/bin/python benchmarks/engine.py --huge     # also one step of a 16384 x 16384 render
     .venv/bin/python benchmarks/engine.py --backend jax   # the same on Keras's JAX backend
+    .venv/bin/python benchmarks/engine.py --no-scaling    # the comparison only
 
 Megapixel-steps per second: pixels x gradient steps / seconds, one octave at the input size,
 after a warm-up step (tracing) for each. Each scaling row runs in a fresh process so its peak
@@ -205,6 +206,9 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--megapixels", type=float, default=1.0)
     parser.add_argument("--huge", action="store_true", help="also a 16384 x 16384 step")
+    parser.add_argument(
+        "--no-scaling", action="store_true", help="the comparison only, no scaling table"
+    )
     parser.add_argument("--row", type=float, help=argparse.SUPPRESS)
     parser.add_argument("--side", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--precision", default="auto")
@@ -252,6 +256,8 @@ def main() -> None:
         spread = f"{min(rates[name]):.3f}-{max(rates[name]):.3f}"
         print(f"  {name:52s} {rate:6.3f} MP-steps/s ({spread})  ratio {rate / baseline:4.2f}x")
 
+    if args.no_scaling:
+        return
     precision = best_precision()
     print(f"\nscaling, engine ({precision}), one octave, one timed step, fresh process each")
     print(f"  {'MP':>6} {'s per MP-step':>14} {'peak RSS GiB':>13}")

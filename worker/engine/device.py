@@ -47,8 +47,15 @@ class DeviceOutOfMemory(RuntimeError):
 def best_precision(backend: str, device: Device) -> str:
     """The fastest precision measured for `device`: bfloat16 on GPUs that have it (Ampere and
     newer), float16 on older GPUs; on a CPU, bfloat16 with TensorFlow where the CPU has native
-    bfloat16 (oneDNN: about 2x float32), float32 otherwise and always with JAX (XLA's CPU
-    convolutions gain nothing from bfloat16: 0.86x of float32, benchmarks/README.md)."""
+    bfloat16 (oneDNN: about 2x float32), float32 otherwise and always with JAX.
+
+    Why float32 for JAX on a CPU: XLA's CPU convolutions (YNNPACK by default in jaxlib 0.10,
+    Eigen without it) have no fast bfloat16 path; they ran bfloat16 at 0.86x of float32 through
+    the whole engine, and one convolution's input gradient at about the same speed in either
+    precision, at or below TensorFlow's float32, where TensorFlow's oneDNN (AMX) bfloat16 was
+    3-7x faster (benchmarks/cpu_convolution.py). That is why JAX's engine runs at about a
+    third of TensorFlow's on a CPU whatever the engine chooses; no XLA flag of
+    jaxlib 0.10.2 sends convolutions to oneDNN (benchmarks/README.md)."""
     if device.kind == "gpu":
         return "bfloat16" if (device.compute_capability or (0, 0)) >= (8, 0) else "float16"
     return "bfloat16" if backend == "tensorflow" and _cpu_has_bfloat16() else "float32"
