@@ -13,8 +13,7 @@ from PIL import Image
 
 from shared.clientconfig import write_client_config
 from shared.params import RenderParams
-from tests.conftest import ROOT
-from tests.utils import CHELSEA
+from tests.utils import CHELSEA, ROOT
 from worker.cli import GPU_DEVICE_NODES, main
 
 

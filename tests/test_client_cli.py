@@ -21,10 +21,7 @@ from PIL import Image
 
 from shared.client import ApiError, Client, Event
 from shared.clientconfig import write_client_config
-from tests.conftest import ROOT
-from tests.stack import Stack, running_stack
-from tests.tcpproxy import Proxy
-from tests.utils import CHELSEA, wait_for
+from tests.utils import CHELSEA, ROOT, Proxy, Stack, running_stack, wait_for
 from worker.cli import main
 
 pytestmark = pytest.mark.e2e

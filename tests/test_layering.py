@@ -5,7 +5,7 @@ from __future__ import annotations
 import subprocess
 import sys
 
-from tests.conftest import ROOT
+from tests.utils import ROOT
 
 
 def imported_after(statement: str) -> set[str]:
