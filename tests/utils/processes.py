@@ -24,6 +24,8 @@ from tests.utils.wait import wait_for
 
 # How long a stopped child gets to finish before its group is killed.
 STOP_TIMEOUT_S = 30.0
+# How long the API's workers get to answer /healthz once gunicorn listens.
+API_START_TIMEOUT_S = 120.0
 
 
 def process_env(settings: Settings, **extra: str) -> dict[str, str]:
@@ -87,28 +89,33 @@ def start_worker(
         )
 
 
-def _signal_group(process: subprocess.Popen[bytes], sig: signal.Signals) -> None:
-    # Only while the leader is not reaped: until then its pid is its group's id, and no other
-    # process can have been given it.
-    if process.poll() is None:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(process.pid, sig)
-
-
 def kill_process(process: subprocess.Popen[bytes]) -> None:
-    """SIGKILL the process's group, as kill -9 or the kernel's OOM killer: no cleanup, a
-    worker's message unacknowledged."""
-    _signal_group(process, signal.SIGKILL)
+    """SIGKILL the process and its whole group, as kill -9 or the kernel's OOM killer: no
+    cleanup, a worker's message unacknowledged."""
+    # Only while it is not reaped: until then its pid is its group's id and no other process
+    # can have been given it.
+    if process.poll() is None:
+        _kill_group(process)
     process.wait()
 
 
 def stop_process(process: subprocess.Popen[bytes], timeout: float = STOP_TIMEOUT_S) -> None:
-    """SIGTERM the process's group and wait for it; SIGKILL it after `timeout` seconds."""
-    _signal_group(process, signal.SIGTERM)
-    try:
+    """SIGTERM the process, as `docker stop` or a supervisor does (it stops its own children:
+    a Celery pool, gunicorn's workers), and wait for it; then SIGKILL what is left of its
+    group: all of it after `timeout` seconds, or a child that outlived it."""
+    if process.poll() is not None:  # reaped already: its pid may be another process's now
+        return
+    process.terminate()
+    with contextlib.suppress(subprocess.TimeoutExpired):
         process.wait(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        kill_process(process)
+    _kill_group(process)
+    process.wait()
+
+
+def _kill_group(process: subprocess.Popen[bytes]) -> None:
+    # Its group keeps its id while any member lives, even once the leader is reaped.
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(process.pid, signal.SIGKILL)
 
 
 @contextlib.contextmanager
@@ -178,7 +185,9 @@ def serving_api(settings: Settings, log: Path, *options: str, **extra: str) -> I
         )
     try:
         url = f"http://127.0.0.1:{listening_port(log, api)}"
-        wait_for(lambda: http_answers(f"{url}/healthz"), 30, "the API")
+        # Its workers import the app after they fork: half a minute and more on a loaded
+        # machine (30 s here failed tests/test_streams.py on a shared 2-core one).
+        wait_for(lambda: http_answers(f"{url}/healthz"), API_START_TIMEOUT_S, "the API")
         yield url
     finally:
         stop_process(api)
