@@ -4,15 +4,14 @@ from __future__ import annotations
 
 import os
 import socket
+import subprocess
+import sys
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-import redis
-import sqlalchemy as sa
 from alembic import command
-from alembic.config import Config
 from flask import Flask
 from flask.testing import FlaskClient
 from sqlalchemy.orm import Session, sessionmaker
@@ -22,17 +21,18 @@ from shared.db import create_db_engine, create_session_factory
 from shared.queue import redis_answers
 from shared.settings import Settings, load_settings
 from shared.storage import Storage, open_storage
-
-ROOT = Path(__file__).resolve().parents[1]
-POSTGRES_ADMIN_URL = os.environ.get(
-    "ONEIRO_TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
+from tests.utils import (
+    WERKZEUG_LISTENING,
+    alembic_config,
+    authed_client,
+    drop_queues,
+    http_answers,
+    listening_port,
+    postgres_database,
+    redis_on_free_port,
+    wait_for,
 )
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+from worker.runtime import Runtime
 
 
 @pytest.fixture(scope="session")
@@ -61,8 +61,6 @@ def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     if redis_answers(url):
         yield url
         return
-    from tests.utils import redis_on_free_port
-
     server, port = redis_on_free_port(tmp_path_factory.mktemp("redis"))
     try:
         yield f"redis://127.0.0.1:{port}/0"
@@ -76,51 +74,7 @@ def queue_name(redis_url: str) -> Iterator[str]:
     """A queue of this test's own, so tests never see each other's (or anyone's) messages."""
     name = f"oneiro-test-{uuid.uuid4().hex[:12]}"
     yield name
-    client = redis.Redis.from_url(redis_url)
-    client.delete(name, f"{name}\x06\x163", f"{name}\x06\x166", f"{name}\x06\x169")
-    client.close()
-
-
-def alembic_config(database_url: str) -> Config:
-    config = Config(toml_file=str(ROOT / "pyproject.toml"))
-    config.attributes["database_url"] = database_url
-    return config
-
-
-def running_on_ci() -> bool:
-    """Whether CI is set to true, as CI services set it."""
-    return os.environ.get("CI", "").strip().lower() in ("1", "true", "yes")
-
-
-def _postgres_database() -> Iterator[str]:
-    admin = sa.create_engine(POSTGRES_ADMIN_URL, isolation_level="AUTOCOMMIT")
-    try:
-        with admin.connect() as connection:
-            name = f"oneiro_test_{uuid.uuid4().hex[:12]}"
-            connection.execute(sa.text(f'CREATE DATABASE "{name}"'))
-    except sa.exc.OperationalError as exc:
-        admin.dispose()
-        unreachable = (
-            f"PostgreSQL is not reachable at {POSTGRES_ADMIN_URL} "
-            f"(set ONEIRO_TEST_POSTGRES_URL): {exc.orig}"
-        )
-    else:
-        unreachable = None
-    if unreachable is not None:
-        # On CI a skip would pass green with a third of the suite unrun.
-        if running_on_ci():
-            pytest.fail(f"{unreachable}; CI is set, so this fails instead of skipping", False)
-        pytest.skip(unreachable)
-    try:
-        yield (
-            sa.engine.make_url(POSTGRES_ADMIN_URL)
-            .set(database=name)
-            .render_as_string(hide_password=False)
-        )
-    finally:
-        with admin.connect() as connection:
-            connection.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-        admin.dispose()
+    drop_queues(redis_url, name)
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])
@@ -129,7 +83,7 @@ def empty_database_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterat
     if request.param == "sqlite":
         yield f"sqlite:///{tmp_path / 'oneiro.db'}"
     else:
-        yield from _postgres_database()
+        yield from postgres_database()
 
 
 @pytest.fixture
@@ -172,6 +126,13 @@ def storage(settings: Settings) -> Storage:
 
 
 @pytest.fixture
+def runtime(settings: Settings, sessions: sessionmaker[Session], storage: Storage) -> Runtime:
+    """What a worker process holds (settings, sessions, storage), on the test's database and
+    storage, named test-worker; tests.utils.with_settings varies its settings."""
+    return Runtime(settings=settings, sessions=sessions, storage=storage, name="test-worker")
+
+
+@pytest.fixture
 def app(settings: Settings) -> Iterator[Flask]:
     app = create_app(settings)
     app.config["TESTING"] = True
@@ -183,19 +144,12 @@ def app(settings: Settings) -> Iterator[Flask]:
 @pytest.fixture
 def client(app: Flask) -> FlaskClient:
     """A test client calling as the test tenant (tests.utils.TEST_TENANT), with its own key."""
-    from tests.utils import authed_client
-
     return authed_client(app)
 
 
 @pytest.fixture(scope="session")
 def s3_endpoint(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """A real S3-compatible server on this machine: moto in server mode, over HTTP."""
-    import subprocess
-    import sys
-
-    from tests.utils import WERKZEUG_LISTENING, http_answers, listening_port, wait_for
-
     log_path = tmp_path_factory.mktemp("s3") / "moto.log"
     log = log_path.open("wb")
     server = subprocess.Popen(

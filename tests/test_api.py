@@ -2,16 +2,12 @@
 
 from __future__ import annotations
 
-import base64
 import io
-import json
 import uuid
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
-import redis
 import sqlalchemy as sa
 from flask import Flask
 from flask.testing import FlaskClient
@@ -22,38 +18,17 @@ from api import create_app
 from shared.models import Job, JobStatus
 from shared.settings import Settings
 from shared.storage import Storage
-from tests.tcpproxy import Proxy
-from tests.utils import CHELSEA, authed_client, image_bytes, make_job
-
-
-def submit(client: FlaskClient, image: bytes | None, params: Any = None, **parts: Any) -> Any:
-    data: dict[str, Any] = dict(parts)
-    if image is not None:
-        data["image"] = (io.BytesIO(image), "upload")
-    if params is not None:
-        data["params"] = params if isinstance(params, str) else json.dumps(params)
-    return client.post("/v1/jobs", data=data, content_type="multipart/form-data")
-
-
-def queued_job_ids(settings: Settings) -> list[str]:
-    """The job ids in the Celery messages waiting on this test's queue."""
-    client = redis.Redis.from_url(settings.redis_url)
-    messages = client.lrange(settings.queue, 0, -1)
-    client.close()
-    return [json.loads(base64.b64decode(json.loads(m)["body"]))[0][0] for m in messages]
-
-
-def stored_files(settings: Settings) -> list[Path]:
-    root = Path(settings.storage_url)
-    return [p for p in root.rglob("*") if p.is_file()] if root.exists() else []
-
-
-def assert_problem(response: Any, status: int) -> dict[str, Any]:
-    assert response.status_code == status, response.get_data(as_text=True)
-    assert response.content_type == "application/problem+json"
-    body = response.get_json(force=True)
-    assert body["status"] == status and body["title"] and body["detail"]
-    return body  # type: ignore[no-any-return]
+from tests.utils import (
+    CHELSEA,
+    Proxy,
+    assert_problem,
+    authed_client,
+    image_bytes,
+    make_job,
+    queued_job_ids,
+    stored_files,
+    submit,
+)
 
 
 def test_submit_stores_commits_and_enqueues(

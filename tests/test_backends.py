@@ -12,8 +12,7 @@ import pytest
 from PIL import Image
 
 from shared.settings import SettingsError, load_settings
-from tests.conftest import ROOT
-from tests.utils import CHELSEA
+from tests.utils import CHELSEA, ROOT
 from worker.engine.device import (
     CPU_MAX_BATCH,
     GPU_MAX_BATCH,

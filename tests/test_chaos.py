@@ -2,30 +2,34 @@
 
 from __future__ import annotations
 
-import os
 import random
-import signal
 import subprocess
 import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
-from subprocess import STDOUT
 from typing import Any
 
 import pytest
 import sqlalchemy as sa
 from sqlalchemy.orm import Session, sessionmaker
 
-from dev.launcher import worker_command
 from dev.localredis import start_redis
 from shared.models import Job, JobStatus
 from shared.queue import create_celery, enqueue_render
 from shared.settings import Settings
 from shared.storage import Storage
-from tests.conftest import ROOT
-from tests.tcpproxy import Proxy
-from tests.utils import CHELSEA, image_bytes, make_job, process_env, redis_on_free_port, wait_for
+from tests.utils import (
+    CHELSEA,
+    Proxy,
+    image_bytes,
+    kill_process,
+    make_job,
+    redis_on_free_port,
+    start_worker,
+    stop_process,
+    wait_for,
+)
 from worker.maintenance import reap_stale_jobs, relay_queued_jobs
 
 pytestmark = pytest.mark.chaos
@@ -39,50 +43,31 @@ class Workers:
 
     def __init__(self, settings: Settings, logs: Path) -> None:
         self.settings, self.logs = settings, logs
-        self.env = process_env(
-            settings,
-            ONEIRO_CHECKPOINT_EVERY="1",
-            ONEIRO_HEARTBEAT_INTERVAL="0.2",
-            ONEIRO_PROGRESS_INTERVAL="0.1",
-        )
+        self.env = {
+            "ONEIRO_CHECKPOINT_EVERY": "1",
+            "ONEIRO_HEARTBEAT_INTERVAL": "0.2",
+            "ONEIRO_PROGRESS_INTERVAL": "0.1",
+        }
         self.processes: list[subprocess.Popen[bytes]] = []
 
     def start(self) -> None:
         number = len(self.processes) + 1
-        out = (self.logs / f"worker-{number}.log").open("wb")
         self.processes.append(
-            subprocess.Popen(
-                [
-                    *worker_command(self.settings.queue),
-                    "--without-mingle",
-                    "--without-gossip",
-                    "--hostname",
-                    f"chaos{number}-{uuid.uuid4().hex[:4]}@%h",
-                ],
-                cwd=ROOT,
+            start_worker(
+                self.settings,
+                self.logs / f"worker-{number}.log",
+                hostname=f"chaos{number}-{uuid.uuid4().hex[:4]}@%h",
                 env=self.env,
-                stdout=out,
-                stderr=STDOUT,
-                start_new_session=True,
             )
         )
-        out.close()
 
     def kill(self) -> None:
         """SIGKILL the newest worker and its pool child: no cleanup, message unacknowledged."""
-        os.killpg(self.processes[-1].pid, signal.SIGKILL)
-        self.processes[-1].wait()
+        kill_process(self.processes[-1])
 
     def stop(self) -> None:
         for process in self.processes:
-            if process.poll() is None:
-                os.killpg(process.pid, signal.SIGTERM)
-        for process in self.processes:
-            try:
-                process.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                os.killpg(process.pid, signal.SIGKILL)
-                process.wait()
+            stop_process(process)
 
     def log(self) -> str:
         return "".join(p.read_text() for p in sorted(self.logs.glob("worker-*.log")))

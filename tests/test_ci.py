@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from tests.conftest import ROOT
+from tests.utils import ROOT
 
 # One PostgreSQL-parametrized test, run in a pytest of its own.
 ONE_TEST = "tests/test_idempotency.py::test_keys_expire_after_a_day[postgresql]"

@@ -15,8 +15,7 @@ from client.cli import main
 from client.config import write_client_config
 from client.render import GPU_DEVICE_NODES
 from shared.params import RenderParams
-from tests.conftest import ROOT
-from tests.utils import CHELSEA
+from tests.utils import CHELSEA, ROOT
 
 
 def test_render_writes_the_dream(tmp_path: Path) -> None:

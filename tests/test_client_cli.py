@@ -23,10 +23,7 @@ from client.api import ApiError, Client
 from client.cli import main
 from client.config import write_client_config
 from client.events import Event
-from tests.conftest import ROOT
-from tests.stack import Stack, running_stack
-from tests.tcpproxy import Proxy
-from tests.utils import CHELSEA, wait_for
+from tests.utils import CHELSEA, ROOT, Proxy, Stack, running_stack, wait_for
 
 pytestmark = pytest.mark.e2e
 

@@ -23,7 +23,7 @@ from werkzeug.serving import make_server
 from dev.launcher import WEBHOOK_THREADS, api_command, maintenance_command, webhooks_command
 from shared.queue import MAINTAIN_TASK, WEBHOOK_TASK
 from shared.settings import load_settings
-from tests.conftest import ROOT, free_port
+from tests.utils import ROOT, free_port
 
 COMPOSE = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
 PROJECT_SERVICES = ["migrate", "api", "worker", "beat", "webhooks", "flower"]

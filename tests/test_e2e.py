@@ -16,9 +16,7 @@ from shared.db import create_db_engine, create_session_factory
 from shared.images import decode_rgb, fit_within
 from shared.queue import RENDER_TASK, create_celery
 from shared.storage import open_storage
-from tests.conftest import _postgres_database
-from tests.stack import Stack, running_stack
-from tests.utils import CHELSEA, make_job, wait_for
+from tests.utils import CHELSEA, Stack, make_job, postgres_database, running_stack, wait_for
 
 pytestmark = pytest.mark.e2e
 
@@ -31,7 +29,7 @@ def stack(
 ) -> Iterator[Stack]:
     """`alembic upgrade head`, then gunicorn and a Celery worker, as `make run` starts them."""
     tmp = tmp_path_factory.mktemp(f"e2e-{request.param}")
-    databases = _postgres_database() if request.param == "postgresql" else None
+    databases = postgres_database() if request.param == "postgresql" else None
     try:
         with running_stack(tmp, redis_url, next(databases) if databases else None) as running:
             yield running

@@ -9,8 +9,7 @@ import pytest
 from PIL import Image
 
 from client.api import Client
-from tests.stack import running_stack
-from tests.utils import CHELSEA
+from tests.utils import CHELSEA, running_stack
 
 pytestmark = pytest.mark.e2e
 

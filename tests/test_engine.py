@@ -24,8 +24,7 @@ from shared.catalogue import BACKBONES
 from shared.cost import octave_sizes
 from shared.images import decode_rgb, fit_within
 from shared.params import RenderParams
-from tests.conftest import ROOT
-from tests.utils import CHELSEA, image_bytes
+from tests.utils import CHELSEA, ROOT, image_bytes
 from worker.engine import (
     BACKEND,
     Canceled,

@@ -16,8 +16,7 @@ from shared.changes import publish_change
 from shared.models import Job, JobStatus, utcnow
 from shared.settings import Settings
 from shared.storage import Storage
-from tests.test_api import assert_problem
-from tests.utils import make_job
+from tests.utils import assert_problem, make_job
 
 
 def parse_events(text: str) -> list[dict[str, Any]]:

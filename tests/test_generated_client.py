@@ -21,8 +21,7 @@ from typing import Any
 import pytest
 import requests
 
-from tests.stack import Stack, running_stack
-from tests.utils import CHELSEA
+from tests.utils import CHELSEA, Stack, running_stack
 
 pytestmark = pytest.mark.e2e
 

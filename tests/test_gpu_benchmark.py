@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import ROOT
+from tests.utils import ROOT
 
 
 @pytest.mark.timeout(1800)

@@ -18,8 +18,7 @@ from api import create_app
 from shared.images import decode_rgb
 from shared.models import Job
 from shared.settings import Settings
-from tests.test_api import assert_problem, stored_files, submit
-from tests.utils import authed_client
+from tests.utils import assert_problem, authed_client, stored_files, submit
 
 
 def encoded(image: Image.Image, fmt: str, **options: Any) -> bytes:

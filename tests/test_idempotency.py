@@ -15,17 +15,14 @@ from sqlalchemy.orm import Session
 
 from shared.models import IdempotencyKey, Job, utcnow
 from shared.settings import Settings
-from tests.test_api import assert_problem, queued_job_ids, stored_files
-from tests.utils import authed_client, image_bytes
-
-
-def post(client: FlaskClient, key: str, image: bytes, params: str = '{"steps": 3}') -> object:
-    return client.post(
-        "/v1/jobs",
-        headers={"Idempotency-Key": key},
-        data={"image": (io.BytesIO(image), "a.png"), "params": params},
-        content_type="multipart/form-data",
-    )
+from tests.utils import (
+    assert_problem,
+    authed_client,
+    image_bytes,
+    queued_job_ids,
+    stored_files,
+    submit_with_key,
+)
 
 
 def jobs(session: Session) -> int:
@@ -35,8 +32,8 @@ def jobs(session: Session) -> int:
 def test_the_same_key_and_request_return_the_original_job(
     client: FlaskClient, session: Session, settings: Settings
 ) -> None:
-    first = post(client, "k-1", image_bytes())
-    again = post(client, "k-1", image_bytes(), '{ "steps" : 3 }')  # the same request, respaced
+    first = submit_with_key(client, "k-1", image_bytes())
+    again = submit_with_key(client, "k-1", image_bytes(), '{ "steps" : 3 }')  # respaced
 
     assert first.status_code == 202 and again.status_code == 200
     assert again.get_json()["id"] == first.get_json()["id"]
@@ -48,9 +45,9 @@ def test_the_same_key_and_request_return_the_original_job(
 def test_the_same_key_with_another_request_is_422_and_writes_nothing(
     client: FlaskClient, session: Session, settings: Settings
 ) -> None:
-    post(client, "k-2", image_bytes())
+    submit_with_key(client, "k-2", image_bytes())
 
-    body = assert_problem(post(client, "k-2", image_bytes(), '{"steps": 4}'), 422)
+    body = assert_problem(submit_with_key(client, "k-2", image_bytes(), '{"steps": 4}'), 422)
 
     assert body["errors"][0]["field"] == "Idempotency-Key"
     assert jobs(session) == 1 and len(stored_files(settings)) == 1
@@ -79,9 +76,9 @@ def test_the_same_key_with_another_webhook_is_another_request(
 def test_the_same_key_and_params_with_another_image_is_422(
     client: FlaskClient, session: Session, settings: Settings
 ) -> None:
-    assert post(client, "k-img", image_bytes((96, 64))).status_code == 202
+    assert submit_with_key(client, "k-img", image_bytes((96, 64))).status_code == 202
 
-    body = assert_problem(post(client, "k-img", image_bytes((64, 96))), 422)
+    body = assert_problem(submit_with_key(client, "k-img", image_bytes((64, 96))), 422)
 
     assert body["errors"][0]["field"] == "Idempotency-Key"
     assert jobs(session) == 1 and len(stored_files(settings)) == 1
@@ -92,22 +89,25 @@ def test_one_key_used_by_two_tenants_makes_two_jobs(
 ) -> None:
     other = authed_client(app, "another-tenant")
 
-    mine = post(client, "k-shared", image_bytes())
-    theirs = post(other, "k-shared", image_bytes())
+    mine = submit_with_key(client, "k-shared", image_bytes())
+    theirs = submit_with_key(other, "k-shared", image_bytes())
 
     assert mine.status_code == 202 and theirs.status_code == 202
     assert mine.get_json()["id"] != theirs.get_json()["id"]
     assert jobs(session) == 2
     # Each tenant's retry still answers with its own job.
-    assert post(other, "k-shared", image_bytes()).get_json()["id"] == theirs.get_json()["id"]
+    assert (
+        submit_with_key(other, "k-shared", image_bytes()).get_json()["id"]
+        == theirs.get_json()["id"]
+    )
 
 
 def test_keys_expire_after_a_day(client: FlaskClient, session: Session) -> None:
-    first = post(client, "k-3", image_bytes()).get_json()["id"]
+    first = submit_with_key(client, "k-3", image_bytes()).get_json()["id"]
     session.execute(update(IdempotencyKey).values(created_at=utcnow() - timedelta(hours=25)))
     session.commit()
 
-    second = post(client, "k-3", image_bytes())
+    second = submit_with_key(client, "k-3", image_bytes())
 
     assert second.status_code == 202 and second.get_json()["id"] != first
     assert jobs(session) == 2
@@ -119,7 +119,7 @@ def test_concurrent_requests_with_one_key_make_one_job(
     answers: list[tuple[int, str]] = []
 
     def send() -> None:
-        response = post(client, "k-4", image_bytes())
+        response = submit_with_key(client, "k-4", image_bytes())
         answers.append((response.status_code, response.get_json()["id"]))
 
     threads = [threading.Thread(target=send) for _ in range(4)]
@@ -134,17 +134,17 @@ def test_concurrent_requests_with_one_key_make_one_job(
 
 
 def test_a_key_is_1_to_255_characters(client: FlaskClient, session: Session) -> None:
-    assert post(client, "k", image_bytes()).status_code == 202
-    assert post(client, "k" * 255, image_bytes()).status_code == 202
+    assert submit_with_key(client, "k", image_bytes()).status_code == 202
+    assert submit_with_key(client, "k" * 255, image_bytes()).status_code == 202
     for bad in ("", "k" * 256):
-        body = assert_problem(post(client, bad, image_bytes()), 422)
+        body = assert_problem(submit_with_key(client, bad, image_bytes()), 422)
         assert body["errors"][0]["field"] == "Idempotency-Key"
     assert jobs(session) == 2
 
 
 def test_the_same_params_in_another_order_are_the_same_request(client: FlaskClient) -> None:
-    first = post(client, "k-order", image_bytes(), '{"steps": 3, "seed": 1}')
-    again = post(client, "k-order", image_bytes(), '{"seed": 1, "steps": 3}')
+    first = submit_with_key(client, "k-order", image_bytes(), '{"steps": 3, "seed": 1}')
+    again = submit_with_key(client, "k-order", image_bytes(), '{"seed": 1, "steps": 3}')
 
     assert (first.status_code, again.status_code) == (202, 200)
     assert again.get_json()["id"] == first.get_json()["id"]

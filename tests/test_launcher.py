@@ -19,8 +19,7 @@ import pytest
 from dev.launcher import NoRedis, ensure_redis, maintenance_command, webhooks_command
 from shared.queue import redis_answers
 from shared.settings import Settings, load_settings
-from tests.conftest import ROOT, free_port
-from tests.utils import http_answers, process_env, wait_for
+from tests.utils import ROOT, free_port, http_answers, process_env, wait_for
 
 
 def _launcher_env(settings: Settings, port: int) -> dict[str, str]:

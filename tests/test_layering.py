@@ -12,7 +12,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from tests.conftest import ROOT
+from tests.utils import ROOT
 
 SERVICES = ("api", "worker", "shared")
 

@@ -2,28 +2,28 @@
 
 from __future__ import annotations
 
-import dataclasses
 import threading
 import uuid
 from typing import Any
 
 import pytest
 from flask.testing import FlaskClient
-from sqlalchemy.orm import Session, sessionmaker
+from sqlalchemy.orm import Session
 
 from shared.models import Job, JobStatus
 from shared.settings import Settings
 from shared.storage import Storage
-from tests.test_api import assert_problem, queued_job_ids, submit
-from tests.test_reliability import before_each_gradient
-from tests.utils import image_bytes, make_job
+from tests.utils import (
+    assert_problem,
+    before_each_gradient,
+    image_bytes,
+    make_job,
+    queued_job_ids,
+    submit,
+    with_settings,
+)
 from worker.jobs import run_job
 from worker.runtime import Runtime
-
-
-@pytest.fixture
-def runtime(settings: Settings, sessions: sessionmaker[Session], storage: Storage) -> Runtime:
-    return Runtime(settings=settings, sessions=sessions, storage=storage, name="w")
 
 
 def status_of(session: Session, job_id: Any) -> Job:
@@ -54,10 +54,7 @@ def test_a_running_job_stops_within_one_tile_batch(
     monkeypatch: pytest.MonkeyPatch,
     progress_interval: float,
 ) -> None:
-    runtime = dataclasses.replace(
-        runtime,
-        settings=runtime.settings.model_copy(update={"progress_interval": progress_interval}),
-    )
+    runtime = with_settings(runtime, progress_interval=progress_interval)
     job = make_job(session, storage, params={"steps": 50, "octaves": 2, "seed": 1})
     calls: list[int] = []
 

@@ -6,8 +6,6 @@ import io
 import json
 import logging
 import re
-import subprocess
-import uuid
 from collections.abc import Iterator
 from datetime import timedelta
 from pathlib import Path
@@ -16,17 +14,15 @@ from typing import Any
 import pytest
 from flask.testing import FlaskClient
 from prometheus_client.parser import text_string_to_metric_families
-from sqlalchemy.orm import Session, sessionmaker
+from sqlalchemy.orm import Session
 
 from api import create_app
-from dev.launcher import worker_command
 from shared.logs import configure_logging, log_context
 from shared.models import Job, JobStatus, utcnow
 from shared.queue import RENDER_TASK, create_celery
 from shared.settings import Settings, load_settings
 from shared.storage import Storage
-from tests.conftest import ROOT
-from tests.utils import authed_client, make_job, process_env, wait_for
+from tests.utils import authed_client, make_job, running_worker, wait_for
 from worker.jobs import run_job
 from worker.maintenance import reap_stale_jobs
 from worker.runtime import Runtime
@@ -84,13 +80,11 @@ def test_an_api_route_about_a_job_logs_with_its_id(
 
 
 def test_the_job_runner_logs_with_job_attempt_and_worker(
-    settings: Settings,
-    sessions: sessionmaker[Session],
+    runtime: Runtime,
     session: Session,
     storage: Storage,
     log_stream: io.StringIO,
 ) -> None:
-    runtime = Runtime(settings=settings, sessions=sessions, storage=storage, name="test-worker")
     job = make_job(session, storage)
 
     assert run_job(job.id, runtime) == JobStatus.SUCCEEDED
@@ -132,40 +126,22 @@ def test_the_reaper_logs_with_the_job_it_puts_back(
 def test_a_celery_worker_process_logs_json_lines_with_the_job(
     settings: Settings, session: Session, storage: Storage, client: FlaskClient, tmp_path: Path
 ) -> None:
-    env = process_env(settings)
-    stderr_path = tmp_path / "worker.stderr"
-    with stderr_path.open("wb") as stderr:
-        worker = subprocess.Popen(
-            [
-                *worker_command(settings.queue),
-                "--without-mingle",
-                "--without-gossip",
-                "--hostname",
-                f"logs-{uuid.uuid4().hex[:6]}@%h",
-            ],
-            cwd=ROOT,
-            env=env,
-            stdout=subprocess.DEVNULL,
-            stderr=stderr,
-        )
-        try:
-            job = make_job(session, storage)
-            celery = create_celery(settings)
-            celery.send_task(RENDER_TASK, args=[str(job.id)])
-            celery.close()
+    log = tmp_path / "worker.log"
+    with running_worker(settings, log):
+        job = make_job(session, storage)
+        celery = create_celery(settings)
+        celery.send_task(RENDER_TASK, args=[str(job.id)])
+        celery.close()
 
-            def finished() -> Job | None:
-                session.expire_all()
-                done = session.get_one(Job, job.id)
-                return done if done.status.is_terminal() else None
+        def finished() -> Job | None:
+            session.expire_all()
+            done = session.get_one(Job, job.id)
+            return done if done.status.is_terminal() else None
 
-            done = wait_for(finished, 180, "the worker to render the job", every=0.2)
-            # While it is up, the worker also counts as online (idle now) in the metrics.
-            scraped = client.get("/metrics").get_data(as_text=True)
-        finally:
-            worker.terminate()
-            worker.wait(timeout=30)
-    output = stderr_path.read_text()
+        done = wait_for(finished, 180, "the worker to render the job", every=0.2)
+        # While it is up, the worker also counts as online (idle now) in the metrics.
+        scraped = client.get("/metrics").get_data(as_text=True)
+    output = log.read_text()
 
     assert done.status == JobStatus.SUCCEEDED, done.error
     # Python's records are JSON, Celery's own included; what bypasses Python logging (the

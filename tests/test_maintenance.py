@@ -16,14 +16,13 @@ from shared.settings import Settings
 from shared.storage import Storage
 from tests.utils import maintenance_tasks, make_job
 from worker.maintenance import maintenance_lock
+from worker.runtime import Runtime
 
 
 @pytest.fixture
-def tasks(
-    session: Session, storage: Storage, settings: Settings, monkeypatch: pytest.MonkeyPatch
-) -> ModuleType:
+def tasks(runtime: Runtime, monkeypatch: pytest.MonkeyPatch) -> ModuleType:
     """worker.tasks, its maintain task running on the test database and storage."""
-    return maintenance_tasks(monkeypatch, session, storage, settings)  # type: ignore[no-any-return]
+    return maintenance_tasks(monkeypatch, runtime)  # type: ignore[no-any-return]
 
 
 def _stale_job(session: Session, storage: Storage, settings: Settings) -> Job:

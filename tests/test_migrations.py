@@ -8,7 +8,7 @@ from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 
 from shared.models import Base
-from tests.conftest import alembic_config
+from tests.utils import alembic_config
 
 
 def test_upgrade_matches_the_models_and_downgrade_removes_everything(

@@ -3,6 +3,7 @@ backbone without weights is refused at submit, and a worker's weights error is s
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import json
 from collections.abc import Callable, Iterator
@@ -10,7 +11,7 @@ from pathlib import Path
 
 import pytest
 from flask import Flask
-from sqlalchemy.orm import Session, sessionmaker
+from sqlalchemy.orm import Session
 from werkzeug.test import TestResponse
 
 from api import create_app
@@ -19,9 +20,7 @@ from shared.models import Job, JobStatus
 from shared.settings import Settings
 from shared.storage import Storage
 from shared.weights import how_to_provide, renderable_backbones, weights_source
-from tests.conftest import ROOT
-from tests.test_api import assert_problem
-from tests.utils import authed_client, image_bytes, make_job
+from tests.utils import ROOT, assert_problem, authed_client, image_bytes, make_job
 from worker.jobs import run_job
 from worker.runtime import Runtime
 
@@ -145,7 +144,7 @@ def test_one_weights_file_is_the_default_backbones_or_the_one_it_is_named_for(
 
 def test_a_bad_weights_file_fails_the_job_in_two_sentences(
     settings: Settings,
-    sessions: sessionmaker[Session],
+    runtime: Runtime,
     session: Session,
     storage: Storage,
     tmp_path: Path,
@@ -153,7 +152,7 @@ def test_a_bad_weights_file_fails_the_job_in_two_sentences(
 ) -> None:
     # The issue's case: a file that is not VGG19's weights, offered for vgg19.
     deployment = offline(settings, tmp_path / "weights", VGG_FILE)
-    runtime = Runtime(settings=deployment, sessions=sessions, storage=storage, name="w")
+    runtime = dataclasses.replace(runtime, settings=deployment)
     job = make_job(session, storage, params={"model": "vgg19", "steps": 1, "octaves": 1})
 
     assert run_job(job.id, runtime) == JobStatus.FAILED

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import os
 import secrets
-import signal
 import subprocess
 import time
 import uuid
@@ -24,14 +23,23 @@ import requests
 import sqlalchemy as sa
 from sqlalchemy.orm import Session, sessionmaker
 
-from dev.launcher import api_command, worker_command
+from dev.launcher import api_command
 from dev.localredis import redis_server_binary
 from shared.models import Job, JobStatus
 from shared.queue import create_celery, redis_answers
 from shared.settings import Settings
-from tests.conftest import ROOT, free_port
-from tests.tcpproxy import Proxy
-from tests.utils import CHELSEA, http_answers, new_key, wait_for
+from tests.utils import (
+    CHELSEA,
+    ROOT,
+    Proxy,
+    free_port,
+    http_answers,
+    kill_process,
+    new_key,
+    process_env,
+    start_worker,
+    wait_for,
+)
 from worker.maintenance import reap_stale_jobs, relay_queued_jobs
 
 pytestmark = pytest.mark.chaos
@@ -134,12 +142,7 @@ def cluster(settings: Settings, database_url: str, tmp_path: Path) -> Iterator[C
             assert time.monotonic() < deadline, "redis-server did not start"
             time.sleep(0.05)
 
-        shared_env = {
-            **os.environ,
-            "ONEIRO_DATA_DIR": str(settings.data_dir),
-            "ONEIRO_QUEUE": settings.queue,
-            "ONEIRO_WEIGHTS": "random",
-            "ONEIRO_WEIGHTS_DOWNLOAD": "false",
+        worker_env = {
             "ONEIRO_CHECKPOINT_EVERY": "1",
             "ONEIRO_HEARTBEAT_INTERVAL": "0.5",
             "ONEIRO_PROGRESS_INTERVAL": "0.2",
@@ -152,34 +155,22 @@ def cluster(settings: Settings, database_url: str, tmp_path: Path) -> Iterator[C
                 cwd=ROOT,
                 stdout=api_log,
                 stderr=STDOUT,
-                env={**shared_env, "DATABASE_URL": database_url, "REDIS_URL": local_redis},
+                env=process_env(settings, REDIS_URL=local_redis, **worker_env),
             )
         )
         api_log.close()
         for host in hosts:
             assert host.proxy is not None
             host.log = tmp_path / f"{host.name}.log"
-            out = host.log.open("wb")
-            host.worker = subprocess.Popen(
-                [
-                    "ip",
-                    "netns",
-                    "exec",
-                    host.namespace,
-                    *worker_command(
-                        settings.queue,
-                        "--without-mingle",
-                        "--without-gossip",
-                        "--hostname",
-                        f"{host.name}@%h",
-                    ),
-                ],
-                cwd=ROOT,
-                stdout=out,
-                stderr=STDOUT,
-                start_new_session=True,
+            # It reaches the services over its link alone: through its proxy and Redis's
+            # address on the link.
+            host.worker = start_worker(
+                settings,
+                host.log,
+                prefix=["ip", "netns", "exec", host.namespace],
+                hostname=f"{host.name}@%h",
                 env={
-                    **shared_env,
+                    **worker_env,
                     "ONEIRO_WORKER_NAME": host.name,
                     "DATABASE_URL": url.set(
                         host=host.address, port=host.proxy.port
@@ -187,7 +178,6 @@ def cluster(settings: Settings, database_url: str, tmp_path: Path) -> Iterator[C
                     "REDIS_URL": f"redis://{host.address}:{redis_port}/0",
                 },
             )
-            out.close()
         api = f"http://127.0.0.1:{api_port}"
         wait_for(lambda: http_answers(f"{api}/healthz"), 30, "the API")
         yield Cluster(
@@ -195,9 +185,8 @@ def cluster(settings: Settings, database_url: str, tmp_path: Path) -> Iterator[C
         )
     finally:
         for host in hosts:
-            if host.worker is not None and host.worker.poll() is None:
-                os.killpg(host.worker.pid, signal.SIGKILL)
-                host.worker.wait()
+            if host.worker is not None:
+                kill_process(host.worker)
             if host.proxy is not None:
                 host.proxy.close()
         for process in processes:

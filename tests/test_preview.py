@@ -9,22 +9,13 @@ from typing import Any
 import pytest
 from flask.testing import FlaskClient
 from PIL import Image
-from sqlalchemy.orm import Session, sessionmaker
+from sqlalchemy.orm import Session
 
 from shared.models import JobStatus
-from shared.settings import Settings
 from shared.storage import Storage, preview_key, result_key
-from tests.test_api import assert_problem
-from tests.test_reliability import before_each_gradient
-from tests.utils import image_bytes, make_job
+from tests.utils import assert_problem, before_each_gradient, image_bytes, make_job, with_settings
 from worker.jobs import run_job
 from worker.runtime import Runtime
-
-
-def runtime_with(settings: Settings, sessions: Any, storage: Storage, **changes: Any) -> Runtime:
-    return Runtime(
-        settings=settings.model_copy(update=changes), sessions=sessions, storage=storage, name="w"
-    )
 
 
 def jpeg_size(data: bytes) -> tuple[int, int]:
@@ -35,8 +26,7 @@ def jpeg_size(data: bytes) -> tuple[int, int]:
 
 def test_the_preview_follows_the_render_and_ends_as_the_result(
     client: FlaskClient,
-    settings: Settings,
-    sessions: sessionmaker[Session],
+    runtime: Runtime,
     session: Session,
     storage: Storage,
     monkeypatch: pytest.MonkeyPatch,
@@ -52,7 +42,7 @@ def test_the_preview_follows_the_render_and_ends_as_the_result(
         seen.append(response.data if response.status_code == 200 else response.status_code)
 
     before_each_gradient(monkeypatch, look)
-    runtime = runtime_with(settings, sessions, storage, preview_interval=0.0, preview_size=64)
+    runtime = with_settings(runtime, preview_interval=0.0, preview_size=64)
     assert run_job(job.id, runtime) == JobStatus.SUCCEEDED
 
     # Before the first step there is none; after each step, a new one, 64 px on its long side.
@@ -71,8 +61,7 @@ def test_the_preview_follows_the_render_and_ends_as_the_result(
 
 
 def test_previews_are_written_at_most_every_preview_interval(
-    settings: Settings,
-    sessions: sessionmaker[Session],
+    runtime: Runtime,
     session: Session,
     storage: Storage,
     monkeypatch: pytest.MonkeyPatch,
@@ -83,7 +72,7 @@ def test_previews_are_written_at_most_every_preview_interval(
     monkeypatch.setattr(
         type(storage), "put", lambda self, key, data: writes.append(key) or put(self, key, data)
     )
-    runtime = runtime_with(settings, sessions, storage, preview_interval=3600.0)
+    runtime = with_settings(runtime, preview_interval=3600.0)
     assert run_job(job.id, runtime) == JobStatus.SUCCEEDED
     # Twelve steps: one preview after the first, none for an hour, then the result's.
     assert writes.count(preview_key(job.id, 1)) == 2

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from shared.settings import Settings
-from tests.conftest import ROOT
+from tests.utils import ROOT
 
 # Where the variables that are not Settings fields are read.
 READERS = ("api", "worker", "shared", "client", "dev", "tests")

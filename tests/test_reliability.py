@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import time
 import uuid
 from datetime import timedelta
@@ -18,8 +17,7 @@ from shared.models import Job, JobStatus, utcnow
 from shared.queue import create_celery, queue_keys, send_job
 from shared.settings import Settings
 from shared.storage import Storage, checkpoint_key, preview_key, result_key
-from tests.test_api import queued_job_ids
-from tests.utils import image_bytes, make_job
+from tests.utils import before_each_gradient, image_bytes, make_job, queued_job_ids, with_settings
 from worker.jobs import run_job
 from worker.maintenance import reap_stale_jobs, relay_queued_jobs
 from worker.runtime import Runtime
@@ -29,35 +27,6 @@ PARAMS = {"steps": 3, "octaves": 2, "seed": 5, "tile_size": 64, "max_dim": 100}
 
 class Crash(BaseException):
     """Stands for kill -9: nothing in the worker catches it, nothing is cleaned up."""
-
-
-def runtime_for(
-    settings: Settings, sessions: sessionmaker[Session], storage: Storage, **changes: Any
-) -> Runtime:
-    return Runtime(
-        settings=settings.model_copy(update=changes),
-        sessions=sessions,
-        storage=storage,
-        name="test-worker",
-    )
-
-
-def before_each_gradient(monkeypatch: pytest.MonkeyPatch, hook: Any) -> None:
-    """Run `hook(n)` before the worker's n-th gradient call (n counts from 1)."""
-    original = Runtime.dream_model
-    calls = []
-
-    def wrapped(self: Runtime, params: Any) -> Any:
-        model = original(self, params)
-
-        def gradient(tiles: Any) -> Any:
-            calls.append(1)
-            hook(len(calls))
-            return model.gradient(tiles)
-
-        return dataclasses.replace(model, gradient=gradient)
-
-    monkeypatch.setattr(Runtime, "dream_model", wrapped)
 
 
 def crash_after(calls: int, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -76,13 +45,12 @@ def reload(session: Session, job_id: uuid.UUID) -> Job:
 
 
 def test_a_job_killed_mid_render_resumes_from_its_checkpoint_to_the_same_image(
-    settings: Settings,
-    sessions: sessionmaker[Session],
+    runtime: Runtime,
     session: Session,
     storage: Storage,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    runtime = runtime_for(settings, sessions, storage, checkpoint_every=1, lease_seconds=1)
+    runtime = with_settings(runtime, checkpoint_every=1, lease_seconds=1)
     image = image_bytes((100, 80))
     reference = make_job(session, storage, image=image, params=PARAMS)
     assert run_job(reference.id, runtime) == JobStatus.SUCCEEDED
@@ -118,13 +86,13 @@ def test_a_job_killed_mid_render_resumes_from_its_checkpoint_to_the_same_image(
 
 
 def test_a_worker_whose_job_was_taken_stops_and_writes_nothing(
-    settings: Settings,
+    runtime: Runtime,
     sessions: sessionmaker[Session],
     session: Session,
     storage: Storage,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    runtime = runtime_for(settings, sessions, storage, heartbeat_interval=0.01)
+    runtime = with_settings(runtime, heartbeat_interval=0.01)
     job = make_job(session, storage, params={**PARAMS, "steps": 50})
 
     def taken(_n: int) -> None:
@@ -142,7 +110,7 @@ def test_a_worker_whose_job_was_taken_stops_and_writes_nothing(
 
 
 def test_a_worker_that_lost_its_job_writes_no_file_of_the_newer_attempt(
-    settings: Settings,
+    runtime: Runtime,
     sessions: sessionmaker[Session],
     session: Session,
     storage: Storage,
@@ -150,10 +118,8 @@ def test_a_worker_that_lost_its_job_writes_no_file_of_the_newer_attempt(
 ) -> None:
     # One tile per step, a preview and a checkpoint after every step, no progress write (that
     # would notice the loss first): the stale worker's next writes are files.
-    runtime = runtime_for(
-        settings,
-        sessions,
-        storage,
+    runtime = with_settings(
+        runtime,
         checkpoint_every=1,
         preview_interval=0.0,
         progress_interval=3600.0,
@@ -194,7 +160,7 @@ def test_a_worker_that_lost_its_job_writes_no_file_of_the_newer_attempt(
 
 
 def test_a_long_step_with_a_live_heartbeat_is_not_reaped(
-    settings: Settings,
+    runtime: Runtime,
     sessions: sessionmaker[Session],
     session: Session,
     storage: Storage,
@@ -202,9 +168,7 @@ def test_a_long_step_with_a_live_heartbeat_is_not_reaped(
 ) -> None:
     # Progress writes refresh the heartbeat too; in a step that reports nothing for longer than
     # the lease, only the heartbeat thread keeps the job from the reaper.
-    runtime = runtime_for(
-        settings, sessions, storage, heartbeat_interval=0.1, lease_seconds=1.0, progress_interval=0
-    )
+    runtime = with_settings(runtime, heartbeat_interval=0.1, lease_seconds=1.0, progress_interval=0)
     job = make_job(session, storage, params=PARAMS)
     reaped: list[tuple[list[uuid.UUID], list[uuid.UUID]]] = []
 
@@ -224,13 +188,12 @@ def test_a_long_step_with_a_live_heartbeat_is_not_reaped(
 
 
 def test_the_soft_time_limit_fails_the_job_saying_which_limit(
-    settings: Settings,
-    sessions: sessionmaker[Session],
+    runtime: Runtime,
     session: Session,
     storage: Storage,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    runtime = runtime_for(settings, sessions, storage, soft_time_limit=30.0)
+    runtime = with_settings(runtime, soft_time_limit=30.0)
     job = make_job(session, storage, params=PARAMS)
 
     def past_the_limit(n: int) -> None:

@@ -3,6 +3,7 @@ marked expired, and the API says the files are gone (410)."""
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import signal
 import subprocess
@@ -29,9 +30,14 @@ from shared.storage import (
     preview_key,
     result_key,
 )
-from tests.test_api import assert_problem
-from tests.test_idempotency import post
-from tests.utils import image_bytes, maintenance_tasks, make_job
+from tests.utils import (
+    assert_problem,
+    image_bytes,
+    maintenance_tasks,
+    make_job,
+    submit_with_key,
+    with_settings,
+)
 from worker.jobs import run_job
 from worker.maintenance import TemporarySweeper, expire_old_files
 from worker.runtime import Runtime
@@ -112,7 +118,7 @@ def test_idempotency_keys_older_than_a_day_are_forgotten(
     client: FlaskClient, session: Session, storage: Storage, settings: Settings
 ) -> None:
     for key in ("old", "new"):
-        assert post(client, key, image_bytes()).status_code == 202
+        assert submit_with_key(client, key, image_bytes()).status_code == 202
     session.query(IdempotencyKey).filter_by(key="old").update(
         {"created_at": utcnow() - timedelta(hours=25)}
     )
@@ -125,19 +131,16 @@ def test_idempotency_keys_older_than_a_day_are_forgotten(
 
 
 def test_the_periodic_maintenance_task_expires_old_files(
-    session: Session, storage: Storage, settings: Settings, monkeypatch: pytest.MonkeyPatch
+    session: Session,
+    storage: Storage,
+    settings: Settings,
+    runtime: Runtime,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     from shared.queue import MAINTAIN_TASK, create_celery
-    from worker import tasks
 
     old = with_files(session, storage, 2, status=JobStatus.CANCELED)
-    runtime = Runtime(
-        settings=settings.model_copy(update={"retention_seconds": 86400.0}),
-        sessions=create_session_factory(session.get_bind()),  # type: ignore[arg-type]
-        storage=storage,
-        name="maintenance",
-    )
-    monkeypatch.setattr(tasks, "get_runtime", lambda: runtime)
+    tasks = maintenance_tasks(monkeypatch, with_settings(runtime, retention_seconds=86400.0))
     # What beat schedules is this task, and the task runs retention with the reaper and relay.
     schedule = create_celery(settings).conf.beat_schedule
     assert [entry["task"] for entry in schedule.values()] == [MAINTAIN_TASK]
@@ -156,7 +159,7 @@ def files_of(settings: Settings, job_id: uuid.UUID) -> list[str]:
 
 
 def test_a_result_written_just_before_a_cancel_is_deleted_by_retention(
-    session: Session, storage: Storage, settings: Settings
+    session: Session, storage: Storage, settings: Settings, runtime: Runtime
 ) -> None:
     # Issue 10.4: the cancel lands between the result's write and the worker's fenced finish,
     # so the row never records the result (5 of 5 tries left `results/<id>.png` forever).
@@ -177,12 +180,7 @@ def test_a_result_written_just_before_a_cancel_is_deleted_by_retention(
                 canceled_at.append(key)
 
     racing = CancelAfterResult(Path(settings.storage_url))
-    runtime = Runtime(
-        settings=settings.model_copy(update={"dry_run": True}),
-        sessions=create_session_factory(session.get_bind()),  # type: ignore[arg-type]
-        storage=racing,
-        name="racing",
-    )
+    runtime = dataclasses.replace(with_settings(runtime, dry_run=True), storage=racing)
 
     assert run_job(job.id, runtime) is None  # it lost the job at its finish
 
@@ -245,9 +243,9 @@ def test_stale_temporary_files_are_swept_and_fresh_ones_kept(
 
 
 def test_the_maintenance_task_sweeps_temporary_files_once_per_age(
-    session: Session, storage: Storage, settings: Settings, monkeypatch: pytest.MonkeyPatch
+    settings: Settings, runtime: Runtime, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    tasks = maintenance_tasks(monkeypatch, session, storage, settings)
+    tasks = maintenance_tasks(monkeypatch, runtime)
     monkeypatch.setattr(tasks, "sweep_temporary_files", TemporarySweeper())
     root = Path(settings.storage_url)
 

@@ -24,8 +24,7 @@ from shared.models import Job, JobStatus
 from shared.settings import Settings
 from shared.storage import CHUNK_BYTES, Storage
 from shared.tenants import revoke_key
-from tests.stack import serving_api
-from tests.utils import make_job, new_key
+from tests.utils import make_job, new_key, serving_api
 
 # More than the 3 processes x 6 threads that used to serve the API: each stream held one.
 STREAMS = 40

@@ -26,8 +26,15 @@ from shared.models import ApiKey, Job, JobStatus, Tenant
 from shared.settings import Settings
 from shared.storage import Storage
 from shared.tenants import authenticate
-from tests.test_api import assert_problem, stored_files, submit
-from tests.utils import authed_client, image_bytes, make_job, tenant_named
+from tests.utils import (
+    assert_problem,
+    authed_client,
+    image_bytes,
+    make_job,
+    stored_files,
+    submit,
+    tenant_named,
+)
 
 # Every route under /v1 that names a job, with its method.
 JOB_ROUTES = [

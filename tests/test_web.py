@@ -14,9 +14,7 @@ from pathlib import Path
 import pytest
 import requests
 
-from tests.conftest import ROOT
-from tests.stack import Stack, running_stack
-from tests.utils import CHELSEA, wait_for
+from tests.utils import CHELSEA, ROOT, Stack, running_stack, wait_for
 
 pytestmark = pytest.mark.e2e
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import dataclasses
 import hashlib
 import hmac
 import ipaddress
@@ -12,7 +13,6 @@ import json
 import socket
 import socketserver
 import ssl
-import subprocess
 import threading
 import time
 import uuid
@@ -20,11 +20,9 @@ from collections.abc import Callable, Iterator
 from datetime import datetime, timedelta
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from subprocess import STDOUT
 from typing import Any
 
 import pytest
-import redis
 import trustme
 from flask import Flask
 from flask.testing import FlaskClient
@@ -51,13 +49,15 @@ from shared.webhooks import (
     sign,
     verify_signature,
 )
-from tests.conftest import ROOT
-from tests.test_api import assert_problem, stored_files, submit
 from tests.utils import (
+    assert_problem,
     authed_client,
+    drop_queues,
     image_bytes,
     make_job,
-    process_env,
+    running_worker,
+    stored_files,
+    submit,
     tenant_named,
     wait_for,
 )
@@ -202,45 +202,27 @@ class Receiver:
 
 def worker_settings(settings: Settings, **values: Any) -> tuple[Settings, dict[str, str]]:
     """`settings` with `values` and loopback targets allowed (the receivers here are local),
-    and the environment of a worker process that reads the same."""
+    and the variables that give a worker process the same."""
     values = {"webhook_allow_private": True, **values}
     extra = {f"ONEIRO_{name.upper()}": str(value) for name, value in values.items()}
-    return settings.model_copy(update=values), process_env(settings, **extra)
+    return settings.model_copy(update=values), extra
 
 
 @contextlib.contextmanager
 def background_workers(settings: Settings, env: dict[str, str], logs: Path) -> Iterator[Path]:
     """The maintenance worker (beat, reaper, relay, retention) and the webhooks worker, started
     as `make run` starts them; yields the webhooks worker's log."""
-    commands = {
-        "maintenance": maintenance_command(settings, logs / "beat-schedule"),
-        "webhooks": webhooks_command(settings),
-    }
-    processes = []
-    for name, command in commands.items():
-        with (logs / f"{name}.log").open("wb") as log:
-            processes.append(
-                subprocess.Popen(
-                    [*command, "--without-mingle", "--without-gossip"],
-                    cwd=ROOT,
-                    env=env,
-                    stdout=log,
-                    stderr=STDOUT,
-                )
-            )
+    maintenance = maintenance_command(settings, logs / "beat-schedule")
     try:
-        yield logs / "webhooks.log"
+        with (
+            running_worker(settings, logs / "maintenance.log", command=maintenance, env=env),
+            running_worker(
+                settings, logs / "webhooks.log", command=webhooks_command(settings), env=env
+            ),
+        ):
+            yield logs / "webhooks.log"
     finally:
-        for process in processes:
-            process.terminate()
-        for process in processes:
-            try:
-                process.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
-        with redis.Redis.from_url(settings.redis_url) as client:
-            client.delete(webhook_queue(settings), maintenance_queue(settings))
+        drop_queues(settings.redis_url, webhook_queue(settings), maintenance_queue(settings))
 
 
 @pytest.fixture
@@ -269,7 +251,7 @@ def assert_signed_as_documented(secret: str, delivery: dict[str, Any]) -> None:
 
 def test_events_are_signed_retried_with_back_off_and_keep_their_id(
     hooked: Settings,
-    sessions: sessionmaker[Session],
+    runtime: Runtime,
     session: Session,
     storage: Storage,
     receivers: Any,
@@ -281,7 +263,7 @@ def test_events_are_signed_retried_with_back_off_and_keep_their_id(
     job_id = uuid.UUID(
         submit(client, image_bytes(), {"steps": 3, "octaves": 2}, webhook=webhook).get_json()["id"]
     )
-    runtime = Runtime(settings=hooked, sessions=sessions, storage=storage, name="w")
+    runtime = dataclasses.replace(runtime, settings=hooked)
     assert run_job(job_id, runtime) == JobStatus.SUCCEEDED
 
     def all_delivered() -> list[dict[str, Any]] | None:
@@ -741,7 +723,7 @@ def test_a_delivery_is_given_up_after_max_attempts(
 
 def test_progress_events_are_spaced_by_the_progress_interval(
     hooked: Settings,
-    sessions: sessionmaker[Session],
+    runtime: Runtime,
     session: Session,
     storage: Storage,
     receivers: Any,
@@ -756,7 +738,7 @@ def test_progress_events_are_spaced_by_the_progress_interval(
         webhook_url=receiver.url,
         webhook_events=["progress", "completed"],
     )
-    runtime = Runtime(settings=spaced, sessions=sessions, storage=storage, name="w")
+    runtime = dataclasses.replace(runtime, settings=spaced)
     started = time.monotonic()
     assert run_job(job.id, runtime) == JobStatus.SUCCEEDED  # progress written every batch
     took = time.monotonic() - started

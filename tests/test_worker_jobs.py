@@ -13,18 +13,11 @@ from PIL import Image
 from sqlalchemy.orm import Session, sessionmaker
 
 from shared.models import Job, JobStatus
-from shared.settings import Settings
 from shared.storage import Storage
-from tests.test_reliability import before_each_gradient
-from tests.utils import image_bytes, make_job
+from tests.utils import before_each_gradient, image_bytes, make_job, with_settings
 from worker import jobs as worker_jobs
 from worker.jobs import LostJob, ProgressReporter, claim_job, run_job
 from worker.runtime import Runtime
-
-
-@pytest.fixture
-def runtime(settings: Settings, sessions: sessionmaker[Session], storage: Storage) -> Runtime:
-    return Runtime(settings=settings, sessions=sessions, storage=storage, name="test-worker")
 
 
 def reload(session: Session, job: Job) -> Job:
@@ -135,10 +128,9 @@ def test_a_missing_input_fails_the_job_readably(
 
 
 def test_unavailable_weights_fail_the_job_with_advice(
-    settings: Settings, sessions: sessionmaker[Session], session: Session, storage: Storage
+    runtime: Runtime, session: Session, storage: Storage
 ) -> None:
-    missing = settings.model_copy(update={"weights": "/nowhere/inception.h5"})
-    runtime = Runtime(settings=missing, sessions=sessions, storage=storage, name="w")
+    runtime = with_settings(runtime, weights="/nowhere/inception.h5")
     job = make_job(session, storage)
 
     assert run_job(job.id, runtime) == JobStatus.FAILED
@@ -177,13 +169,11 @@ def _progress() -> object:
     )
 
 
-def test_a_job_runs_with_s3_storage(
-    settings: Settings, sessions: sessionmaker[Session], session: Session, s3_url: str
-) -> None:
+def test_a_job_runs_with_s3_storage(runtime: Runtime, session: Session, s3_url: str) -> None:
     from shared.storage import open_storage
 
     s3 = open_storage(s3_url)
-    runtime = Runtime(settings=settings, sessions=sessions, storage=s3, name="s3-worker")
+    runtime = dataclasses.replace(runtime, storage=s3)
     job = make_job(session, s3, image=image_bytes((90, 80)))
 
     assert run_job(job.id, runtime) == JobStatus.SUCCEEDED
@@ -199,12 +189,7 @@ def test_a_dry_run_stores_the_input_as_the_result_without_the_engine(
         raise AssertionError("a dry run must not load a model")
 
     monkeypatch.setattr(Runtime, "dream_model", no_engine)
-    dry = Runtime(
-        settings=runtime.settings.model_copy(update={"dry_run": True}),
-        sessions=runtime.sessions,
-        storage=storage,
-        name="dry",
-    )
+    dry = with_settings(runtime, dry_run=True)
     job = make_job(session, storage, image=image_bytes((100, 80)), params={"max_dim": 50})
 
     assert run_job(job.id, dry) == JobStatus.SUCCEEDED
@@ -216,15 +201,10 @@ def test_a_dry_run_stores_the_input_as_the_result_without_the_engine(
 
 
 def test_a_succeeded_job_reads_complete_though_progress_was_throttled(
-    settings: Settings, sessions: sessionmaker[Session], session: Session, storage: Storage
+    runtime: Runtime, session: Session, storage: Storage
 ) -> None:
     # One progress write per hour: only the first report reaches the row before the end.
-    slow = Runtime(
-        settings=settings.model_copy(update={"progress_interval": 3600.0}),
-        sessions=sessions,
-        storage=storage,
-        name="test-worker",
-    )
+    slow = with_settings(runtime, progress_interval=3600.0)
     job = make_job(
         session,
         storage,
@@ -284,9 +264,7 @@ def test_progress_writes_are_spaced_by_the_progress_interval(
     monkeypatch.setattr(ProgressReporter, "__call__", reporting)
     # 24 batches of at least 0.05 s each: at least 1.2 s of render, reported after every batch.
     before_each_gradient(monkeypatch, lambda _n: time.sleep(0.05))
-    spaced = dataclasses.replace(
-        runtime, settings=runtime.settings.model_copy(update={"progress_interval": 0.4})
-    )
+    spaced = with_settings(runtime, progress_interval=0.4)
     job = make_job(session, storage, params={"steps": 12, "octaves": 2, "seed": 1})
 
     assert run_job(job.id, spaced) == JobStatus.SUCCEEDED
