@@ -32,10 +32,10 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from api import create_app
-from api.jobs import job_json
 from api.schemas import JobOut, Progress
 from shared.models import Job, JobStatus, utcnow
 from shared.params import RenderParams
+from shared.serializer import job_json
 from shared.settings import Settings
 from shared.storage import Storage, preview_key, result_key
 from shared.webhooks import WebhookSpec

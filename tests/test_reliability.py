@@ -15,9 +15,10 @@ from sqlalchemy import event, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from shared.models import Job, JobStatus, utcnow
-from shared.queue import create_celery, queue_keys, send_job
+from shared.queue import create_celery, queue_keys
 from shared.settings import Settings
 from shared.storage import Storage, checkpoint_key, preview_key, result_key
+from shared.transitions import send_job
 from tests.test_api import queued_job_ids
 from tests.utils import image_bytes, make_job
 from worker.jobs import run_job
