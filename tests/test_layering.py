@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ast
 import subprocess
 import sys
 
@@ -37,3 +38,24 @@ def test_the_cli_and_its_http_client_import_no_tensorflow() -> None:
     # `oneiro submit` and friends must start at once on a machine without the worker extra.
     modules = imported_after("import worker.cli, shared.client")
     assert not modules & {"tensorflow", "keras", "flask", "api", "celery"}
+
+
+def test_no_blueprint_imports_another() -> None:
+    # The request's session lives in api/db.py (flaskr's db.py), so no module of the API reaches
+    # into a blueprint for it (auth did, from inside a function, to dodge the import loop):
+    # only the factory and the server's stop hook import blueprints.
+    blueprints = {"api.jobs", "api.models", "api.health", "api.web"}
+    allowed = {"__init__.py", "gunicorn_conf.py"}
+    found = {}
+    for path in sorted((ROOT / "api").glob("*.py")):
+        own = f"api.{path.stem}"
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom) and node.module:
+                names = {node.module, *(f"{node.module}.{a.name}" for a in node.names)}
+            elif isinstance(node, ast.Import):
+                names = {a.name for a in node.names}
+            else:
+                continue
+            if path.name not in allowed and (names & blueprints) - {own}:
+                found[path.name] = sorted(names & blueprints)
+    assert found == {}

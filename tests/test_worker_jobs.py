@@ -12,12 +12,12 @@ import pytest
 from PIL import Image
 from sqlalchemy.orm import Session, sessionmaker
 
+from shared import transitions
 from shared.models import Job, JobStatus
 from shared.settings import Settings
 from shared.storage import Storage
 from tests.test_reliability import before_each_gradient
 from tests.utils import image_bytes, make_job
-from worker import jobs as worker_jobs
 from worker.jobs import LostJob, ProgressReporter, claim_job, run_job
 from worker.runtime import Runtime
 
@@ -242,14 +242,14 @@ def test_a_succeeded_job_reads_complete_though_progress_was_throttled(
 def record_progress_writes(monkeypatch: pytest.MonkeyPatch) -> list[tuple[float, dict]]:
     """(monotonic time, progress) of every progress write the worker makes to the job row."""
     writes: list[tuple[float, dict]] = []
-    original = worker_jobs._update_running
+    original = transitions.update_running
 
     def recording(session: Session, job_id: uuid.UUID, attempt: int, **values: Any) -> None:
         original(session, job_id, attempt, **values)
         if "progress" in values and "status" not in values:  # not the final write
             writes.append((time.monotonic(), values["progress"]))
 
-    monkeypatch.setattr(worker_jobs, "_update_running", recording)
+    monkeypatch.setattr(transitions, "update_running", recording)
     return writes
 
 
@@ -276,10 +276,10 @@ def test_progress_writes_are_spaced_by_the_progress_interval(
     report = ProgressReporter.__call__
 
     def reporting(self: ProgressReporter, progress: Any) -> None:
-        before = self.last_write
+        before = self.writes.last
         report(self, progress)
-        if self.last_write != before:
-            decided.append(self.last_write)
+        if self.writes.last != before:
+            decided.append(self.writes.last)
 
     monkeypatch.setattr(ProgressReporter, "__call__", reporting)
     # 24 batches of at least 0.05 s each: at least 1.2 s of render, reported after every batch.
