@@ -5,13 +5,13 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from celery import Celery
-from flask import Flask, g, request
-from sqlalchemy import Engine, text
+from flask import Flask
+from sqlalchemy import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
 from shared.db import create_db_engine, create_session_factory
-from shared.logs import bind, configure_logging, unbind
-from shared.queue import create_celery, redis_answers
+from shared.logs import configure_logging
+from shared.queue import create_celery
 from shared.settings import Settings, get_settings
 from shared.storage import Storage, open_storage
 
@@ -32,9 +32,8 @@ class Services:
 
 def create_app(settings: Settings | None = None) -> Flask:
     """The Flask application for `settings` (read from the environment when not given)."""
-    from api import jobs, metrics, models, openapi, problems
+    from api import db, health, jobs, metrics, models, openapi, problems, request_log
     from api.auth import create_limiter
-    from api.schemas import Health
     from api.web import register_web_page
 
     settings = settings or get_settings()
@@ -50,53 +49,15 @@ def create_app(settings: Settings | None = None) -> Flask:
         storage=open_storage(settings.storage_url),
         celery=create_celery(settings),
     )
+    db.init_app(app)
     problems.register(app)
+    request_log.init_app(app)
     limiter = create_limiter(app, settings)
-    app.register_blueprint(jobs.blueprint)
-    limiter.limit(settings.rate_limit)(jobs.blueprint)
-    app.register_blueprint(models.blueprint)
-    limiter.limit(settings.rate_limit)(models.blueprint)
+    for limited in (jobs.blueprint, models.blueprint):
+        app.register_blueprint(limited)
+        limiter.limit(settings.rate_limit)(limited)
+    app.register_blueprint(health.blueprint)
     metrics.register(app)
-
-    @app.before_request
-    def _bind_job_to_logs() -> None:
-        # Whatever a route about one job logs carries its id, without passing it down.
-        job_id = (request.view_args or {}).get("job_id")
-        if job_id is not None:
-            g.log_token = bind(job_id=str(job_id))
-
-    @app.teardown_request
-    def _unbind_job_from_logs(_exc: BaseException | None) -> None:
-        token = g.pop("log_token", None)
-        if token is not None:
-            unbind(token)
-
     openapi.register(app)
-
-    @app.get("/healthz")
-    @openapi.spec.validate(resp=openapi.Responses(HTTP_200=Health), security={})
-    def healthz() -> dict[str, str]:
-        """The process is up."""
-        return {"status": "ok"}
-
-    @app.get("/readyz")
-    @openapi.spec.validate(
-        resp=openapi.Responses(HTTP_200=Health, HTTP_503=(Health, "Database or Redis away.")),
-        security={},
-    )
-    def readyz() -> tuple[dict[str, str], int]:
-        """The database and Redis both answer."""
-        services = app.extensions["oneiro"]
-        checks = {"database": "ok", "redis": "ok"}
-        try:
-            with services.engine.connect() as connection:
-                connection.execute(text("SELECT 1"))
-        except Exception as exc:
-            checks["database"] = f"unavailable: {type(exc).__name__}"
-        if not redis_answers(settings.redis_url):
-            checks["redis"] = "unavailable"
-        ready = all(value == "ok" for value in checks.values())
-        return {"status": "ready" if ready else "unavailable", **checks}, 200 if ready else 503
-
     register_web_page(app)
     return app

@@ -14,6 +14,7 @@ from flask import Flask, Response, current_app, g, request
 from flask_limiter import Limiter, RequestLimit
 from sqlalchemy.orm import Session, sessionmaker
 
+from api.db import services
 from api.problems import Problem
 from shared.settings import Settings
 from shared.tenants import authenticate, hash_key
@@ -40,8 +41,6 @@ class KeyCache:
 
     def caller(self, key: str, sessions: sessionmaker[Session] | None = None) -> Caller | None:
         """The tenant of a live key (read with `sessions`, this app's by default), or None."""
-        from api.jobs import services
-
         digest = hash_key(key)
         if self._cache is not None:
             with self._lock:

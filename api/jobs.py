@@ -1,44 +1,36 @@
-"""The /v1/jobs routes: submit, status, result."""
+"""The /v1/jobs routes: submit, list, status, events, result, preview, cancel, retry.
+
+What a submission holds is read in api/submission.py, its Idempotency-Key in
+api/idempotency.py; every change of a job's state is a function of shared/transitions.py; a job
+is shown by shared/serializer.py."""
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import random
 import time
 import uuid
-from collections.abc import Iterator
-from dataclasses import dataclass
-from datetime import UTC, datetime
+from collections.abc import Callable, Iterator
 from typing import Any
 
-import pydantic_core
-from flask import Blueprint, Flask, Response, current_app, g, request
-from pydantic import ValidationError
-from sqlalchemy import func, select, tuple_, update
+from flask import Blueprint, Flask, Response, current_app, request
+from sqlalchemy import select, tuple_
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from api import Services
 from api.auth import KeyCache, bearer_key, current_tenant, tenant_id
-from api.metrics import megapixel_steps, worker_throughput
+from api.db import get_db, services
+from api.idempotency import fingerprint, original_job
 from api.openapi import BEARER, BINARY, job_responses, spec
-from api.problems import Problem, invalid
+from api.problems import Problem
 from api.schemas import JobListQuery, JobOut, JobPage, JobSubmission, SubmitHeaders, encode_cursor
+from api.submission import check_active_cap, read_submission
+from api.throughput import measured_throughput
+from shared import transitions
 from shared.changes import ChangeFeed, publish_change
-from shared.cost import CostRefused, check_limits
-from shared.images import ImageRejected, ImageTooLarge, inspect_image
-from shared.models import (
-    IDEMPOTENCY_WINDOW,
-    IdempotencyKey,
-    Job,
-    JobStatus,
-    shown_progress,
-    utcnow,
-)
-from shared.params import RenderParams
-from shared.queue import enqueue_render
+from shared.models import Job, JobStatus
+from shared.serializer import iso, job_json, job_url
 from shared.storage import (
     ObjectNotFound,
     StoredObject,
@@ -47,38 +39,18 @@ from shared.storage import (
     legacy_keys,
     preview_key,
 )
-from shared.webhooks import WebhookRefused, WebhookSpec, check_target, send_event
-from shared.weights import NoWeights, require_weights
+from shared.webhooks import send_event
 
 log = logging.getLogger(__name__)
 
 blueprint = Blueprint("jobs", __name__, url_prefix="/v1/jobs")
 
-FORM_PARTS = {"image", "params", "webhook"}
-EXTENSIONS = {"JPEG": "jpg", "PNG": "png", "WEBP": "webp"}
-
-
-def services() -> Services:
-    return current_app.extensions["oneiro"]  # type: ignore[no-any-return]
-
-
-def db() -> Session:
-    """This request's session, closed when the request ends."""
-    if "db" not in g:
-        g.db = services().sessions()
-    return g.db  # type: ignore[no-any-return]
+Answer = tuple[dict[str, Any], int, dict[str, str]]
 
 
 @blueprint.before_request
 def _authenticate() -> None:
     current_tenant()
-
-
-@blueprint.teardown_app_request
-def _close_db(_exc: BaseException | None) -> None:
-    session = g.pop("db", None)
-    if session is not None:
-        session.close()
 
 
 @blueprint.post("")
@@ -95,69 +67,36 @@ def _close_db(_exc: BaseException | None) -> None:
     # The handler reads the parts itself, with RenderParams and WebhookSpec (see JobSubmission).
     skip_validation=True,
 )
-def submit_job() -> tuple[dict[str, Any], int, dict[str, str]]:
+def submit_job() -> Answer:
     """Store the image, record the job, commit, then enqueue it."""
     svc = services()
-    params, asked = _read_params()
-    try:
-        require_weights(svc.settings, params.model)
-    except NoWeights as exc:  # accepted, it would fail on the worker: refuse it now
-        raise invalid([{"field": "params.model", "message": str(exc)}]) from None
-    upload = request.files.get("image")
-    if upload is None:
-        raise invalid(
-            [{"field": "image", "message": "a multipart file part named 'image' is required"}]
-        )
-    data = upload.read()
-    try:
-        image_format, width, height = inspect_image(data, svc.settings.max_pixels)
-    except ImageTooLarge as exc:
-        raise Problem(413, "Image too large", str(exc), limit=svc.settings.max_pixels) from None
-    except ImageRejected as exc:
-        raise invalid([{"field": "image", "message": str(exc)}]) from None
-    try:
-        check_limits(width, height, params, svc.settings)
-    except CostRefused as exc:
-        raise invalid([{"field": exc.field, "message": str(exc)}]) from None
-
-    webhook = _read_webhook()
-    idempotency = _idempotency(data, asked, webhook)
+    submission = read_submission(svc.settings)
+    idempotency = fingerprint(submission)
     if idempotency is not None:
         original = _replay(*idempotency)
         if original is not None:
             return original
 
     job_id = uuid.uuid4()
-    stored_input = input_key(job_id, EXTENSIONS[image_format])
-    svc.storage.put(stored_input, data)
+    stored_input = input_key(job_id, submission.extension)
+    svc.storage.put(stored_input, submission.image)
+    webhook = submission.webhook
     job = Job(
         id=job_id,
         tenant_id=tenant_id(),
-        status=JobStatus.QUEUED,
-        params=params.model_dump(mode="json"),
+        params=submission.params.model_dump(mode="json"),
         input_key=stored_input,
-        input_width=width,
-        input_height=height,
+        input_width=submission.width,
+        input_height=submission.height,
         progress={},
         webhook_url=str(webhook.url) if webhook else None,
         webhook_events=list(webhook.events) if webhook else None,
-        enqueued_at=utcnow(),  # cleared by _enqueue if Redis does not take the message
     )
-    session = db()
+    session = get_db()
     try:
         # Counted last, just before the insert, so it sees as many committed jobs as it can.
-        _check_active_cap()
-        session.add(job)
-        if idempotency is not None:
-            session.flush()  # the job row first: the key refers to it
-            session.add(
-                IdempotencyKey(
-                    tenant_id=tenant_id(),
-                    key=idempotency[0],
-                    request_hash=idempotency[1],
-                    job_id=job_id,
-                )
-            )
+        check_active_cap(session, tenant_id(), svc.settings.max_active_jobs)
+        transitions.add_job(session, job, idempotency)
         session.commit()
     except IntegrityError:
         # Another request with the same key won the race; answer as its replay.
@@ -171,143 +110,18 @@ def submit_job() -> tuple[dict[str, Any], int, dict[str, str]]:
         session.rollback()
         svc.storage.delete_prefix(job_prefix(job_id))  # a refused request leaves nothing behind
         raise
-    _enqueue(job)
-    return job_json(job, measured_throughput()), 202, {"Location": f"/v1/jobs/{job_id}"}
+    transitions.enqueue(session, svc.celery, job_id)
+    return _answer(job, 202)
 
 
-def _idempotency(
-    data: bytes, asked: dict[str, Any], webhook: WebhookSpec | None
-) -> tuple[str, str] | None:
-    """The request's Idempotency-Key and a fingerprint of what it asks for (image, params and
-    webhook), if it has a key."""
-    key = request.headers.get("Idempotency-Key")
-    if key is None:
-        return None
-    if not 1 <= len(key) <= 255:
-        raise invalid([{"field": "Idempotency-Key", "message": "must be 1 to 255 characters"}])
-    digest = hashlib.sha256(data)
-    digest.update(json.dumps(asked, sort_keys=True).encode())
-    if webhook is not None:
-        digest.update(webhook.model_dump_json().encode())
-    return key, digest.hexdigest()
-
-
-def _replay(key: str, request_hash: str) -> tuple[dict[str, Any], int, dict[str, str]] | None:
+def _replay(key: str, request_hash: str) -> Answer | None:
     """The original answer to a repeated key, or None when the key is new (or expired)."""
-    session = db()
-    seen = session.get(IdempotencyKey, (tenant_id(), key), populate_existing=True)
-    if seen is None:
-        return None
-    created = seen.created_at if seen.created_at.tzinfo else seen.created_at.replace(tzinfo=UTC)
-    if created < utcnow() - IDEMPOTENCY_WINDOW:
-        session.delete(seen)
-        session.commit()
-        return None
-    if seen.request_hash != request_hash:
-        raise invalid(
-            [
-                {
-                    "field": "Idempotency-Key",
-                    "message": (
-                        "this key was used within 24 hours for a different request; use a new key"
-                    ),
-                }
-            ]
-        )
-    job = _find(seen.job_id)
-    return job_json(job, measured_throughput()), 200, {"Location": f"/v1/jobs/{job.id}"}
+    job_id = original_job(get_db(), tenant_id(), key, request_hash)
+    return None if job_id is None else _answer(_find(job_id), 200)
 
 
-def _check_active_cap() -> None:
-    """429 when the tenant already has max_active_jobs queued or running.
-
-    A soft cap: submits of one tenant that arrive at the same moment each count the jobs
-    committed before them, so the cap can be passed by as many as are in flight together
-    (at most the API's threads). Locking the tenant's row until commit would make it exact,
-    and would also line up every submit of a busy tenant behind one lock: measured, that
-    doubled submit latency at 100 per second (benchmarks/README.md).
-    """
-    limit = services().settings.max_active_jobs
-    active = db().scalar(
-        select(func.count())
-        .select_from(Job)
-        .where(Job.tenant_id == tenant_id(), Job.status.in_([JobStatus.QUEUED, JobStatus.RUNNING]))
-    )
-    if active is not None and active >= limit:
-        raise Problem(
-            429,
-            "Too many active jobs",
-            f"this tenant has {active} jobs queued or running; the limit is {limit}: "
-            "wait for some to finish or cancel some",
-            headers={"Retry-After": "30"},
-            limit=limit,
-            value=active,
-        )
-
-
-def _read_webhook() -> WebhookSpec | None:
-    """The optional 'webhook' part: {"url": ..., "events": [...]}, to a target we may call."""
-    text = _form_text("webhook")
-    if text is None:
-        return None
-    try:
-        webhook = WebhookSpec.model_validate_json(text, strict=True)
-    except ValidationError as exc:
-        raise invalid(_field_errors("webhook", exc)) from None
-    try:
-        check_target(str(webhook.url), services().settings.webhook_allow_private)
-    except WebhookRefused as exc:
-        raise invalid([{"field": "webhook.url", "message": str(exc)}]) from None
-    return webhook
-
-
-def _form_text(name: str) -> str | None:
-    """A form part sent as a field or as a file, as text; None when absent."""
-    if name in request.files:
-        return request.files[name].read().decode("utf-8", errors="replace")
-    return request.form.get(name)
-
-
-def _field_errors(part: str, exc: ValidationError) -> list[dict[str, str]]:
-    return [
-        {"field": ".".join([part, *map(str, e["loc"])]), "message": e["msg"]} for e in exc.errors()
-    ]
-
-
-def _read_params() -> tuple[RenderParams, dict[str, Any]]:
-    # A part with an empty name or none (werkzeug keys that one None) is unknown, not a 500.
-    names = (set(request.form) | set(request.files)) - FORM_PARTS
-    unknown = sorted({name or "(unnamed part)" for name in names})
-    if not request.content_type or not request.content_type.startswith("multipart/form-data"):
-        raise Problem(
-            415,
-            "Unsupported Media Type",
-            "send the job as multipart/form-data with an 'image' file part and an "
-            "optional 'params' JSON part",
-        )
-    if unknown:
-        raise invalid(
-            [
-                {
-                    "field": name,
-                    "message": "unknown form part; expected 'image', 'params' and 'webhook'",
-                }
-                for name in unknown
-            ]
-        )
-    text = _form_text("params") or "{}"
-    try:
-        # pydantic's parser, which validates the part below: it refuses numbers past its range
-        # and nesting past its depth with a ValueError, where json.loads raised RecursionError.
-        raw = pydantic_core.from_json(text)
-    except ValueError as exc:
-        raise invalid([{"field": "params", "message": f"not valid JSON: {exc}"}]) from None
-    if not isinstance(raw, dict):
-        raise invalid([{"field": "params", "message": "must be a JSON object"}])
-    try:
-        return RenderParams.model_validate_json(text, strict=True), raw
-    except ValidationError as exc:
-        raise invalid(_field_errors("params", exc)) from None
+def _answer(job: Job, status: int) -> Answer:
+    return job_json(job, measured_throughput()), status, {"Location": job_url(job.id)}
 
 
 @blueprint.get("")
@@ -327,7 +141,7 @@ def list_jobs(query: JobListQuery) -> dict[str, Any]:
         statement = statement.where(Job.status == status)
     if after is not None:
         statement = statement.where(tuple_(Job.created_at, Job.id) < after)
-    jobs = list(db().scalars(statement))
+    jobs = list(get_db().scalars(statement))
     page, more = jobs[:limit], len(jobs) > limit
     throughput = measured_throughput()
     return {
@@ -512,7 +326,7 @@ def _latest_preview(job: Job) -> StoredObject | None:
     """The preview of the job's latest attempt; until a resumed attempt writes its first, the
     one before's; for a job stored before per-job folders, its preview under the old key."""
     keys = [preview_key(job.id, n) for n in (job.attempt, job.attempt - 1) if n > 0]
-    for key in [*keys, legacy_keys(job.id)[1]]:
+    for key in [*keys, legacy_keys(job.id).preview]:
         try:
             return services().storage.open(key)
         except ObjectNotFound:
@@ -525,7 +339,7 @@ def _check_not_expired(job: Job) -> None:
         raise Problem(
             410,
             "Files expired",
-            f"the files of job {job.id} were deleted on {_iso(job.expired_at)} "
+            f"the files of job {job.id} were deleted on {iso(job.expired_at)} "
             "by the retention policy",
             job_status=job.status.value,
         )
@@ -535,15 +349,8 @@ def _check_not_expired(job: Job) -> None:
 @spec.validate(resp=job_responses(HTTP_200=JobOut, errors=(404, 409)), security=BEARER)
 def cancel_job(job_id: uuid.UUID) -> dict[str, Any]:
     """Cancel a queued or running job; a running render stops within one tile batch."""
-    job = _transition(
-        job_id,
-        "canceled",
-        [JobStatus.QUEUED, JobStatus.RUNNING],
-        status=JobStatus.CANCELED,
-        finished_at=utcnow(),
-    )
-    publish_change(services().settings.redis_url, job_id)
-    send_event(services().celery, db(), job_id, "completed")
+    job = _transition(job_id, "canceled", transitions.CANCELABLE, transitions.cancel)
+    send_event(services().celery, get_db(), job_id, "completed")
     return job_json(job, measured_throughput())
 
 
@@ -554,38 +361,26 @@ def cancel_job(job_id: uuid.UUID) -> dict[str, Any]:
 def retry_job(job_id: uuid.UUID) -> tuple[dict[str, Any], int]:
     """Run a failed or canceled job again, as a new attempt of the same job."""
     _check_not_expired(_find(job_id))  # its input is gone
-    _check_active_cap()
-    job = _transition(
-        job_id,
-        "retried",
-        [JobStatus.FAILED, JobStatus.CANCELED],
-        status=JobStatus.QUEUED,
-        error=None,
-        progress={},
-        result_key=None,
-        started_at=None,
-        finished_at=None,
-        worker=None,
-        enqueued_at=utcnow(),  # cleared by _enqueue if Redis does not take the message
-    )
-    publish_change(services().settings.redis_url, job_id)
-    _enqueue(job)
+    check_active_cap(get_db(), tenant_id(), services().settings.max_active_jobs)
+    job = _transition(job_id, "retried", transitions.RETRYABLE, transitions.retry)
+    transitions.enqueue(get_db(), services().celery, job_id)
     return job_json(job, measured_throughput()), 202
 
 
-def _transition(job_id: uuid.UUID, verb: str, allowed: list[JobStatus], **values: Any) -> Job:
-    """One conditional UPDATE from one of `allowed` statuses; 409 if the job is in another."""
+def _transition(
+    job_id: uuid.UUID,
+    verb: str,
+    allowed: tuple[JobStatus, ...],
+    change: Callable[[Session, uuid.UUID], bool],
+) -> Job:
+    """Make one change of the job's state, commit and publish it; 409 if the job is in none of
+    the `allowed` statuses."""
     _find(job_id)  # 404 first
-    session = db()
-    changed = session.execute(
-        update(Job)
-        .where(Job.id == job_id, Job.status.in_(allowed))
-        .values(**values)
-        .execution_options(synchronize_session=False)
-    )
+    session = get_db()
+    changed = change(session, job_id)
     session.commit()
     job = _find(job_id, fresh=True)
-    if changed.rowcount != 1:
+    if not changed:
         states = " or ".join(status.value for status in allowed)
         raise Problem(
             409,
@@ -593,109 +388,13 @@ def _transition(job_id: uuid.UUID, verb: str, allowed: list[JobStatus], **values
             f"job {job_id} is {job.status.value}; only {states} jobs can be {verb}",
             job_status=job.status.value,
         )
+    publish_change(services().settings.redis_url, job_id)
     return job
-
-
-def _enqueue(job: Job) -> None:
-    """Send a committed job's render message (DESIGN.md invariant 2: commit, then enqueue).
-
-    The row was committed already stamped `enqueued_at`, which spares every submit a second
-    write. When Redis does not take the message the stamp is cleared, so the relay sends the
-    job on its next round; a crash between commit and send leaves the stamp, and the relay
-    sends the job once it has waited relay_after.
-    """
-    try:
-        enqueue_render(services().celery, job.id)
-    except Exception:
-        log.exception("job %s committed but not enqueued; the relay will enqueue it", job.id)
-        try:
-            session = db()
-            session.execute(update(Job).where(Job.id == job.id).values(enqueued_at=None))
-            session.commit()
-        except Exception:
-            log.exception("job %s: could not mark it unsent; the relay finds it later", job.id)
 
 
 def _find(job_id: uuid.UUID, fresh: bool = False) -> Job:
     """The calling tenant's job; another tenant's job is as unknown as one that never was."""
-    job = db().get(Job, job_id, populate_existing=fresh)
+    job = get_db().get(Job, job_id, populate_existing=fresh)
     if job is None or job.tenant_id != tenant_id():
         raise Problem(404, "Job not found", f"there is no job {job_id}")
     return job
-
-
-@dataclass(frozen=True)
-class Throughput:
-    """The workers' measured speed: mean megapixel-steps per second, and over how many."""
-
-    rate: float | None
-    workers: int
-
-
-NO_THROUGHPUT = Throughput(None, 0)
-# The measured speed changes slowly; one query per API process this often serves every submit
-# and poll in between.
-THROUGHPUT_TTL_S = 30.0
-
-
-def measured_throughput() -> Throughput:
-    """The mean speed of the workers that finished jobs lately (api.metrics.worker_throughput),
-    cached for THROUGHPUT_TTL_S in this app."""
-    cache = current_app.extensions.setdefault("oneiro.throughput", {})
-    now = time.monotonic()
-    if cache.get("until", 0.0) < now:
-        rates = worker_throughput(db())
-        mean = sum(rates.values()) / len(rates) if rates else None
-        cache.update(until=now + THROUGHPUT_TTL_S, value=Throughput(mean, len(rates)))
-    return cache["value"]  # type: ignore[no-any-return]
-
-
-def render_estimate(job: Job, throughput: Throughput) -> dict[str, Any]:
-    """How long the job's render should take at the workers' measured speed, or why unknown."""
-    # The cost measure of ONEIRO_MAX_WORK and of the throughput metric, in megapixels.
-    work = megapixel_steps(job.input_width, job.input_height, job.params)
-    if throughput.rate is None:
-        return {
-            "render_seconds": None,
-            "megapixel_steps": round(work, 3),
-            "basis": "no estimate yet: no worker has finished a job in the last hour",
-        }
-    return {
-        "render_seconds": round(work / throughput.rate, 1),
-        "megapixel_steps": round(work, 3),
-        "basis": f"at {throughput.rate:.3g} megapixel-steps per second, the mean speed of "
-        f"{throughput.workers} worker(s) over the last hour",
-    }
-
-
-def job_json(job: Job, throughput: Throughput = NO_THROUGHPUT) -> dict[str, Any]:
-    """The public representation of a job; its estimate at `throughput`."""
-    return {
-        "id": str(job.id),
-        "status": job.status.value,
-        "progress": shown_progress(job),
-        "params": job.params,
-        "input": {"width": job.input_width, "height": job.input_height},
-        "attempt": job.attempt,
-        "created_at": _iso(job.created_at),
-        "started_at": _iso(job.started_at),
-        "finished_at": _iso(job.finished_at),
-        "error": job.error,
-        "webhook": {"url": job.webhook_url, "events": job.webhook_events}
-        if job.webhook_url
-        else None,
-        "result_url": f"/v1/jobs/{job.id}/result"
-        if job.status == JobStatus.SUCCEEDED and job.expired_at is None
-        else None,
-        "preview_url": f"/v1/jobs/{job.id}/preview",
-        "expired": job.expired_at is not None,
-        "estimate": render_estimate(job, throughput),
-    }
-
-
-def _iso(moment: datetime | None) -> str | None:
-    if moment is None:
-        return None
-    if moment.tzinfo is None:  # SQLite keeps no zone; Oneiro stores UTC
-        moment = moment.replace(tzinfo=UTC)
-    return moment.astimezone(UTC).isoformat().replace("+00:00", "Z")

@@ -29,9 +29,8 @@ from prometheus_client.utils import floatToGoString
 from sqlalchemy import ColumnElement, case, distinct, extract, func, select
 from sqlalchemy.orm import Session
 
-from shared.cost import work
+from shared.cost import megapixel_steps
 from shared.models import Job, JobStatus, utcnow
-from shared.params import RenderParams
 from shared.queue import maintenance_queue, queue_keys
 
 if TYPE_CHECKING:
@@ -296,13 +295,6 @@ def worker_throughput(session: Session, now: datetime | None = None) -> dict[str
         work[worker] += megapixel_steps(width, height, params)
         seconds[worker] += (finished - started).total_seconds()
     return {worker: work[worker] / seconds[worker] for worker in work if seconds[worker] > 0}
-
-
-def megapixel_steps(width: int, height: int, params: dict[str, Any]) -> float:
-    """A job's megapixel-steps from its stored params: the measure ONEIRO_MAX_WORK limits."""
-    # Stored params are resolved and were valid when submitted; not validated again, so a
-    # range tightened since cannot break a scrape.
-    return work(width, height, RenderParams.model_construct(**params)) / 1e6
 
 
 def _seconds(session: Session, start: Any, end: Any) -> ColumnElement[float]:

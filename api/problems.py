@@ -13,6 +13,8 @@ from werkzeug.exceptions import HTTPException
 log = logging.getLogger(__name__)
 
 PROBLEM_JSON = "application/problem+json"
+# When to try again while the database is away: a restart or a failover takes seconds.
+DATABASE_RETRY_AFTER_S = 5
 # A job route whose id is not a UUID (the routes match only UUIDs).
 JOB_PATH = re.compile(r"^/v1/jobs/(?P<id>[^/]+)(/(events|result|preview|cancel|retry))?/?$")
 
@@ -86,7 +88,7 @@ def register(app: Flask) -> None:
         response = Problem(
             503, "Service Unavailable", "the database is not answering; try again shortly"
         ).response()
-        response.headers["Retry-After"] = "5"
+        response.headers["Retry-After"] = str(DATABASE_RETRY_AFTER_S)
         return response
 
     @app.errorhandler(Exception)

@@ -10,6 +10,8 @@ from typing import Annotated, Any
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, WithJsonSchema
 
+from api.idempotency import HEADER as IDEMPOTENCY_HEADER
+from api.idempotency import MAX_KEY_LENGTH, WINDOW_TEXT
 from shared.models import JobStatus
 from shared.params import RenderParams
 from shared.webhooks import Event, WebhookSpec
@@ -91,10 +93,10 @@ class SubmitHeaders(BaseModel):
     idempotency_key: Annotated[
         str | None,
         Field(
-            alias="Idempotency-Key",
+            alias=IDEMPOTENCY_HEADER,
             min_length=1,
-            max_length=255,
-            description="The same key and request within 24 hours answer 200 with the "
+            max_length=MAX_KEY_LENGTH,
+            description=f"The same key and request within {WINDOW_TEXT} answer 200 with the "
             "original job instead of making another; the same key with another request is 422.",
             json_schema_extra=_absent_not_null,
         ),
@@ -147,7 +149,7 @@ class RenderEstimate(BaseModel):
 
 
 class JobOut(BaseModel):
-    """A job, as every /v1/jobs route answers it (api.jobs.job_json)."""
+    """A job, as every /v1/jobs route answers it (shared.serializer.job_json)."""
 
     model_config = ConfigDict(title="Job")
 

@@ -7,6 +7,8 @@ does cannot drift apart. Pure Python: the API imports it without TensorFlow.
 
 from __future__ import annotations
 
+from typing import Any
+
 from shared.catalogue import BACKBONES
 from shared.params import RenderParams
 from shared.settings import Settings
@@ -50,6 +52,14 @@ def octave_sizes(width: int, height: int, params: RenderParams) -> list[tuple[in
 def work(width: int, height: int, params: RenderParams) -> int:
     """Pixel-steps a job costs: the pixels of every octave it renders x steps per octave."""
     return sum(w * h for w, h in octave_sizes(width, height, params)) * params.steps
+
+
+def megapixel_steps(width: int, height: int, params: dict[str, Any]) -> float:
+    """A stored job's work in megapixel-steps (the unit of the throughput metric and of the
+    render estimate), from its stored params."""
+    # Stored params are resolved and were valid when submitted; not validated again, so a
+    # range tightened since cannot break a scrape or a poll.
+    return work(width, height, RenderParams.model_construct(**params)) / 1e6
 
 
 def peak_pixels(width: int, height: int, params: RenderParams) -> int:

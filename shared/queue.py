@@ -10,10 +10,7 @@ import uuid
 import redis
 from celery import Celery
 from kombu.transport.redis import PRIORITY_STEPS, Channel
-from sqlalchemy import update
-from sqlalchemy.orm import Session
 
-from shared.models import Job, utcnow
 from shared.settings import Settings
 
 # The API sends by name, so it never imports the worker (or TensorFlow).
@@ -80,17 +77,6 @@ def maintenance_queue(settings: Settings) -> str:
 def webhook_queue(settings: Settings) -> str:
     """The queue of webhook deliveries, served by the maintenance worker."""
     return f"{settings.queue}-webhooks"
-
-
-def send_job(session: Session, celery: Celery, job_id: uuid.UUID) -> None:
-    """Send a committed job's render message, then record when (DESIGN.md invariant 2).
-
-    A job whose sending is never recorded (Redis down, a crash between the two) is what the
-    relay finds and sends again.
-    """
-    enqueue_render(celery, job_id)
-    session.execute(update(Job).where(Job.id == job_id).values(enqueued_at=utcnow()))
-    session.commit()
 
 
 def queue_keys(queue: str) -> list[str]:

@@ -9,7 +9,7 @@ import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
-from typing import IO, Any, Protocol
+from typing import IO, Any, NamedTuple, Protocol
 from urllib.parse import urlparse
 
 
@@ -47,10 +47,20 @@ def preview_key(job_id: uuid.UUID, attempt: int) -> str:
     return job_key(job_id, "preview.jpg", attempt)
 
 
-def legacy_keys(job_id: uuid.UUID) -> tuple[str, str, str]:
-    """The per-kind keys jobs had before `jobs/<id>/`: (result, preview, checkpoint). Read and
-    deleted so jobs stored then stay readable and are expired whole."""
-    return f"results/{job_id}.png", f"previews/{job_id}.jpg", f"checkpoints/{job_id}.npz"
+class LegacyKeys(NamedTuple):
+    """The per-kind keys jobs had before `jobs/<id>/`."""
+
+    result: str
+    preview: str
+    checkpoint: str
+
+
+def legacy_keys(job_id: uuid.UUID) -> LegacyKeys:
+    """The keys a job stored before `jobs/<id>/` had. Read and deleted so jobs stored then stay
+    readable and are expired whole."""
+    return LegacyKeys(
+        f"results/{job_id}.png", f"previews/{job_id}.jpg", f"checkpoints/{job_id}.npz"
+    )
 
 
 # What a download holds in memory at once, whatever the object's size.
@@ -85,7 +95,7 @@ class StoredObject:
 
 
 class Storage(Protocol):
-    """A flat key -> bytes store. Keys are relative paths such as `inputs/<id>.png`."""
+    """A flat key -> bytes store. Keys are relative paths such as `jobs/<id>/input.png`."""
 
     def put(self, key: str, data: bytes) -> None:
         """Store `data` under `key` atomically: readers see the old or the new object."""

@@ -16,6 +16,8 @@ from sqlalchemy.orm import Session
 from shared.models import ApiKey, Tenant, utcnow
 
 KEY_PREFIX = "oneiro_"
+# What is stored of a key in clear, to tell keys apart: the prefix and six random characters.
+SHOWN_PREFIX_LENGTH = len(KEY_PREFIX) + 6
 
 
 class TenantError(ValueError):
@@ -49,7 +51,7 @@ def create_key(session: Session, tenant_name: str) -> NewKey:
         session.add(tenant)
         session.flush()
     key = KEY_PREFIX + secrets.token_urlsafe(32)
-    prefix = key[: len(KEY_PREFIX) + 6]
+    prefix = key[:SHOWN_PREFIX_LENGTH]
     session.add(ApiKey(tenant_id=tenant.id, prefix=prefix, key_hash=hash_key(key)))
     session.commit()
     return NewKey(tenant=tenant.name, key=key, prefix=prefix, webhook_secret=new_secret)
@@ -59,7 +61,7 @@ def revoke_key(session: Session, key_or_prefix: str) -> int:
     """Revoke the key given whole, or every live key with that prefix; return how many."""
     match = (
         ApiKey.key_hash == hash_key(key_or_prefix)
-        if len(key_or_prefix) > len(KEY_PREFIX) + 6
+        if len(key_or_prefix) > SHOWN_PREFIX_LENGTH
         else ApiKey.prefix == key_or_prefix
     )
     revoked = session.execute(

@@ -36,9 +36,10 @@ from pydantic import AnyHttpUrl, BaseModel, ConfigDict, Field, UrlConstraints
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
-from shared.models import Job, Tenant, shown_progress, utcnow
+from shared.models import Job, Tenant, utcnow
 from shared.pinned_http import Target, post_event
 from shared.queue import WEBHOOK_TASK
+from shared.serializer import iso, webhook_job_json
 from shared.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -186,10 +187,10 @@ def job_event(job: Job, event: Event) -> tuple[str, str] | None:
     event."""
     if not job.webhook_url or event not in (job.webhook_events or EVENTS):
         return None
-    progress = shown_progress(job)
+    shown = webhook_job_json(job)
     identity = f"{job.id}:{job.attempt}:{event}"
     if event == "progress":
-        identity += f":{progress.get('fraction', 0.0)}"
+        identity += f":{shown['progress'].get('fraction', 0.0)}"
     elif event == "completed":
         ended = job.finished_at.isoformat() if job.finished_at else ""
         identity += f":{job.status.value}:{ended}"
@@ -197,16 +198,8 @@ def job_event(job: Job, event: Event) -> tuple[str, str] | None:
     body = {
         "id": event_id,
         "type": event,
-        "created_at": utcnow().isoformat().replace("+00:00", "Z"),
-        "job": {
-            "id": str(job.id),
-            "status": job.status.value,
-            "attempt": job.attempt,
-            "progress": progress,
-            "error": job.error,
-            "url": f"/v1/jobs/{job.id}",
-            "result_url": f"/v1/jobs/{job.id}/result" if job.status == "succeeded" else None,
-        },
+        "created_at": iso(utcnow()),
+        "job": shown,
     }
     return event_id, json.dumps(body)
 

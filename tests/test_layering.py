@@ -98,3 +98,24 @@ def test_only_tests_and_benchmarks_import_the_dev_tools() -> None:
     assert {"client", "migrations", "mutation", *SERVICES} <= set(tops)
     offenders = [path for path in sources(*tops) if "dev" in imports_in_source(path)]
     assert not offenders
+
+
+def test_no_blueprint_imports_another() -> None:
+    # The request's session lives in api/db.py (flaskr's db.py), so no module of the API reaches
+    # into a blueprint for it (auth did, from inside a function, to dodge the import loop):
+    # only the factory and the server's stop hook import blueprints.
+    blueprints = {"api.jobs", "api.models", "api.health", "api.web"}
+    allowed = {"__init__.py", "gunicorn_conf.py"}
+    found = {}
+    for path in sorted((ROOT / "api").glob("*.py")):
+        own = f"api.{path.stem}"
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom) and node.module:
+                names = {node.module, *(f"{node.module}.{a.name}" for a in node.names)}
+            elif isinstance(node, ast.Import):
+                names = {a.name for a in node.names}
+            else:
+                continue
+            if path.name not in allowed and (names & blueprints) - {own}:
+                found[path.name] = sorted(names & blueprints)
+    assert found == {}

@@ -44,7 +44,7 @@ def test_a_queued_job_is_canceled_at_once_and_never_runs(
 
 
 # 0 writes progress after every batch, and a write to a canceled row stops the render by
-# itself; at the production interval (1 s) only the worker's own check (StillOurs) can.
+# itself; at the production interval (1 s) only the worker's own check (ShouldStop) can.
 @pytest.mark.parametrize("progress_interval", [0.0, 1.0])
 def test_a_running_job_stops_within_one_tile_batch(
     client: FlaskClient,

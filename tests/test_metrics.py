@@ -16,9 +16,10 @@ from sqlalchemy.orm import Session
 from api import create_app
 from api.metrics import INSPECT_TIMEOUT_S
 from shared.models import JobStatus, utcnow
-from shared.queue import MAINTAIN_TASK, RENDER_TASK, create_celery, maintenance_queue, send_job
+from shared.queue import MAINTAIN_TASK, RENDER_TASK, create_celery, maintenance_queue
 from shared.settings import Settings
 from shared.storage import Storage
+from shared.transitions import send_job
 from tests.utils import make_job
 from worker.maintenance import relay_queued_jobs
 

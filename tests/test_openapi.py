@@ -10,6 +10,7 @@ import re
 import socket
 import uuid
 from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -32,10 +33,10 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from api import create_app
-from api.jobs import job_json
 from api.schemas import JobOut, Progress
 from shared.models import Job, JobStatus, utcnow
 from shared.params import RenderParams
+from shared.serializer import job_json, webhook_job_json
 from shared.settings import Settings
 from shared.storage import Storage, preview_key, result_key
 from shared.webhooks import WebhookSpec
@@ -164,6 +165,30 @@ def test_the_job_schema_is_what_job_json_gives(session: Session, storage: Storag
     assert set(shown) == set(JobOut.model_fields)
     assert set(shown["progress"]) == set(Progress.model_fields)
     JobOut.model_validate(shown)
+
+
+def test_a_webhook_carries_the_jobs_fields_as_the_api_shows_them(
+    session: Session, storage: Storage
+) -> None:
+    job = make_job(session, storage, status=JobStatus.SUCCEEDED, result_key="r.png")
+    shown, carried = job_json(job), webhook_job_json(job)
+    assert set(carried) - {"url"} <= set(JobOut.model_fields)
+    assert {name: shown[name] for name in carried if name != "url"} == {
+        name: value for name, value in carried.items() if name != "url"
+    }
+    assert carried["url"] == f"/v1/jobs/{job.id}" and carried["result_url"] is not None
+
+
+def test_times_read_back_aware_in_utc(session: Session, storage: Storage) -> None:
+    # One column type for every time (shared/models.py): SQLite keeps no zone, PostgreSQL
+    # answers in the connection's; either way a time reads back aware, in UTC, as written.
+    written = datetime(2026, 1, 2, 3, 4, 5, tzinfo=timezone(timedelta(hours=2)))
+    job = make_job(session, storage, status=JobStatus.FAILED, finished_at=written)
+    session.expire_all()
+    read = session.get_one(Job, job.id)
+    assert read.finished_at == written and read.finished_at.tzinfo == UTC
+    assert read.created_at.tzinfo == UTC
+    assert job_json(read)["finished_at"] == "2026-01-02T01:04:05Z"
 
 
 # The fuzzer: every operation but /events, whose stream stays open while a job is unfinished

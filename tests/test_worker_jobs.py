@@ -12,10 +12,10 @@ import pytest
 from PIL import Image
 from sqlalchemy.orm import Session, sessionmaker
 
+from shared import transitions
 from shared.models import Job, JobStatus
 from shared.storage import Storage
 from tests.utils import before_each_gradient, image_bytes, make_job, with_settings
-from worker import jobs as worker_jobs
 from worker.jobs import LostJob, ProgressReporter, claim_job, run_job
 from worker.runtime import Runtime
 
@@ -222,14 +222,14 @@ def test_a_succeeded_job_reads_complete_though_progress_was_throttled(
 def record_progress_writes(monkeypatch: pytest.MonkeyPatch) -> list[tuple[float, dict]]:
     """(monotonic time, progress) of every progress write the worker makes to the job row."""
     writes: list[tuple[float, dict]] = []
-    original = worker_jobs._update_running
+    original = transitions.update_running
 
     def recording(session: Session, job_id: uuid.UUID, attempt: int, **values: Any) -> None:
         original(session, job_id, attempt, **values)
         if "progress" in values and "status" not in values:  # not the final write
             writes.append((time.monotonic(), values["progress"]))
 
-    monkeypatch.setattr(worker_jobs, "_update_running", recording)
+    monkeypatch.setattr(transitions, "update_running", recording)
     return writes
 
 
@@ -256,10 +256,10 @@ def test_progress_writes_are_spaced_by_the_progress_interval(
     report = ProgressReporter.__call__
 
     def reporting(self: ProgressReporter, progress: Any) -> None:
-        before = self.last_write
+        before = self.writes.last
         report(self, progress)
-        if self.last_write != before:
-            decided.append(self.last_write)
+        if self.writes.last != before:
+            decided.append(self.writes.last)
 
     monkeypatch.setattr(ProgressReporter, "__call__", reporting)
     # 24 batches of at least 0.05 s each: at least 1.2 s of render, reported after every batch.

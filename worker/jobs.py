@@ -1,16 +1,22 @@
-"""State changes of a job as seen by a worker: each one a short, conditional transaction."""
+"""Running one job on a worker: claim it, render it, store the result, record the outcome.
+
+The job's state writes themselves (claim, beats, progress, checkpoint, success, failure) are
+shared/transitions.py's, each a short conditional transaction here; this module decides when
+to make them, and runs the render between them.
+"""
 
 from __future__ import annotations
 
 import contextvars
+import functools
 import logging
 import threading
 import time
 import uuid
+from collections.abc import Callable
 from typing import Any
 
 from celery.exceptions import SoftTimeLimitExceeded
-from sqlalchemy import select, update
 from sqlalchemy.exc import InterfaceError, OperationalError
 from sqlalchemy.orm import Session
 from tenacity import (
@@ -21,10 +27,11 @@ from tenacity import (
     wait_exponential,
 )
 
+from shared import transitions
 from shared.changes import publish_change
 from shared.images import decode_rgb, encode_jpeg, encode_png, fit_within
 from shared.logs import log_context
-from shared.models import Job, JobStatus, shown_progress, utcnow
+from shared.models import Job, JobStatus
 from shared.params import RenderParams
 from shared.storage import (
     ObjectNotFound,
@@ -34,9 +41,13 @@ from shared.storage import (
     preview_key,
     result_key,
 )
+from shared.transitions import LostJob, claim_job
 from shared.webhooks import Event, send_event
 from shared.weights import NoWeights
 from worker.runtime import Runtime
+from worker.throttle import Throttle
+
+__all__ = ["LostJob", "ProgressReporter", "claim_job", "run_job"]
 
 log = logging.getLogger(__name__)
 
@@ -44,7 +55,7 @@ log = logging.getLogger(__name__)
 # back-off instead of failing a render that took an hour; progress and checkpoints, which the
 # next write supersedes, are skipped instead.
 DATABASE_DOWN = (OperationalError, InterfaceError)
-patient = retry(
+wait_for_database = retry(
     retry=retry_if_exception_type(DATABASE_DOWN),
     wait=wait_exponential(multiplier=0.5, max=10),
     stop=stop_after_delay(600),
@@ -53,50 +64,13 @@ patient = retry(
 )
 
 
-class LostJob(Exception):
-    """The job is no longer this worker's to write (canceled, or handed to another attempt)."""
-
-
-def claim_job(session: Session, job_id: uuid.UUID, worker: str) -> int | None:
-    """Move a queued job to running; return the new attempt number, or None if another won."""
-    now = utcnow()
-    claimed = session.execute(
-        update(Job)
-        .where(Job.id == job_id, Job.status == JobStatus.QUEUED)
-        .values(
-            status=JobStatus.RUNNING,
-            attempt=Job.attempt + 1,
-            worker=worker,
-            started_at=now,
-            heartbeat_at=now,
-            error=None,
-        )
-        .execution_options(synchronize_session=False)
-    )
-    if claimed.rowcount != 1:
-        return None
-    return session.get_one(Job, job_id, populate_existing=True).attempt
-
-
-def _update_running(session: Session, job_id: uuid.UUID, attempt: int, **values: Any) -> None:
-    # Fenced on the attempt: a worker that lost its claim cannot overwrite a newer attempt.
-    changed = session.execute(
-        update(Job)
-        .where(Job.id == job_id, Job.status == JobStatus.RUNNING, Job.attempt == attempt)
-        .values(**values)
-        .execution_options(synchronize_session=False)
-    )
-    if changed.rowcount != 1:
-        raise LostJob(f"job {job_id} attempt {attempt} is no longer running here")
-
-
 def run_job(job_id: uuid.UUID, runtime: Runtime) -> JobStatus | None:
     """Claim, render, store and record one job. Safe to call twice: a second call does nothing.
 
     Returns the job's final status, or None when the claim was lost.
     """
     with log_context(job_id=str(job_id), worker=runtime.name):
-        attempt = patient(_claim)(runtime, job_id)
+        attempt = wait_for_database(_claim)(runtime, job_id)
         if attempt is None:
             log.info("job %s is not queued; nothing to do", job_id)
             return None
@@ -117,7 +91,9 @@ def _run_claimed(job_id: uuid.UUID, attempt: int, runtime: Runtime) -> JobStatus
         log.exception("job %s failed", job_id)
         return _fail(runtime, job_id, attempt, _readable(exc))
     try:
-        _finish(runtime, job_id, attempt, JobStatus.SUCCEEDED, result_key=stored)
+        _record_end(
+            runtime, job_id, attempt, functools.partial(transitions.succeed, result_key=stored)
+        )
     except LostJob as exc:
         # Canceled (or taken) between the result's write and this record.
         return _lost(runtime, job_id, attempt, exc)
@@ -134,7 +110,7 @@ def _lost(runtime: Runtime, job_id: uuid.UUID, attempt: int, exc: LostJob) -> No
             job = session.get_one(Job, job_id)
             return job.status, job.result_key
 
-    status, recorded = patient(read)()
+    status, recorded = wait_for_database(read)()
     own = result_key(job_id, attempt)
     # The attempt in the key means no other attempt ever wrote it; the row's key is checked
     # anyway, in case this attempt's finish did commit and only its answer was lost.
@@ -150,7 +126,7 @@ def _lost(runtime: Runtime, job_id: uuid.UUID, attempt: int, exc: LostJob) -> No
 def _drop_checkpoints(runtime: Runtime, job_id: uuid.UUID, attempt: int) -> None:
     """Delete the checkpoints of this attempt and the ones before it (never a newer one's)."""
     for key in [checkpoint_key(job_id, n) for n in range(attempt, 0, -1)] + [
-        legacy_keys(job_id)[2]
+        legacy_keys(job_id).checkpoint
     ]:
         runtime.storage.delete(key)
 
@@ -160,27 +136,20 @@ def _claim(runtime: Runtime, job_id: uuid.UUID) -> int | None:
         return claim_job(session, job_id, runtime.name)
 
 
-def _finish(
-    runtime: Runtime, job_id: uuid.UUID, attempt: int, status: JobStatus, **values: Any
+def _record_end(
+    runtime: Runtime,
+    job_id: uuid.UUID,
+    attempt: int,
+    end: Callable[[Session, uuid.UUID, int], None],
 ) -> None:
-    """Record how the job ended (fenced on its attempt, patient with the database) and drop
-    its checkpoint."""
+    """Record how the job ended (`end`: transitions.succeed or fail; fenced on its attempt,
+    waiting for the database), then tell watchers and drop its checkpoints."""
 
     def record() -> None:
         with runtime.sessions.begin() as session:
-            if status == JobStatus.SUCCEEDED:
-                values["progress"] = _finished_progress(session, job_id)
-            _update_running(
-                session,
-                job_id,
-                attempt,
-                status=status,
-                finished_at=utcnow(),
-                checkpoint_key=None,
-                **values,
-            )
+            end(session, job_id, attempt)
 
-    patient(record)()
+    wait_for_database(record)()
     publish_change(runtime.settings.redis_url, job_id)
     _drop_checkpoints(runtime, job_id, attempt)
     _event(runtime, job_id, "completed")
@@ -206,27 +175,31 @@ def _render(job_id: uuid.UUID, attempt: int, runtime: Runtime, heartbeat: Heartb
         raise StorageError(
             f"the input image of this job is missing from storage ({input_key})"
         ) from None
-    ours = StillOurs(runtime, job_id, attempt, heartbeat)
+    should_stop = ShouldStop(runtime, job_id, attempt, heartbeat)
     dreamed = (
         image
         if runtime.settings.dry_run
-        else _dream(job_id, attempt, runtime, ours, image, params, recorded_checkpoint)
+        else _dream(job_id, attempt, runtime, should_stop, image, params, recorded_checkpoint)
     )
     size = runtime.settings.preview_size
     stored = result_key(job_id, attempt)
-    _put_fenced(runtime, ours, stored, encode_png(dreamed))
-    _put_fenced(runtime, ours, preview_key(job_id, attempt), encode_jpeg(fit_within(dreamed, size)))
+    _put_fenced(runtime, should_stop, stored, encode_png(dreamed))
+    _put_fenced(
+        runtime, should_stop, preview_key(job_id, attempt), encode_jpeg(fit_within(dreamed, size))
+    )
     return stored
 
 
-def _put_fenced(runtime: Runtime, ours: StillOurs, key: str, data: bytes) -> None:
+def _put_fenced(runtime: Runtime, should_stop: ShouldStop, key: str, data: bytes) -> None:
     """Store one of this attempt's files, unless the job is no longer this attempt's.
 
     The attempt in the key already keeps a lost worker off a newer attempt's files; the check
     keeps it from writing files no one will read.
     """
-    if ours():
-        raise LostJob(f"job {ours.job_id} attempt {ours.attempt} lost; {key} not written")
+    if should_stop():
+        raise LostJob(
+            f"job {should_stop.job_id} attempt {should_stop.attempt} lost; {key} not written"
+        )
     runtime.storage.put(key, data)
 
 
@@ -234,7 +207,7 @@ def _dream(
     job_id: uuid.UUID,
     attempt: int,
     runtime: Runtime,
-    ours: StillOurs,
+    should_stop: ShouldStop,
     image: Any,
     params: RenderParams,
     recorded_checkpoint: str | None,
@@ -252,25 +225,26 @@ def _dream(
     own = checkpoint_key(job_id, attempt)
 
     def save(state: DreamState) -> None:
-        _put_fenced(runtime, ours, own, state.to_bytes())
+        _put_fenced(runtime, should_stop, own, state.to_bytes())
         try:
             with runtime.sessions.begin() as session:
-                _update_running(session, job_id, attempt, checkpoint_key=own)
+                transitions.record_checkpoint(session, job_id, attempt, own)
         except DATABASE_DOWN:
             log.warning("job %s: checkpoint saved, database away; not recorded", job_id)
 
     size = runtime.settings.preview_size
-    last_preview = float("-inf")
+    # At most every preview_interval seconds: a JPEG of a few tens of kB, overwritten.
+    previews = Throttle(runtime.settings.preview_interval)
 
     def show(planar: Any) -> None:
-        # At most every preview_interval seconds: a JPEG of a few tens of kB, overwritten.
-        nonlocal last_preview
-        if time.monotonic() - last_preview < runtime.settings.preview_interval:
+        if not previews.take():
             return
-        last_preview = time.monotonic()
         try:
             _put_fenced(
-                runtime, ours, preview_key(job_id, attempt), encode_jpeg(preview(planar, size))
+                runtime,
+                should_stop,
+                preview_key(job_id, attempt),
+                encode_jpeg(preview(planar, size)),
             )
         except StorageError:
             log.warning("job %s: preview not written", job_id, exc_info=True)
@@ -282,7 +256,7 @@ def _dream(
             params,
             model,
             on_progress=ProgressReporter(runtime, job_id, attempt),
-            should_stop=ours,
+            should_stop=should_stop,
             on_checkpoint=save,
             checkpoint_every=runtime.settings.checkpoint_every,
             resume=resume,
@@ -307,8 +281,9 @@ def _latest_checkpoint(
     return None
 
 
-class StillOurs:
-    """Asked by the engine before every tile batch: has the job been canceled or taken away?
+class ShouldStop:
+    """Asked by the engine before every tile batch: should the render stop, because the job was
+    canceled or is no longer this attempt's? (Then `_put_fenced` writes nothing either.)
 
     One indexed read per batch, so a cancel stops the render within one batch.
     """
@@ -316,24 +291,17 @@ class StillOurs:
     def __init__(
         self, runtime: Runtime, job_id: uuid.UUID, attempt: int, heartbeat: Heartbeat
     ) -> None:
-        self.runtime, self.job_id, self.attempt, self.heartbeat = (
-            runtime,
-            job_id,
-            attempt,
-            heartbeat,
-        )
+        self.runtime, self.job_id, self.attempt = runtime, job_id, attempt
+        self.heartbeat = heartbeat
 
     def __call__(self) -> bool:
         if self.heartbeat.lost.is_set():
             return True
         try:
             with self.runtime.sessions() as session:
-                row = session.execute(
-                    select(Job.status, Job.attempt).where(Job.id == self.job_id)
-                ).one_or_none()
+                return not transitions.is_current(session, self.job_id, self.attempt)
         except DATABASE_DOWN:
             return False  # the heartbeat and the lease decide while the database is away
-        return row is None or row.status != JobStatus.RUNNING or row.attempt != self.attempt
 
 
 class Heartbeat:
@@ -369,7 +337,7 @@ class Heartbeat:
         while not self._stop.wait(self.runtime.settings.heartbeat_interval):
             try:
                 with self.runtime.sessions.begin() as session:
-                    _update_running(session, self.job_id, self.attempt, heartbeat_at=utcnow())
+                    transitions.beat(session, self.job_id, self.attempt)
             except LostJob:
                 self.lost.set()
                 return
@@ -386,33 +354,29 @@ class ProgressReporter:
 
     def __init__(self, runtime: Runtime, job_id: uuid.UUID, attempt: int) -> None:
         self.runtime, self.job_id, self.attempt = runtime, job_id, attempt
-        self.interval = runtime.settings.progress_interval
-        self.last_write = float("-inf")
-        self.last_event = time.monotonic()
+        self.writes = Throttle(runtime.settings.progress_interval)
+        # The first progress event one interval after the claim (its `started` event).
+        self.events = Throttle(runtime.settings.webhook_progress_interval, closed_first=True)
 
     def __call__(self, progress: Any) -> None:
         now = time.monotonic()
-        if now - self.last_write < self.interval:
+        if not self.writes.due(now):
             return
-        self.last_write = now
+        self.writes.mark(now)
         try:
             with self.runtime.sessions.begin() as session:
-                _update_running(
-                    session,
-                    self.job_id,
-                    self.attempt,
-                    progress=progress_json(progress),
-                    heartbeat_at=utcnow(),
+                transitions.write_progress(
+                    session, self.job_id, self.attempt, progress_json(progress)
                 )
         except DATABASE_DOWN:
             log.warning("job %s: progress not written, database away", self.job_id)
             return
         publish_change(self.runtime.settings.redis_url, self.job_id)
-        if now - self.last_event >= self.runtime.settings.webhook_progress_interval:
+        if self.events.due(now):
             _event(self.runtime, self.job_id, "progress")
             # Counted from when the event was made, not from before the write that preceded
             # it (whose time varies): events are never closer than the interval.
-            self.last_event = time.monotonic()
+            self.events.mark()
 
 
 def progress_json(progress: Any) -> dict[str, Any]:
@@ -429,15 +393,9 @@ def progress_json(progress: Any) -> dict[str, Any]:
     }
 
 
-def _finished_progress(session: Session, job_id: uuid.UUID) -> dict[str, Any]:
-    # The last report was throttled (step 8 of 10, say): the row says the render is complete.
-    job = session.get_one(Job, job_id)
-    return shown_progress(Job(status=JobStatus.SUCCEEDED, params=job.params, progress=job.progress))
-
-
 def _fail(runtime: Runtime, job_id: uuid.UUID, attempt: int, message: str) -> JobStatus | None:
     try:
-        _finish(runtime, job_id, attempt, JobStatus.FAILED, error=message)
+        _record_end(runtime, job_id, attempt, functools.partial(transitions.fail, error=message))
     except LostJob as exc:
         log.warning("%s", exc)
         return None

@@ -14,9 +14,10 @@ from sqlalchemy import delete, or_, select, update
 from sqlalchemy.orm import Session
 
 from shared.models import IDEMPOTENCY_WINDOW, IdempotencyKey, Job, JobStatus, utcnow
-from shared.queue import send_job, waiting_render_jobs
+from shared.queue import waiting_render_jobs
 from shared.settings import Settings
 from shared.storage import Storage, StorageError, job_prefix, legacy_keys
+from shared.transitions import send_job
 
 log = logging.getLogger(__name__)
 

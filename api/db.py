@@ -1,0 +1,33 @@
+"""The per-request database session (flaskr's `db.py`): opened on first use in a request,
+closed when the request ends. Routes import it from here, so no blueprint imports another."""
+
+from __future__ import annotations
+
+from flask import Flask, current_app, g
+from sqlalchemy.orm import Session
+
+from api import Services
+
+
+def services() -> Services:
+    """This app's settings, database, storage and queue."""
+    return current_app.extensions["oneiro"]  # type: ignore[no-any-return]
+
+
+def get_db() -> Session:
+    """This request's session, closed when the request ends."""
+    if "db" not in g:
+        g.db = services().sessions()
+    return g.db  # type: ignore[no-any-return]
+
+
+def close_db(_exc: BaseException | None = None) -> None:
+    """Close this request's session, if it opened one."""
+    session = g.pop("db", None)
+    if session is not None:
+        session.close()
+
+
+def init_app(app: Flask) -> None:
+    """Close each request's session when the request ends."""
+    app.teardown_appcontext(close_db)
