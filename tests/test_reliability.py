@@ -17,8 +17,8 @@ from shared.models import Job, JobStatus, utcnow
 from shared.queue import create_celery, queue_keys
 from shared.settings import Settings
 from shared.storage import Storage, checkpoint_key, preview_key, result_key
-from tests.utils import before_each_gradient, image_bytes, make_job, queued_job_ids, with_settings
 from shared.transitions import send_job
+from tests.utils import before_each_gradient, image_bytes, make_job, queued_job_ids, with_settings
 from worker.jobs import run_job
 from worker.maintenance import reap_stale_jobs, relay_queued_jobs
 from worker.runtime import Runtime
