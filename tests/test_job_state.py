@@ -153,6 +153,26 @@ def test_the_progress_row_rounds_the_fraction_to_six_places_and_the_eta_to_one(
     assert reload(session, job).progress["eta_seconds"] is None
 
 
+def test_progress_writes_are_spaced_by_the_interval_the_first_at_once(
+    runtime: Runtime, session: Session, storage: Storage
+) -> None:
+    job = running(session, storage)
+    reporter = ProgressReporter(with_settings(runtime, progress_interval=0.3), job.id, 1)
+    written = []
+    started = time.monotonic()
+    for n in range(1, 1000):
+        reporter(progress(fraction=n / 1000))
+        fraction = reload(session, job).progress.get("fraction")
+        if fraction is not None and fraction not in written:
+            written.append(fraction)
+        if time.monotonic() - started > 1.0:
+            break
+    took = time.monotonic() - started
+
+    assert written[0] == 0.001  # the first report
+    assert 2 <= len(written) <= took / 0.3 + 1, f"{len(written)} writes in {took:.2f} s"
+
+
 def test_a_progress_write_with_the_database_away_is_skipped_not_fatal(
     runtime: Runtime, flaky: Flaky, session: Session, storage: Storage
 ) -> None:
