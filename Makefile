@@ -42,6 +42,7 @@ fuzz: install
 
 # Mutation testing (cosmic-ray) of the code where a silent bug costs most, each target against
 # its own fast tests (mutation/targets.toml); slow, so not part of `make test`.
-# `make mutate TARGETS="webhook-signing retention"` runs some of them.
+# `make mutate TARGETS="webhook-signing retention"` runs some of them; MUTATE_ARGS="--jobs 2"
+# tests two mutants at once.
 mutate: install
-	$(BIN)/python mutation/run.py $(TARGETS)
+	$(BIN)/python mutation/run.py $(MUTATE_ARGS) $(TARGETS)

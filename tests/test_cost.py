@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from shared.cost import CostRefused, check_limits, octave_sizes, peak_pixels, work
+from shared.cost import CostRefused, check_limits, octave_sizes, peak_pixels, render_size, work
 from shared.params import RenderParams
 from shared.settings import Settings, SettingsError, load_settings
 
@@ -51,7 +51,11 @@ def test_an_octave_over_the_pixel_limit_is_refused_with_a_max_dim_that_fits() ->
     params = RenderParams()  # 5 octaves at 1.3: the top one is 1.69 times the input a side
     error = refusal(4000, 3000, params, max_pixels=12_000_000)
     assert error.field == "params"
-    assert "6760x5070 = 34273200 pixels" in str(error) and "ONEIRO_MAX_PIXELS" in str(error)
+    assert str(error) == (
+        "the largest of its 5 octaves would be 6760x5070 = 34273200 pixels; the limit is "
+        "12000000 (ONEIRO_MAX_PIXELS): lower octaves or octave_scale, or set max_dim to at most "
+        "2367"
+    )
     fits = int(str(error).rsplit("at most ", 1)[1])
     check_limits(4000, 3000, params.model_copy(update={"max_dim": fits}), Settings(max_pixels=12e6))
     assert peak_pixels(4000, 3000, params.model_copy(update={"max_dim": fits + 1})) > 12e6
@@ -61,14 +65,53 @@ def test_work_over_the_limit_names_the_octaves_and_the_setting() -> None:
     error = refusal(400, 300, RenderParams(octaves=1, steps=10), max_work=1_000_000)
     assert "1200000 pixel-steps" in str(error) and "ONEIRO_MAX_WORK" in str(error)
     assert "1000000" in str(error) and error.field == "params"
+    # The client reads which octaves it pays for, smallest to largest, width before height.
+    error = refusal(400, 300, RenderParams(octaves=3, steps=10), max_work=1_000_000)
+    assert error.field == "params"
+    assert str(error) == (
+        "the job would cost 3939480 pixel-steps (the pixels of its 3 octaves, 308x231 to "
+        "520x390, x 10 steps); the limit is 1000000 (ONEIRO_MAX_WORK): lower steps, octaves or "
+        "max_dim"
+    )
+
+
+def test_a_job_exactly_at_a_limit_is_admitted() -> None:
+    params = RenderParams(octaves=3, steps=10)  # 3939480 pixel-steps, the top octave 520 x 390
+    check_limits(400, 300, params, Settings(max_work=3_939_480, max_pixels=520 * 390))
+    refusal(400, 300, params, max_work=3_939_479)
+    refusal(400, 300, params, max_pixels=520 * 390 - 1)
+
+
+@pytest.mark.parametrize(("width", "height"), [(800, 40), (40, 800)])
+def test_the_largest_octave_is_the_one_with_the_most_pixels(width: int, height: int) -> None:
+    # At a scale of 1.01 the two octaves of a 20:1 image share their shorter side (40) and
+    # differ by 8 pixels in the longer: only their area tells the larger.
+    params = RenderParams(model="vgg19", octaves=2, octave_scale=1.01)
+    assert sorted(w * h for w, h in octave_sizes(width, height, params)) == [792 * 40, 32000]
+    error = refusal(width, height, params, max_pixels=31_999)
+    assert str(error) == (
+        f"the largest of its 2 octaves would be {width}x{height} = 32000 pixels; the limit is "
+        "31999 (ONEIRO_MAX_PIXELS): lower octaves or octave_scale, or set max_dim to at most 799"
+    )
+
+
+def test_a_downscale_never_leaves_a_side_of_zero_pixels() -> None:
+    # An operator may allow any aspect ratio: max_dim 32 brings a 1 x 65536 image to 0.0005 x 32.
+    assert render_size(1, 65536, 32) == (1, 32)
+    assert render_size(65536, 2, 32) == (32, 1)
+    # and the octaves start from that one pixel, raised to what the backbone sees.
+    assert octave_sizes(1, 65536, RenderParams(octaves=1, max_dim=32)) == [(75, 2400)]
 
 
 def test_a_thin_image_is_refused_by_its_aspect_ratio() -> None:
     error = refusal(1, 65536, RenderParams())
     assert error.field == "image"
-    assert (
-        "65536:1" in str(error) and "20:1" in str(error) and "ONEIRO_MAX_ASPECT_RATIO" in str(error)
+    assert str(error) == (
+        "the image is 1x65536, an aspect ratio of 65536:1; the limit is 20:1 "
+        "(ONEIRO_MAX_ASPECT_RATIO): crop the image"
     )
+    error = refusal(41, 20, RenderParams(), max_aspect_ratio=2)
+    assert str(error).startswith("the image is 41x20, an aspect ratio of 2.05:1; the limit is 2:1")
     # Allowed that ratio, its raised octaves still break the pixel limit.
     error = refusal(1, 65536, RenderParams(), max_aspect_ratio=100_000)
     assert "75x4915200 = 368640000 pixels" in str(error)
