@@ -137,44 +137,42 @@ def render(
     # The schedule the API charged for (shared/cost.py), so price and render never disagree.
     shapes = [(h, w) for w, h in octave_sizes(width, height, params)]
     plans = [TilePlan(shape, params.tile_size, model) for shape in shapes]
-    clock = _Clock(shapes, plans, params, resume)
-    rng = np.random.default_rng(params.seed)
+    run = _Render(
+        params,
+        model,
+        plans,
+        _Clock(shapes, plans, params, resume),
+        np.random.default_rng(params.seed),
+        on_progress,
+        should_stop,
+    )
 
     if resume is None:
-        octave, done = 0, 0
+        done = 0
         dream = np.stack(
             [imaging.resize_plane(imaging.to_plane(image[..., c]), shapes[0]) for c in range(3)]
         )
     else:
-        octave, done = resume.octave, resume.step
+        run.octave, done = resume.octave, resume.step
         dream = resume.image.copy()
-        rng.bit_generator.state = resume.rng_state
+        run.rng.bit_generator.state = resume.rng_state
 
     while True:
         for step in range(done, params.steps):
-            _step(
-                dream,
-                plans[octave],
-                params,
-                model,
-                rng,
-                clock,
-                octave,
-                step,
-                on_progress,
-                should_stop,
-            )
+            run.step(dream, step)
             if on_step is not None:
                 on_step(dream)
             ended = step + 1 == params.steps
             if on_checkpoint and (
                 ended or (checkpoint_every and (step + 1) % checkpoint_every == 0)
             ):
-                on_checkpoint(DreamState(octave, step + 1, dream, rng.bit_generator.state))
-        if octave + 1 == len(shapes):
+                on_checkpoint(DreamState(run.octave, step + 1, dream, run.rng.bit_generator.state))
+        if run.octave + 1 == len(shapes):
             break
-        dream = _next_octave(dream, image, shapes[octave], shapes[octave + 1], params.detail)
-        octave, done = octave + 1, 0
+        dream = _next_octave(
+            dream, image, shapes[run.octave], shapes[run.octave + 1], params.detail
+        )
+        run.octave, done = run.octave + 1, 0
 
     dreamed = imaging.to_image(imaging.resize(dream, (height, width)))
     return imaging.keep_colors(dreamed, image) if params.preserve_colors else dreamed
@@ -215,38 +213,43 @@ def _next_octave(
     return out
 
 
-def _step(
-    dream: np.ndarray,
-    plan: TilePlan,
-    params: RenderParams,
-    model: DreamModel,
-    rng: np.random.Generator,
-    clock: _Clock,
-    octave: int,
-    step: int,
-    on_progress: Callable[[Progress], None] | None,
-    should_stop: Callable[[], bool] | None,
-) -> None:
-    """One gradient-ascent step over the whole image."""
-    shift = (int(rng.integers(plan.shape[0])), int(rng.integers(plan.shape[1])))
+@dataclass
+class _Render:
+    """What every step of one render needs: its parameters, model, tile plans, clock, random
+    generator and callbacks, and the octave under way."""
 
-    def batch_done(batch: list[Tile], losses: np.ndarray) -> None:
-        if on_progress is not None:
-            on_progress(clock.advance(batch, octave, step, float(np.mean(losses))))
+    params: RenderParams
+    model: DreamModel
+    plans: list[TilePlan]
+    clock: _Clock
+    rng: np.random.Generator
+    on_progress: Callable[[Progress], None] | None
+    should_stop: Callable[[], bool] | None
+    octave: int = 0
 
-    gradient = tiled_gradient(dream, plan, model, shift, batch_done, should_stop)
-    if params.grad_norm == "laplacian":
-        gradient = imaging.laplacian_normalize(gradient)
-    else:
-        gradient /= imaging.std(gradient) + 1e-8
-    # Smoothing stronger than 1/4 per step would overshoot the neighbours' mean and ring.
-    smoothing = min(params.tv_weight * params.step_size, 0.25)
-    for c in range(3):
-        plane = dream[c]
-        plane += gradient[c] * params.step_size
-        if smoothing:
-            plane -= imaging.tv_gradient(plane) * smoothing
-        np.clip(plane, -1.0, 1.0, out=plane)
+    def step(self, dream: np.ndarray, step: int) -> None:
+        """One gradient-ascent step over the whole image, in place."""
+        params, plan = self.params, self.plans[self.octave]
+        shift = (int(self.rng.integers(plan.shape[0])), int(self.rng.integers(plan.shape[1])))
+
+        def batch_done(batch: list[Tile], losses: np.ndarray) -> None:
+            if self.on_progress is not None:
+                loss = float(np.mean(losses))
+                self.on_progress(self.clock.advance(batch, self.octave, step, loss))
+
+        gradient = tiled_gradient(dream, plan, self.model, shift, batch_done, self.should_stop)
+        if params.grad_norm == "laplacian":
+            gradient = imaging.laplacian_normalize(gradient)
+        else:
+            gradient /= imaging.std(gradient) + 1e-8
+        # Smoothing stronger than 1/4 per step would overshoot the neighbours' mean and ring.
+        smoothing = min(params.tv_weight * params.step_size, 0.25)
+        for c in range(3):
+            plane = dream[c]
+            plane += gradient[c] * params.step_size
+            if smoothing:
+                plane -= imaging.tv_gradient(plane) * smoothing
+            np.clip(plane, -1.0, 1.0, out=plane)
 
 
 def tiled_gradient(
