@@ -22,6 +22,7 @@ from sqlalchemy.orm import Session
 
 from api import Services
 from api.auth import KeyCache, bearer_key, current_tenant, tenant_id
+from api.controls import read_controls
 from api.metrics import megapixel_steps, worker_throughput
 from api.openapi import BEARER, BINARY, job_responses, spec
 from api.problems import Problem, invalid
@@ -42,9 +43,11 @@ from shared.queue import enqueue_render
 from shared.storage import (
     ObjectNotFound,
     StoredObject,
+    guide_key,
     input_key,
     job_prefix,
     legacy_keys,
+    mask_key,
     preview_key,
 )
 from shared.webhooks import WebhookRefused, WebhookSpec, check_target, send_event
@@ -54,7 +57,7 @@ log = logging.getLogger(__name__)
 
 blueprint = Blueprint("jobs", __name__, url_prefix="/v1/jobs")
 
-FORM_PARTS = {"image", "params", "webhook"}
+FORM_PARTS = {"image", "params", "webhook", "guide", "mask"}
 EXTENSIONS = {"JPEG": "jpg", "PNG": "png", "WEBP": "webp"}
 
 
@@ -119,9 +122,10 @@ def submit_job() -> tuple[dict[str, Any], int, dict[str, str]]:
         check_limits(width, height, params, svc.settings)
     except CostRefused as exc:
         raise invalid([{"field": exc.field, "message": str(exc)}]) from None
+    controls = read_controls(asked, (width, height), svc.settings, EXTENSIONS)
 
     webhook = _read_webhook()
-    idempotency = _idempotency(data, asked, webhook)
+    idempotency = _idempotency(data, asked, webhook, controls.fingerprint())
     if idempotency is not None:
         original = _replay(*idempotency)
         if original is not None:
@@ -130,6 +134,13 @@ def submit_job() -> tuple[dict[str, Any], int, dict[str, str]]:
     job_id = uuid.uuid4()
     stored_input = input_key(job_id, EXTENSIONS[image_format])
     svc.storage.put(stored_input, data)
+    stored_guide = stored_mask = None
+    if controls.guide is not None:
+        stored_guide = guide_key(job_id, controls.guide.extension)
+        svc.storage.put(stored_guide, controls.guide.data)
+    if controls.mask is not None:
+        stored_mask = mask_key(job_id, controls.mask.extension)
+        svc.storage.put(stored_mask, controls.mask.data)
     job = Job(
         id=job_id,
         tenant_id=tenant_id(),
@@ -142,6 +153,8 @@ def submit_job() -> tuple[dict[str, Any], int, dict[str, str]]:
         webhook_url=str(webhook.url) if webhook else None,
         webhook_events=list(webhook.events) if webhook else None,
         enqueued_at=utcnow(),  # cleared by _enqueue if Redis does not take the message
+        guide_key=stored_guide,
+        mask_key=stored_mask,
     )
     session = db()
     try:
@@ -176,10 +189,10 @@ def submit_job() -> tuple[dict[str, Any], int, dict[str, str]]:
 
 
 def _idempotency(
-    data: bytes, asked: dict[str, Any], webhook: WebhookSpec | None
+    data: bytes, asked: dict[str, Any], webhook: WebhookSpec | None, controls: bytes = b""
 ) -> tuple[str, str] | None:
-    """The request's Idempotency-Key and a fingerprint of what it asks for (image, params and
-    webhook), if it has a key."""
+    """The request's Idempotency-Key and a fingerprint of what it asks for (image, params,
+    webhook, guide and mask), if it has a key."""
     key = request.headers.get("Idempotency-Key")
     if key is None:
         return None
@@ -189,6 +202,8 @@ def _idempotency(
     digest.update(json.dumps(asked, sort_keys=True).encode())
     if webhook is not None:
         digest.update(webhook.model_dump_json().encode())
+    if controls:
+        digest.update(controls)
     return key, digest.hexdigest()
 
 
@@ -290,7 +305,10 @@ def _read_params() -> tuple[RenderParams, dict[str, Any]]:
             [
                 {
                     "field": name,
-                    "message": "unknown form part; expected 'image', 'params' and 'webhook'",
+                    "message": (
+                        "unknown form part; expected 'image', 'params', 'webhook', 'guide' "
+                        "and 'mask'"
+                    ),
                 }
                 for name in unknown
             ]
