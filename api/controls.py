@@ -38,12 +38,17 @@ class ControlParts:
 
 
 def read_controls(
-    asked: dict[str, Any], image_size: tuple[int, int], settings: Settings
+    asked: dict[str, Any],
+    image_size: tuple[int, int],
+    settings: Settings,
+    extensions: dict[str, str],
 ) -> ControlParts:
     """The `guide` and `mask` file parts, checked against the limits and the params asked
-    (`asked`: the params as sent); 413 or 422 (problem+json) when one is wrong."""
-    guide = _read("guide", lambda data: inspect_guide(data, settings.max_pixels), settings)
-    mask = _read("mask", lambda data: inspect_mask(data, settings.max_pixels, image_size), settings)
+    (`asked`: the params as sent), with the extension of each format (`extensions`, the input's
+    own); 413 or 422 (problem+json) when one is wrong."""
+    limit = settings.max_pixels
+    guide = _read("guide", lambda data: inspect_guide(data, limit), limit, extensions)
+    mask = _read("mask", lambda data: inspect_mask(data, limit, image_size), limit, extensions)
     # Params that steer with a part that was not sent would be silently ignored.
     errors = [
         {"field": f"params.{name}", "message": f"needs a '{part}' file part"}
