@@ -27,10 +27,11 @@ def _layers_schema(schema: dict[str, Any]) -> None:
 
 
 def _mask_layers_schema(schema: dict[str, Any]) -> None:
-    # As `layers`, from the mapping branch of its `... | None` (absent means none).
+    # As `layers`, from the mapping branch of its `... | None`, and null: a job shows none.
     branches = schema.pop("anyOf", [])
     schema.update(next((b for b in branches if b.get("type") == "object"), {}))
     _layers_schema(schema)
+    schema["anyOf"].append({"type": "null"})
 
 
 class RenderParams(BaseModel):
