@@ -24,7 +24,7 @@ WINDOW_TEXT = f"{IDEMPOTENCY_WINDOW / timedelta(hours=1):g} hours"
 
 def fingerprint(submission: Submission) -> tuple[str, str] | None:
     """The request's Idempotency-Key and a fingerprint of what it asks for (image, params as
-    sent and webhook), if it has a key."""
+    sent, webhook, guide and mask), if it has a key."""
     key = request.headers.get(HEADER)
     if key is None:
         return None
@@ -34,6 +34,7 @@ def fingerprint(submission: Submission) -> tuple[str, str] | None:
     digest.update(json.dumps(submission.asked, sort_keys=True).encode())
     if submission.webhook is not None:
         digest.update(submission.webhook.model_dump_json().encode())
+    digest.update(submission.controls.fingerprint())
     return key, digest.hexdigest()
 
 

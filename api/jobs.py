@@ -34,9 +34,11 @@ from shared.serializer import iso, job_json, job_url
 from shared.storage import (
     ObjectNotFound,
     StoredObject,
+    guide_key,
     input_key,
     job_prefix,
     legacy_keys,
+    mask_key,
     preview_key,
 )
 from shared.webhooks import send_event
@@ -80,6 +82,14 @@ def submit_job() -> Answer:
     job_id = uuid.uuid4()
     stored_input = input_key(job_id, submission.extension)
     svc.storage.put(stored_input, submission.image)
+    stored_guide = stored_mask = None
+    controls = submission.controls
+    if controls.guide is not None:
+        stored_guide = guide_key(job_id, controls.guide.extension)
+        svc.storage.put(stored_guide, controls.guide.data)
+    if controls.mask is not None:
+        stored_mask = mask_key(job_id, controls.mask.extension)
+        svc.storage.put(stored_mask, controls.mask.data)
     webhook = submission.webhook
     job = Job(
         id=job_id,
@@ -91,6 +101,8 @@ def submit_job() -> Answer:
         progress={},
         webhook_url=str(webhook.url) if webhook else None,
         webhook_events=list(webhook.events) if webhook else None,
+        guide_key=stored_guide,
+        mask_key=stored_mask,
     )
     session = get_db()
     try:

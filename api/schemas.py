@@ -85,6 +85,23 @@ class JobSubmission(BaseModel):
             json_schema_extra=_absent_not_null,
         ),
     ] = None
+    guide: Annotated[
+        bytes | None,
+        Field(
+            description="A guide image (JPEG, PNG or WebP) whose features the dream seeks; "
+            "params.guide_weight mixes it with the plain objective.",
+            json_schema_extra=_absent_not_null,
+        ),
+    ] = None
+    mask: Annotated[
+        bytes | None,
+        Field(
+            description="A greyscale image of the input's shape (any size): how strongly each "
+            "pixel dreams, black 0 to white 1. params.mask_layers may dream the black part "
+            "differently.",
+            json_schema_extra=_absent_not_null,
+        ),
+    ] = None
 
 
 class SubmitHeaders(BaseModel):

@@ -13,6 +13,7 @@ from flask import request
 from pydantic import ValidationError
 from sqlalchemy.orm import Session
 
+from api.controls import ControlParts, read_controls
 from api.problems import Problem, invalid
 from shared.cost import CostRefused, check_limits
 from shared.images import ImageRejected, ImageTooLarge, inspect_image
@@ -22,7 +23,7 @@ from shared.transitions import count_active
 from shared.webhooks import WebhookRefused, WebhookSpec, check_target
 from shared.weights import NoWeights, require_weights
 
-FORM_PARTS = {"image", "params", "webhook"}
+FORM_PARTS = {"image", "params", "webhook", "guide", "mask"}
 EXTENSIONS = {"JPEG": "jpg", "PNG": "png", "WEBP": "webp"}
 # When a tenant at its cap of active jobs may try again: a render takes seconds to hours.
 ACTIVE_CAP_RETRY_AFTER_S = 30
@@ -40,6 +41,8 @@ class Submission:
     width: int
     height: int
     webhook: WebhookSpec | None
+    # The optional guide and mask parts, checked.
+    controls: ControlParts
 
 
 def read_submission(settings: Settings) -> Submission:
@@ -73,6 +76,7 @@ def read_submission(settings: Settings) -> Submission:
         width=width,
         height=height,
         webhook=_read_webhook(settings),
+        controls=read_controls(asked, (width, height), settings, EXTENSIONS),
     )
 
 
@@ -143,7 +147,10 @@ def _read_params() -> tuple[RenderParams, dict[str, Any]]:
             [
                 {
                     "field": name,
-                    "message": "unknown form part; expected 'image', 'params' and 'webhook'",
+                    "message": (
+                        "unknown form part; expected 'image', 'params', 'webhook', 'guide' "
+                        "and 'mask'"
+                    ),
                 }
                 for name in unknown
             ]

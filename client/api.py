@@ -64,9 +64,16 @@ class Client:
         image: Path,
         params: dict[str, Any] | None = None,
         idempotency_key: str | None = None,
+        guide: Path | None = None,
+        mask: Path | None = None,
     ) -> dict[str, Any]:
-        """Upload `image` with `params`; the new job."""
+        """Upload `image` with `params` (and a guide image, a mask); the new job."""
         headers = {"Idempotency-Key": idempotency_key} if idempotency_key else {}
+        controls = {
+            name: (path.name, path.read_bytes(), "application/octet-stream")
+            for name, path in (("guide", guide), ("mask", mask))
+            if path is not None
+        }
         with image.open("rb") as file:
             response = self.request(
                 "POST",
@@ -74,6 +81,7 @@ class Client:
                 files={
                     "image": (image.name, file, "application/octet-stream"),
                     "params": (None, json.dumps(params or {}), "application/json"),
+                    **controls,
                 },
                 headers=headers,
             )

@@ -123,6 +123,16 @@ def _wait(client: Client, job_id: str) -> dict[str, Any]:
     "repeatable.",
 )
 @click.option("--params-json", metavar="JSON", help="All parameters as one JSON object.")
+@click.option(
+    "--guide",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="A guide image: the dream seeks its features (params.guide_weight mixes them in).",
+)
+@click.option(
+    "--mask",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="A greyscale mask of the image's shape: white dreams, black keeps the input.",
+)
 @click.option("--wait", is_flag=True, help="Show progress until the job ends, then download.")
 @click.option(
     "-o",
@@ -136,11 +146,13 @@ def submit(
     image: Path,
     pairs: tuple[str, ...],
     params_json: str | None,
+    guide: Path | None,
+    mask: Path | None,
     wait: bool,
     output: Path | None,
 ) -> None:
     """Upload IMAGE as a new job and print its id; with --wait, follow it and save the result."""
-    job = client.submit(image, _params(pairs, params_json))
+    job = client.submit(image, _params(pairs, params_json), guide=guide, mask=mask)
     job_id = job["id"]
     click.echo(job_id)
     if not (wait or output):

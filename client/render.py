@@ -100,6 +100,21 @@ def quiet_tensorflow_without_gpu() -> None:
 @click.option("--seed", type=int, help="Random seed [random]; the same seed, the same image.")
 @click.option("--max-dim", type=int, help="Downscale the input so its longer side fits.")
 @click.option(
+    "--guide",
+    type=click.Path(exists=True, dir_okay=False),
+    help="A guide image: the dream seeks its features.",
+)
+@click.option("--guide-weight", type=float, help="With --guide: guided (1) to plain (0) [1].")
+@click.option(
+    "--mask",
+    type=click.Path(exists=True, dir_okay=False),
+    help="A greyscale mask: white dreams, black keeps the input.",
+)
+@click.option(
+    "--mask-layers",
+    help="With --mask: layers (as --layers) the black part dreams instead of keeping the input.",
+)
+@click.option(
     "--weights",
     default="imagenet",
     show_default=True,
@@ -128,12 +143,23 @@ def render(
     weights: str,
     precision: str,
     backend: str,
+    guide: str | None,
+    mask: str | None,
+    mask_layers: str | None,
     **options: Any,
 ) -> None:
     """Dream on INPUT and write the result to OUTPUT, with a progress bar."""
     chosen = {key: value for key, value in options.items() if value is not None}
     if layers is not None:
         chosen["layers"] = _layers(layers)
+    if mask_layers is not None:
+        chosen["mask_layers"] = _layers(mask_layers)
+    for option, needs, given in (
+        ("--guide-weight", "--guide", guide),
+        ("--mask-layers", "--mask", mask),
+    ):
+        if option[2:].replace("-", "_") in chosen and given is None:
+            raise click.UsageError(f"{option} needs {needs}")
     if channels:
         chosen["channels"] = _channels(channels)
     try:
@@ -150,11 +176,13 @@ def render(
     from PIL import Image
     from tqdm import tqdm
 
-    from shared.images import decode_rgb, fit_within
+    from shared.controls import decode_mask
+    from shared.images import ImageRejected, decode_rgb, fit_within
 
     os.environ["ONEIRO_BACKEND"] = backend
     from worker.engine import WeightsUnavailable, load_dream_model
     from worker.engine import render as dream
+    from worker.engine.controls import Controls
 
     image = fit_within(decode_rgb(Path(input_path).read_bytes()), params.max_dim)
     try:
@@ -165,7 +193,17 @@ def render(
             channels=params.channels,
             precision=precision,
         )
-    except WeightsUnavailable as exc:
+        masked = (
+            load_dream_model(weights, params.mask_layers, model=params.model, precision=precision)
+            if mask and params.mask_layers
+            else None
+        )
+        controls = Controls(
+            guide=decode_rgb(Path(guide).read_bytes()) if guide else None,
+            mask=decode_mask(Path(mask).read_bytes()) if mask else None,
+            mask_model=masked,
+        )
+    except (WeightsUnavailable, ImageRejected, OSError) as exc:
         raise click.ClickException(str(exc)) from None
     click.echo(
         f"{image.shape[1]}x{image.shape[0]}, {params.model} "
@@ -189,6 +227,6 @@ def render(
             )
             bar.update(p.fraction - bar.n)
 
-        result = dream(image, params, model, on_progress=progress)
+        result = dream(image, params, model, on_progress=progress, controls=controls)
     Image.fromarray(result).save(output)
     click.echo(output)

@@ -49,9 +49,18 @@ def octave_sizes(width: int, height: int, params: RenderParams) -> list[tuple[in
     return sizes
 
 
+def passes(params: RenderParams) -> int:
+    """Gradient passes per step: two when a mask gives its masked-out part layers of its own
+    (each part's objective has its own gradient), else one. A guide image adds one forward pass
+    of a small image per job, nothing per step, so it does not count."""
+    return 2 if params.mask_layers else 1
+
+
 def work(width: int, height: int, params: RenderParams) -> int:
-    """Pixel-steps a job costs: the pixels of every octave it renders x steps per octave."""
-    return sum(w * h for w, h in octave_sizes(width, height, params)) * params.steps
+    """Pixel-steps a job costs: the pixels of every octave it renders x steps per octave x
+    gradient passes per step."""
+    pixels = sum(w * h for w, h in octave_sizes(width, height, params))
+    return pixels * params.steps * passes(params)
 
 
 def megapixel_steps(width: int, height: int, params: dict[str, Any]) -> float:
@@ -93,7 +102,8 @@ def check_limits(width: int, height: int, params: RenderParams, settings: Settin
         raise CostRefused(
             "params",
             f"the job would cost {cost} pixel-steps (the pixels of its {len(sizes)} octaves, "
-            f"{sizes[0][0]}x{sizes[0][1]} to {top_w}x{top_h}, x {params.steps} steps); the "
+            f"{sizes[0][0]}x{sizes[0][1]} to {top_w}x{top_h}, x {params.steps} steps"
+            f"{' x 2 passes for mask_layers' if passes(params) > 1 else ''}); the "
             f"limit is {settings.max_work} (ONEIRO_MAX_WORK): lower steps, octaves or max_dim",
         )
 

@@ -155,6 +155,9 @@ class Job(Base):
     webhook_events: Mapped[list[str] | None] = mapped_column(JSON)
     # When retention deleted the job's files; the row stays as the record of the job.
     expired_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    # The job's guide image and mask, stored beside its input (None: the job has none).
+    guide_key: Mapped[str | None] = mapped_column(String(255))
+    mask_key: Mapped[str | None] = mapped_column(String(255))
 
 
 # How long an Idempotency-Key holds: the same key and request within it get the same job.

@@ -26,6 +26,14 @@ def _layers_schema(schema: dict[str, Any]) -> None:
     schema["anyOf"] = [one, names, {**weights, "minProperties": 1}]
 
 
+def _mask_layers_schema(schema: dict[str, Any]) -> None:
+    # As `layers`, from the mapping branch of its `... | None`, and null: a job shows none.
+    branches = schema.pop("anyOf", [])
+    schema.update(next((b for b in branches if b.get("type") == "object"), {}))
+    _layers_schema(schema)
+    schema["anyOf"].append({"type": "null"})
+
+
 class RenderParams(BaseModel):
     """What a client may ask of a render. Unknown fields are an error, not ignored."""
 
@@ -81,6 +89,23 @@ class RenderParams(BaseModel):
         int | None,
         Field(ge=32, le=65536, description="Downscale the input so its longer side fits."),
     ] = None
+    guide_weight: Annotated[
+        float,
+        Field(
+            ge=0,
+            le=1,
+            description="With a guide image: how far the dream seeks the guide's features (1) "
+            "rather than plainly what the layers see (0).",
+        ),
+    ] = 1.0
+    mask_layers: Annotated[
+        dict[str, LayerWeight] | None,
+        Field(
+            description="With a mask: the layers (as `layers`) the masked-out part dreams, so "
+            "two regions dream differently. Default: the masked-out part keeps the input.",
+            json_schema_extra=_mask_layers_schema,
+        ),
+    ] = None
 
     @field_validator("layers", mode="before")
     @classmethod
@@ -88,31 +113,12 @@ class RenderParams(BaseModel):
         if layers is None:
             backbone = BACKBONES.get(info.data.get("model", DEFAULT_BACKBONE))
             return {name: 1.0 for name in backbone.default_layers} if backbone else {}
-        if isinstance(layers, str):  # `--param layers=mixed4`, or `mixed3,mixed5`
-            layers = [name.strip() for name in layers.split(",") if name.strip()]
-        if isinstance(layers, list | tuple):
-            if not all(isinstance(name, str) for name in layers):
-                raise ValueError("a list of layers holds layer names (strings)")
-            if len(set(layers)) != len(layers):
-                raise ValueError("layers must not repeat")
-            return {name: 1.0 for name in layers}
-        return layers
+        return _weighted_layers(layers)
 
     @field_validator("layers")
     @classmethod
     def _known_layers(cls, layers: dict[str, float], info: ValidationInfo) -> dict[str, float]:
-        model = info.data.get("model")
-        if model is None:  # the model itself was invalid; that error is enough
-            return layers
-        known = BACKBONES[model].layers
-        if not layers:
-            raise ValueError("name at least one layer")
-        unknown = [name for name in layers if name not in known]
-        if unknown:
-            raise ValueError(
-                f"{model} has no layer {', '.join(unknown)}; choose from {', '.join(known)}"
-            )
-        return layers
+        return _known(layers, info.data.get("model"))
 
     @field_validator("channels")
     @classmethod
@@ -131,3 +137,44 @@ class RenderParams(BaseModel):
             if not all(0 <= index < size for index in indices):
                 raise ValueError(f"channels of {name} must lie in 0..{size - 1}")
         return channels
+
+    @field_validator("mask_layers", mode="before")
+    @classmethod
+    def _resolve_mask_layers(cls, layers: Any) -> Any:
+        return None if layers is None else _weighted_layers(layers)
+
+    @field_validator("mask_layers")
+    @classmethod
+    def _known_mask_layers(
+        cls, layers: dict[str, float] | None, info: ValidationInfo
+    ) -> dict[str, float] | None:
+        return None if layers is None else _known(layers, info.data.get("model"))
+
+
+def _weighted_layers(layers: Any) -> Any:
+    """A layer name, names separated by commas or a list of names as {name: 1.0}; a mapping
+    as it is (its weights are validated by the field)."""
+    if isinstance(layers, str):  # `--param layers=mixed4`, or `mixed3,mixed5`
+        layers = [name.strip() for name in layers.split(",") if name.strip()]
+    if isinstance(layers, list | tuple):
+        if not all(isinstance(name, str) for name in layers):
+            raise ValueError("a list of layers holds layer names (strings)")
+        if len(set(layers)) != len(layers):
+            raise ValueError("layers must not repeat")
+        return {name: 1.0 for name in layers}
+    return layers
+
+
+def _known(layers: dict[str, float], model: str | None) -> dict[str, float]:
+    """`layers`, when `model` has them all and they are not none."""
+    if model is None:  # the model itself was invalid; that error is enough
+        return layers
+    known = BACKBONES[model].layers
+    if not layers:
+        raise ValueError("name at least one layer")
+    unknown = [name for name in layers if name not in known]
+    if unknown:
+        raise ValueError(
+            f"{model} has no layer {', '.join(unknown)}; choose from {', '.join(known)}"
+        )
+    return layers

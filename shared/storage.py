@@ -32,6 +32,16 @@ def input_key(job_id: uuid.UUID, extension: str) -> str:
     return job_key(job_id, f"input.{extension}")
 
 
+def guide_key(job_id: uuid.UUID, extension: str) -> str:
+    """Where the API stores the job's guide image, beside its input."""
+    return job_key(job_id, f"guide.{extension}")
+
+
+def mask_key(job_id: uuid.UUID, extension: str) -> str:
+    """Where the API stores the job's mask, beside its input."""
+    return job_key(job_id, f"mask.{extension}")
+
+
 def result_key(job_id: uuid.UUID, attempt: int) -> str:
     """Where an attempt stores the rendered PNG (recorded in the row by its fenced finish)."""
     return job_key(job_id, "result.png", attempt)

@@ -57,6 +57,8 @@ def test_submit_stores_commits_and_enqueues(
         "preserve_colors": False,
         "seed": 5,
         "max_dim": 128,
+        "guide_weight": 1.0,
+        "mask_layers": None,
     }
     assert body["input"] == {"width": 451, "height": 300}
     assert body["progress"]["fraction"] == 0.0

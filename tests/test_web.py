@@ -250,3 +250,55 @@ def test_the_docs_page_renders_with_nothing_but_the_api(stack: Stack, page: obje
     expect(page.get_by_text("/v1/jobs/{job_id}/cancel").first).to_be_attached()
     # All it asks of other hosts is Redocly's logo in the sidebar; without it the page still reads.
     assert elsewhere in ([], ["image https://cdn.redoc.ly/redoc/logo-mini.svg"])
+
+
+def test_a_guide_and_a_mask_go_from_the_page_with_the_job(
+    stack: Stack, page: object, tmp_path: Path
+) -> None:
+    import io
+    import uuid
+
+    from PIL import Image
+    from playwright.sync_api import Page, expect
+
+    from shared.db import create_db_engine, create_session_factory
+    from shared.models import Job
+
+    assert isinstance(page, Page)
+    guide, mask = tmp_path / "guide.png", tmp_path / "mask.png"
+    Image.linear_gradient("L").convert("RGB").save(guide)
+    half = Image.new("L", (451, 300))  # the cat's shape: dream its left half
+    half.paste(255, (0, 0, 225, 300))
+    half.save(mask)
+    _open_with_key(page, stack)
+    page.set_input_files("#image-input", str(CHELSEA))
+    page.click("#params summary")
+    for name, value in {"steps": "2", "octaves": "2", "max_dim": "96", "seed": "5"}.items():
+        page.fill(f"input[name={name}]", value)
+
+    # Layers for a masked-out part without a mask: the API's words, on the page.
+    page.click("#controls summary")
+    page.fill("input[name=mask_layers]", "mixed2")
+    page.click("#submit")
+    expect(page.locator("#form-error")).to_contain_text("needs a 'mask' file part")
+
+    page.set_input_files("input[name=guide]", str(guide))
+    page.set_input_files("input[name=mask]", str(mask))
+    page.fill("input[name=guide_weight]", "0.5")
+    page.click("#submit")
+    expect(page.locator("#job-status")).to_have_text("succeeded", timeout=300_000)
+    job_id = page.get_attribute("#job-id", "title")
+    assert job_id
+
+    engine = create_db_engine(stack.database_url)
+    try:
+        with create_session_factory(engine)() as session:
+            job = session.get_one(Job, uuid.UUID(job_id))
+            assert job.guide_key and job.guide_key.endswith("guide.png")
+            assert job.mask_key and job.mask_key.endswith("mask.png")
+            assert job.params["guide_weight"] == 0.5
+            assert job.params["mask_layers"] == {"mixed2": 1.0}
+    finally:
+        engine.dispose()
+    result = stack.http().get(f"{stack.url}/v1/jobs/{job_id}/result", timeout=10)
+    assert Image.open(io.BytesIO(result.content)).size == (96, 64)

@@ -29,6 +29,7 @@ from tenacity import (
 
 from shared import transitions
 from shared.changes import publish_change
+from shared.controls import decode_mask
 from shared.images import decode_rgb, encode_jpeg, encode_png, fit_within
 from shared.logs import log_context
 from shared.models import Job, JobStatus
@@ -169,17 +170,21 @@ def _render(job_id: uuid.UUID, attempt: int, runtime: Runtime, heartbeat: Heartb
         job = session.get_one(Job, job_id)
         params = RenderParams.model_validate(job.params)
         input_key, recorded_checkpoint = job.input_key, job.checkpoint_key
+        controls = job.guide_key, job.mask_key
     try:
         image = fit_within(decode_rgb(runtime.storage.get(input_key)), params.max_dim)
     except ObjectNotFound:
         raise StorageError(
             f"the input image of this job is missing from storage ({input_key})"
         ) from None
+    guide, mask = (_control(runtime, key) for key in controls)
     should_stop = ShouldStop(runtime, job_id, attempt, heartbeat)
     dreamed = (
         image
         if runtime.settings.dry_run
-        else _dream(job_id, attempt, runtime, should_stop, image, params, recorded_checkpoint)
+        else _dream(
+            job_id, attempt, runtime, should_stop, image, params, recorded_checkpoint, guide, mask
+        )
     )
     size = runtime.settings.preview_size
     stored = result_key(job_id, attempt)
@@ -188,6 +193,16 @@ def _render(job_id: uuid.UUID, attempt: int, runtime: Runtime, heartbeat: Heartb
         runtime, should_stop, preview_key(job_id, attempt), encode_jpeg(fit_within(dreamed, size))
     )
     return stored
+
+
+def _control(runtime: Runtime, key: str | None) -> bytes | None:
+    """The bytes of the job's guide or mask stored under `key`, if it has one."""
+    if key is None:
+        return None
+    try:
+        return runtime.storage.get(key)
+    except ObjectNotFound:
+        raise StorageError(f"a file of this job is missing from storage ({key})") from None
 
 
 def _put_fenced(runtime: Runtime, should_stop: ShouldStop, key: str, data: bytes) -> None:
@@ -211,10 +226,13 @@ def _dream(
     image: Any,
     params: RenderParams,
     recorded_checkpoint: str | None,
+    guide: bytes | None = None,
+    mask: bytes | None = None,
 ) -> Any:
     """Run the engine on the job's image, with progress, previews, checkpoints and cancel."""
     # Imported here: TensorFlow loads in the process that renders, never in Celery's parent.
     from worker.engine import Canceled, DreamState, preview, render
+    from worker.engine.controls import Controls
 
     resume = None
     saved = _latest_checkpoint(runtime, job_id, attempt, recorded_checkpoint)
@@ -261,6 +279,11 @@ def _dream(
             checkpoint_every=runtime.settings.checkpoint_every,
             resume=resume,
             on_step=show,
+            controls=Controls(
+                guide=None if guide is None else decode_rgb(guide),
+                mask=None if mask is None else decode_mask(mask),
+                mask_model=runtime.mask_model(params) if mask is not None else None,
+            ),
         )
     except Canceled:
         raise LostJob(

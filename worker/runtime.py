@@ -47,6 +47,14 @@ class Runtime:
             self.settings.precision,
         )
 
+    def mask_model(self, params: RenderParams) -> DreamModel | None:
+        """The dream model of the part a job's mask keeps out, if params.mask_layers names one."""
+        if not params.mask_layers:
+            return None
+        return self.dream_model(
+            params.model_copy(update={"layers": params.mask_layers, "channels": None})
+        )
+
     def celery(self) -> Celery:
         """A Celery app to send messages with (webhook events), one per settings."""
         return _celery(self.settings)

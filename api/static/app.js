@@ -217,12 +217,15 @@ form.addEventListener("change", () => { $("form-error").hidden = true; });
 
 function params() {
   const chosen = {};
-  for (const field of ["steps", "octaves", "max_dim", "seed", "step_size", "octave_scale"]) {
+  const numbers = ["steps", "octaves", "max_dim", "seed", "step_size", "octave_scale", "guide_weight"];
+  for (const field of numbers) {
     const text = form.elements[field].value.trim();
     if (text !== "") chosen[field] = Number(text);
   }
   const layers = form.elements.layers.value.split(",").map((s) => s.trim()).filter(Boolean);
   if (layers.length) chosen.layers = layers;
+  const maskLayers = form.elements.mask_layers.value.split(",").map((s) => s.trim()).filter(Boolean);
+  if (maskLayers.length) chosen.mask_layers = maskLayers;
   return chosen;
 }
 
@@ -231,6 +234,11 @@ form.addEventListener("submit", async (event) => {
   const body = new FormData();
   body.append("image", $("image-input").files[0]);
   body.append("params", JSON.stringify(params()));
+  // The guide and the mask go as file parts of their own; the API checks them.
+  for (const part of ["guide", "mask"]) {
+    const chosen = form.elements[part].files[0];
+    if (chosen) body.append(part, chosen);
+  }
   $("submit").disabled = true;
   $("form-error").hidden = true;
   try {

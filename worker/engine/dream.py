@@ -15,6 +15,7 @@ import numpy as np
 from shared.cost import octave_sizes
 from shared.params import RenderParams
 from worker.engine import imaging
+from worker.engine.controls import Controls, composite, guide_features, mask_weights
 from worker.engine.model import DreamModel
 
 
@@ -123,6 +124,7 @@ def render(
     checkpoint_every: int = 0,
     resume: DreamState | None = None,
     on_step: Callable[[np.ndarray], None] | None = None,
+    controls: Controls | None = None,
 ) -> np.ndarray:
     """Dream on `image` (H x W x 3 uint8); return the dreamed image, same size and dtype.
 
@@ -131,53 +133,64 @@ def render(
     `checkpoint_every` steps (its image is only valid during the call); `resume` continues
     from such a state and gives the same image as a render that never stopped. `on_step`
     receives the image in progress (3 x h x w float32, valid only during the call; see
-    `preview`) after every step.
+    `preview`) after every step. `controls` steer it with a guide image and a mask.
     """
     height, width = image.shape[:2]
     # The schedule the API charged for (shared/cost.py), so price and render never disagree.
     shapes = [(h, w) for w, h in octave_sizes(width, height, params)]
     plans = [TilePlan(shape, params.tile_size, model) for shape in shapes]
-    clock = _Clock(shapes, plans, params, resume)
-    rng = np.random.default_rng(params.seed)
+    run = _Render(
+        params,
+        model,
+        plans,
+        _Clock(shapes, plans, params, resume),
+        np.random.default_rng(params.seed),
+        on_progress,
+        should_stop,
+    )
+    controls = controls or Controls()
+    if controls.guide is not None and params.guide_weight > 0:
+        # Once per job, at a size suited to the model: every octave and tile seeks the same
+        # features, and the traced gradient takes them as arguments, not constants.
+        extra = (np.float32(params.guide_weight), *guide_features(model, controls.guide))
+        guided = model.guided
+        assert guided is not None
+        run.objective = lambda tiles: guided(tiles, *extra)
+    run.mask, run.mask_model = controls.mask, controls.mask_model
 
     if resume is None:
-        octave, done = 0, 0
+        done = 0
         dream = np.stack(
             [imaging.resize_plane(imaging.to_plane(image[..., c]), shapes[0]) for c in range(3)]
         )
     else:
-        octave, done = resume.octave, resume.step
+        run.octave, done = resume.octave, resume.step
         dream = resume.image.copy()
-        rng.bit_generator.state = resume.rng_state
+        run.rng.bit_generator.state = resume.rng_state
 
     while True:
         for step in range(done, params.steps):
-            _step(
-                dream,
-                plans[octave],
-                params,
-                model,
-                rng,
-                clock,
-                octave,
-                step,
-                on_progress,
-                should_stop,
-            )
+            run.step(dream, step)
             if on_step is not None:
                 on_step(dream)
             ended = step + 1 == params.steps
             if on_checkpoint and (
                 ended or (checkpoint_every and (step + 1) % checkpoint_every == 0)
             ):
-                on_checkpoint(DreamState(octave, step + 1, dream, rng.bit_generator.state))
-        if octave + 1 == len(shapes):
+                on_checkpoint(DreamState(run.octave, step + 1, dream, run.rng.bit_generator.state))
+        if run.octave + 1 == len(shapes):
             break
-        dream = _next_octave(dream, image, shapes[octave], shapes[octave + 1], params.detail)
-        octave, done = octave + 1, 0
+        dream = _next_octave(
+            dream, image, shapes[run.octave], shapes[run.octave + 1], params.detail
+        )
+        run.octave, done = run.octave + 1, 0
 
     dreamed = imaging.to_image(imaging.resize(dream, (height, width)))
-    return imaging.keep_colors(dreamed, image) if params.preserve_colors else dreamed
+    if params.preserve_colors:
+        dreamed = imaging.keep_colors(dreamed, image)
+    if controls.mask is not None and controls.mask_model is None:
+        dreamed = composite(dreamed, image, mask_weights(controls.mask, (height, width)))
+    return dreamed
 
 
 def preview(planar: np.ndarray, longest: int) -> np.ndarray:
@@ -215,38 +228,70 @@ def _next_octave(
     return out
 
 
-def _step(
-    dream: np.ndarray,
-    plan: TilePlan,
-    params: RenderParams,
-    model: DreamModel,
-    rng: np.random.Generator,
-    clock: _Clock,
-    octave: int,
-    step: int,
-    on_progress: Callable[[Progress], None] | None,
-    should_stop: Callable[[], bool] | None,
-) -> None:
-    """One gradient-ascent step over the whole image."""
-    shift = (int(rng.integers(plan.shape[0])), int(rng.integers(plan.shape[1])))
+@dataclass
+class _Render:
+    """What every step of one render needs: its parameters, model, tile plans, clock, random
+    generator and callbacks, its objective and mask, and the octave under way."""
 
-    def batch_done(batch: list[Tile], losses: np.ndarray) -> None:
-        if on_progress is not None:
-            on_progress(clock.advance(batch, octave, step, float(np.mean(losses))))
+    params: RenderParams
+    model: DreamModel
+    plans: list[TilePlan]
+    clock: _Clock
+    rng: np.random.Generator
+    on_progress: Callable[[Progress], None] | None
+    should_stop: Callable[[], bool] | None
+    octave: int = 0
+    # tiles -> (gradients, losses); None: the model's plain objective
+    objective: Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]] | None = None
+    mask: np.ndarray | None = None  # uint8, any size: how strongly each pixel dreams
+    mask_model: DreamModel | None = None  # the masked-out part's objective, if it dreams
+    _weights: tuple[tuple[int, int], np.ndarray] | None = None  # the mask at the octave's shape
 
-    gradient = tiled_gradient(dream, plan, model, shift, batch_done, should_stop)
-    if params.grad_norm == "laplacian":
-        gradient = imaging.laplacian_normalize(gradient)
-    else:
+    def mask_at(self, shape: tuple[int, int]) -> np.ndarray:
+        """The mask's weights at `shape`, made once per octave."""
+        assert self.mask is not None
+        if self._weights is None or self._weights[0] != shape:
+            self._weights = (shape, mask_weights(self.mask, shape))
+        return self._weights[1]
+
+    def step(self, dream: np.ndarray, step: int) -> None:
+        """One gradient-ascent step over the whole image, in place."""
+        params, plan = self.params, self.plans[self.octave]
+        shift = (int(self.rng.integers(plan.shape[0])), int(self.rng.integers(plan.shape[1])))
+
+        def batch_done(batch: list[Tile], losses: np.ndarray) -> None:
+            if self.on_progress is not None:
+                loss = float(np.mean(losses))
+                self.on_progress(self.clock.advance(batch, self.octave, step, loss))
+
+        gradient = self.normalized(
+            tiled_gradient(
+                dream, plan, self.model, shift, batch_done, self.should_stop, self.objective
+            )
+        )
+        if self.mask is not None:
+            # Each objective's gradient is normalized over the whole image before the mask
+            # weighs it: a small dreaming region steps as far as the whole image would.
+            weights = self.mask_at(plan.shape)
+            gradient *= weights
+            if self.mask_model is not None:
+                other = tiled_gradient(dream, plan, self.mask_model, shift, None, self.should_stop)
+                gradient += self.normalized(other) * (1.0 - weights)
+        # Smoothing stronger than 1/4 per step would overshoot the neighbours' mean and ring.
+        smoothing = min(params.tv_weight * params.step_size, 0.25)
+        for c in range(3):
+            plane = dream[c]
+            plane += gradient[c] * params.step_size
+            if smoothing:
+                plane -= imaging.tv_gradient(plane) * smoothing
+            np.clip(plane, -1.0, 1.0, out=plane)
+
+    def normalized(self, gradient: np.ndarray) -> np.ndarray:
+        """`gradient` scaled as params.grad_norm says (in place where it can be)."""
+        if self.params.grad_norm == "laplacian":
+            return imaging.laplacian_normalize(gradient)
         gradient /= imaging.std(gradient) + 1e-8
-    # Smoothing stronger than 1/4 per step would overshoot the neighbours' mean and ring.
-    smoothing = min(params.tv_weight * params.step_size, 0.25)
-    for c in range(3):
-        plane = dream[c]
-        plane += gradient[c] * params.step_size
-        if smoothing:
-            plane -= imaging.tv_gradient(plane) * smoothing
-        np.clip(plane, -1.0, 1.0, out=plane)
+        return gradient
 
 
 def tiled_gradient(
@@ -256,8 +301,10 @@ def tiled_gradient(
     shift: tuple[int, int],
     batch_done: Callable[[list[Tile], np.ndarray], None] | None = None,
     should_stop: Callable[[], bool] | None = None,
+    objective: Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]] | None = None,
 ) -> np.ndarray:
-    """The dream loss's gradient for every pixel of `dream`, tile batch by tile batch.
+    """The dream loss's gradient for every pixel of `dream`, tile batch by tile batch (the loss
+    of `objective`, by default the model's own).
 
     The tiles lie on the image rolled by `shift`, so their seams fall elsewhere at every step.
     The roll is never materialized: windows index the image through the shift, wrapping around.
@@ -274,7 +321,7 @@ def tiled_gradient(
             tiles[k] = _take(dream, rows, cols).transpose(1, 2, 0)
             places.append((rows, cols))
         tiles[len(batch) :] = 0.0  # the padding of a short last batch
-        grads, losses = model.gradient(tiles)
+        grads, losses = (objective or model.gradient)(tiles)
         for k, (tile, (rows, cols)) in enumerate(zip(batch, places, strict=True)):
             own_r = slice(tile.rows[0] - tile.window[0], tile.rows[1] - tile.window[0])
             own_c = slice(tile.cols[0] - tile.window[1], tile.cols[1] - tile.window[1])

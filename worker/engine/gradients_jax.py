@@ -19,11 +19,13 @@ def make_gradient_fn(
     tile_losses: Callable[[Any], Any],
     *,
     jit: bool = True,
-) -> Callable[[np.ndarray, float], tuple[np.ndarray, np.ndarray]]:
-    """A compiled function: (tiles (B x H x W x 3), loss scale) -> (d loss_b / d tile_b, loss_b).
+) -> Callable[..., tuple[np.ndarray, np.ndarray]]:
+    """A compiled function: (tiles (B x H x W x 3), loss scale, *extra) -> (d loss_b / d tile_b,
+    loss_b).
 
-    `tile_losses` maps the model's outputs to one float32 loss per tile. The gradient is taken
-    of the scaled sum (tiles are independent, so each gets its own) and unscaled in float32.
+    `tile_losses` maps the model's outputs (and the `extra` arrays) to one float32 loss per
+    tile. The gradient is taken of the scaled sum (tiles are independent, so each gets its own)
+    and unscaled in float32.
     JAX is always compiled: uncompiled, every operation is a separate dispatch.
     """
     del jit
@@ -32,19 +34,19 @@ def make_gradient_fn(
     traces = [0]
 
     def scaled_loss(
-        tiles: jax.Array, scale: jax.Array, trainable: list, fixed: list
+        tiles: jax.Array, scale: jax.Array, trainable: list, fixed: list, extra: tuple
     ) -> tuple[jax.Array, jax.Array]:
         traces[0] += 1  # runs only while jax.jit traces
         outputs, _ = model.stateless_call(trainable, fixed, preprocess(tiles), training=False)
-        losses = tile_losses(outputs)
+        losses = tile_losses(outputs, *extra)
         return jnp.sum(losses) * scale, losses
 
     # The weights go in as arguments, not captured constants: XLA would fold megabytes of
     # constants into every compiled shape.
     step = jax.jit(jax.value_and_grad(scaled_loss, has_aux=True))
 
-    def run(tiles: np.ndarray, scale: float) -> tuple[np.ndarray, np.ndarray]:
-        (_, losses), grads = step(tiles, jnp.float32(scale), trainable, fixed)
+    def run(tiles: np.ndarray, scale: float, *extra: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        (_, losses), grads = step(tiles, jnp.float32(scale), trainable, fixed, extra)
         return np.asarray(grads / scale), np.asarray(losses)
 
     run.traces = lambda: traces[0]  # type: ignore[attr-defined]

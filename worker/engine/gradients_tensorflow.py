@@ -21,24 +21,27 @@ def make_gradient_fn(
     tile_losses: Callable[[Any], Any],
     *,
     jit: bool,
-) -> Callable[[np.ndarray, float], tuple[np.ndarray, np.ndarray]]:
-    """A compiled function: (tiles (B x H x W x 3), loss scale) -> (d loss_b / d tile_b, loss_b).
+) -> Callable[..., tuple[np.ndarray, np.ndarray]]:
+    """A compiled function: (tiles (B x H x W x 3), loss scale, *extra) -> (d loss_b / d tile_b,
+    loss_b).
 
-    `tile_losses` maps the model's outputs to one float32 loss per tile. The gradient is taken
-    of the scaled sum (tiles are independent, so each gets its own) and unscaled in float32.
+    `tile_losses` maps the model's outputs (and the `extra` arrays) to one float32 loss per
+    tile. The gradient is taken of the scaled sum (tiles are independent, so each gets its own)
+    and unscaled in float32.
     """
 
     # Traced once per tile-batch shape; the engine keeps that shape fixed through a render.
     @tf.function(jit_compile=jit)
-    def gradient(tiles: tf.Tensor, scale: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+    def gradient(tiles: tf.Tensor, scale: tf.Tensor, *extra: tf.Tensor) -> tuple[tf.Tensor, ...]:
         with tf.GradientTape() as tape:
             tape.watch(tiles)
-            losses = tile_losses(model(preprocess(tiles), training=False))
+            losses = tile_losses(model(preprocess(tiles), training=False), *extra)
             total = tf.reduce_sum(losses) * scale
         return tape.gradient(total, tiles) / scale, losses
 
-    def run(tiles: np.ndarray, scale: float) -> tuple[np.ndarray, np.ndarray]:
-        grads, losses = gradient(tf.constant(tiles), tf.constant(scale, tf.float32))
+    def run(tiles: np.ndarray, scale: float, *extra: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        constants = [tf.constant(value) for value in extra]
+        grads, losses = gradient(tf.constant(tiles), tf.constant(scale, tf.float32), *constants)
         return grads.numpy(), losses.numpy()
 
     run.traces = gradient.experimental_get_tracing_count  # type: ignore[attr-defined]

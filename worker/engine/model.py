@@ -44,6 +44,10 @@ class DreamModel:
     gradient: Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]]
     device: Device = Device("cpu", None, None)
     backend: str = "tensorflow"
+    # (guide_weight, *guide features per layer), tiles -> as `gradient`, for the guided objective
+    guided: Callable[..., tuple[np.ndarray, np.ndarray]] | None = None
+    # pixels (1 x H x W x 3 float32 in [-1, 1]) -> each layer's activations (1 x h x w x C)
+    features: Callable[[np.ndarray], list[np.ndarray]] | None = None
 
     def batch_size(self, window: tuple[int, int]) -> int:
         """How many tiles of `window` go through the model in one call."""
@@ -59,10 +63,10 @@ class Gradient:
     def __init__(self, compiled: Any, scale: float, is_out_of_memory: Any) -> None:
         self.compiled, self.scale, self.is_out_of_memory = compiled, scale, is_out_of_memory
 
-    def __call__(self, tiles: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    def __call__(self, tiles: np.ndarray, *extra: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         while True:
             try:
-                grads, losses = self.compiled(tiles, self.scale)
+                grads, losses = self.compiled(tiles, self.scale, *extra)
             except Exception as exc:
                 if not self.is_out_of_memory(exc):
                     raise
@@ -116,14 +120,33 @@ def load_dream_model(
     full = _backbone(backbone, weights, allow_download, seed)
     cut = keras.Model(full.input, [full.get_layer(name).output for name in layers])
     selected = [list(channels[name]) if channels and name in channels else None for name in layers]
-    compiled = module.make_gradient_fn(
-        fold_batch_norms(cut, dtype),
-        PREPROCESSORS[backbone.preprocessing],
-        dream_loss([float(w) for w in layers.values()], selected),
-        jit=policy.should_compile(backend, device),
+    folded = fold_batch_norms(cut, dtype)
+    preprocess = PREPROCESSORS[backbone.preprocessing]
+    weights_of = [float(w) for w in layers.values()]
+
+    def gradient_of(losses: Callable[..., Any]) -> Gradient:
+        # Traced on first call only: a worker that never sees a guide never traces the guided one.
+        compiled = module.make_gradient_fn(
+            folded, preprocess, losses, jit=policy.should_compile(backend, device)
+        )
+        return Gradient(compiled, policy.loss_scale(dtype), module.is_out_of_memory)
+
+    def features(pixels: np.ndarray) -> list[np.ndarray]:
+        outputs = folded(preprocess(keras.ops.convert_to_tensor(pixels)), training=False)
+        if not isinstance(outputs, list | tuple):
+            outputs = [outputs]
+        return [keras.ops.convert_to_numpy(keras.ops.cast(out, "float32")) for out in outputs]
+
+    return DreamModel(
+        backbone,
+        tuple(layers),
+        dtype,
+        gradient_of(dream_loss(weights_of, selected)),
+        device,
+        backend,
+        guided=gradient_of(guided_loss(weights_of, selected)),
+        features=features,
     )
-    gradient = Gradient(compiled, policy.loss_scale(dtype), module.is_out_of_memory)
-    return DreamModel(backbone, tuple(layers), dtype, gradient, device, backend)
 
 
 def dream_loss(
@@ -146,6 +169,36 @@ def dream_loss(
             term = weight * keras.ops.mean(activation, axis=(1, 2, 3))
             total = term if total is None else total + term
         return total
+
+    return losses
+
+
+def guided_loss(
+    weights: Sequence[float], channels: Sequence[Sequence[int] | None]
+) -> Callable[..., Any]:
+    """The loss of each tile with a guide image, in Keras ops and float32.
+
+    Per output layer, as the original DeepDream's guided objective: at each position, the dot
+    product of its activation vector with the best-matching guide feature (the guide's features
+    come as N x C matrices, one per layer, scaled by the engine to unit mean square), averaged
+    over positions and divided by the channels, so it weighs about what the plain mean does.
+    `mix` (guide_weight) blends it with the plain loss: (1 - mix) * plain + mix * guided.
+    """
+    plain = dream_loss(weights, channels)
+
+    def losses(outputs: Any, mix: Any, *guides: Any) -> Any:
+        if not isinstance(outputs, list | tuple):
+            outputs = [outputs]
+        total = None
+        for weight, activation, guide in zip(weights, outputs, guides, strict=True):
+            activation = keras.ops.cast(activation, "float32")
+            batch, height, width, depth = activation.shape
+            flat = keras.ops.reshape(activation, (batch, height * width, depth))
+            matches = keras.ops.matmul(flat, keras.ops.transpose(guide))  # B x positions x N
+            best = keras.ops.max(matches, axis=-1)
+            term = weight * keras.ops.mean(best, axis=1) / depth
+            total = term if total is None else total + term
+        return (1.0 - mix) * plain(outputs) + mix * total
 
     return losses
 
