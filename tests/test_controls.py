@@ -18,8 +18,7 @@ from shared import cost
 from shared.controls import decode_mask
 from shared.images import ImageRejected, decode_rgb, fit_within
 from shared.params import RenderParams
-from tests.conftest import ROOT
-from tests.utils import CHELSEA
+from tests.utils import CHELSEA, ROOT
 from worker.engine import DreamModel, DreamState, load_dream_model, render
 from worker.engine.controls import Controls, guide_features, mask_weights
 

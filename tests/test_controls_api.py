@@ -21,8 +21,7 @@ from shared.images import decode_rgb, fit_within
 from shared.models import Job
 from shared.settings import Settings
 from shared.storage import Storage, guide_key, mask_key
-from tests.stack import Stack, running_stack
-from tests.utils import CHELSEA, image_bytes
+from tests.utils import CHELSEA, Stack, image_bytes, running_stack
 from worker.engine.controls import mask_weights
 
 
