@@ -33,7 +33,7 @@ class Services:
 
 def create_app(settings: Settings | None = None) -> Flask:
     """The Flask application for `settings` (read from the environment when not given)."""
-    from api import jobs, metrics, models, openapi, problems
+    from api import jobs, metrics, models, openapi, presets, problems
     from api.auth import create_limiter
     from api.schemas import Health
     from api.web import register_web_page
@@ -57,6 +57,8 @@ def create_app(settings: Settings | None = None) -> Flask:
     limiter.limit(settings.rate_limit)(jobs.blueprint)
     app.register_blueprint(models.blueprint)
     limiter.limit(settings.rate_limit)(models.blueprint)
+    app.register_blueprint(presets.blueprint)
+    limiter.limit(settings.rate_limit)(presets.blueprint)
     metrics.register(app)
 
     @app.before_request

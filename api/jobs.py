@@ -28,7 +28,8 @@ from api.problems import Problem, invalid
 from api.schemas import JobListQuery, JobOut, JobPage, JobSubmission, SubmitHeaders, encode_cursor
 from shared.changes import ChangeFeed, publish_change
 from shared.cost import CostRefused, check_limits
-from shared.images import ImageRejected, ImageTooLarge, inspect_image
+from shared.formats import OUTPUT_FORMATS, output_format
+from shared.images import EXTENSIONS, ImageRejected, ImageTooLarge, inspect_image
 from shared.models import (
     IDEMPOTENCY_WINDOW,
     IdempotencyKey,
@@ -39,6 +40,7 @@ from shared.models import (
 )
 from shared.params import RenderParams
 from shared.queue import enqueue_render
+from shared.recipes import RecipeRefused, recipe_params
 from shared.storage import (
     ObjectNotFound,
     StoredObject,
@@ -54,8 +56,7 @@ log = logging.getLogger(__name__)
 
 blueprint = Blueprint("jobs", __name__, url_prefix="/v1/jobs")
 
-FORM_PARTS = {"image", "params", "webhook"}
-EXTENSIONS = {"JPEG": "jpg", "PNG": "png", "WEBP": "webp"}
+FORM_PARTS = {"image", "params", "webhook", "recipe"}
 
 
 def services() -> Services:
@@ -290,7 +291,8 @@ def _read_params() -> tuple[RenderParams, dict[str, Any]]:
             [
                 {
                     "field": name,
-                    "message": "unknown form part; expected 'image', 'params' and 'webhook'",
+                    "message": "unknown form part; expected 'image', 'params', 'webhook' "
+                    "and 'recipe'",
                 }
                 for name in unknown
             ]
@@ -304,10 +306,41 @@ def _read_params() -> tuple[RenderParams, dict[str, Any]]:
         raise invalid([{"field": "params", "message": f"not valid JSON: {exc}"}]) from None
     if not isinstance(raw, dict):
         raise invalid([{"field": "params", "message": "must be a JSON object"}])
+    recipe = _read_recipe()
+    if recipe is not None:
+        if "preset" in raw:
+            raise invalid(
+                [{"field": "recipe", "message": "give a recipe or a params.preset, not both"}]
+            )
+        # The recipe's params, overridden by the ones sent: the same look, on a new image.
+        raw = {**recipe, **raw}
+        text = json.dumps(raw)
     try:
         return RenderParams.model_validate_json(text, strict=True), raw
     except ValidationError as exc:
         raise invalid(_field_errors("params", exc)) from None
+
+
+def _read_recipe() -> dict[str, Any] | None:
+    """The params of the optional 'recipe' part: a job id of this tenant, or a recipe's JSON."""
+    text = _form_text("recipe")
+    if text is None:
+        return None
+    try:
+        source = uuid.UUID(text.strip())
+    except ValueError:
+        source = None
+    if source is not None:
+        job = db().get(Job, source)
+        if job is None or job.tenant_id != tenant_id():
+            message = f"there is no job {source} of this tenant to take a recipe from"
+            raise invalid([{"field": "recipe", "message": message}])
+        return dict(job.params)
+    try:
+        return recipe_params(pydantic_core.from_json(text))
+    except ValueError as exc:  # RecipeRefused, or not JSON at all
+        message = str(exc) if isinstance(exc, RecipeRefused) else "neither a job id nor JSON"
+        raise invalid([{"field": "recipe", "message": message}]) from None
 
 
 @blueprint.get("")
@@ -449,14 +482,15 @@ def job_events(job_id: uuid.UUID) -> Response:
 @blueprint.get("/<uuid:job_id>/result")
 @spec.validate(
     resp=job_responses(
-        HTTP_200=(None, "The rendered image."),
-        media={200: {"image/png": BINARY}},
+        HTTP_200=(None, "The rendered image, in the job's params.output_format."),
+        media={200: {f.media_type: BINARY for f in OUTPUT_FORMATS.values()}},
         errors=(404, 409, 410),
     ),
     security=BEARER,
 )
 def get_result(job_id: uuid.UUID) -> Response:
-    """The rendered PNG, once the job has succeeded."""
+    """The rendered image, once the job has succeeded: PNG unless params.output_format asked
+    for another format."""
     job = _find(job_id)
     _check_not_expired(job)
     if job.status != JobStatus.SUCCEEDED or job.result_key is None:
@@ -464,10 +498,11 @@ def get_result(job_id: uuid.UUID) -> Response:
         if job.status == JobStatus.FAILED:
             detail += f" (it failed: {job.error})"
         raise Problem(409, "Result not ready", detail, job_status=job.status.value)
+    fmt = output_format(job.params.get("output_format"))
     return _download(
         services().storage.open(job.result_key),
-        "image/png",
-        {"Content-Disposition": f'inline; filename="{job_id}.png"'},
+        fmt.media_type,
+        {"Content-Disposition": f'inline; filename="{job_id}.{fmt.extension}"'},
     )
 
 
@@ -690,6 +725,7 @@ def job_json(job: Job, throughput: Throughput = NO_THROUGHPUT) -> dict[str, Any]
         "preview_url": f"/v1/jobs/{job.id}/preview",
         "expired": job.expired_at is not None,
         "estimate": render_estimate(job, throughput),
+        "recipe": job.recipe,
     }
 
 

@@ -68,7 +68,9 @@ class JobSubmission(BaseModel):
     the parts itself (it must tell a missing image from a bad one, and answer 415 and 413), and
     validates `params` and `webhook` with RenderParams and WebhookSpec, the models shown here."""
 
-    image: Annotated[bytes, Field(description="The picture to dream on: JPEG, PNG or WebP.")]
+    image: Annotated[
+        bytes, Field(description="The picture to dream on: JPEG, PNG, WebP or TIFF (8 or 16 bits).")
+    ]
     params: Annotated[
         RenderParams | None,
         Field(
@@ -80,6 +82,15 @@ class JobSubmission(BaseModel):
         WebhookSpec | None,
         Field(
             description="Where to POST the job's events, a JSON object.",
+            json_schema_extra=_absent_not_null,
+        ),
+    ] = None
+    recipe: Annotated[
+        str | None,
+        Field(
+            description="Render the look of an earlier result: a job id of this tenant, or the "
+            "recipe JSON a result file carries (`oneiro recipe FILE`). Its params, overridden "
+            "by `params`.",
             json_schema_extra=_absent_not_null,
         ),
     ] = None
@@ -166,6 +177,13 @@ class JobOut(BaseModel):
     preview_url: str
     expired: Annotated[bool, Field(description="Retention has deleted the job's files.")]
     estimate: RenderEstimate
+    recipe: Annotated[
+        dict[str, Any] | None,
+        Field(
+            description="What made the result, as its file carries it: params, backbone, "
+            "weights, engine, backend, precision. Set once the job has succeeded."
+        ),
+    ] = None
 
 
 class JobPage(BaseModel):

@@ -131,6 +131,8 @@ class Job(Base):
     webhook_events: Mapped[list[str] | None] = mapped_column(JSON)
     # When retention deleted the job's files; the row stays as the record of the job.
     expired_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    # What made the result, as its file carries it (shared/recipes.py); set with the result.
+    recipe: Mapped[dict[str, Any] | None] = mapped_column(JSON)
 
 
 # How long an Idempotency-Key holds: the same key and request within it get the same job.
