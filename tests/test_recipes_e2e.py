@@ -15,7 +15,8 @@ from shared.images import decode_image, recipe_of
 from tests.stack import Stack, running_stack
 from tests.utils import CHELSEA, image_bytes
 
-pytestmark = pytest.mark.e2e
+# The first render of a worker builds its model: minutes on a busy CI machine.
+pytestmark = [pytest.mark.e2e, pytest.mark.timeout(900)]
 
 LOOK = {"steps": 4, "octaves": 2, "max_dim": 96, "seed": 5, "output_format": "png16"}
 
@@ -37,7 +38,7 @@ def render(stack: Stack, image: bytes, **parts: str) -> tuple[dict[str, Any], by
             timeout=10,
         )
         assert response.status_code == 202, response.text
-        job = stack.wait_until_ended(response.json()["id"])
+        job = stack.wait_until_ended(response.json()["id"], timeout=600)
         assert job["status"] == "succeeded", job
         result = http.get(f"{stack.url}{job['result_url']}", timeout=10)
     assert result.status_code == 200
