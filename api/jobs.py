@@ -29,6 +29,7 @@ from api.submission import check_active_cap, read_submission
 from api.throughput import measured_throughput
 from shared import transitions
 from shared.changes import ChangeFeed, publish_change
+from shared.formats import OUTPUT_FORMATS, output_format
 from shared.models import Job, JobStatus
 from shared.serializer import iso, job_json, job_url
 from shared.storage import (
@@ -275,14 +276,15 @@ def job_events(job_id: uuid.UUID) -> Response:
 @blueprint.get("/<uuid:job_id>/result")
 @spec.validate(
     resp=job_responses(
-        HTTP_200=(None, "The rendered image."),
-        media={200: {"image/png": BINARY}},
+        HTTP_200=(None, "The rendered image, in the job's params.output_format."),
+        media={200: {f.media_type: BINARY for f in OUTPUT_FORMATS.values()}},
         errors=(404, 409, 410),
     ),
     security=BEARER,
 )
 def get_result(job_id: uuid.UUID) -> Response:
-    """The rendered PNG, once the job has succeeded."""
+    """The rendered image, once the job has succeeded: PNG unless params.output_format asked
+    for another format."""
     job = _find(job_id)
     _check_not_expired(job)
     if job.status != JobStatus.SUCCEEDED or job.result_key is None:
@@ -290,10 +292,11 @@ def get_result(job_id: uuid.UUID) -> Response:
         if job.status == JobStatus.FAILED:
             detail += f" (it failed: {job.error})"
         raise Problem(409, "Result not ready", detail, job_status=job.status.value)
+    fmt = output_format(job.params.get("output_format"))
     return _download(
         services().storage.open(job.result_key),
-        "image/png",
-        {"Content-Disposition": f'inline; filename="{job_id}.png"'},
+        fmt.media_type,
+        {"Content-Disposition": f'inline; filename="{job_id}.{fmt.extension}"'},
     )
 
 

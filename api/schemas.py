@@ -70,7 +70,9 @@ class JobSubmission(BaseModel):
     the parts itself (it must tell a missing image from a bad one, and answer 415 and 413), and
     validates `params` and `webhook` with RenderParams and WebhookSpec, the models shown here."""
 
-    image: Annotated[bytes, Field(description="The picture to dream on: JPEG, PNG or WebP.")]
+    image: Annotated[
+        bytes, Field(description="The picture to dream on: JPEG, PNG, WebP or TIFF (8 or 16 bits).")
+    ]
     params: Annotated[
         RenderParams | None,
         Field(
@@ -99,6 +101,15 @@ class JobSubmission(BaseModel):
             description="A greyscale image of the input's shape (any size): how strongly each "
             "pixel dreams, black 0 to white 1. params.mask_layers may dream the black part "
             "differently.",
+            json_schema_extra=_absent_not_null,
+        ),
+    ] = None
+    recipe: Annotated[
+        str | None,
+        Field(
+            description="Render the look of an earlier result: a job id of this tenant, or the "
+            "recipe JSON a result file carries (`oneiro recipe FILE`). Its params, overridden "
+            "by `params`.",
             json_schema_extra=_absent_not_null,
         ),
     ] = None
@@ -185,6 +196,13 @@ class JobOut(BaseModel):
     preview_url: str
     expired: Annotated[bool, Field(description="Retention has deleted the job's files.")]
     estimate: RenderEstimate
+    recipe: Annotated[
+        dict[str, Any] | None,
+        Field(
+            description="What made the result, as its file carries it: params, backbone, "
+            "weights, engine, backend, precision. Set once the job has succeeded."
+        ),
+    ] = None
 
 
 class JobPage(BaseModel):

@@ -4,6 +4,7 @@ Every refusal is a 4xx problem+json naming the part; nothing is stored before al
 
 from __future__ import annotations
 
+import json
 import uuid
 from dataclasses import dataclass
 from typing import Any
@@ -13,18 +14,21 @@ from flask import request
 from pydantic import ValidationError
 from sqlalchemy.orm import Session
 
+from api.auth import tenant_id
 from api.controls import ControlParts, read_controls
+from api.db import get_db
 from api.problems import Problem, invalid
 from shared.cost import CostRefused, check_limits
-from shared.images import ImageRejected, ImageTooLarge, inspect_image
+from shared.images import EXTENSIONS, ImageRejected, ImageTooLarge, inspect_image
+from shared.models import Job
 from shared.params import RenderParams
+from shared.recipes import RecipeRefused, recipe_params
 from shared.settings import Settings
 from shared.transitions import count_active
 from shared.webhooks import WebhookRefused, WebhookSpec, check_target
 from shared.weights import NoWeights, require_weights
 
-FORM_PARTS = {"image", "params", "webhook", "guide", "mask"}
-EXTENSIONS = {"JPEG": "jpg", "PNG": "png", "WEBP": "webp"}
+FORM_PARTS = {"image", "params", "webhook", "guide", "mask", "recipe"}
 # When a tenant at its cap of active jobs may try again: a render takes seconds to hours.
 ACTIVE_CAP_RETRY_AFTER_S = 30
 
@@ -148,8 +152,8 @@ def _read_params() -> tuple[RenderParams, dict[str, Any]]:
                 {
                     "field": name,
                     "message": (
-                        "unknown form part; expected 'image', 'params', 'webhook', 'guide' "
-                        "and 'mask'"
+                        "unknown form part; expected 'image', 'params', 'webhook', 'guide', "
+                        "'mask' and 'recipe'"
                     ),
                 }
                 for name in unknown
@@ -164,7 +168,38 @@ def _read_params() -> tuple[RenderParams, dict[str, Any]]:
         raise invalid([{"field": "params", "message": f"not valid JSON: {exc}"}]) from None
     if not isinstance(raw, dict):
         raise invalid([{"field": "params", "message": "must be a JSON object"}])
+    recipe = _read_recipe()
+    if recipe is not None:
+        if "preset" in raw:
+            raise invalid(
+                [{"field": "recipe", "message": "give a recipe or a params.preset, not both"}]
+            )
+        # The recipe's params, overridden by the ones sent: the same look, on a new image.
+        raw = {**recipe, **raw}
+        text = json.dumps(raw)
     try:
         return RenderParams.model_validate_json(text, strict=True), raw
     except ValidationError as exc:
         raise invalid(_field_errors("params", exc)) from None
+
+
+def _read_recipe() -> dict[str, Any] | None:
+    """The params of the optional 'recipe' part: a job id of this tenant, or a recipe's JSON."""
+    text = _form_text("recipe")
+    if text is None:
+        return None
+    try:
+        source = uuid.UUID(text.strip())
+    except ValueError:
+        source = None
+    if source is not None:
+        job = get_db().get(Job, source)
+        if job is None or job.tenant_id != tenant_id():
+            message = f"there is no job {source} of this tenant to take a recipe from"
+            raise invalid([{"field": "recipe", "message": message}])
+        return dict(job.params)
+    try:
+        return recipe_params(pydantic_core.from_json(text))
+    except ValueError as exc:  # RecipeRefused, or not JSON at all
+        message = str(exc) if isinstance(exc, RecipeRefused) else "neither a job id nor JSON"
+        raise invalid([{"field": "recipe", "message": message}]) from None

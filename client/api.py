@@ -66,8 +66,10 @@ class Client:
         idempotency_key: str | None = None,
         guide: Path | None = None,
         mask: Path | None = None,
+        recipe: str | None = None,
     ) -> dict[str, Any]:
-        """Upload `image` with `params` (and a guide image, a mask); the new job."""
+        """Upload `image` with `params` (over `recipe`: a job id, or a recipe's JSON; and a
+        guide image, a mask); the new job."""
         headers = {"Idempotency-Key": idempotency_key} if idempotency_key else {}
         controls = {
             name: (path.name, path.read_bytes(), "application/octet-stream")
@@ -75,17 +77,19 @@ class Client:
             if path is not None
         }
         with image.open("rb") as file:
-            response = self.request(
-                "POST",
-                "/v1/jobs",
-                files={
-                    "image": (image.name, file, "application/octet-stream"),
-                    "params": (None, json.dumps(params or {}), "application/json"),
-                    **controls,
-                },
-                headers=headers,
-            )
+            parts: dict[str, Any] = {
+                "image": (image.name, file, "application/octet-stream"),
+                "params": (None, json.dumps(params or {}), "application/json"),
+                **controls,
+            }
+            if recipe is not None:
+                parts["recipe"] = (None, recipe, "text/plain")
+            response = self.request("POST", "/v1/jobs", files=parts, headers=headers)
         return _json(response)
+
+    def presets(self) -> list[dict[str, Any]]:
+        """The named looks a job may start from (`params.preset`)."""
+        return list(_json(self.request("GET", "/v1/presets"))["presets"])
 
     def job(self, job_id: str) -> dict[str, Any]:
         """The job as the API shows it."""
@@ -115,7 +119,7 @@ class Client:
         return _json(self.request("POST", f"/v1/jobs/{job_id}/retry"))
 
     def result(self, job_id: str) -> bytes:
-        """The result PNG of a succeeded job."""
+        """The result image of a succeeded job (in its params.output_format)."""
         return self.request("GET", f"/v1/jobs/{job_id}/result").content
 
     def events(self, job_id: str, last_event_id: str | None = None) -> Iterator[Event]:

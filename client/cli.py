@@ -8,7 +8,7 @@ import click
 
 from client.commands import COMMANDS
 from client.keys import keys
-from client.render import render
+from client.render import recipe, render
 
 
 @click.group()
@@ -16,7 +16,7 @@ def main() -> None:
     """Oneiro: asynchronous DeepDream rendering."""
 
 
-for command in [render, keys, *COMMANDS]:
+for command in [render, recipe, keys, *COMMANDS]:
     main.add_command(command)
 
 if __name__ == "__main__":

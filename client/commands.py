@@ -17,6 +17,7 @@ import click
 
 from client.api import ApiError, Client
 from client.config import config_hint, resolve_config
+from shared.formats import output_format
 
 F = TypeVar("F", bound=Callable[..., Any])
 STATUSES = ["queued", "running", "succeeded", "failed", "canceled"]
@@ -133,12 +134,18 @@ def _wait(client: Client, job_id: str) -> dict[str, Any]:
     type=click.Path(exists=True, dir_okay=False, path_type=Path),
     help="A greyscale mask of the image's shape: white dreams, black keeps the input.",
 )
+@click.option("--preset", metavar="NAME", help="Start from a named look (`oneiro presets`).")
+@click.option(
+    "--recipe",
+    metavar="JOB_ID|FILE",
+    help="Render the look of an earlier result: its job id, or a result file carrying its recipe.",
+)
 @click.option("--wait", is_flag=True, help="Show progress until the job ends, then download.")
 @click.option(
     "-o",
     "--output",
     type=click.Path(dir_okay=False, path_type=Path),
-    help="Where --wait writes the result [JOB_ID.png]; implies --wait.",
+    help="Where --wait writes the result [JOB_ID.png, or the format's extension]; implies --wait.",
 )
 @connection
 def submit(
@@ -148,11 +155,16 @@ def submit(
     params_json: str | None,
     guide: Path | None,
     mask: Path | None,
+    preset: str | None,
+    recipe: str | None,
     wait: bool,
     output: Path | None,
 ) -> None:
     """Upload IMAGE as a new job and print its id; with --wait, follow it and save the result."""
-    job = client.submit(image, _params(pairs, params_json), guide=guide, mask=mask)
+    params = _params(pairs, params_json)
+    if preset is not None:
+        params["preset"] = preset
+    job = client.submit(image, params, guide=guide, mask=mask, recipe=_recipe(recipe))
     job_id = job["id"]
     click.echo(job_id)
     if not (wait or output):
@@ -173,7 +185,33 @@ def submit(
         else:
             click.echo(goes_on, err=True)
         raise click.exceptions.Exit(130) from None
-    _finish(client, job, output or Path(f"{job_id}.png"))
+    _finish(client, job, output or Path(f"{job_id}.{_extension(job)}"))
+
+
+def _recipe(value: str | None) -> str | None:
+    """--recipe as sent: a job id as it is; a file, the recipe it carries."""
+    if value is None or not Path(value).is_file():
+        return value
+    from shared.images import recipe_of
+
+    recipe = recipe_of(Path(value).read_bytes())
+    if recipe is None:
+        raise click.BadParameter(f"{value} carries no Oneiro recipe", param_hint="--recipe")
+    return json.dumps(recipe)
+
+
+def _extension(job: dict[str, Any]) -> str:
+    """The file extension of the job's result."""
+    return output_format(job["params"].get("output_format")).extension
+
+
+@click.command()
+@connection
+def presets(client: Client) -> None:
+    """List the named looks a job may start from (`submit --preset NAME`)."""
+    for preset in client.presets():
+        click.echo(f"{preset['name']:<12} {preset['description']}")
+        click.echo(f"{'':<12} {json.dumps(preset['params'])}")
 
 
 def _finish(client: Client, job: dict[str, Any], output: Path) -> None:
@@ -273,13 +311,15 @@ def retry(client: Client, job_id: str) -> None:
 
 @click.command()
 @click.argument("job_id", metavar="ID")
-@click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path), help="[ID.png]")
+@click.option(
+    "-o", "--output", type=click.Path(dir_okay=False, path_type=Path), help="[ID.png, ID.tif ...]"
+)
 @connection
 def result(client: Client, job_id: str, output: Path | None) -> None:
-    """Download the result PNG of succeeded job ID."""
-    output = output or Path(f"{job_id}.png")
+    """Download the result image of succeeded job ID."""
+    output = output or Path(f"{job_id}.{_extension(client.job(job_id))}")
     output.write_bytes(client.result(job_id))
     click.echo(str(output))
 
 
-COMMANDS = [submit, status, list_jobs, cancel, retry, result, config]
+COMMANDS = [submit, status, list_jobs, cancel, retry, result, config, presets]

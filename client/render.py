@@ -16,7 +16,9 @@ from pydantic import ValidationError
 
 from client.commands import format_eta
 from shared.catalogue import BACKBONES
+from shared.formats import OUTPUT_FORMATS
 from shared.params import RenderParams
+from shared.presets import PRESETS
 
 
 def _layers(value: str | None) -> dict[str, float] | None:
@@ -66,8 +68,15 @@ def quiet_tensorflow_without_gpu() -> None:
     "--output",
     required=True,
     type=click.Path(dir_okay=False),
-    help="Where to write the dream (PNG, JPEG or WebP by extension).",
+    help="Where to write the dream (PNG, TIFF (16-bit), JPEG or WebP by extension).",
 )
+@click.option(
+    "--output-format",
+    type=click.Choice(list(OUTPUT_FORMATS)),
+    help="The output's format [by its extension; png16 for 16 bits in a PNG].",
+)
+@click.option("--preset", type=click.Choice(list(PRESETS)), help="Start from a named look.")
+@click.option("--quality", type=int, help="JPEG and WebP quality [90].")
 @click.option("--model", type=click.Choice(list(BACKBONES)), help="Backbone [inception_v3].")
 @click.option(
     "--layers",
@@ -148,8 +157,11 @@ def render(
     mask_layers: str | None,
     **options: Any,
 ) -> None:
-    """Dream on INPUT and write the result to OUTPUT, with a progress bar."""
+    """Dream on INPUT and write the result to OUTPUT, with a progress bar; the file carries
+    its recipe (`oneiro recipe OUTPUT`)."""
     chosen = {key: value for key, value in options.items() if value is not None}
+    if "output_format" not in chosen:
+        chosen["output_format"] = FORMAT_BY_EXTENSION.get(Path(output).suffix.lower(), "png")
     if layers is not None:
         chosen["layers"] = _layers(layers)
     if mask_layers is not None:
@@ -173,18 +185,28 @@ def render(
     quiet_tensorflow_without_gpu()
     # Imported once the arguments are known good: Keras takes seconds to load, and reads its
     # backend (which the engine sets from ONEIRO_BACKEND) when it does.
-    from PIL import Image
     from tqdm import tqdm
 
     from shared.controls import decode_mask
-    from shared.images import ImageRejected, decode_rgb, fit_within
+    from shared.formats import output_format
+    from shared.images import (
+        ImageRejected,
+        as_depth,
+        decode_image,
+        decode_rgb,
+        encode_image,
+        fit_within,
+    )
+    from shared.recipes import make_recipe, recipe_text, weights_digest
 
     os.environ["ONEIRO_BACKEND"] = backend
     from worker.engine import WeightsUnavailable, load_dream_model
     from worker.engine import render as dream
     from worker.engine.controls import Controls
 
-    image = fit_within(decode_rgb(Path(input_path).read_bytes()), params.max_dim)
+    fmt = output_format(params.output_format)
+    decoded = decode_image(Path(input_path).read_bytes())
+    image = fit_within(as_depth(decoded.pixels, fmt.bits), params.max_dim)
     try:
         model = load_dream_model(
             weights,
@@ -228,5 +250,43 @@ def render(
             bar.update(p.fraction - bar.n)
 
         result = dream(image, params, model, on_progress=progress, controls=controls)
-    Image.fromarray(result).save(output)
+    recipe = make_recipe(
+        params.model_dump(mode="json"),
+        weights=weights_digest(weights),
+        backend=model.backend,
+        precision=model.precision,
+    )
+    encoded = encode_image(
+        result,
+        fmt,
+        quality=params.quality,
+        recipe=recipe_text(recipe),
+        icc_profile=decoded.icc_profile,
+    )
+    Path(output).write_bytes(encoded)
     click.echo(output)
+
+
+# What `render -o FILE` writes by FILE's extension (a TIFF is 16-bit: Oneiro writes no other).
+FORMAT_BY_EXTENSION = {
+    ".tif": "tiff16",
+    ".tiff": "tiff16",
+    ".jpg": "jpeg",
+    ".jpeg": "jpeg",
+    ".webp": "webp",
+}
+
+
+@click.command()
+@click.argument("path", metavar="FILE", type=click.Path(exists=True, dir_okay=False))
+def recipe(path: str) -> None:
+    """Print the recipe an Oneiro result FILE carries: its params (seed included), backbone,
+    weights, engine, backend and precision, as JSON (`submit --recipe FILE` renders it again)."""
+    import json
+
+    from shared.images import recipe_of
+
+    found = recipe_of(Path(path).read_bytes())
+    if found is None:
+        raise click.ClickException(f"{path} carries no Oneiro recipe")
+    click.echo(json.dumps(found, indent=2, sort_keys=True))

@@ -3,14 +3,24 @@
 from __future__ import annotations
 
 import io
+import json
+import struct
 import warnings
+import zlib
+from dataclasses import dataclass
+from xml.etree import ElementTree
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL.PngImagePlugin import PngInfo
 
 from shared.cost import render_size
+from shared.formats import OutputFormat
 
-ACCEPTED_FORMATS = ("JPEG", "PNG", "WEBP")
+ACCEPTED_FORMATS = ("JPEG", "PNG", "WEBP", "TIFF")
+# The file extension an accepted upload is stored under.
+EXTENSIONS = {"JPEG": "jpg", "PNG": "png", "WEBP": "webp", "TIFF": "tif"}
+SEND = "send JPEG, PNG, WebP or TIFF"
 
 
 class ImageRejected(ValueError):
@@ -22,7 +32,7 @@ class ImageTooLarge(ImageRejected):
 
 
 def inspect_image(data: bytes, max_pixels: int) -> tuple[str, int, int]:
-    """Check that `data` is a whole JPEG, PNG or WebP image; return its format, width, height
+    """Check that `data` is a whole JPEG, PNG, WebP or TIFF image; return its format, width, height
     (of the first picture, upright).
 
     The header is read first, so an image with too many pixels is refused before its pixels
@@ -40,9 +50,7 @@ def inspect_image(data: bytes, max_pixels: int) -> tuple[str, int, int]:
             # opens as MPO; its first picture is the photo, a plain JPEG.
             kind = "JPEG" if image.format == "MPO" else image.format
             if kind not in ACCEPTED_FORMATS:
-                raise ImageRejected(
-                    f"unsupported image format {image.format}; send JPEG, PNG or WebP"
-                )
+                raise ImageRejected(f"unsupported image format {image.format}; {SEND}")
             width, height = _upright_size(image)
             if width * height > max_pixels:
                 raise ImageTooLarge(
@@ -55,9 +63,7 @@ def inspect_image(data: bytes, max_pixels: int) -> tuple[str, int, int]:
         raise
     except UnidentifiedImageError:
         # Pillow's own message names its in-memory file object (<_io.BytesIO object at 0x...>).
-        raise ImageRejected(
-            "the file is not an image Oneiro can read; send JPEG, PNG or WebP"
-        ) from None
+        raise ImageRejected(f"the file is not an image Oneiro can read; {SEND}") from None
     except Image.DecompressionBombError as exc:
         raise ImageTooLarge(
             f"the image has too many pixels: {exc}; the limit is {max_pixels}"
@@ -73,29 +79,117 @@ def _upright_size(image: Image.Image) -> tuple[int, int]:
     return (height, width) if orientation in (5, 6, 7, 8) else (width, height)
 
 
-def decode_rgb(data: bytes) -> np.ndarray:
-    """The image in `data` as an upright H x W x 3 uint8 RGB array (the first frame of an
-    animation, the first picture of a multi-picture JPEG)."""
+@dataclass(frozen=True)
+class Decoded:
+    """An upright H x W x 3 RGB image, uint8 or uint16 as the file had it, and the file's ICC
+    colour profile (kept to the output, so its colours mean what they meant)."""
+
+    pixels: np.ndarray
+    icc_profile: bytes | None
+
+
+def decode_image(data: bytes) -> Decoded:
+    """The image in `data` at its own depth (the first frame of an animation, the first picture
+    of a multi-picture JPEG, the first page of a multi-page TIFF), EXIF orientation applied."""
     with warnings.catch_warnings():
         # The pixel limit is enforced at submit time by inspect_image.
         warnings.simplefilter("ignore", Image.DecompressionBombWarning)
         with Image.open(io.BytesIO(data)) as image:
-            image.seek(0)  # the first frame of an animation, the first picture of an MPO
+            image.seek(0)
+            icc = image.info.get("icc_profile") or None
+            if _sixteen_bit(image, data):
+                orientation = image.getexif().get(0x0112, 1)
+                return Decoded(_orient(_decode_sixteen(image.format, data), orientation), icc)
             upright = ImageOps.exif_transpose(image)
             if upright.mode in ("I", "I;16", "I;16B", "I;16L"):
-                # 16-bit greyscale: keep the high byte; a plain convert would clip at 255.
-                high = np.asarray(upright, dtype=np.uint32) >> 8
-                upright = Image.fromarray(np.clip(high, 0, 255).astype(np.uint8))
-            return np.asarray(upright.convert("RGB"), dtype=np.uint8)
+                # 16-bit greyscale Pillow reads whole (a plain convert would clip at 255).
+                grey = np.clip(np.asarray(upright, dtype=np.int64), 0, 65535).astype(np.uint16)
+                return Decoded(np.repeat(grey[..., None], 3, axis=2), icc)
+            return Decoded(np.asarray(upright.convert("RGB"), dtype=np.uint8), icc)
+
+
+def decode_rgb(data: bytes) -> np.ndarray:
+    """The image in `data` as an upright H x W x 3 uint8 RGB array (see decode_image)."""
+    return as_depth(decode_image(data).pixels, 8)
+
+
+def _sixteen_bit(image: Image.Image, data: bytes) -> bool:
+    """Whether the file holds 16-bit colour, which Pillow would read as 8-bit."""
+    if image.format == "PNG":
+        return data[24] == 16 and image.mode not in ("I", "I;16", "I;16B", "I;16L")  # IHDR
+    if image.format == "TIFF":
+        bits = image.tag_v2.get(258, (8,))
+        bits = bits if isinstance(bits, tuple) else (bits,)
+        return max(bits) == 16 and image.tag_v2.get(262) in (1, 2)  # grey or RGB
+    return False
+
+
+def _decode_sixteen(kind: str | None, data: bytes) -> np.ndarray:
+    # Pillow holds no 16-bit RGB image: it would drop the low byte of every sample. libpng
+    # (through imagecodecs) and tifffile (LZW and Deflate through imagecodecs) read them whole;
+    # OpenCV could too, but it reads neither the ICC profile nor the text Oneiro keeps, so
+    # Pillow still reads those, and nothing here needs OpenCV. Worker-only libraries: the API
+    # validates uploads with Pillow, which decodes them (at 8 bits) as fully.
+    if kind == "PNG":
+        import imagecodecs
+
+        pixels = imagecodecs.png_decode(data)
+    else:
+        import tifffile
+
+        with tifffile.TiffFile(io.BytesIO(data)) as tiff:
+            page = tiff.pages.first
+            pixels = page.asarray()
+            if page.planarconfig == tifffile.PLANARCONFIG.SEPARATE and pixels.ndim == 3:
+                pixels = np.moveaxis(pixels, 0, -1)
+    if pixels.ndim == 2:
+        pixels = pixels[..., None]
+    if pixels.shape[2] in (1, 2):  # grey, grey and alpha
+        pixels = np.repeat(pixels[..., :1], 3, axis=2)
+    return np.ascontiguousarray(pixels[..., :3], dtype=np.uint16)  # alpha dropped, as Pillow does
+
+
+def _orient(pixels: np.ndarray, orientation: int) -> np.ndarray:
+    """`pixels` turned upright by EXIF orientation 1-8, as ImageOps.exif_transpose turns an
+    image."""
+    turned = {
+        2: lambda a: a[:, ::-1],
+        3: lambda a: a[::-1, ::-1],
+        4: lambda a: a[::-1],
+        5: lambda a: a.swapaxes(0, 1),
+        6: lambda a: np.rot90(a, -1),
+        7: lambda a: a.swapaxes(0, 1)[::-1, ::-1],
+        8: lambda a: np.rot90(a, 1),
+    }.get(orientation)
+    return pixels if turned is None else np.ascontiguousarray(turned(pixels))
+
+
+def as_depth(pixels: np.ndarray, bits: int) -> np.ndarray:
+    """`pixels` (uint8 or uint16) at 8 or 16 bits per channel, the same colours."""
+    if bits == 16:
+        return pixels if pixels.dtype == np.uint16 else pixels.astype(np.uint16) * 257
+    if pixels.dtype == np.uint8:
+        return pixels
+    return np.rint(pixels / 257.0).astype(np.uint8)
 
 
 def fit_within(image: np.ndarray, max_dim: int | None) -> np.ndarray:
-    """`image` scaled down (never up) so that its longer side is at most `max_dim`."""
+    """`image` (uint8 or uint16) scaled down (never up) so that its longer side is at most
+    `max_dim`, at its own depth."""
     height, width = image.shape[:2]
     size = render_size(width, height, max_dim)
     if size == (width, height):
         return image
-    return np.asarray(Image.fromarray(image).resize(size, Image.Resampling.LANCZOS))
+    if image.dtype == np.uint8:
+        return np.asarray(Image.fromarray(image).resize(size, Image.Resampling.LANCZOS))
+    # Pillow has no 16-bit RGB mode: each channel goes through its 32-bit float mode.
+    planes = [
+        np.asarray(
+            Image.fromarray(image[..., c].astype(np.float32)).resize(size, Image.Resampling.LANCZOS)
+        )
+        for c in range(image.shape[2])
+    ]
+    return np.clip(np.rint(np.stack(planes, axis=-1)), 0, 65535).astype(np.uint16)
 
 
 def encode_png(image: np.ndarray) -> bytes:
@@ -110,3 +204,119 @@ def encode_jpeg(image: np.ndarray, quality: int = 80) -> bytes:
     buffer = io.BytesIO()
     Image.fromarray(image).save(buffer, format="JPEG", quality=quality)
     return buffer.getvalue()
+
+
+# Where a result carries its recipe: a PNG iTXt keyword, an XMP property (JPEG and WebP); in a
+# TIFF, the ImageDescription tag holds it alone.
+RECIPE_KEYWORD = "oneiro:recipe"
+XMP_NAMESPACE = "urn:oneiro:recipe:1"
+_XMP = (
+    '<?xpacket begin="\ufeff" id="W5M0MpCehiHzreSzNTczkc9d"?>'
+    '<x:xmpmeta xmlns:x="adobe:ns:meta/">'
+    '<rdf:RDF xmlns:rdf="http://www.w3.org/1999/02/22-rdf-syntax-ns#">'
+    f'<rdf:Description rdf:about="" xmlns:oneiro="{XMP_NAMESPACE}">'
+    "<oneiro:recipe>{}</oneiro:recipe>"
+    "</rdf:Description></rdf:RDF></x:xmpmeta>"
+    '<?xpacket end="w"?>'
+)
+
+
+def encode_image(
+    image: np.ndarray,
+    fmt: OutputFormat,
+    *,
+    quality: int = 90,
+    recipe: str | None = None,
+    icc_profile: bytes | None = None,
+) -> bytes:
+    """An H x W x 3 image (uint16 for a 16-bit format, else uint8) as `fmt`, carrying `recipe`
+    (text) in the format's own metadata and the ICC profile."""
+    if image.dtype != (np.uint16 if fmt.bits == 16 else np.uint8):
+        raise ValueError(f"{fmt.name} is written from {fmt.bits}-bit pixels, not {image.dtype}")
+    if fmt.name == "png16":
+        import imagecodecs
+
+        chunks = []
+        if icc_profile:
+            chunks.append((b"iCCP", b"icc\0\0" + zlib.compress(icc_profile)))
+        if recipe is not None:
+            chunks.append((b"iTXt", RECIPE_KEYWORD.encode() + b"\0\0\0\0\0" + recipe.encode()))
+        return _with_chunks(imagecodecs.png_encode(image), chunks)
+    if fmt.name == "tiff16":
+        import tifffile
+
+        buffer = io.BytesIO()
+        # Deflate: lossless, and read by every TIFF reader that reads compression at all.
+        tifffile.imwrite(
+            buffer,
+            image,
+            photometric="rgb",
+            compression="zlib",
+            description=recipe,
+            iccprofile=icc_profile,
+            metadata=None,
+        )
+        return buffer.getvalue()
+    options: dict[str, object] = {"icc_profile": icc_profile} if icc_profile else {}
+    if fmt.name == "png":
+        info = PngInfo()
+        if recipe is not None:
+            info.add_itxt(RECIPE_KEYWORD, recipe)
+        options["pnginfo"] = info
+    else:
+        options["quality"] = quality
+        if recipe is not None:
+            escaped = recipe.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+            options["xmp"] = _XMP.format(escaped).encode()
+    buffer = io.BytesIO()
+    Image.fromarray(image).save(
+        buffer, format={"jpeg": "JPEG", "webp": "WEBP"}.get(fmt.name, "PNG"), **options
+    )
+    return buffer.getvalue()
+
+
+def _with_chunks(png: bytes, chunks: list[tuple[bytes, bytes]]) -> bytes:
+    """`png` with `chunks` (type, data) inserted after its header chunk (PNG spec 5.3, 5.6:
+    iCCP and iTXt may stand before the image data). imagecodecs writes pixels only."""
+    header_end = 8 + 8 + 13 + 4  # signature, then IHDR: length and type, 13 bytes, CRC
+    made = b"".join(
+        struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+        for kind, data in chunks
+    )
+    return png[:header_end] + made + png[header_end:]
+
+
+def read_recipe_text(data: bytes) -> str | None:
+    """The recipe text an Oneiro output carries in its metadata; None when it has none."""
+    try:
+        with Image.open(io.BytesIO(data)) as image:
+            if image.format == "PNG":
+                image.load()  # text chunks after the image data are read with it
+                text = image.text.get(RECIPE_KEYWORD)
+                return str(text) if text is not None else None
+            if image.format == "TIFF":
+                text = image.tag_v2.get(270)
+                return str(text) if text else None
+            xmp = image.info.get("xmp")
+    except (OSError, SyntaxError, ValueError):
+        return None
+    if not xmp:
+        return None
+    try:
+        root = ElementTree.fromstring(xmp)
+    except ElementTree.ParseError:
+        return None
+    found = root.find(f".//{{{XMP_NAMESPACE}}}recipe")
+    return found.text if found is not None else None
+
+
+def recipe_of(data: bytes) -> dict[str, object] | None:
+    """The recipe an Oneiro output carries, as JSON; None when it carries none."""
+    text = read_recipe_text(data)
+    if text is None:
+        return None
+    try:
+        recipe = json.loads(text)
+    except ValueError:
+        return None
+    return recipe if isinstance(recipe, dict) else None

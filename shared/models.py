@@ -158,6 +158,8 @@ class Job(Base):
     # The job's guide image and mask, stored beside its input (None: the job has none).
     guide_key: Mapped[str | None] = mapped_column(String(255))
     mask_key: Mapped[str | None] = mapped_column(String(255))
+    # What made the result, as its file carries it (shared/recipes.py); set with the result.
+    recipe: Mapped[dict[str, Any] | None] = mapped_column(JSON)
 
 
 # How long an Idempotency-Key holds: the same key and request within it get the same job.

@@ -5,9 +5,18 @@ from __future__ import annotations
 import secrets
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
 from shared.catalogue import BACKBONES, DEFAULT_BACKBONE
+from shared.formats import DEFAULT_FORMAT, OUTPUT_FORMATS
+from shared.presets import PRESETS, with_preset
 
 LayerWeight = Annotated[float, Field(gt=0, le=100)]
 
@@ -106,6 +115,25 @@ class RenderParams(BaseModel):
             json_schema_extra=_mask_layers_schema,
         ),
     ] = None
+    preset: Annotated[
+        Literal[tuple(PRESETS)] | None,  # type: ignore[valid-type]
+        Field(description="A named look (GET /v1/presets) to start from; params override it."),
+    ] = None
+    output_format: Annotated[
+        Literal[tuple(OUTPUT_FORMATS)],  # type: ignore[valid-type]
+        Field(
+            description="The result's format: png (8-bit), png16 and tiff16 (16-bit, from the "
+            "float dream), jpeg or webp (with quality)."
+        ),
+    ] = DEFAULT_FORMAT
+    quality: Annotated[
+        int, Field(ge=1, le=100, description="JPEG and WebP quality; ignored by png and tiff.")
+    ] = 90
+
+    @model_validator(mode="before")
+    @classmethod
+    def _start_from_preset(cls, data: Any) -> Any:
+        return with_preset(data) if isinstance(data, dict) else data
 
     @field_validator("layers", mode="before")
     @classmethod

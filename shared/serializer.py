@@ -67,6 +67,7 @@ def _fields(job: Job) -> dict[str, Any]:
         else None,
         "preview_url": f"{job_url(job.id)}/preview",
         "expired": job.expired_at is not None,
+        "recipe": job.recipe,
     }
 
 

@@ -42,9 +42,10 @@ def mask_key(job_id: uuid.UUID, extension: str) -> str:
     return job_key(job_id, f"mask.{extension}")
 
 
-def result_key(job_id: uuid.UUID, attempt: int) -> str:
-    """Where an attempt stores the rendered PNG (recorded in the row by its fenced finish)."""
-    return job_key(job_id, "result.png", attempt)
+def result_key(job_id: uuid.UUID, attempt: int, extension: str = "png") -> str:
+    """Where an attempt stores the rendered image, `result.<extension>` of its output format
+    (recorded in the row by its fenced finish)."""
+    return job_key(job_id, f"result.{extension}", attempt)
 
 
 def checkpoint_key(job_id: uuid.UUID, attempt: int) -> str:

@@ -190,14 +190,29 @@ def is_current(session: Session, job_id: uuid.UUID, attempt: int) -> bool:
     return row is not None and row.status == JobStatus.RUNNING and row.attempt == attempt
 
 
-def succeed(session: Session, job_id: uuid.UUID, attempt: int, result_key: str) -> None:
-    """Record the attempt's result; its progress reads complete."""
+def succeed(
+    session: Session,
+    job_id: uuid.UUID,
+    attempt: int,
+    result_key: str,
+    recipe: dict[str, Any] | None = None,
+) -> None:
+    """Record the attempt's result (and the recipe its file carries); its progress reads
+    complete."""
     # The last report was throttled (step 8 of 10, say): the row says the render is complete.
     job = session.get_one(Job, job_id)
     progress = shown_progress(
         Job(status=JobStatus.SUCCEEDED, params=job.params, progress=job.progress)
     )
-    _end(session, job_id, attempt, JobStatus.SUCCEEDED, result_key=result_key, progress=progress)
+    _end(
+        session,
+        job_id,
+        attempt,
+        JobStatus.SUCCEEDED,
+        result_key=result_key,
+        recipe=recipe,
+        progress=progress,
+    )
 
 
 def fail(session: Session, job_id: uuid.UUID, attempt: int, error: str) -> None:

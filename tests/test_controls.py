@@ -202,7 +202,7 @@ def oneiro_render(backend: str, out: Path, *extra: str) -> subprocess.CompletedP
         [
             sys.executable,
             "-m",
-            "worker.cli",
+            "client.cli",
             "render",
             str(CHELSEA),
             "-o",

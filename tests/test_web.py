@@ -81,7 +81,18 @@ def test_dream_in_the_browser(stack: Stack, page: object) -> None:
     expect(page.locator("#app")).to_be_visible()
     assert page.evaluate("localStorage.getItem('oneiro.apiKey')") == stack.key
 
-    # A preset fills the parameters; the test then asks for a small, quick render.
+    # The presets are the API's, each with its thumbnail; one fills the parameters, and the
+    # test then asks for a small, quick render.
+    from shared.presets import PRESETS
+
+    expect(page.locator("input[name=preset]")).to_have_count(len(PRESETS))
+    expect(page.locator("input[name=preset][value=classic]")).to_be_checked()
+    expect(page.locator("input[name=steps]")).to_have_value("50")
+    thumbs = page.locator("#presets img.preset-thumb")
+    expect(thumbs).to_have_count(len(PRESETS))
+    assert page.eval_on_selector(
+        "#presets img[src$='/deep.jpg']", "e => e.complete && e.naturalWidth"
+    )
     page.check("input[name=preset][value=subtle]")
     expect(page.locator("input[name=steps]")).to_have_value("20")
     page.set_input_files("#image-input", str(CHELSEA))
@@ -118,6 +129,12 @@ def test_dream_in_the_browser(stack: Stack, page: object) -> None:
     download = page.locator("#download")
     expect(download).to_be_visible()
     assert download.get_attribute("download") == f"{job_id}.png"
+    # The result's recipe: what the file carries, shown under it.
+    expect(page.locator("#recipe-panel")).to_be_visible()
+    page.click("#recipe-panel summary")
+    recipe = json.loads(page.inner_text("#recipe"))
+    assert recipe["params"]["seed"] == 5 and recipe["params"]["steps"] == 16
+    assert recipe["params"]["preset"] == "subtle" and recipe["weights"] == "random"
 
     row = page.locator(f"#jobs li[data-job-id='{job_id}']")
     expect(row).to_have_attribute("data-status", "succeeded")

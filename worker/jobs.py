@@ -30,10 +30,12 @@ from tenacity import (
 from shared import transitions
 from shared.changes import publish_change
 from shared.controls import decode_mask
-from shared.images import decode_rgb, encode_jpeg, encode_png, fit_within
+from shared.formats import output_format
+from shared.images import as_depth, decode_image, decode_rgb, encode_image, encode_jpeg, fit_within
 from shared.logs import log_context
 from shared.models import Job, JobStatus
 from shared.params import RenderParams
+from shared.recipes import make_recipe, recipe_text, weights_digest
 from shared.storage import (
     ObjectNotFound,
     StorageError,
@@ -44,7 +46,7 @@ from shared.storage import (
 )
 from shared.transitions import LostJob, claim_job
 from shared.webhooks import Event, send_event
-from shared.weights import NoWeights
+from shared.weights import NoWeights, require_weights
 from worker.runtime import Runtime
 from worker.throttle import Throttle
 
@@ -85,7 +87,7 @@ def _run_claimed(job_id: uuid.UUID, attempt: int, runtime: Runtime) -> JobStatus
     _event(runtime, job_id, "started")
     try:
         with Heartbeat(runtime, job_id, attempt) as heartbeat:
-            stored = _render(job_id, attempt, runtime, heartbeat)
+            stored, recipe = _render(job_id, attempt, runtime, heartbeat)
     except LostJob as exc:
         return _lost(runtime, job_id, attempt, exc)
     except Exception as exc:
@@ -93,7 +95,10 @@ def _run_claimed(job_id: uuid.UUID, attempt: int, runtime: Runtime) -> JobStatus
         return _fail(runtime, job_id, attempt, _readable(exc))
     try:
         _record_end(
-            runtime, job_id, attempt, functools.partial(transitions.succeed, result_key=stored)
+            runtime,
+            job_id,
+            attempt,
+            functools.partial(transitions.succeed, result_key=stored, recipe=recipe),
         )
     except LostJob as exc:
         # Canceled (or taken) between the result's write and this record.
@@ -106,13 +111,13 @@ def _lost(runtime: Runtime, job_id: uuid.UUID, attempt: int, exc: LostJob) -> No
     """Tidy up after an attempt that lost its job: the result it may have stored is recorded
     by no one, and a canceled job's checkpoints will not be resumed."""
 
-    def read() -> tuple[JobStatus, str | None]:
+    def read() -> tuple[JobStatus, str | None, str | None]:
         with runtime.sessions() as session:
             job = session.get_one(Job, job_id)
-            return job.status, job.result_key
+            return job.status, job.result_key, job.params.get("output_format")
 
-    status, recorded = wait_for_database(read)()
-    own = result_key(job_id, attempt)
+    status, recorded, format_name = wait_for_database(read)()
+    own = result_key(job_id, attempt, output_format(format_name).extension)
     # The attempt in the key means no other attempt ever wrote it; the row's key is checked
     # anyway, in case this attempt's finish did commit and only its answer was lost.
     if recorded != own:
@@ -165,14 +170,21 @@ def _event(runtime: Runtime, job_id: uuid.UUID, event: Event) -> None:
         log.warning("job %s: webhook event %s skipped, database away", job_id, event)
 
 
-def _render(job_id: uuid.UUID, attempt: int, runtime: Runtime, heartbeat: Heartbeat) -> str:
+def _render(
+    job_id: uuid.UUID, attempt: int, runtime: Runtime, heartbeat: Heartbeat
+) -> tuple[str, dict[str, Any]]:
+    """Render the job; return where its result is stored and the recipe it carries."""
     with runtime.sessions() as session:
         job = session.get_one(Job, job_id)
         params = RenderParams.model_validate(job.params)
         input_key, recorded_checkpoint = job.input_key, job.checkpoint_key
         controls = job.guide_key, job.mask_key
+    fmt = output_format(params.output_format)
     try:
-        image = fit_within(decode_rgb(runtime.storage.get(input_key)), params.max_dim)
+        decoded = decode_image(runtime.storage.get(input_key))
+        # A 16-bit output dreams on 16-bit pixels (an 8-bit input's, widened), and the engine
+        # makes 16-bit pixels from its floats; an 8-bit output dreams as it always did.
+        image = fit_within(as_depth(decoded.pixels, fmt.bits), params.max_dim)
     except ObjectNotFound:
         raise StorageError(
             f"the input image of this job is missing from storage ({input_key})"
@@ -186,13 +198,34 @@ def _render(job_id: uuid.UUID, attempt: int, runtime: Runtime, heartbeat: Heartb
             job_id, attempt, runtime, should_stop, image, params, recorded_checkpoint, guide, mask
         )
     )
+    recipe = _recipe(runtime, params)
     size = runtime.settings.preview_size
-    stored = result_key(job_id, attempt)
-    _put_fenced(runtime, should_stop, stored, encode_png(dreamed))
-    _put_fenced(
-        runtime, should_stop, preview_key(job_id, attempt), encode_jpeg(fit_within(dreamed, size))
+    stored = result_key(job_id, attempt, fmt.extension)
+    encoded = encode_image(
+        dreamed,
+        fmt,
+        quality=params.quality,
+        recipe=recipe_text(recipe),
+        icc_profile=decoded.icc_profile,
     )
-    return stored
+    _put_fenced(runtime, should_stop, stored, encoded)
+    preview_image = encode_jpeg(fit_within(as_depth(dreamed, 8), size))
+    _put_fenced(runtime, should_stop, preview_key(job_id, attempt), preview_image)
+    return stored, recipe
+
+
+def _recipe(runtime: Runtime, params: RenderParams) -> dict[str, Any]:
+    """What made this render: its params, and the weights, backend and precision it ran on."""
+    settings = runtime.settings
+    weights = weights_digest(require_weights(settings, params.model))
+    if settings.dry_run:
+        backend, precision = settings.backend, settings.precision
+    else:
+        model = runtime.dream_model(params)  # built already, for the render: cached
+        backend, precision = model.backend, model.precision
+    return make_recipe(
+        params.model_dump(mode="json"), weights=weights, backend=backend, precision=precision
+    )
 
 
 def _control(runtime: Runtime, key: str | None) -> bytes | None:

@@ -5,12 +5,13 @@
 
 const KEY_STORE = "oneiro.apiKey";
 const TERMINAL = new Set(["succeeded", "failed", "canceled"]);
-// Presets are RenderParams values; the parameters panel shows and overrides them.
-const PRESETS = {
-  subtle: { steps: 20, octaves: 3, step_size: 0.005, octave_scale: 1.3, layers: "mixed3", max_dim: 800 },
-  classic: { steps: 50, octaves: 5, step_size: 0.01, octave_scale: 1.3, layers: "mixed3, mixed5", max_dim: 1024 },
-  deep: { steps: 100, octaves: 6, step_size: 0.015, octave_scale: 1.4, layers: "mixed4, mixed5, mixed6", max_dim: 1024 },
-};
+// Presets come from GET /v1/presets (their one copy); the parameters panel shows and overrides
+// the chosen one's values.
+let presets = new Map();
+const DEFAULT_PRESET = "classic";
+// Result formats a browser can show; a TIFF is downloaded, and its preview shown.
+const SHOWN_FORMATS = new Set(["png", "png16", "jpeg", "webp"]);
+const EXTENSIONS = { png: "png", png16: "png", tiff16: "tif", jpeg: "jpg", webp: "webp" };
 const PREVIEW_EVERY_MS = 1000;
 const STREAM_RETRIES = 3;
 const JOBS_PAGE = 12;
@@ -144,6 +145,7 @@ function showApp() {
   $("key-panel").hidden = true;
   $("app").hidden = false;
   $("forget-key").hidden = false;
+  loadPresets();
   refreshJobs();
 }
 
@@ -183,11 +185,47 @@ function refused(error) {
 const form = $("job-form");
 
 function applyPreset(name) {
-  for (const [field, value] of Object.entries(PRESETS[name])) form.elements[field].value = value;
+  for (const [field, value] of Object.entries(presets.get(name).params)) {
+    const input = form.elements[field];
+    if (input && input.type !== "checkbox") {
+      input.value = Array.isArray(value) ? value.join(", ") : value;
+    }
+  }
 }
 
-for (const radio of form.elements.preset) {
-  radio.addEventListener("change", () => applyPreset(radio.value));
+function chosenPreset() {
+  return form.querySelector("input[name=preset]:checked")?.value || null;
+}
+
+async function loadPresets() {
+  let listed;
+  try {
+    listed = (await apiJson("/v1/presets")).presets;
+  } catch (error) {
+    if (!refused(error)) $("presets").append(error.message);
+    return;
+  }
+  presets = new Map(listed.map((preset) => [preset.name, preset]));
+  const chosen = chosenPreset() || DEFAULT_PRESET;
+  const labels = await Promise.all(listed.map(async (preset) => {
+    const label = document.createElement("label");
+    label.title = preset.description;
+    const radio = document.createElement("input");
+    radio.type = "radio";
+    radio.name = "preset";
+    radio.value = preset.name;
+    radio.checked = preset.name === chosen;
+    radio.addEventListener("change", () => applyPreset(preset.name));
+    const thumb = document.createElement("img");
+    thumb.className = "preset-thumb";
+    thumb.alt = "";
+    thumb.src = preset.thumbnail_url; // a static file: no key needed
+    label.append(radio, thumb, ` ${preset.title}`);
+    return label;
+  }));
+  const legend = $("presets").querySelector("legend");
+  $("presets").replaceChildren(legend, ...labels);
+  if (presets.has(chosen)) applyPreset(chosen);
 }
 
 function chooseFile(file) {
@@ -226,6 +264,11 @@ function params() {
   if (layers.length) chosen.layers = layers;
   const maskLayers = form.elements.mask_layers.value.split(",").map((s) => s.trim()).filter(Boolean);
   if (maskLayers.length) chosen.mask_layers = maskLayers;
+  // The preset's other values (colours kept, smoothing ...) come with its name; the fields
+  // above override what they show.
+  const preset = chosenPreset();
+  if (preset) chosen.preset = preset;
+  chosen.output_format = form.elements.output_format.value;
   return chosen;
 }
 
@@ -285,7 +328,8 @@ async function watch(jobId) {
   $("current").hidden = false;
   $("job-id").textContent = jobId.slice(0, 8);
   $("job-id").title = jobId;
-  for (const id of ["preview-figure", "result-figure", "download", "job-error", "retry"]) {
+  for (const id of ["preview-figure", "result-figure", "download", "job-error", "retry",
+    "recipe-panel"]) {
     $(id).hidden = true;
   }
   $("progress").value = 0;
@@ -326,13 +370,25 @@ async function watch(jobId) {
       fetchBlob(`/v1/jobs/${jobId}/preview`, signal)
         .then((blob) => setThumb(jobId, "succeeded", blob))
         .catch(() => { /* expired meanwhile: the list shows none */ });
+      const format = job.params.output_format || "png";
       const url = await imageUrl(`/v1/jobs/${jobId}/result`, signal);
-      show($("result"), "result", url);
+      const shown = SHOWN_FORMATS.has(format) ? url : await imageUrl(job.preview_url, signal);
+      show($("result"), "result", shown);
       $("result-figure").hidden = false;
       $("preview-figure").hidden = true; // the result takes its place
+      if (shown !== url) { // kept apart from the shown preview, and freed like it
+        const old = objectUrls.get("download");
+        if (old) URL.revokeObjectURL(old);
+        objectUrls.set("download", url);
+      }
       $("download").href = url;
-      $("download").download = `${jobId}.png`;
+      $("download").download = `${jobId}.${EXTENSIONS[format] || "png"}`;
+      $("download").textContent = `Download ${format.toUpperCase()}`;
       $("download").hidden = false;
+      if (job.recipe) {
+        $("recipe").textContent = JSON.stringify(job.recipe, null, 2);
+        $("recipe-panel").hidden = false;
+      }
     } else if (job.status === "failed") {
       $("job-error").textContent = `This job failed: ${job.error || "no reason was recorded"}`;
       $("job-error").hidden = false;
@@ -482,6 +538,5 @@ $("more-jobs").addEventListener("click", () => {
 
 // -- start ---------------------------------------------------------------------------------------
 
-applyPreset("classic");
 if (apiKey) showApp();
 else showKeyPanel();

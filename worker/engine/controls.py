@@ -75,4 +75,5 @@ def composite(dreamed: np.ndarray, image: np.ndarray, weights: np.ndarray) -> np
     """The input where `weights` (h x w in [0, 1]) is 0, the dream where it is 1, blended
     between: pixels that were not to dream are the input's own, not its resampled copy."""
     blend = image + weights[..., None] * (dreamed.astype(np.float32) - image)
-    return np.clip(np.rint(blend), 0, 255).astype(np.uint8)
+    top = np.iinfo(image.dtype).max  # 255, or 65535 for a 16-bit render
+    return np.clip(np.rint(blend), 0, top).astype(image.dtype)

@@ -126,7 +126,8 @@ def render(
     on_step: Callable[[np.ndarray], None] | None = None,
     controls: Controls | None = None,
 ) -> np.ndarray:
-    """Dream on `image` (H x W x 3 uint8); return the dreamed image, same size and dtype.
+    """Dream on `image` (H x W x 3 uint8 or uint16); return the dreamed image, same size and
+    dtype (a uint16 result is made from the float dream, so it has all 16 bits).
 
     `should_stop` is asked before every tile batch; when it answers True the render raises
     Canceled. `on_checkpoint` receives the state at every octave end and every
@@ -185,7 +186,7 @@ def render(
         )
         run.octave, done = run.octave + 1, 0
 
-    dreamed = imaging.to_image(imaging.resize(dream, (height, width)))
+    dreamed = imaging.to_image(imaging.resize(dream, (height, width)), image.dtype)
     if params.preserve_colors:
         dreamed = imaging.keep_colors(dreamed, image)
     if controls.mask is not None and controls.mask_model is None:
@@ -213,7 +214,7 @@ def _next_octave(
     """The next octave's starting image: the dream scaled up, or with detail re-injection the
     input at the new size plus the dreamed detail (dream minus input) scaled up.
 
-    One channel at a time, from the uint8 input: the temporaries are planes, not images.
+    One channel at a time, from the input's integers: the temporaries are planes, not images.
     """
     out = np.empty((3, *next_shape), dtype=np.float32)
     for c in range(3):

@@ -14,18 +14,20 @@ CHUNK_ROWS = 256
 
 
 def to_plane(channel: np.ndarray) -> np.ndarray:
-    """One H x W uint8 channel as float32 in [-1, 1]."""
-    plane = np.multiply(channel, 1 / 127.5, dtype=np.float32)
+    """One H x W uint8 or uint16 channel as float32 in [-1, 1]."""
+    plane = np.multiply(channel, 2 / np.iinfo(channel.dtype).max, dtype=np.float32)
     plane -= 1.0
     return plane
 
 
-def to_image(planar: np.ndarray) -> np.ndarray:
-    """A 3 x H x W float32 array in [-1, 1] as an H x W x 3 uint8 image."""
-    image = np.empty((*planar.shape[1:], 3), dtype=np.uint8)
+def to_image(planar: np.ndarray, dtype: np.dtype | type = np.uint8) -> np.ndarray:
+    """A 3 x H x W float32 array in [-1, 1] as an H x W x 3 image of `dtype` (uint8, or uint16:
+    16 bits made from the floats themselves, never from 8-bit values)."""
+    top = np.iinfo(dtype).max
+    image = np.empty((*planar.shape[1:], 3), dtype=dtype)
     for c in range(3):
-        plane = (planar[c] + 1.0) * 127.5
-        np.clip(np.round(plane, out=plane), 0, 255, out=plane)
+        plane = (planar[c] + 1.0) * (top / 2)
+        np.clip(np.round(plane, out=plane), 0, top, out=plane)
         image[..., c] = plane
     return image
 
@@ -101,7 +103,14 @@ def tv_gradient(plane: np.ndarray) -> np.ndarray:
 
 
 def keep_colors(dreamed: np.ndarray, original: np.ndarray) -> np.ndarray:
-    """The luminance of `dreamed` with the colour (chroma) of `original`; uint8 H x W x 3."""
-    luma = Image.fromarray(dreamed).convert("YCbCr").getchannel("Y")
-    _, cb, cr = Image.fromarray(original).convert("YCbCr").split()
-    return np.asarray(Image.merge("YCbCr", (luma, cb, cr)).convert("RGB"))
+    """The luminance of `dreamed` with the colour (chroma) of `original`; H x W x 3 of their
+    dtype (uint8 or uint16).
+
+    In YCbCr a change of Y alone moves R, G and B by the same amount, so the original plus the
+    luma difference is the original's chroma on the dream's luma, at any bit depth.
+    """
+    top = np.iinfo(dreamed.dtype).max
+    weights = np.array([0.299, 0.587, 0.114], dtype=np.float32)  # ITU-R BT.601 luma
+    shift = (dreamed.astype(np.float32) - original.astype(np.float32)) @ weights
+    merged = original.astype(np.float32) + shift[..., None]
+    return np.clip(np.rint(merged), 0, top).astype(dreamed.dtype)
