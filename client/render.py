@@ -194,10 +194,9 @@ def render(
         as_depth,
         decode_image,
         decode_rgb,
-        encode_image,
         fit_within,
     )
-    from shared.recipes import make_recipe, recipe_text, weights_digest
+    from shared.recipes import encode_result, make_recipe, weights_digest
 
     os.environ["ONEIRO_BACKEND"] = backend
     from worker.engine import WeightsUnavailable, load_dream_model
@@ -256,14 +255,7 @@ def render(
         backend=model.backend,
         precision=model.precision,
     )
-    encoded = encode_image(
-        result,
-        fmt,
-        quality=params.quality,
-        recipe=recipe_text(recipe),
-        icc_profile=decoded.icc_profile,
-    )
-    Path(output).write_bytes(encoded)
+    Path(output).write_bytes(encode_result(result, params, recipe, decoded.icc_profile))
     click.echo(output)
 
 

@@ -12,7 +12,12 @@ import hashlib
 import json
 from importlib import metadata
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    import numpy as np
+
+    from shared.params import RenderParams
 
 RECIPE_VERSION = 1
 
@@ -47,6 +52,23 @@ def make_recipe(
 def recipe_text(recipe: dict[str, Any]) -> str:
     """The recipe as the one line of JSON an output file carries."""
     return json.dumps(recipe, sort_keys=True, separators=(",", ":"))
+
+
+def encode_result(
+    pixels: np.ndarray, params: RenderParams, recipe: dict[str, Any], icc_profile: bytes | None
+) -> bytes:
+    """A render's file in the format its params ask for, carrying its recipe and the input's
+    ICC profile: what the worker stores and `oneiro render` writes alike."""
+    from shared.formats import output_format
+    from shared.images import encode_image
+
+    return encode_image(
+        pixels,
+        output_format(params.output_format),
+        quality=params.quality,
+        recipe=recipe_text(recipe),
+        icc_profile=icc_profile,
+    )
 
 
 def weights_digest(source: str) -> str:

@@ -59,6 +59,9 @@ def test_submit_stores_commits_and_enqueues(
         "max_dim": 128,
         "guide_weight": 1.0,
         "mask_layers": None,
+        "preset": None,
+        "output_format": "png",
+        "quality": 90,
     }
     assert body["input"] == {"width": 451, "height": 300}
     assert body["progress"]["fraction"] == 0.0

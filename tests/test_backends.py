@@ -12,7 +12,7 @@ import pytest
 from PIL import Image
 
 from shared.settings import SettingsError, load_settings
-from tests.utils import CHELSEA, ROOT
+from tests.utils import CHELSEA, ROOT, oneiro_render
 from worker.engine.device import (
     CPU_MAX_BATCH,
     GPU_MAX_BATCH,
@@ -27,43 +27,6 @@ from worker.engine.device import (
 # XLA), so a few pixels round the other way: measured 0.004 (0.4% of values off by 1, none by
 # more); the dream itself moves pixels by about 3 on average.
 AGREEMENT_MAD = 0.05
-
-
-def oneiro_render(backend: str, out: Path, *extra: str) -> subprocess.CompletedProcess[str]:
-    """`oneiro render` of the test cat on `backend`, short, float32, seeded, in a new process."""
-    return subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "client.cli",
-            "render",
-            str(CHELSEA),
-            "-o",
-            str(out),
-            "--backend",
-            backend,
-            "--weights",
-            "random",
-            "--precision",
-            "float32",
-            "--max-dim",
-            "120",
-            "--steps",
-            "3",
-            "--octaves",
-            "2",
-            "--tile-size",
-            "64",
-            "--seed",
-            "5",
-            *extra,
-        ],
-        cwd=ROOT,
-        env={key: value for key, value in os.environ.items() if key != "ONEIRO_BACKEND"},
-        capture_output=True,
-        text=True,
-        timeout=1200,
-    )
 
 
 def pixels(path: Path) -> np.ndarray:

@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import dataclasses
 import io
-import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +16,7 @@ from shared import cost
 from shared.controls import decode_mask
 from shared.images import ImageRejected, decode_rgb, fit_within
 from shared.params import RenderParams
-from tests.utils import CHELSEA, ROOT
+from tests.utils import CHELSEA, oneiro_render
 from worker.engine import DreamModel, DreamState, load_dream_model, render
 from worker.engine.controls import Controls, guide_features, mask_weights
 
@@ -196,28 +194,6 @@ def test_masks_decode_to_grey_from_grey_16_bit_and_grey_rgb_but_not_colour() -> 
         decode_mask(png(stripes((30, 20))))
 
 
-def oneiro_render(backend: str, out: Path, *extra: str) -> subprocess.CompletedProcess[str]:
-    """`oneiro render` of the test cat on `backend`, short, float32, seeded, in a new process."""
-    return subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "client.cli",
-            "render",
-            str(CHELSEA),
-            "-o",
-            str(out),
-            *("--backend", backend, "--weights", "random", "--precision", "float32"),
-            *("--max-dim", "120", "--steps", "2", "--octaves", "2", "--tile-size", "64"),
-            *("--seed", "5", *extra),
-        ],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=900,
-    )
-
-
 @pytest.mark.timeout(1800)
 @pytest.mark.parametrize("backend", ["tensorflow", "jax"])
 def test_oneiro_render_takes_a_guide_and_a_mask_on_each_backend(
@@ -229,7 +205,7 @@ def test_oneiro_render_takes_a_guide_and_a_mask_on_each_backend(
     out = tmp_path / "out.png"
 
     done = oneiro_render(
-        backend, out, "--guide", str(guide), "--guide-weight", "0.8", "--mask", str(mask)
+        backend, out, "--guide", str(guide), "--guide-weight", "0.8", "--mask", str(mask), steps=2
     )
 
     assert done.returncode == 0, done.stderr[-3000:]
@@ -242,5 +218,5 @@ def test_oneiro_render_takes_a_guide_and_a_mask_on_each_backend(
 
 
 def test_oneiro_render_refuses_mask_layers_without_a_mask(tmp_path: Path) -> None:
-    done = oneiro_render("tensorflow", tmp_path / "out.png", "--mask-layers", "mixed1")
+    done = oneiro_render("tensorflow", tmp_path / "out.png", "--mask-layers", "mixed1", steps=2)
     assert done.returncode == 2 and "--mask-layers needs --mask" in done.stderr

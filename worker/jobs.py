@@ -31,11 +31,11 @@ from shared import transitions
 from shared.changes import publish_change
 from shared.controls import decode_mask
 from shared.formats import output_format
-from shared.images import as_depth, decode_image, decode_rgb, encode_image, encode_jpeg, fit_within
+from shared.images import as_depth, decode_image, decode_rgb, encode_jpeg, fit_within
 from shared.logs import log_context
 from shared.models import Job, JobStatus
 from shared.params import RenderParams
-from shared.recipes import make_recipe, recipe_text, weights_digest
+from shared.recipes import encode_result, make_recipe, weights_digest
 from shared.storage import (
     ObjectNotFound,
     StorageError,
@@ -201,14 +201,9 @@ def _render(
     recipe = _recipe(runtime, params)
     size = runtime.settings.preview_size
     stored = result_key(job_id, attempt, fmt.extension)
-    encoded = encode_image(
-        dreamed,
-        fmt,
-        quality=params.quality,
-        recipe=recipe_text(recipe),
-        icc_profile=decoded.icc_profile,
+    _put_fenced(
+        runtime, should_stop, stored, encode_result(dreamed, params, recipe, decoded.icc_profile)
     )
-    _put_fenced(runtime, should_stop, stored, encoded)
     preview_image = encode_jpeg(fit_within(as_depth(dreamed, 8), size))
     _put_fenced(runtime, should_stop, preview_key(job_id, attempt), preview_image)
     return stored, recipe

@@ -9,6 +9,7 @@ import re
 import signal
 import socket
 import subprocess
+import sys
 import uuid
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
@@ -19,7 +20,7 @@ import requests
 from dev.launcher import api_command, worker_command
 from dev.localredis import start_redis
 from shared.settings import Settings
-from tests.utils.paths import ROOT
+from tests.utils.paths import CHELSEA, ROOT
 from tests.utils.wait import wait_for
 
 # How long a stopped child gets to finish before its group is killed.
@@ -204,3 +205,23 @@ def redis_on_free_port(workdir: Path, attempts: int = 5) -> tuple[subprocess.Pop
         except RuntimeError as exc:
             error = exc
     raise AssertionError(f"no redis-server of our own in {attempts} tries: {error}")
+
+
+def oneiro_render(
+    backend: str, out: Path, *extra: str, steps: int = 3
+) -> subprocess.CompletedProcess[str]:
+    """`oneiro render` of the test cat on `backend`, short, float32, seeded, in a new process
+    (which chooses its backend from --backend alone, not from this process's environment)."""
+    return subprocess.run(
+        [
+            *(sys.executable, "-m", "client.cli", "render", str(CHELSEA), "-o", str(out)),
+            *("--backend", backend, "--weights", "random", "--precision", "float32"),
+            *("--max-dim", "120", "--steps", str(steps), "--octaves", "2", "--tile-size", "64"),
+            *("--seed", "5", *extra),
+        ],
+        cwd=ROOT,
+        env={key: value for key, value in os.environ.items() if key != "ONEIRO_BACKEND"},
+        capture_output=True,
+        text=True,
+        timeout=1200,
+    )
