@@ -10,7 +10,10 @@ from flask import request
 from api.problems import Problem, invalid
 from shared.controls import inspect_guide, inspect_mask
 from shared.images import ImageRejected, ImageTooLarge
+from shared.params import RenderParams
 from shared.settings import Settings
+
+UNSET = object()
 
 
 @dataclass(frozen=True)
@@ -49,11 +52,13 @@ def read_controls(
     limit = settings.max_pixels
     guide = _read("guide", lambda data: inspect_guide(data, limit), limit, extensions)
     mask = _read("mask", lambda data: inspect_mask(data, limit, image_size), limit, extensions)
-    # Params that steer with a part that was not sent would be silently ignored.
+    # Params that steer with a part that was not sent would be silently ignored. Their default
+    # is no steering, and comes back in a recipe taken from an unguided job: not refused.
     errors = [
         {"field": f"params.{name}", "message": f"needs a '{part}' file part"}
         for name, part, sent in (("guide_weight", "guide", guide), ("mask_layers", "mask", mask))
-        if name in asked and sent is None
+        if asked.get(name, UNSET) not in (UNSET, RenderParams.model_fields[name].default)
+        and sent is None
     ]
     if errors:
         raise invalid(errors)

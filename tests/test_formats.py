@@ -315,8 +315,8 @@ def test_a_recipe_by_job_id_gives_its_params_under_the_ones_sent(
 
     response = submit(client, image_bytes(), {"steps": 4}, recipe=str(earlier.id))
 
-    params = response.get_json()["params"]
     assert response.status_code == 202, response.get_data(as_text=True)
+    params = response.get_json()["params"]
     assert params == {**earlier.params, "steps": 4}
 
 
@@ -325,8 +325,8 @@ def test_a_recipe_as_json_gives_its_params(client: FlaskClient) -> None:
 
     response = submit(client, image_bytes(), recipe=json.dumps(recipe))
 
-    params = response.get_json()["params"]
     assert response.status_code == 202, response.get_data(as_text=True)
+    params = response.get_json()["params"]
     assert params["seed"] == RENDER["seed"] and params["output_format"] == "webp"
     assert params["quality"] == 70
 

@@ -191,14 +191,24 @@ def _render(
         ) from None
     guide, mask = (_control(runtime, key) for key in controls)
     should_stop = ShouldStop(runtime, job_id, attempt, heartbeat)
+    model = None if runtime.settings.dry_run else runtime.dream_model(params)
     dreamed = (
         image
-        if runtime.settings.dry_run
+        if model is None
         else _dream(
-            job_id, attempt, runtime, should_stop, image, params, recorded_checkpoint, guide, mask
+            job_id,
+            attempt,
+            runtime,
+            should_stop,
+            image,
+            params,
+            model,
+            recorded_checkpoint,
+            guide,
+            mask,
         )
     )
-    recipe = _recipe(runtime, params)
+    recipe = _recipe(runtime, params, model)
     size = runtime.settings.preview_size
     stored = result_key(job_id, attempt, fmt.extension)
     _put_fenced(
@@ -209,14 +219,14 @@ def _render(
     return stored, recipe
 
 
-def _recipe(runtime: Runtime, params: RenderParams) -> dict[str, Any]:
-    """What made this render: its params, and the weights, backend and precision it ran on."""
+def _recipe(runtime: Runtime, params: RenderParams, model: Any) -> dict[str, Any]:
+    """What made this render: its params, and the weights, backend and precision it ran on
+    (`model`, the engine's; None on a dry run, which ran no engine)."""
     settings = runtime.settings
     weights = weights_digest(require_weights(settings, params.model))
-    if settings.dry_run:
+    if model is None:
         backend, precision = settings.backend, settings.precision
     else:
-        model = runtime.dream_model(params)  # built already, for the render: cached
         backend, precision = model.backend, model.precision
     return make_recipe(
         params.model_dump(mode="json"), weights=weights, backend=backend, precision=precision
@@ -253,6 +263,7 @@ def _dream(
     should_stop: ShouldStop,
     image: Any,
     params: RenderParams,
+    model: Any,
     recorded_checkpoint: str | None,
     guide: bytes | None = None,
     mask: bytes | None = None,
@@ -295,7 +306,6 @@ def _dream(
         except StorageError:
             log.warning("job %s: preview not written", job_id, exc_info=True)
 
-    model = runtime.dream_model(params)
     try:
         return render(
             image,
