@@ -74,6 +74,11 @@ def current_tenant() -> Caller:
     return tenant
 
 
+def require_key() -> None:
+    """A blueprint's before_request: every /v1 route answers 401 without a live key."""
+    current_tenant()
+
+
 def tenant_id() -> uuid.UUID:
     return current_tenant().id
 

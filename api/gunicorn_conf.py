@@ -57,7 +57,7 @@ def post_worker_init(worker: Any) -> None:
         # Open event streams wait for job changes, not for the process to stop: left alone they
         # would hold it for graceful_timeout. Ended, their clients reconnect with Last-Event-ID.
         # In a thread (a greenlet under gevent): a signal handler must not block.
-        from api.jobs import end_streams
+        from api.streams import end_streams
 
         threading.Thread(target=end_streams, args=(worker.wsgi,), daemon=True).start()
 

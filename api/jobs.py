@@ -6,29 +6,27 @@ is shown by shared/serializer.py."""
 
 from __future__ import annotations
 
-import json
 import logging
-import random
-import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
-from flask import Blueprint, Flask, Response, current_app, request
+from flask import Blueprint, Response, request
 from sqlalchemy import select, tuple_
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from api.auth import KeyCache, bearer_key, current_tenant, tenant_id
+from api.auth import require_key, tenant_id
 from api.db import get_db, services
 from api.idempotency import fingerprint, original_job
 from api.openapi import BEARER, BINARY, job_responses, spec
 from api.problems import Problem
 from api.schemas import JobListQuery, JobOut, JobPage, JobSubmission, SubmitHeaders, encode_cursor
+from api.streams import event_stream
 from api.submission import check_active_cap, read_submission
 from api.throughput import measured_throughput
 from shared import transitions
-from shared.changes import ChangeFeed, publish_change
+from shared.changes import publish_change
 from shared.formats import OUTPUT_FORMATS, output_format
 from shared.models import Job, JobStatus
 from shared.serializer import iso, job_json, job_url
@@ -47,13 +45,9 @@ from shared.webhooks import send_event
 log = logging.getLogger(__name__)
 
 blueprint = Blueprint("jobs", __name__, url_prefix="/v1/jobs")
+blueprint.before_request(require_key)
 
 Answer = tuple[dict[str, Any], int, dict[str, str]]
-
-
-@blueprint.before_request
-def _authenticate() -> None:
-    current_tenant()
 
 
 @blueprint.post("")
@@ -170,27 +164,6 @@ def get_job(job_id: uuid.UUID) -> dict[str, Any]:
     return job_json(_find(job_id), measured_throughput())
 
 
-# How long a quiet stream waits before a comment line keeps proxies from closing it.
-KEEPALIVE_S = 15.0
-
-
-def change_feed() -> ChangeFeed:
-    """This process's subscription to job changes, shared by all its event streams."""
-    feed = current_app.extensions.get("oneiro-changes")
-    if feed is None:
-        feed = current_app.extensions.setdefault(
-            "oneiro-changes", ChangeFeed(services().settings.redis_url)
-        )
-    return feed  # type: ignore[no-any-return]
-
-
-def end_streams(app: Flask) -> None:
-    """End every event stream of this process now (it is stopping); clients reconnect."""
-    feed = app.extensions.get("oneiro-changes")
-    if feed is not None:
-        feed.close()
-
-
 @blueprint.get("/<uuid:job_id>/events")
 @spec.validate(
     resp=job_responses(
@@ -209,65 +182,8 @@ def job_events(job_id: uuid.UUID) -> Response:
     only every events_reread_seconds; it ends when its key is revoked (checked every
     events_key_recheck_seconds)."""
     _find(job_id)
-    last_seen = request.headers.get("Last-Event-ID")
-    svc, key, caller, feed = services(), bearer_key(), tenant_id(), change_feed()
-    throughput = measured_throughput()  # the stream outlives the request's context
-    keys: KeyCache = current_app.extensions["oneiro-keys"]
-    reread_s = svc.settings.events_reread_seconds
-    recheck_s = svc.settings.events_key_recheck_seconds
-
-    def read() -> dict[str, Any] | None:
-        with svc.sessions() as session:
-            job = session.get(Job, job_id)
-            return None if job is None else job_json(job, throughput)
-
-    def key_is_live() -> bool:
-        # Through the API's key cache: a thousand streams of one key cost one read per
-        # auth_cache_seconds, and a revoked key's streams end as soon as its requests fail.
-        found = keys.caller(key, svc.sessions) if key else None
-        return found is not None and found.id == caller
-
-    def stream() -> Iterator[str]:
-        nonlocal last_seen
-        with feed.watch(job_id) as changed:
-            # Spread over the interval, so that streams opened together do not all re-read
-            # and re-check together.
-            quiet_since = time.monotonic()
-            key_checked = quiet_since - random.uniform(0, recheck_s)
-            while True:
-                changed.clear()  # before the read: a change committed after it wakes us
-                state = read()
-                read_at = time.monotonic()
-                reread_at = read_at + reread_s * random.uniform(0.5, 1.0)
-                if state is None:
-                    return
-                event_id = f"{state['status']}:{state['attempt']}:{state['progress']['fraction']}"
-                if event_id != last_seen:
-                    last_seen = event_id
-                    quiet_since = read_at
-                    yield f"id: {event_id}\nevent: {state['status']}\ndata: {json.dumps(state)}\n\n"
-                if JobStatus(state["status"]).is_terminal():
-                    return
-                # Wait for a change; meanwhile keep the connection alive and the key checked.
-                while True:
-                    now = time.monotonic()
-                    if now - key_checked >= recheck_s:
-                        if not key_is_live():
-                            return
-                        key_checked = now
-                    if now - quiet_since >= KEEPALIVE_S:
-                        quiet_since = now
-                        yield ": keep-alive\n\n"
-                    if now >= reread_at:
-                        break  # a notification may have been lost
-                    wake = min(reread_at, quiet_since + KEEPALIVE_S, key_checked + recheck_s)
-                    if changed.wait(max(0.0, wake - now)):
-                        if feed.closed.is_set():
-                            return
-                        break
-
     return Response(
-        stream(),
+        event_stream(job_id, request.headers.get("Last-Event-ID")),
         mimetype="text/event-stream",
         headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
     )

@@ -6,18 +6,14 @@ from typing import Any
 
 from flask import Blueprint, current_app
 
-from api.auth import current_tenant
+from api.auth import require_key
 from api.openapi import BEARER, job_responses, spec
 from api.schemas import ModelList
 from shared.catalogue import BACKBONES, DEFAULT_BACKBONE
 from shared.weights import renderable_backbones
 
 blueprint = Blueprint("models", __name__, url_prefix="/v1/models")
-
-
-@blueprint.before_request
-def _authenticate() -> None:
-    current_tenant()  # like every /v1 route
+blueprint.before_request(require_key)
 
 
 @blueprint.get("")

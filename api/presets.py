@@ -2,37 +2,17 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import Any
 
 from flask import Blueprint
-from pydantic import BaseModel, Field
 
-from api.auth import current_tenant
+from api.auth import require_key
 from api.openapi import BEARER, job_responses, spec
+from api.schemas import PresetList
 from shared.presets import PRESETS, preset_json
 
 blueprint = Blueprint("presets", __name__, url_prefix="/v1/presets")
-
-
-class PresetOut(BaseModel):
-    """A named look."""
-
-    name: Annotated[str, Field(description="What `params.preset` names it by.")]
-    title: str
-    description: str
-    params: Annotated[dict[str, Any], Field(description="The params it sets; yours override.")]
-    thumbnail_url: Annotated[str, Field(description="A small JPEG of a photo in this look.")]
-
-
-class PresetList(BaseModel):
-    """GET /v1/presets."""
-
-    presets: list[PresetOut]
-
-
-@blueprint.before_request
-def _authenticate() -> None:
-    current_tenant()  # like every /v1 route
+blueprint.before_request(require_key)
 
 
 @blueprint.get("")

@@ -269,3 +269,19 @@ class ModelList(BaseModel):
     """GET /v1/models: the backbones this deployment has weights for."""
 
     models: list[ModelOut]
+
+
+class PresetOut(BaseModel):
+    """A named look."""
+
+    name: Annotated[str, Field(description="What `params.preset` names it by.")]
+    title: str
+    description: str
+    params: Annotated[dict[str, Any], Field(description="The params it sets; yours override.")]
+    thumbnail_url: Annotated[str, Field(description="A small JPEG of a photo in this look.")]
+
+
+class PresetList(BaseModel):
+    """GET /v1/presets."""
+
+    presets: list[PresetOut]

@@ -176,7 +176,7 @@ def nginx_directives(block: list[dict[str, Any]]) -> dict[str, list[str]]:
 def test_a_buffering_proxy_with_client_timeouts_fronts_the_api(tmp_path: Path) -> None:
     import crossplane
 
-    from api import MULTIPART_OVERHEAD, jobs
+    from api import MULTIPART_OVERHEAD, streams
     from shared.settings import Settings
 
     proxy = service("proxy")
@@ -212,7 +212,7 @@ def test_a_buffering_proxy_with_client_timeouts_fronts_the_api(tmp_path: Path) -
     assert not re.fullmatch(pattern, "/v1/jobs/0b5e1a52-7c0a-4a8e-9d38-6a1f0c1e2d3f/result")
     assert nginx_directives(events)["proxy_buffering"] == ["off"]
     read_timeout = nginx_directives(events)["proxy_read_timeout"][0]
-    assert int(read_timeout.removesuffix("h")) * 3600 > jobs.KEEPALIVE_S
+    assert int(read_timeout.removesuffix("h")) * 3600 > streams.KEEPALIVE_S
     assert nginx_directives(locations["/"])["proxy_buffering"] == ["on"]
 
 

@@ -38,8 +38,8 @@ from worker.engine import (
     render,
 )
 from worker.engine.device import loss_scale, should_compile
-from worker.engine.dream import TilePlan, split, tiled_gradient
 from worker.engine.model import Gradient, backend_module, dream_loss
+from worker.engine.tiling import TilePlan, split, tiled_gradient
 
 SHARED_WEIGHTS = (
     Path(__file__).resolve().parents[2] / "shared/models/inception_v3_notop_nsfwjs.weights.h5"

@@ -11,7 +11,7 @@ from flask.testing import FlaskClient
 from sqlalchemy import update
 from sqlalchemy.orm import Session, sessionmaker
 
-from api import jobs as job_routes
+from api import streams as job_streams
 from shared.changes import publish_change
 from shared.models import Job, JobStatus, utcnow
 from shared.settings import Settings
@@ -97,7 +97,7 @@ def test_a_quiet_stream_sends_keep_alive_comments(
     settings: Settings,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    monkeypatch.setattr(job_routes, "KEEPALIVE_S", 0.2)
+    monkeypatch.setattr(job_streams, "KEEPALIVE_S", 0.2)
     job = make_job(session, storage, status=JobStatus.RUNNING, attempt=1)
 
     response = client.get(f"/v1/jobs/{job.id}/events", buffered=False)

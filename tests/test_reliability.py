@@ -74,7 +74,7 @@ def test_a_job_killed_mid_render_resumes_from_its_checkpoint_to_the_same_image(
 
     progress: list[float] = []
     monkeypatch.setattr(
-        "worker.jobs.ProgressReporter.__call__", lambda self, p: progress.append(p.fraction)
+        "worker.watchers.ProgressReporter.__call__", lambda self, p: progress.append(p.fraction)
     )
     assert run_job(job.id, runtime) == JobStatus.SUCCEEDED
 
