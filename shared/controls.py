@@ -5,18 +5,13 @@ Pure Pillow and numpy: the API imports it without TensorFlow.
 
 from __future__ import annotations
 
-import io
-import warnings
-
 import numpy as np
-from PIL import Image, ImageOps
 
-from shared.images import ImageRejected, inspect_image
+from shared.images import ImageRejected, as_depth, decode_image, inspect_image
 
 # A mask may differ this much in aspect ratio from the image it is resized to: rounding when
 # either was scaled, not a mask drawn for another picture.
 MASK_ASPECT_TOLERANCE = 0.02
-GREY_MODES = ("1", "L", "LA", "I", "I;16", "I;16B", "I;16L", "F")
 
 
 def inspect_guide(data: bytes, max_pixels: int) -> str:
@@ -42,24 +37,13 @@ def inspect_mask(data: bytes, max_pixels: int, image_size: tuple[int, int]) -> s
 
 
 def decode_mask(data: bytes) -> np.ndarray:
-    """The mask in `data` as an upright H x W uint8 array (0: keep, 255: dream). A colour image
-    is refused (ImageRejected) unless its three channels are equal: which one would count?"""
-    with warnings.catch_warnings():
-        # The pixel limit is enforced at submit time by inspect_image.
-        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-        with Image.open(io.BytesIO(data)) as opened:
-            opened.seek(0)
-            image = ImageOps.exif_transpose(opened)
-    if image.mode in ("I", "I;16", "I;16B", "I;16L"):
-        # 16-bit greyscale: its high byte (a plain convert would clip at 255).
-        high = np.asarray(image, dtype=np.uint32) >> 8
-        return np.clip(high, 0, 255).astype(np.uint8)
-    if image.mode in GREY_MODES:
-        return np.asarray(image.convert("L"), dtype=np.uint8)
-    rgb = np.asarray(image.convert("RGB"), dtype=np.uint8)
+    """The mask in `data` as an upright H x W uint8 array (0: keep, 255: dream), decoded as any
+    input is (shared/images.py). A colour image is refused (ImageRejected) unless its three
+    channels are equal: which one would count?"""
+    rgb = as_depth(decode_image(data).pixels, 8)
     if not (np.array_equal(rgb[..., 0], rgb[..., 1]) and np.array_equal(rgb[..., 1], rgb[..., 2])):
         raise ImageRejected(
-            f"the mask is a colour image ({image.mode}); send a greyscale image: white dreams, "
-            "black keeps the input"
+            "the mask is a colour image; send a greyscale image: white dreams, black keeps the "
+            "input"
         )
     return rgb[..., 0].copy()

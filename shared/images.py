@@ -192,13 +192,6 @@ def fit_within(image: np.ndarray, max_dim: int | None) -> np.ndarray:
     return np.clip(np.rint(np.stack(planes, axis=-1)), 0, 65535).astype(np.uint16)
 
 
-def encode_png(image: np.ndarray) -> bytes:
-    """An H x W x 3 uint8 array as PNG bytes."""
-    buffer = io.BytesIO()
-    Image.fromarray(image).save(buffer, format="PNG")
-    return buffer.getvalue()
-
-
 def encode_jpeg(image: np.ndarray, quality: int = 80) -> bytes:
     """An H x W x 3 uint8 array as JPEG bytes (for previews: small, lossy)."""
     buffer = io.BytesIO()

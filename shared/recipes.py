@@ -12,12 +12,13 @@ import hashlib
 import json
 from importlib import metadata
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-if TYPE_CHECKING:
-    import numpy as np
+import numpy as np
 
-    from shared.params import RenderParams
+from shared.formats import output_format
+from shared.images import encode_image
+from shared.params import RenderParams
 
 RECIPE_VERSION = 1
 
@@ -59,9 +60,6 @@ def encode_result(
 ) -> bytes:
     """A render's file in the format its params ask for, carrying its recipe and the input's
     ICC profile: what the worker stores and `oneiro render` writes alike."""
-    from shared.formats import output_format
-    from shared.images import encode_image
-
     return encode_image(
         pixels,
         output_format(params.output_format),

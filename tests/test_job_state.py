@@ -14,7 +14,6 @@ import time
 import uuid
 from collections.abc import Iterator
 from datetime import timedelta
-from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -27,9 +26,10 @@ from shared.models import Job, JobStatus, utcnow
 from shared.queue import webhook_queue
 from shared.settings import Settings
 from shared.storage import Storage
-from tests.utils import make_job, wait_for, with_settings
-from worker.jobs import Heartbeat, LostJob, ProgressReporter, ShouldStop, run_job
+from tests.utils import engine_progress, make_job, wait_for, with_settings
+from worker.jobs import LostJob, run_job
 from worker.runtime import Runtime
+from worker.watchers import Heartbeat, ProgressReporter, ShouldStop
 
 
 class Flaky:
@@ -74,21 +74,6 @@ def running(session: Session, storage: Storage, **fields: Any) -> Job:
     )
 
 
-def progress(fraction: float = 0.5, eta_seconds: float | None = 1.0) -> Any:
-    """What the engine reports (worker.engine.Progress), without importing TensorFlow."""
-    return SimpleNamespace(
-        fraction=fraction,
-        octave=1,
-        octaves=2,
-        step=3,
-        steps=8,
-        tiles_done=5,
-        tiles=6,
-        eta_seconds=eta_seconds,
-        loss=0.1,
-    )
-
-
 def test_a_worker_claims_only_the_queued_job_it_was_sent_and_only_once(
     runtime: Runtime, session: Session, storage: Storage
 ) -> None:
@@ -122,7 +107,7 @@ def test_a_finished_job_takes_no_late_write_from_its_own_attempt(
     job = make_job(session, storage, status=status, attempt=1, progress={"fraction": 1.0})
 
     with pytest.raises(LostJob):
-        ProgressReporter(runtime, job.id, attempt=1)(progress())
+        ProgressReporter(runtime, job.id, attempt=1)(engine_progress())
 
     assert reload(session, job).progress == {"fraction": 1.0}
 
@@ -133,7 +118,7 @@ def test_the_progress_row_rounds_the_fraction_to_six_places_and_the_eta_to_one(
     job = running(session, storage)
     reporter = ProgressReporter(runtime, job.id, attempt=1)
 
-    reporter(progress(fraction=1 / 3, eta_seconds=12.3456))
+    reporter(engine_progress(fraction=1 / 3, eta_seconds=12.3456))
     assert reload(session, job).progress == {
         "fraction": 0.333333,
         "octave": 1,
@@ -144,7 +129,7 @@ def test_the_progress_row_rounds_the_fraction_to_six_places_and_the_eta_to_one(
         "tiles": 6,
         "eta_seconds": 12.3,
     }
-    reporter(progress(eta_seconds=None))  # no estimate yet: none shown
+    reporter(engine_progress(eta_seconds=None))  # no estimate yet: none shown
     assert reload(session, job).progress["eta_seconds"] is None
 
 
@@ -159,7 +144,7 @@ def test_progress_writes_are_spaced_by_the_interval_the_first_at_once(
     # A full second of reports, however fast this machine makes them: the fractions only grow.
     while time.monotonic() - started <= 1.0:
         n += 1
-        reporter(progress(fraction=n / 10**6))
+        reporter(engine_progress(fraction=n / 10**6))
         fraction = reload(session, job).progress.get("fraction")
         if fraction is not None and fraction not in written:
             written.append(fraction)
@@ -176,10 +161,12 @@ def test_a_progress_write_with_the_database_away_is_skipped_not_fatal(
     reporter = ProgressReporter(runtime, job.id, attempt=1)
 
     flaky.away = True
-    reporter(progress(fraction=0.25))  # the render goes on; the next write supersedes this one
+    reporter(
+        engine_progress(fraction=0.25)
+    )  # the render goes on; the next write supersedes this one
     flaky.away = False
     assert reload(session, job).progress == {}
-    reporter(progress(fraction=0.5))
+    reporter(engine_progress(fraction=0.5))
     assert reload(session, job).progress["fraction"] == 0.5
 
 
@@ -309,7 +296,7 @@ def test_webhook_progress_events_are_spaced_by_their_own_interval(
     reporter = ProgressReporter(with_settings(runtime, webhook_progress_interval=0.3), job.id, 1)
     started = time.monotonic()
     while time.monotonic() - started < 1.0:
-        reporter(progress())
+        reporter(engine_progress())
         time.sleep(0.02)
     took = time.monotonic() - started
 

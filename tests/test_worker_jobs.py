@@ -15,9 +15,10 @@ from sqlalchemy.orm import Session, sessionmaker
 from shared import transitions
 from shared.models import Job, JobStatus
 from shared.storage import Storage
-from tests.utils import before_each_gradient, image_bytes, make_job, with_settings
-from worker.jobs import LostJob, ProgressReporter, claim_job, run_job
+from tests.utils import before_each_gradient, engine_progress, image_bytes, make_job, with_settings
+from worker.jobs import LostJob, claim_job, run_job
 from worker.runtime import Runtime
+from worker.watchers import ProgressReporter
 
 
 def reload(session: Session, job: Job) -> Job:
@@ -104,7 +105,7 @@ def test_a_progress_write_reaches_only_its_own_row(
         for n in (2, 1, 3)
     ]
 
-    ProgressReporter(runtime, rows[0].id, attempt=1)(_progress())
+    ProgressReporter(runtime, rows[0].id, attempt=1)(engine_progress())
 
     assert reload(session, rows[0]).progress["fraction"] == 0.5
     assert [reload(session, row).progress for row in rows[1:]] == [{}, {}]
@@ -149,24 +150,8 @@ def test_a_worker_that_lost_its_claim_cannot_write(
 
     for reporter in (stale, own_but_canceled):
         with pytest.raises(LostJob):
-            reporter(_progress())
+            reporter(engine_progress())
     assert reload(session, job).progress == {} and reload(session, canceled).progress == {}
-
-
-def _progress() -> object:
-    from worker.engine import Progress
-
-    return Progress(
-        fraction=0.5,
-        octave=1,
-        octaves=2,
-        step=1,
-        steps=1,
-        tiles_done=1,
-        tiles=2,
-        eta_seconds=1.0,
-        loss=0.1,
-    )
 
 
 def test_a_job_runs_with_s3_storage(runtime: Runtime, session: Session, s3_url: str) -> None:

@@ -39,7 +39,12 @@ from tests.utils.processes import (
     stop_process,
 )
 from tests.utils.queue import drop_queues, queued_job_ids
-from tests.utils.runtime import before_each_gradient, maintenance_tasks, with_settings
+from tests.utils.runtime import (
+    before_each_gradient,
+    engine_progress,
+    maintenance_tasks,
+    with_settings,
+)
 from tests.utils.stack import Stack, running_stack
 from tests.utils.tcpproxy import Proxy
 from tests.utils.wait import wait_for
@@ -59,6 +64,7 @@ __all__ = [
     "authed_client",
     "before_each_gradient",
     "drop_queues",
+    "engine_progress",
     "free_port",
     "http_answers",
     "image_bytes",

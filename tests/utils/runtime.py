@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -39,3 +40,18 @@ def maintenance_tasks(monkeypatch: pytest.MonkeyPatch, runtime: Runtime) -> Any:
 
     monkeypatch.setattr(tasks, "get_runtime", lambda: runtime)
     return tasks
+
+
+def engine_progress(fraction: float = 0.5, eta_seconds: float | None = 1.0) -> Any:
+    """What the engine reports (worker.engine.Progress), without importing TensorFlow."""
+    return SimpleNamespace(
+        fraction=fraction,
+        octave=1,
+        octaves=2,
+        step=3,
+        steps=8,
+        tiles_done=5,
+        tiles=6,
+        eta_seconds=eta_seconds,
+        loss=0.1,
+    )
