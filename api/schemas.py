@@ -200,7 +200,8 @@ class JobOut(BaseModel):
         dict[str, Any] | None,
         Field(
             description="What made the result, as its file carries it: params, backbone, "
-            "weights, engine, backend, precision. Set once the job has succeeded."
+            "weights, engine, backend, precision, device; for a job submitted with a recipe, "
+            "`rerun` says whether it re-ran it faithfully. Set once the job has succeeded."
         ),
     ] = None
 

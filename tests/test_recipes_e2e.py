@@ -59,7 +59,11 @@ def test_a_recipe_renders_the_identical_image_again(stack: Stack) -> None:
     assert pixels.dtype == np.uint16
     assert np.array_equal(decode_image(by_id_file).pixels, pixels)
     assert np.array_equal(decode_image(by_file_file).pixels, pixels)
-    assert recipe_of(by_id_file) == recipe_of(by_file_file) == carried
+    faithful = {"faithful": True, "differs": {}, "unknown": []}
+    assert by_id["recipe"].pop("rerun") == {"of": first["id"], **faithful}
+    assert by_file["recipe"].pop("rerun") == faithful
+    assert by_id["recipe"] == by_file["recipe"] == carried
+    assert recipe_of(by_id_file)["rerun"]["faithful"] is True  # type: ignore[index]
 
 
 def test_a_recipe_gives_its_look_to_another_image(stack: Stack) -> None:
@@ -72,3 +76,6 @@ def test_a_recipe_gives_its_look_to_another_image(stack: Stack) -> None:
     assert other["params"] == {**first["params"], "output_format": "png"}
     assert decode_image(other_file).pixels.shape == (60, 80, 3)
     assert recipe_of(other_file) == other["recipe"]
+    # The look, not the pixels of the first: its params were changed.
+    assert other["recipe"]["rerun"]["faithful"] is False
+    assert other["recipe"]["rerun"]["differs"] == {"params.output_format": ["png16", "png"]}
