@@ -264,6 +264,14 @@ class ModelOut(BaseModel):
     default: Annotated[bool, Field(description="Used when `params.model` is not given.")]
     default_layers: Annotated[list[str], Field(description="Used when `params.layers` is not.")]
     layers: list[LayerOut]
+    weights: Annotated[
+        str,
+        Field(
+            description="The weights it dreams with, as a recipe records them: `random`, the "
+            "sha256 of the weights file, or `imagenet` (not downloaded yet). A recipe made with "
+            "other weights is refused."
+        ),
+    ]
 
 
 class ModelList(BaseModel):

@@ -5,6 +5,7 @@ The API and the worker in-process on the real database (SQLite and PostgreSQL) a
 
 from __future__ import annotations
 
+import hashlib
 import json
 import uuid
 from collections.abc import Iterator
@@ -36,6 +37,7 @@ from worker.runtime import Runtime
 
 LOOK = {"steps": 2, "octaves": 2, "seed": 13, "step_size": 0.05, "max_dim": 64}
 SOMEONE_ELSES = "sha256:" + "0" * 64
+DEPLOYED = b"the weights of this deployment"
 
 
 def recipe(**facts: Any) -> dict[str, Any]:
@@ -102,7 +104,7 @@ def one_weights_file(
     """A client of a deployment whose only weights are one InceptionV3 file."""
     monkeypatch.setenv("KERAS_HOME", str(tmp_path / "no-keras-cache"))
     weights = tmp_path / BACKBONES["inception_v3"].weights_file
-    weights.write_bytes(b"the weights of this deployment")
+    weights.write_bytes(DEPLOYED)
     app: Flask = create_app(settings.model_copy(update={"weights": str(weights)}))
     yield authed_client(app)
     app.extensions["oneiro"].engine.dispose()
@@ -133,6 +135,7 @@ def test_a_recipe_of_a_backbone_no_worker_has_is_refused_at_submit(
     assert [e["field"] for e in body["errors"]] == ["recipe"]
     assert "no weights for vgg19" in body["errors"][0]["message"]
     assert [model["name"] for model in models] == ["inception_v3"]
+    assert models[0]["weights"] == f"sha256:{hashlib.sha256(DEPLOYED).hexdigest()}"
     assert stored_files(settings) == []
 
 
