@@ -255,6 +255,8 @@ def render(
         backend=model.backend,
         precision=model.precision,
         device=device_name(model.device),
+        guide=Path(guide).read_bytes() if guide else None,
+        mask=Path(mask).read_bytes() if mask else None,
     )
     Path(output).write_bytes(encode_result(result, params, recipe, decoded.icc_profile))
     click.echo(output)

@@ -35,6 +35,8 @@ class WeightsMismatch(RecipeRefused):
 # decide the look; the engine, backend, precision and device whether the pixels come out
 # identical (the same kind of machine).
 MACHINE_FACTS = ("weights", "engine", "backend", "precision", "device")
+# The job's guide image and mask, by digest (None: it had none): part of the look too.
+CONTROL_FACTS = ("guide", "mask")
 
 
 def engine_version() -> str:
@@ -52,9 +54,12 @@ def make_recipe(
     backend: str,
     precision: str,
     device: str | None = None,
+    guide: bytes | None = None,
+    mask: bytes | None = None,
 ) -> dict[str, Any]:
     """The recipe of a render with resolved `params` (seed included) on this worker; `device`
-    ("cpu", or "gpu" and its CUDA compute capability) where an engine ran."""
+    ("cpu", or "gpu" and its CUDA compute capability) where an engine ran; the digests of the
+    `guide` and `mask` files it was steered with (None where none)."""
     recipe = {
         "oneiro_recipe": RECIPE_VERSION,
         "params": params,
@@ -63,8 +68,14 @@ def make_recipe(
         "engine": engine_version(),
         "backend": backend,
         "precision": precision,
+        "guide": _bytes_digest(guide),
+        "mask": _bytes_digest(mask),
     }
     return recipe if device is None else {**recipe, "device": device}
+
+
+def _bytes_digest(data: bytes | None) -> str | None:
+    return None if data is None else "sha256:" + hashlib.sha256(data).hexdigest()
 
 
 def device_name(device: Any) -> str:
@@ -99,7 +110,8 @@ def check_weights(asked: dict[str, Any], model: str, digest: str) -> None:
 
 def rerun_verdict(asked: dict[str, Any], made: dict[str, Any]) -> dict[str, Any]:
     """How faithfully the render whose recipe is `made` re-ran the recipe `asked`: what
-    differs (name -> [asked, made]: the params sent over the recipe's, the machine facts),
+    differs (name -> [asked, made]: the params sent over the recipe's, the machine facts, the
+    guide and mask),
     what could not be compared (facts a side lacks, weights never hashed), and `faithful`
     when nothing differs and nothing is unknown: the identical image from the same input."""
     differs: dict[str, list[Any]] = {}
@@ -115,6 +127,11 @@ def rerun_verdict(asked: dict[str, Any], made: dict[str, Any]) -> dict[str, Any]
             unknown.append(fact)
         elif theirs != ours:
             differs[fact] = [theirs, ours]
+    for fact in CONTROL_FACTS:  # None is "no guide" here, not unknown
+        if fact not in asked or fact not in made:
+            unknown.append(fact)
+        elif asked[fact] != made[fact]:
+            differs[fact] = [asked[fact], made[fact]]
     verdict = {"faithful": not differs and not unknown, "differs": differs, "unknown": unknown}
     return {"of": asked["job"], **verdict} if "job" in asked else verdict
 

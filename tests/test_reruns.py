@@ -6,6 +6,7 @@ The API and the worker in-process on the real database (SQLite and PostgreSQL) a
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import uuid
 from collections.abc import Iterator
@@ -74,6 +75,19 @@ def test_what_differs_and_what_is_unknown_make_a_rerun_unfaithful() -> None:
         "precision": ["bfloat16", "float32"],
     }
     assert verdict["unknown"] == ["device"]
+
+
+def test_another_guide_or_none_is_another_look() -> None:
+    guided = make_recipe({"seed": 1}, weights="random", backend="tf", precision="f", guide=b"g")
+    unguided = make_recipe({"seed": 1}, weights="random", backend="tf", precision="f")
+    older = {key: value for key, value in unguided.items() if key not in ("guide", "mask")}
+
+    verdict = rerun_verdict(guided, unguided)
+    unknown = rerun_verdict(older, unguided)["unknown"]
+
+    assert verdict["differs"] == {"guide": [guided["guide"], None]}
+    assert str(guided["guide"]).startswith("sha256:") and guided["mask"] is None
+    assert "guide" in unknown and "mask" in unknown
 
 
 def test_weights_never_hashed_are_unknown_not_the_same() -> None:
@@ -193,6 +207,21 @@ def test_a_recipe_rendered_on_another_kind_of_machine_renders_and_says_it_is_not
     assert set(verdict["differs"]) >= {"params.seed", "precision", "device"}
     assert verdict["differs"]["params.seed"] == [13, 14]
     assert verdict["differs"]["device"] == ["gpu 9.0", "cpu"]
+
+
+def test_a_guided_look_rendered_again_without_its_guide_says_so(
+    client: FlaskClient, session: Session, runtime: Runtime
+) -> None:
+    photo, guide = image_bytes((64, 48)), image_bytes((40, 40), fmt="WEBP")
+    sent = submit(client, photo, LOOK, guide=(io.BytesIO(guide), "guide.webp"))
+    first = rendered(session, runtime, sent.get_json()["id"])
+
+    again = rendered(session, runtime, submit(client, photo, recipe=str(first.id)).get_json()["id"])
+
+    assert first.recipe is not None and again.recipe is not None
+    assert first.recipe["guide"] == "sha256:" + hashlib.sha256(guide).hexdigest()
+    assert again.recipe["rerun"]["faithful"] is False
+    assert again.recipe["rerun"]["differs"] == {"guide": [first.recipe["guide"], None]}
 
 
 def test_a_worker_with_other_weights_fails_the_rerun_saying_why(

@@ -207,7 +207,7 @@ def _render(
             mask,
         )
     )
-    recipe = _recipe(runtime, params, model)
+    recipe = _recipe(runtime, params, model, guide, mask)
     if rerun_of is not None:
         # Rendered on another backend, precision, engine or device, or with params changed,
         # it is the recipe's look but not its pixels: the result says so, in its file too.
@@ -222,9 +222,15 @@ def _render(
     return stored, recipe
 
 
-def _recipe(runtime: Runtime, params: RenderParams, model: Any) -> dict[str, Any]:
-    """What made this render: its params, and the weights, backend and precision it ran on
-    (`model`, the engine's; None on a dry run, which ran no engine)."""
+def _recipe(
+    runtime: Runtime,
+    params: RenderParams,
+    model: Any,
+    guide: bytes | None = None,
+    mask: bytes | None = None,
+) -> dict[str, Any]:
+    """What made this render: its params, the weights, backend and precision it ran on
+    (`model`, the engine's; None on a dry run, which ran no engine), its guide and mask."""
     settings = runtime.settings
     if model is None:
         backend, precision, device = settings.backend, settings.precision, None
@@ -236,6 +242,8 @@ def _recipe(runtime: Runtime, params: RenderParams, model: Any) -> dict[str, Any
         backend=backend,
         precision=precision,
         device=device,
+        guide=guide,
+        mask=mask,
     )
 
 
