@@ -214,7 +214,8 @@ def _read_recipe() -> dict[str, Any] | None:
     try:
         recipe = pydantic_core.from_json(text)
         recipe_params(recipe)  # checks it is one
-        return dict(recipe)
+        # "job" names the source job of a recipe taken by id; JSON sent names none.
+        return {key: value for key, value in recipe.items() if key != "job"}
     except ValueError as exc:  # RecipeRefused, or not JSON at all
         message = str(exc) if isinstance(exc, RecipeRefused) else "neither a job id nor JSON"
         raise invalid([{"field": "recipe", "message": message}]) from None
