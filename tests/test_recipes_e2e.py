@@ -11,8 +11,11 @@ from typing import Any
 import numpy as np
 import pytest
 
+from shared.db import create_db_engine, create_session_factory
 from shared.images import decode_image, recipe_of
-from tests.utils import CHELSEA, Stack, image_bytes, running_stack
+from shared.queue import create_celery, enqueue_render
+from shared.storage import open_storage
+from tests.utils import CHELSEA, Stack, image_bytes, make_job, running_stack
 
 # The first render of a worker builds its model: minutes on a busy CI machine.
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(900)]
@@ -79,3 +82,28 @@ def test_a_recipe_gives_its_look_to_another_image(stack: Stack) -> None:
     # The look, not the pixels of the first: its params were changed.
     assert other["recipe"]["rerun"]["faithful"] is False
     assert other["recipe"]["rerun"]["differs"] == {"params.output_format": ["png16", "png"]}
+
+
+def test_a_worker_whose_weights_are_not_the_recipes_fails_the_job_saying_why(stack: Stack) -> None:
+    # The API would refuse this recipe (it has the worker's weights): the job is put in the
+    # database and on the queue as a job submitted through an API with other weights would be.
+    asked = {"oneiro_recipe": 1, "params": LOOK, "backbone": "inception_v3"}
+    asked["weights"] = "sha256:" + "0" * 64
+    engine = create_db_engine(stack.settings.database_url)
+    try:
+        with create_session_factory(engine)() as session:
+            storage = open_storage(stack.settings.storage_url)
+            job_id = make_job(session, storage, params=LOOK, rerun_of=asked).id
+    finally:
+        engine.dispose()
+    celery = create_celery(stack.settings)
+    try:
+        enqueue_render(celery, job_id)
+    finally:
+        celery.close()
+
+    job = stack.wait_until_ended(str(job_id), timeout=600)
+
+    assert job["status"] == "failed" and job["result_url"] is None
+    assert "the same look needs the same weights" in job["error"]
+    assert "the ones here are random" in job["error"]
