@@ -98,6 +98,7 @@ def submit_job() -> Answer:
         webhook_events=list(webhook.events) if webhook else None,
         guide_key=stored_guide,
         mask_key=stored_mask,
+        rerun_of=submission.rerun_of,
     )
     session = get_db()
     try:

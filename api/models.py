@@ -10,7 +10,8 @@ from api.auth import require_key
 from api.openapi import BEARER, job_responses, spec
 from api.schemas import ModelList
 from shared.catalogue import BACKBONES, DEFAULT_BACKBONE
-from shared.weights import renderable_backbones
+from shared.recipes import weights_digest
+from shared.weights import renderable_backbones, require_weights
 
 blueprint = Blueprint("models", __name__, url_prefix="/v1/models")
 blueprint.before_request(require_key)
@@ -32,6 +33,7 @@ def list_models() -> dict[str, Any]:
                     {"name": layer, "channels": channels}
                     for layer, channels in BACKBONES[name].layers.items()
                 ],
+                "weights": weights_digest(require_weights(settings, name)),
             }
             for name in renderable_backbones(settings)
         ]

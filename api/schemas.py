@@ -200,7 +200,8 @@ class JobOut(BaseModel):
         dict[str, Any] | None,
         Field(
             description="What made the result, as its file carries it: params, backbone, "
-            "weights, engine, backend, precision. Set once the job has succeeded."
+            "weights, engine, backend, precision, device; for a job submitted with a recipe, "
+            "`rerun` says whether it re-ran it faithfully. Set once the job has succeeded."
         ),
     ] = None
 
@@ -263,6 +264,14 @@ class ModelOut(BaseModel):
     default: Annotated[bool, Field(description="Used when `params.model` is not given.")]
     default_layers: Annotated[list[str], Field(description="Used when `params.layers` is not.")]
     layers: list[LayerOut]
+    weights: Annotated[
+        str,
+        Field(
+            description="The weights it dreams with, as a recipe records them: `random`, the "
+            "sha256 of the weights file, or `imagenet` (not downloaded yet). A recipe made with "
+            "other weights is refused."
+        ),
+    ]
 
 
 class ModelList(BaseModel):

@@ -22,7 +22,8 @@ from shared.cost import CostRefused, check_limits
 from shared.images import EXTENSIONS, ImageRejected, ImageTooLarge, inspect_image
 from shared.models import Job
 from shared.params import RenderParams
-from shared.recipes import RecipeRefused, recipe_params
+from shared.recipes import RecipeRefused, WeightsMismatch, check_weights, recipe_params
+from shared.recipes import weights_digest as digest_of
 from shared.settings import Settings
 from shared.transitions import count_active
 from shared.webhooks import WebhookRefused, WebhookSpec, check_target
@@ -47,15 +48,25 @@ class Submission:
     webhook: WebhookSpec | None
     # The optional guide and mask parts, checked.
     controls: ControlParts
+    # The recipe the job renders again (the 'recipe' part), for the worker to check against.
+    rerun_of: dict[str, Any] | None = None
 
 
 def read_submission(settings: Settings) -> Submission:
     """This request's parts, checked (415, 413 or 422 otherwise)."""
-    params, asked = _read_params()
+    params, asked, rerun_of = _read_params()
+    # A backbone the recipe chose is the recipe's to answer for, another the params'.
+    from_recipe = rerun_of is not None and asked.get("model") == rerun_of["params"].get("model")
+    field = "recipe" if from_recipe else "params.model"
     try:
-        require_weights(settings, params.model)
+        weights = require_weights(settings, params.model)
     except NoWeights as exc:  # accepted, it would fail on the worker: refuse it now
-        raise invalid([{"field": "params.model", "message": str(exc)}]) from None
+        raise invalid([{"field": field, "message": str(exc)}]) from None
+    if rerun_of is not None:
+        try:  # as the worker would find, from the same weights
+            check_weights(rerun_of, params.model, digest_of(weights))
+        except WeightsMismatch as exc:
+            raise invalid([{"field": "recipe", "message": str(exc)}]) from None
     upload = request.files.get("image")
     if upload is None:
         raise invalid(
@@ -81,6 +92,7 @@ def read_submission(settings: Settings) -> Submission:
         height=height,
         webhook=_read_webhook(settings),
         controls=read_controls(asked, (width, height), settings, EXTENSIONS),
+        rerun_of=rerun_of,
     )
 
 
@@ -135,7 +147,7 @@ def _field_errors(part: str, exc: ValidationError) -> list[dict[str, str]]:
     ]
 
 
-def _read_params() -> tuple[RenderParams, dict[str, Any]]:
+def _read_params() -> tuple[RenderParams, dict[str, Any], dict[str, Any] | None]:
     # A part with an empty name or none (werkzeug keys that one None) is unknown, not a 500.
     names = (set(request.form) | set(request.files)) - FORM_PARTS
     unknown = sorted({name or "(unnamed part)" for name in names})
@@ -175,16 +187,17 @@ def _read_params() -> tuple[RenderParams, dict[str, Any]]:
                 [{"field": "recipe", "message": "give a recipe or a params.preset, not both"}]
             )
         # The recipe's params, overridden by the ones sent: the same look, on a new image.
-        raw = {**recipe, **raw}
+        raw = {**recipe["params"], **raw}
         text = json.dumps(raw)
     try:
-        return RenderParams.model_validate_json(text, strict=True), raw
+        return RenderParams.model_validate_json(text, strict=True), raw, recipe
     except ValidationError as exc:
         raise invalid(_field_errors("params", exc)) from None
 
 
 def _read_recipe() -> dict[str, Any] | None:
-    """The params of the optional 'recipe' part: a job id of this tenant, or a recipe's JSON."""
+    """The optional 'recipe' part: a job id of this tenant (its result's recipe, or its params
+    while it has none, with "job" its id), or a recipe's JSON."""
     text = _form_text("recipe")
     if text is None:
         return None
@@ -197,9 +210,12 @@ def _read_recipe() -> dict[str, Any] | None:
         if job is None or job.tenant_id != tenant_id():
             message = f"there is no job {source} of this tenant to take a recipe from"
             raise invalid([{"field": "recipe", "message": message}])
-        return dict(job.params)
+        return {**(job.recipe or {"params": job.params}), "job": str(job.id)}
     try:
-        return recipe_params(pydantic_core.from_json(text))
+        recipe = pydantic_core.from_json(text)
+        recipe_params(recipe)  # checks it is one
+        # "job" names the source job of a recipe taken by id; JSON sent names none.
+        return {key: value for key, value in recipe.items() if key != "job"}
     except ValueError as exc:  # RecipeRefused, or not JSON at all
         message = str(exc) if isinstance(exc, RecipeRefused) else "neither a job id nor JSON"
         raise invalid([{"field": "recipe", "message": message}]) from None

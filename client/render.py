@@ -196,7 +196,7 @@ def render(
         decode_rgb,
         fit_within,
     )
-    from shared.recipes import encode_result, make_recipe, weights_digest
+    from shared.recipes import device_name, encode_result, make_recipe, weights_digest
 
     os.environ["ONEIRO_BACKEND"] = backend
     from worker.engine import WeightsUnavailable, load_dream_model
@@ -254,6 +254,9 @@ def render(
         weights=weights_digest(weights),
         backend=model.backend,
         precision=model.precision,
+        device=device_name(model.device),
+        guide=Path(guide).read_bytes() if guide else None,
+        mask=Path(mask).read_bytes() if mask else None,
     )
     Path(output).write_bytes(encode_result(result, params, recipe, decoded.icc_profile))
     click.echo(output)

@@ -160,6 +160,9 @@ class Job(Base):
     mask_key: Mapped[str | None] = mapped_column(String(255))
     # What made the result, as its file carries it (shared/recipes.py); set with the result.
     recipe: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    # The recipe this job was asked to render again (the `recipe` part: its JSON, or the
+    # source job's, with "job" its id); the worker checks its result against it.
+    rerun_of: Mapped[dict[str, Any] | None] = mapped_column(JSON)
 
 
 # How long an Idempotency-Key holds: the same key and request within it get the same job.

@@ -132,6 +132,10 @@ class Settings(BaseSettings):
     # The Keras backend the engine computes with: TensorFlow, or JAX (the `jax` extra). Read once
     # when a worker starts, before Keras is imported (Keras cannot change backend afterwards).
     backend: Literal["tensorflow", "jax"] = "tensorflow"
+    # On a GPU, deterministic kernels, so that a recipe rendered again on the same kind of machine
+    # gives the identical image (GPU reductions and cuDNN's fastest algorithms add in any order).
+    # Costs some GPU speed; a CPU computes as it always did whatever this says.
+    gpu_determinism: bool = True
 
     @field_validator("log_level", mode="before")
     @classmethod

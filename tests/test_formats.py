@@ -48,6 +48,14 @@ def tiff(pixels: np.ndarray, **options: Any) -> bytes:
     return buffer.getvalue()
 
 
+def planar_tiff(pixels: np.ndarray, **options: Any) -> bytes:
+    """`pixels` (H x W x 3) as a TIFF whose colour planes are stored apart, each whole."""
+    data = tiff(np.moveaxis(pixels, -1, 0), photometric="rgb", planarconfig="separate", **options)
+    with tifffile.TiffFile(io.BytesIO(data)) as written:
+        assert written.pages.first.planarconfig == tifffile.PLANARCONFIG.SEPARATE
+    return data
+
+
 def pillow(pixels: np.ndarray, fmt: str, **options: Any) -> bytes:
     buffer = io.BytesIO()
     Image.fromarray(pixels).save(buffer, format=fmt, **options)
@@ -72,6 +80,17 @@ INPUTS = {
     "tiff16-lzw": (tiff(SIXTEEN, photometric="rgb", compression="lzw"), SIXTEEN),
     "tiff16-deflate": (tiff(SIXTEEN, photometric="rgb", compression="zlib"), SIXTEEN),
     "tiff16-multipage": (tiff(np.stack([SIXTEEN, SIXTEEN[::-1]]), photometric="rgb"), SIXTEEN),
+    "tiff16-tiled": (tiff(SIXTEEN, photometric="rgb", tile=(16, 16)), SIXTEEN),
+    "tiff16-big-endian": (tiff(SIXTEEN, photometric="rgb", byteorder=">"), SIXTEEN),
+    "tiff16-lzw-predictor": (
+        tiff(SIXTEEN, photometric="rgb", compression="lzw", predictor=True),
+        SIXTEEN,
+    ),
+    # Colour planes stored apart (PlanarConfiguration 2), as some scanners and editors write.
+    "tiff8-planar": (planar_tiff(EIGHT), EIGHT),
+    "tiff16-planar": (planar_tiff(SIXTEEN), SIXTEEN),
+    "tiff16-planar-lzw": (planar_tiff(SIXTEEN, compression="lzw"), SIXTEEN),
+    "tiff16-planar-deflate": (planar_tiff(SIXTEEN, compression="zlib"), SIXTEEN),
 }
 
 
@@ -163,10 +182,14 @@ def render_job(
     return session.get_one(Job, job.id)
 
 
+@pytest.mark.parametrize("planes", ["contiguous", "separate"])
 def test_a_sixteen_bit_tiff_dreams_into_a_sixteen_bit_tiff(
-    session: Session, storage: Storage, runtime: Runtime, client: FlaskClient
+    session: Session, storage: Storage, runtime: Runtime, client: FlaskClient, planes: str
 ) -> None:
-    source = tiff(SIXTEEN, photometric="rgb", compression="lzw", iccprofile=SRGB)
+    if planes == "separate":
+        source = planar_tiff(SIXTEEN, compression="lzw", iccprofile=SRGB)
+    else:
+        source = tiff(SIXTEEN, photometric="rgb", compression="lzw", iccprofile=SRGB)
 
     job = render_job(session, storage, runtime, source, output_format="tiff16")
     response = client.get(f"/v1/jobs/{job.id}/result")
@@ -240,10 +263,11 @@ def refusal(response: Any, field: str) -> str:
     return str(errors[0]["message"])
 
 
+@pytest.mark.parametrize("name", ["tiff16-multipage", "tiff16-planar-deflate"])
 def test_a_tiff_upload_is_accepted_and_stored_as_tiff(
-    client: FlaskClient, settings: Settings
+    client: FlaskClient, settings: Settings, name: str
 ) -> None:
-    response = submit(client, INPUTS["tiff16-multipage"][0], {"output_format": "tiff16"})
+    response = submit(client, INPUTS[name][0], {"output_format": "tiff16"})
 
     assert response.status_code == 202, response.get_data(as_text=True)
     assert response.get_json()["input"] == {"width": 60, "height": 40}

@@ -109,7 +109,7 @@ def test_models_needs_a_key_and_is_in_the_document(app: Flask) -> None:
     schemas = document["components"]["schemas"]
     model_ref = schemas["ModelList"]["properties"]["models"]["items"]["$ref"]
     model = schemas[model_ref.rsplit("/", 1)[1]]
-    assert set(model["required"]) == {"name", "default", "default_layers", "layers"}
+    assert set(model["required"]) == {"name", "default", "default_layers", "layers", "weights"}
 
 
 def test_a_backbone_without_weights_is_refused_at_submit(

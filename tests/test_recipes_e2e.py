@@ -11,8 +11,11 @@ from typing import Any
 import numpy as np
 import pytest
 
+from shared.db import create_db_engine, create_session_factory
 from shared.images import decode_image, recipe_of
-from tests.utils import CHELSEA, Stack, image_bytes, running_stack
+from shared.queue import create_celery, enqueue_render
+from shared.storage import open_storage
+from tests.utils import CHELSEA, Stack, image_bytes, make_job, running_stack
 
 # The first render of a worker builds its model: minutes on a busy CI machine.
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(900)]
@@ -59,7 +62,11 @@ def test_a_recipe_renders_the_identical_image_again(stack: Stack) -> None:
     assert pixels.dtype == np.uint16
     assert np.array_equal(decode_image(by_id_file).pixels, pixels)
     assert np.array_equal(decode_image(by_file_file).pixels, pixels)
-    assert recipe_of(by_id_file) == recipe_of(by_file_file) == carried
+    faithful = {"faithful": True, "differs": {}, "unknown": []}
+    assert by_id["recipe"].pop("rerun") == {"of": first["id"], **faithful}
+    assert by_file["recipe"].pop("rerun") == faithful
+    assert by_id["recipe"] == by_file["recipe"] == carried
+    assert recipe_of(by_id_file)["rerun"]["faithful"] is True  # type: ignore[index]
 
 
 def test_a_recipe_gives_its_look_to_another_image(stack: Stack) -> None:
@@ -72,3 +79,31 @@ def test_a_recipe_gives_its_look_to_another_image(stack: Stack) -> None:
     assert other["params"] == {**first["params"], "output_format": "png"}
     assert decode_image(other_file).pixels.shape == (60, 80, 3)
     assert recipe_of(other_file) == other["recipe"]
+    # The look, not the pixels of the first: its params were changed.
+    assert other["recipe"]["rerun"]["faithful"] is False
+    assert other["recipe"]["rerun"]["differs"] == {"params.output_format": ["png16", "png"]}
+
+
+def test_a_worker_whose_weights_are_not_the_recipes_fails_the_job_saying_why(stack: Stack) -> None:
+    # The API would refuse this recipe (it has the worker's weights): the job is put in the
+    # database and on the queue as a job submitted through an API with other weights would be.
+    asked = {"oneiro_recipe": 1, "params": LOOK, "backbone": "inception_v3"}
+    asked["weights"] = "sha256:" + "0" * 64
+    engine = create_db_engine(stack.settings.database_url)
+    try:
+        with create_session_factory(engine)() as session:
+            storage = open_storage(stack.settings.storage_url)
+            job_id = make_job(session, storage, params=LOOK, rerun_of=asked).id
+    finally:
+        engine.dispose()
+    celery = create_celery(stack.settings)
+    try:
+        enqueue_render(celery, job_id)
+    finally:
+        celery.close()
+
+    job = stack.wait_until_ended(str(job_id), timeout=600)
+
+    assert job["status"] == "failed" and job["result_url"] is None
+    assert "the same look needs the same weights" in job["error"]
+    assert "the ones here are random" in job["error"]

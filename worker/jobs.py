@@ -31,7 +31,15 @@ from shared.images import as_depth, decode_image, decode_rgb, encode_jpeg, fit_w
 from shared.logs import log_context
 from shared.models import Job, JobStatus
 from shared.params import RenderParams
-from shared.recipes import encode_result, make_recipe, weights_digest
+from shared.recipes import (
+    WeightsMismatch,
+    check_weights,
+    device_name,
+    encode_result,
+    make_recipe,
+    rerun_verdict,
+    weights_digest,
+)
 from shared.storage import (
     ObjectNotFound,
     StorageError,
@@ -165,6 +173,7 @@ def _render(
         params = RenderParams.model_validate(job.params)
         input_key, recorded_checkpoint = job.input_key, job.checkpoint_key
         controls = job.guide_key, job.mask_key
+        rerun_of = job.rerun_of
     fmt = output_format(params.output_format)
     try:
         decoded = decode_image(runtime.storage.get(input_key))
@@ -178,6 +187,10 @@ def _render(
     guide, mask = (_control(runtime, key) for key in controls)
     should_stop = ShouldStop(runtime, job_id, attempt, heartbeat)
     model = None if runtime.settings.dry_run else runtime.dream_model(params)
+    if rerun_of is not None:
+        # Before the render: a recipe's look cannot be had on other weights (the API refused
+        # what it could know; a worker given other weights than the API's finds it here).
+        check_weights(rerun_of, params.model, _weights(runtime, params))
     dreamed = (
         image
         if model is None
@@ -194,7 +207,11 @@ def _render(
             mask,
         )
     )
-    recipe = _recipe(runtime, params, model)
+    recipe = _recipe(runtime, params, model, guide, mask)
+    if rerun_of is not None:
+        # Rendered on another backend, precision, engine or device, or with params changed,
+        # it is the recipe's look but not its pixels: the result says so, in its file too.
+        recipe["rerun"] = rerun_verdict(rerun_of, recipe)
     size = runtime.settings.preview_size
     stored = result_key(job_id, attempt, fmt.extension)
     _put_fenced(
@@ -205,18 +222,34 @@ def _render(
     return stored, recipe
 
 
-def _recipe(runtime: Runtime, params: RenderParams, model: Any) -> dict[str, Any]:
-    """What made this render: its params, and the weights, backend and precision it ran on
-    (`model`, the engine's; None on a dry run, which ran no engine)."""
+def _recipe(
+    runtime: Runtime,
+    params: RenderParams,
+    model: Any,
+    guide: bytes | None = None,
+    mask: bytes | None = None,
+) -> dict[str, Any]:
+    """What made this render: its params, the weights, backend and precision it ran on
+    (`model`, the engine's; None on a dry run, which ran no engine), its guide and mask."""
     settings = runtime.settings
-    weights = weights_digest(require_weights(settings, params.model))
     if model is None:
-        backend, precision = settings.backend, settings.precision
+        backend, precision, device = settings.backend, settings.precision, None
     else:
-        backend, precision = model.backend, model.precision
+        backend, precision, device = model.backend, model.precision, device_name(model.device)
     return make_recipe(
-        params.model_dump(mode="json"), weights=weights, backend=backend, precision=precision
+        params.model_dump(mode="json"),
+        weights=_weights(runtime, params),
+        backend=backend,
+        precision=precision,
+        device=device,
+        guide=guide,
+        mask=mask,
     )
+
+
+def _weights(runtime: Runtime, params: RenderParams) -> str:
+    """The digest of the weights this worker dreams `params.model` with."""
+    return weights_digest(require_weights(runtime.settings, params.model))
 
 
 def _control(runtime: Runtime, key: str | None) -> bytes | None:
@@ -345,7 +378,7 @@ MAX_ERROR_CHARS = 300
 def _readable(exc: Exception) -> str:
     from worker.engine import WeightsUnavailable
 
-    if isinstance(exc, WeightsUnavailable | StorageError | NoWeights):
+    if isinstance(exc, WeightsUnavailable | StorageError | NoWeights | WeightsMismatch):
         return str(exc)  # ours: a sentence on what is wrong, one on what to do
     if isinstance(exc, SoftTimeLimitExceeded):
         return "the render ran past the time limit (ONEIRO_SOFT_TIME_LIMIT) and was stopped"

@@ -38,6 +38,8 @@ class Runtime:
         channels = params.channels or {}
         # What the engine reads on import: these settings' backend, even when they were given.
         os.environ["ONEIRO_BACKEND"] = self.settings.backend
+        # And whether JAX starts with deterministic GPU kernels (worker/engine/backend.py).
+        os.environ["ONEIRO_GPU_DETERMINISM"] = str(self.settings.gpu_determinism).lower()
         return _dream_model(
             params.model,
             tuple(params.layers.items()),
@@ -45,6 +47,7 @@ class Runtime:
             require_weights(self.settings, params.model),
             self.settings.weights_download,
             self.settings.precision,
+            self.settings.gpu_determinism,
         )
 
     def mask_model(self, params: RenderParams) -> DreamModel | None:
@@ -95,6 +98,7 @@ def _dream_model(
     weights: str,
     allow_download: bool,
     precision: str,
+    gpu_determinism: bool = True,
 ) -> DreamModel:
     # Keras is imported here, in the process that renders, never in Celery's parent; the engine
     # sets its backend from ONEIRO_BACKEND on import.
@@ -107,6 +111,7 @@ def _dream_model(
         channels=dict(channels),
         precision=precision,
         allow_download=allow_download,
+        gpu_determinism=gpu_determinism,
     )
     # Which backend, device and precision a worker really computes with: `auto` decides here.
     log.info(

@@ -31,6 +31,13 @@ JAX_DEFAULTS = {
 }
 
 
+# Deterministic GPU kernels for JAX (worker/engine/device.deterministic): XLA reads its flags
+# once, when JAX first starts a backend, which finding the device already does; so the flag is
+# set with the backend, where ONEIRO_GPU_DETERMINISM is not false. A CPU ignores it.
+DETERMINISM_VARIABLE = "ONEIRO_GPU_DETERMINISM"
+JAX_DETERMINISM_FLAG = "--xla_gpu_deterministic_ops=true"
+
+
 class BackendError(RuntimeError):
     """The backend asked for is unknown or cannot be had in this process."""
 
@@ -58,4 +65,15 @@ def choose_backend(name: str | None = None) -> str:
     if chosen == "jax":
         for key, value in JAX_DEFAULTS.items():
             os.environ.setdefault(key, value)
+        if gpu_determinism_wanted():
+            flags = os.environ.get("XLA_FLAGS", "")
+            if "xla_gpu_deterministic_ops" not in flags:  # an operator's own value wins
+                os.environ["XLA_FLAGS"] = f"{flags} {JAX_DETERMINISM_FLAG}".strip()
     return chosen
+
+
+def gpu_determinism_wanted() -> bool:
+    """ONEIRO_GPU_DETERMINISM as the engine reads it on import (the settings' value, which the
+    worker sets before it imports the engine): anything but a false value means yes."""
+    value = os.environ.get(DETERMINISM_VARIABLE, "true").strip().lower()
+    return value not in ("0", "false", "no", "off")

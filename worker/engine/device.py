@@ -88,3 +88,12 @@ def tiles_per_call(device: Device, window: tuple[int, int]) -> int:
         return max(1, min(CPU_MAX_BATCH, round(CPU_BATCH_PIXELS / pixels)))
     per_tile = pixels * GRADIENT_BYTES_PER_PIXEL
     return max(1, min(GPU_MAX_BATCH, math.floor(device.free_bytes * GPU_MEMORY_SHARE / per_tile)))
+
+
+def deterministic(device: Device, wanted: bool) -> bool:
+    """Whether to compute with deterministic kernels (ONEIRO_GPU_DETERMINISM: `wanted`): on a GPU
+    only. A GPU's atomic reductions and cuDNN's fastest convolution algorithms add in whatever
+    order they run, so two renders of one recipe could differ in the last bits, and the dream
+    amplifies those; deterministic kernels cost some speed there. A CPU already renders the
+    identical image (tests/test_recipes_e2e.py), and stays as it was."""
+    return wanted and device.kind == "gpu"

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+import os
 from collections.abc import Callable
 from typing import Any
 
@@ -10,7 +12,10 @@ import jax.numpy as jnp
 import keras
 import numpy as np
 
+from worker.engine.backend import JAX_DETERMINISM_FLAG
 from worker.engine.device import Device
+
+log = logging.getLogger(__name__)
 
 
 def make_gradient_fn(
@@ -56,6 +61,16 @@ def make_gradient_fn(
 def is_out_of_memory(error: BaseException) -> bool:
     """Whether `error` is XLA saying a device ran out of memory."""
     return isinstance(error, jax.errors.JaxRuntimeError) and "RESOURCE_EXHAUSTED" in str(error)
+
+
+def enable_determinism() -> None:
+    """Deterministic kernels (a GPU's; see device.deterministic): XLA took its flags when JAX
+    started, where worker/engine/backend.choose_backend set them; say so when it did not."""
+    if "xla_gpu_deterministic_ops" not in os.environ.get("XLA_FLAGS", ""):
+        log.warning(
+            "JAX started without %s in XLA_FLAGS: re-runs of a recipe on this GPU may differ",
+            JAX_DETERMINISM_FLAG,
+        )
 
 
 def device() -> Device:

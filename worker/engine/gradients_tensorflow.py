@@ -53,6 +53,12 @@ def is_out_of_memory(error: BaseException) -> bool:
     return isinstance(error, tf.errors.ResourceExhaustedError)
 
 
+def enable_determinism() -> None:
+    """Deterministic kernels from now on, for the whole process (a GPU's; see
+    device.deterministic). An op with none raises instead of computing differently."""
+    tf.config.experimental.enable_op_determinism()
+
+
 def device() -> Device:
     """The device TensorFlow computes on: the first GPU, or the CPU."""
     gpus = tf.config.list_physical_devices("GPU")

@@ -106,8 +106,10 @@ def load_dream_model(
     precision: str = "auto",
     allow_download: bool = True,
     seed: int = 0,
+    gpu_determinism: bool = True,
 ) -> DreamModel:
-    """Build `model` with `weights` ('imagenet', 'random' or a file path), cut at `layers`."""
+    """Build `model` with `weights` ('imagenet', 'random' or a file path), cut at `layers`;
+    on a GPU with deterministic kernels unless `gpu_determinism` is false."""
     backbone = BACKBONES[model]
     if not isinstance(layers, Mapping):
         layers = {name: 1.0 for name in layers}
@@ -116,6 +118,8 @@ def load_dream_model(
     backend = keras.backend.backend()
     module = backend_module(backend)
     device = module.device()
+    if policy.deterministic(device, gpu_determinism):
+        module.enable_determinism()
     dtype = policy.best_precision(backend, device) if precision == "auto" else precision
     full = _backbone(backbone, weights, allow_download, seed)
     cut = keras.Model(full.input, [full.get_layer(name).output for name in layers])

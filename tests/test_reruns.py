@@ -1,0 +1,240 @@
+"""A recipe rendered again is checked against what renders it: other weights are another look
+(refused at submit where the API can tell, failed on the worker otherwise); another backend,
+precision, engine or device, or params sent over the recipe's, render and say so in the result.
+The API and the worker in-process on the real database (SQLite and PostgreSQL) and storage."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from flask import Flask
+from flask.testing import FlaskClient
+from sqlalchemy.orm import Session
+
+from api import create_app
+from shared.catalogue import BACKBONES
+from shared.images import decode_image, recipe_of
+from shared.models import Job, JobStatus
+from shared.recipes import (
+    MACHINE_FACTS,
+    WeightsMismatch,
+    check_weights,
+    make_recipe,
+    rerun_verdict,
+)
+from shared.settings import Settings
+from shared.storage import Storage
+from tests.utils import assert_problem, authed_client, image_bytes, make_job, stored_files, submit
+from worker.jobs import run_job
+from worker.runtime import Runtime
+
+LOOK = {"steps": 2, "octaves": 2, "seed": 13, "step_size": 0.05, "max_dim": 64}
+SOMEONE_ELSES = "sha256:" + "0" * 64
+DEPLOYED = b"the weights of this deployment"
+
+
+def recipe(**facts: Any) -> dict[str, Any]:
+    made = make_recipe(
+        {"model": "inception_v3", "seed": 1},
+        weights="random",
+        backend="tensorflow",
+        precision="float32",
+        device="cpu",
+    )
+    return {**made, **facts}
+
+
+# -- the comparison alone ---------------------------------------------------------------------
+
+
+def test_the_same_recipe_is_a_faithful_rerun() -> None:
+    verdict = rerun_verdict(recipe(), recipe())
+
+    assert verdict == {"faithful": True, "differs": {}, "unknown": []}
+
+
+def test_what_differs_and_what_is_unknown_make_a_rerun_unfaithful() -> None:
+    asked = {**recipe(backend="jax", precision="bfloat16", job="j1"), "device": None}
+    made = recipe(params={"model": "inception_v3", "seed": 1, "output_format": "png16"})
+    made["params"]["seed"] = 2
+
+    verdict = rerun_verdict(asked, made)
+
+    assert verdict["of"] == "j1" and verdict["faithful"] is False
+    assert verdict["differs"] == {
+        "params.seed": [1, 2],
+        "backend": ["jax", "tensorflow"],
+        "precision": ["bfloat16", "float32"],
+    }
+    assert verdict["unknown"] == ["device"]
+
+
+def test_another_guide_or_none_is_another_look() -> None:
+    guided = make_recipe({"seed": 1}, weights="random", backend="tf", precision="f", guide=b"g")
+    unguided = make_recipe({"seed": 1}, weights="random", backend="tf", precision="f")
+    older = {key: value for key, value in unguided.items() if key not in ("guide", "mask")}
+
+    verdict = rerun_verdict(guided, unguided)
+    unknown = rerun_verdict(older, unguided)["unknown"]
+
+    assert verdict["differs"] == {"guide": [guided["guide"], None]}
+    assert str(guided["guide"]).startswith("sha256:") and guided["mask"] is None
+    assert "guide" in unknown and "mask" in unknown
+
+
+def test_weights_never_hashed_are_unknown_not_the_same() -> None:
+    verdict = rerun_verdict(recipe(weights="imagenet"), recipe(weights="sha256:ab"))
+
+    assert verdict["faithful"] is False and verdict["unknown"] == ["weights"]
+
+
+def test_only_other_known_weights_of_the_same_backbone_are_a_mismatch() -> None:
+    with pytest.raises(WeightsMismatch, match="the same look needs the same weights"):
+        check_weights(recipe(), "inception_v3", SOMEONE_ELSES)
+    check_weights(recipe(), "inception_v3", "random")
+    check_weights(recipe(), "vgg19", SOMEONE_ELSES)  # the model was changed: not its weights
+    check_weights(recipe(weights="imagenet"), "inception_v3", SOMEONE_ELSES)
+
+
+def test_a_recipe_names_every_fact_a_rerun_compares() -> None:
+    assert set(MACHINE_FACTS) <= set(recipe())
+
+
+# -- the API ----------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def one_weights_file(
+    settings: Settings, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> Iterator[FlaskClient]:
+    """A client of a deployment whose only weights are one InceptionV3 file."""
+    monkeypatch.setenv("KERAS_HOME", str(tmp_path / "no-keras-cache"))
+    weights = tmp_path / BACKBONES["inception_v3"].weights_file
+    weights.write_bytes(DEPLOYED)
+    app: Flask = create_app(settings.model_copy(update={"weights": str(weights)}))
+    yield authed_client(app)
+    app.extensions["oneiro"].engine.dispose()
+    app.extensions["oneiro"].celery.close()
+
+
+def test_a_recipe_on_other_weights_is_refused_at_submit_and_nothing_is_stored(
+    one_weights_file: FlaskClient, settings: Settings
+) -> None:
+    response = submit(one_weights_file, image_bytes(), recipe=json.dumps(recipe()))
+
+    body = assert_problem(response, 422)
+    assert [e["field"] for e in body["errors"]] == ["recipe"]
+    assert "rendered with inception_v3 weights random" in body["errors"][0]["message"]
+    assert "sha256:" in body["errors"][0]["message"]
+    assert stored_files(settings) == []
+
+
+def test_a_recipe_of_a_backbone_no_worker_has_is_refused_at_submit(
+    one_weights_file: FlaskClient, settings: Settings
+) -> None:
+    vgg = recipe(params={"model": "vgg19", "seed": 1}, backbone="vgg19")
+
+    response = submit(one_weights_file, image_bytes(), recipe=json.dumps(vgg))
+    models = one_weights_file.get("/v1/models").get_json()["models"]
+
+    body = assert_problem(response, 422)
+    assert [e["field"] for e in body["errors"]] == ["recipe"]
+    assert "no weights for vgg19" in body["errors"][0]["message"]
+    assert [model["name"] for model in models] == ["inception_v3"]
+    assert models[0]["weights"] == f"sha256:{hashlib.sha256(DEPLOYED).hexdigest()}"
+    assert stored_files(settings) == []
+
+
+def test_a_recipe_on_the_same_weights_is_accepted(client: FlaskClient) -> None:
+    response = submit(client, image_bytes(), recipe=json.dumps(recipe(backend="jax")))
+
+    assert response.status_code == 202, response.get_data(as_text=True)
+
+
+# -- the worker -------------------------------------------------------------------------------
+
+
+def rendered(session: Session, runtime: Runtime, job_id: uuid.UUID | str) -> Job:
+    job_id = uuid.UUID(str(job_id))
+    assert run_job(job_id, runtime) is not None
+    session.expire_all()
+    return session.get_one(Job, job_id)
+
+
+def test_a_recipe_rendered_again_on_the_same_machine_is_faithful_and_identical(
+    client: FlaskClient, session: Session, storage: Storage, runtime: Runtime
+) -> None:
+    photo = image_bytes((64, 48))
+    first = rendered(session, runtime, make_job(session, storage, image=photo, params=LOOK).id)
+
+    response = submit(client, photo, recipe=str(first.id))
+    again = rendered(session, runtime, response.get_json()["id"])
+
+    assert again.status == JobStatus.SUCCEEDED and again.recipe is not None
+    assert again.recipe["rerun"] == {
+        "of": str(first.id),
+        "faithful": True,
+        "differs": {},
+        "unknown": [],
+    }
+    result = storage.get(again.result_key or "")
+    assert recipe_of(result) == again.recipe
+    assert client.get(f"/v1/jobs/{again.id}").get_json()["recipe"] == again.recipe
+    assert np.array_equal(
+        decode_image(result).pixels, decode_image(storage.get(first.result_key or "")).pixels
+    )
+
+
+def test_a_recipe_rendered_on_another_kind_of_machine_renders_and_says_it_is_not_faithful(
+    client: FlaskClient, session: Session, runtime: Runtime
+) -> None:
+    elsewhere = recipe(params=LOOK, backend="jax", precision="float16", device="gpu 9.0")
+    elsewhere["job"] = "any"  # names no job of ours: only a recipe taken by id does
+
+    response = submit(client, image_bytes((64, 48)), {"seed": 14}, recipe=json.dumps(elsewhere))
+    job = rendered(session, runtime, response.get_json()["id"])
+
+    assert job.status == JobStatus.SUCCEEDED and job.recipe is not None
+    verdict = job.recipe["rerun"]
+    assert verdict["faithful"] is False and "of" not in verdict
+    assert set(verdict["differs"]) >= {"params.seed", "precision", "device"}
+    assert verdict["differs"]["params.seed"] == [13, 14]
+    assert verdict["differs"]["device"] == ["gpu 9.0", "cpu"]
+
+
+def test_a_guided_look_rendered_again_without_its_guide_says_so(
+    client: FlaskClient, session: Session, runtime: Runtime
+) -> None:
+    photo, guide = image_bytes((64, 48)), image_bytes((40, 40), fmt="WEBP")
+    sent = submit(client, photo, LOOK, guide=(io.BytesIO(guide), "guide.webp"))
+    first = rendered(session, runtime, sent.get_json()["id"])
+
+    again = rendered(session, runtime, submit(client, photo, recipe=str(first.id)).get_json()["id"])
+
+    assert first.recipe is not None and again.recipe is not None
+    assert first.recipe["guide"] == "sha256:" + hashlib.sha256(guide).hexdigest()
+    assert again.recipe["rerun"]["faithful"] is False
+    assert again.recipe["rerun"]["differs"] == {"guide": [first.recipe["guide"], None]}
+
+
+def test_a_worker_with_other_weights_fails_the_rerun_saying_why(
+    session: Session, storage: Storage, runtime: Runtime
+) -> None:
+    # The API had these weights, this worker has others: only the worker can find it.
+    asked = recipe(params=LOOK, weights=SOMEONE_ELSES)
+    job = make_job(session, storage, params=LOOK, rerun_of=asked)
+
+    ended = rendered(session, runtime, job.id)
+
+    assert ended.status == JobStatus.FAILED and ended.result_key is None
+    assert ended.error is not None
+    assert f"rendered with inception_v3 weights {SOMEONE_ELSES}" in ended.error
+    assert "the ones here are random" in ended.error
