@@ -29,6 +29,7 @@ from shared import transitions
 from shared.changes import publish_change
 from shared.formats import OUTPUT_FORMATS, output_format
 from shared.models import Job, JobStatus
+from shared.queue import render_queue
 from shared.serializer import iso, job_json, job_url
 from shared.storage import (
     ObjectNotFound,
@@ -117,7 +118,7 @@ def submit_job() -> Answer:
         session.rollback()
         svc.storage.delete_prefix(job_prefix(job_id))  # a refused request leaves nothing behind
         raise
-    transitions.enqueue(session, svc.celery, job_id)
+    transitions.enqueue(session, svc.celery, job_id, render_queue(svc.settings, job))
     return _answer(job, 202)
 
 
@@ -294,7 +295,8 @@ def retry_job(job_id: uuid.UUID) -> tuple[dict[str, Any], int]:
     _check_not_expired(_find(job_id))  # its input is gone
     check_active_cap(get_db(), tenant_id(), services().settings.max_active_jobs)
     job = _transition(job_id, "retried", transitions.RETRYABLE, transitions.retry)
-    transitions.enqueue(get_db(), services().celery, job_id)
+    queue = render_queue(services().settings, job)
+    transitions.enqueue(get_db(), services().celery, job_id, queue)
     return job_json(job, measured_throughput()), 202
 
 
