@@ -11,10 +11,11 @@ import uuid
 from collections.abc import Callable
 from typing import Any
 
-from flask import Blueprint, Response, request
+from flask import Blueprint, Response, redirect, request
 from sqlalchemy import select, tuple_
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
+from werkzeug.exceptions import RequestedRangeNotSatisfiable
 
 from api.auth import require_key, tenant_id
 from api.db import get_db, services
@@ -190,12 +191,34 @@ def job_events(job_id: uuid.UUID) -> Response:
     )
 
 
+# What /result and /preview answer besides the file (see _download).
+DOWNLOAD_ANSWERS = {
+    "HTTP_206": (None, "The byte range the Range header asked for (one range)."),
+    "HTTP_304": (None, "Unchanged since the ETag sent in If-None-Match."),
+    "HTTP_307": (
+        None,
+        "With ONEIRO_PRESIGNED_DOWNLOADS on S3 storage: GET the file at Location, a URL valid "
+        "for ONEIRO_PRESIGNED_EXPIRY seconds.",
+    ),
+}
+DOWNLOAD_HEADERS = {
+    200: ["ETag", "Cache-Control", "Accept-Ranges"],
+    206: ["ETag", "Cache-Control", "Content-Range"],
+    304: ["ETag", "Cache-Control"],
+    307: ["Location", "Cache-Control"],
+}
+
+
 @blueprint.get("/<uuid:job_id>/result")
 @spec.validate(
     resp=job_responses(
         HTTP_200=(None, "The rendered image, in the job's params.output_format."),
-        media={200: {f.media_type: BINARY for f in OUTPUT_FORMATS.values()}},
-        errors=(404, 409, 410),
+        **DOWNLOAD_ANSWERS,
+        media={
+            code: {f.media_type: BINARY for f in OUTPUT_FORMATS.values()} for code in (200, 206)
+        },
+        headers=DOWNLOAD_HEADERS,
+        errors=(404, 409, 410, 416),
     ),
     security=BEARER,
 )
@@ -211,9 +234,10 @@ def get_result(job_id: uuid.UUID) -> Response:
         raise Problem(409, "Result not ready", detail, job_status=job.status.value)
     fmt = output_format(job.params.get("output_format"))
     return _download(
+        job.result_key,
         services().storage.open(job.result_key),
         fmt.media_type,
-        {"Content-Disposition": f'inline; filename="{job_id}.{fmt.extension}"'},
+        f'inline; filename="{job_id}.{fmt.extension}"',
     )
 
 
@@ -221,8 +245,10 @@ def get_result(job_id: uuid.UUID) -> Response:
 @spec.validate(
     resp=job_responses(
         HTTP_200=(None, "A small JPEG of the render so far, or of the result."),
-        media={200: {"image/jpeg": BINARY}},
-        errors=(404, 409, 410),
+        **DOWNLOAD_ANSWERS,
+        media={200: {"image/jpeg": BINARY}, 206: {"image/jpeg": BINARY}},
+        headers=DOWNLOAD_HEADERS,
+        errors=(404, 409, 410, 416),
     ),
     security=BEARER,
 )
@@ -231,8 +257,8 @@ def get_preview(job_id: uuid.UUID) -> Response:
     the result once the job has succeeded."""
     job = _find(job_id)
     _check_not_expired(job)
-    stored = _latest_preview(job)
-    if stored is None:
+    found = _latest_preview(job)
+    if found is None:
         detail = (
             f"job {job_id} ended ({job.status.value}) before its first step, so it has no preview"
             if job.status.is_terminal()
@@ -240,27 +266,65 @@ def get_preview(job_id: uuid.UUID) -> Response:
             "writes one after the first step of its render"
         )
         raise Problem(409, "Preview not ready", detail, job_status=job.status.value)
-    return _download(stored, "image/jpeg", {"Cache-Control": "no-store"})
+    return _download(*found, "image/jpeg")
 
 
-def _download(stored: StoredObject, mimetype: str, headers: dict[str, str]) -> Response:
-    """A stored object sent a chunk at a time: a large result or a stalled download holds one
-    chunk in memory, not the whole file."""
-    return Response(
-        stored,
-        mimetype=mimetype,
-        headers={**headers, "Content-Length": str(stored.size)},
-        direct_passthrough=True,
-    )
+# A result or preview can change under its URL (a retry, a preview rewritten every few
+# seconds) and is the tenant's alone: caches keep it privately and ask again with its ETag,
+# which costs a 304 when nothing changed.
+DOWNLOAD_CACHE_CONTROL = "private, no-cache"
 
 
-def _latest_preview(job: Job) -> StoredObject | None:
+def _download(
+    key: str, stored: StoredObject, mimetype: str, disposition: str | None = None
+) -> Response:
+    """A stored object sent a chunk at a time (a large result or a stalled download holds one
+    chunk in memory, not the whole file), with its ETag, answering If-None-Match (304) and a
+    Range (206; 416 when unsatisfiable) by werkzeug's conditional handling. With
+    ONEIRO_PRESIGNED_DOWNLOADS and a store that has such URLs, a redirect to a short-lived URL
+    of the object instead, so large files do not pass through the API."""
+    settings = services().settings
+    if settings.presigned_downloads:
+        url = services().storage.download_url(key, settings.presigned_expiry, mimetype, disposition)
+        if url is not None:
+            stored.close()
+            # The URL expires: the redirect itself must not be cached.
+            return redirect_to(url, {"Cache-Control": "private, no-store"})
+    headers = {"Cache-Control": DOWNLOAD_CACHE_CONTROL, "ETag": stored.etag}
+    if disposition:
+        headers["Content-Disposition"] = disposition
+    response = Response(stored, mimetype=mimetype, headers=headers, direct_passthrough=True)
+    response.content_length = stored.size
+    try:
+        response.make_conditional(request, accept_ranges=True, complete_length=stored.size)
+    except RequestedRangeNotSatisfiable:
+        stored.close()
+        raise Problem(
+            416,
+            "Range Not Satisfiable",
+            f"the object is {stored.size} bytes; ask for one range within them "
+            "(bytes=first-last, bytes=first- or bytes=-suffix)",
+            headers={"Content-Range": f"bytes */{stored.size}"},
+        ) from None
+    if response.status_code == 304:
+        stored.close()
+    return response
+
+
+def redirect_to(url: str, headers: dict[str, str]) -> Response:
+    """A 307 to `url`: the client GETs the object there."""
+    response = redirect(url, 307)
+    response.headers.update(headers)
+    return response
+
+
+def _latest_preview(job: Job) -> tuple[str, StoredObject] | None:
     """The preview of the job's latest attempt; until a resumed attempt writes its first, the
     one before's; for a job stored before per-job folders, its preview under the old key."""
     keys = [preview_key(job.id, n) for n in (job.attempt, job.attempt - 1) if n > 0]
     for key in [*keys, legacy_keys(job.id).preview]:
         try:
-            return services().storage.open(key)
+            return key, services().storage.open(key)
         except ObjectNotFound:
             continue
     return None
