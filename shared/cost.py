@@ -118,9 +118,10 @@ def peak_memory_bytes(
     its batches to its free memory, so one tile is what it cannot do without; a mask that
     dreams its own layers runs a second model).
 
-    An honest upper bound, not a measurement: on the CPU it lies 1.3-1.6x above the peak RSS
-    of real renders (benchmarks/peak_memory.py), more for small jobs, where the runtime's
-    round GiB dominates."""
+    An upper bound, not a measurement. The per-pixel figures of the tile's gradient are a GPU's
+    (XLA's memory analysis); TensorFlow on a CPU frees as it goes and needs several times less,
+    so there the estimate lies 1.5-3x above the peak RSS of real renders
+    (benchmarks/peak_memory.py)."""
     backbone = BACKBONES[params.model]
     models = passes(params)
     window_h, window_w = largest_window(width, height, params)
