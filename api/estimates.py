@@ -7,9 +7,10 @@ estimate is the one the job would show (shared/serializer.py), the rest shared/e
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
-from flask import Blueprint
+from flask import Blueprint, current_app
 
 from api.auth import require_key
 from api.db import get_db, services
@@ -21,7 +22,7 @@ from shared.cost import peak_memory_bytes
 from shared.estimates import wait_estimate
 from shared.models import Job
 from shared.queue import class_holding
-from shared.serializer import render_estimate
+from shared.serializer import Throughput, render_estimate
 
 blueprint = Blueprint("estimates", __name__, url_prefix="/v1/estimates")
 blueprint.before_request(require_key)
@@ -55,5 +56,21 @@ def estimate_job() -> dict[str, Any]:
             "peak_bytes": memory,
             "worker_class": worker_class.name or None if worker_class else None,
         },
-        "wait": wait_estimate(get_db(), settings, throughput),
+        "wait": _wait(throughput),
     }
+
+
+# The work ahead is summed over every queued and running row: once per WAIT_TTL_S in each API
+# process serves the estimates in between, so a burst of them over a long backlog costs one
+# read of it. The wait moves by minutes; a few seconds' staleness changes nothing.
+WAIT_TTL_S = 5.0
+
+
+def _wait(throughput: Throughput) -> dict[str, Any]:
+    """The expected wait of a job sent now (shared/estimates.py), cached for WAIT_TTL_S."""
+    cache = current_app.extensions.setdefault("oneiro.wait", {})
+    now = time.monotonic()
+    if cache.get("until", 0.0) < now or cache.get("throughput") != throughput:
+        wait = wait_estimate(get_db(), services().settings, throughput)
+        cache.update(until=now + WAIT_TTL_S, throughput=throughput, value=wait)
+    return cache["value"]  # type: ignore[no-any-return]

@@ -126,8 +126,11 @@ def render_queue(settings: Settings, job: Job) -> str:
     """The queue a job's render message goes to: that of the smallest worker class that holds
     it. Every send goes through here (submit, retry, the relay). A job no class holds (accepted
     before the farm shrank) goes to the largest, where its worker says why it cannot run it."""
+    classes = worker_classes(settings)
+    if len(classes) == 1:
+        return classes[0].queue  # a farm of one class: no memory to weigh
     chosen = class_holding(settings, job_memory(job))
-    return (chosen or worker_classes(settings)[-1]).queue
+    return (chosen or classes[-1]).queue
 
 
 def render_queues(settings: Settings) -> list[str]:
