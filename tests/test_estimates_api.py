@@ -184,9 +184,10 @@ def test_a_job_no_worker_class_can_hold_is_refused_at_submit_with_the_reason(
 
 
 def test_with_one_class_the_workers_memory_setting_is_the_limit(settings: Settings) -> None:
-    client = authed_client(create_app(settings.model_copy(update={"worker_memory_gb": 0.5})))
-    body = assert_problem(estimate(client, (96, 64), PARAMS), 422)
+    app = create_app(settings.model_copy(update={"worker_memory_gb": 0.5}))
+    body = assert_problem(estimate(authed_client(app), (96, 64), PARAMS), 422)
     assert "ONEIRO_WORKER_MEMORY_GB" in body["detail"]
+    app.extensions["oneiro"].engine.dispose()
 
 
 def test_a_worker_fails_a_job_larger_than_it_holds_saying_why(
