@@ -11,14 +11,14 @@ import uuid
 from collections.abc import Callable
 from typing import Any
 
-from flask import Blueprint, Response, redirect, request
+from flask import Blueprint, Response, request
 from sqlalchemy import select, tuple_
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
-from werkzeug.exceptions import RequestedRangeNotSatisfiable
 
 from api.auth import require_key, tenant_id
 from api.db import get_db, services
+from api.downloads import ANSWERS, HEADERS, send_stored
 from api.idempotency import fingerprint, original_job
 from api.openapi import BEARER, BINARY, job_responses, spec
 from api.problems import Problem
@@ -191,33 +191,15 @@ def job_events(job_id: uuid.UUID) -> Response:
     )
 
 
-# What /result and /preview answer besides the file (see _download).
-DOWNLOAD_ANSWERS = {
-    "HTTP_206": (None, "The byte range the Range header asked for (one range)."),
-    "HTTP_304": (None, "Unchanged since the ETag sent in If-None-Match."),
-    "HTTP_307": (
-        None,
-        "With ONEIRO_PRESIGNED_DOWNLOADS on S3 storage: GET the file at Location, a URL valid "
-        "for ONEIRO_PRESIGNED_EXPIRY seconds.",
-    ),
-}
-DOWNLOAD_HEADERS = {
-    200: ["ETag", "Cache-Control", "Accept-Ranges"],
-    206: ["ETag", "Cache-Control", "Content-Range"],
-    304: ["ETag", "Cache-Control"],
-    307: ["Location", "Cache-Control"],
-}
-
-
 @blueprint.get("/<uuid:job_id>/result")
 @spec.validate(
     resp=job_responses(
         HTTP_200=(None, "The rendered image, in the job's params.output_format."),
-        **DOWNLOAD_ANSWERS,
+        **ANSWERS,
         media={
             code: {f.media_type: BINARY for f in OUTPUT_FORMATS.values()} for code in (200, 206)
         },
-        headers=DOWNLOAD_HEADERS,
+        headers=HEADERS,
         errors=(404, 409, 410, 416),
     ),
     security=BEARER,
@@ -233,7 +215,7 @@ def get_result(job_id: uuid.UUID) -> Response:
             detail += f" (it failed: {job.error})"
         raise Problem(409, "Result not ready", detail, job_status=job.status.value)
     fmt = output_format(job.params.get("output_format"))
-    return _download(
+    return send_stored(
         job.result_key,
         services().storage.open(job.result_key),
         fmt.media_type,
@@ -245,9 +227,9 @@ def get_result(job_id: uuid.UUID) -> Response:
 @spec.validate(
     resp=job_responses(
         HTTP_200=(None, "A small JPEG of the render so far, or of the result."),
-        **DOWNLOAD_ANSWERS,
+        **ANSWERS,
         media={200: {"image/jpeg": BINARY}, 206: {"image/jpeg": BINARY}},
-        headers=DOWNLOAD_HEADERS,
+        headers=HEADERS,
         errors=(404, 409, 410, 416),
     ),
     security=BEARER,
@@ -266,56 +248,7 @@ def get_preview(job_id: uuid.UUID) -> Response:
             "writes one after the first step of its render"
         )
         raise Problem(409, "Preview not ready", detail, job_status=job.status.value)
-    return _download(*found, "image/jpeg")
-
-
-# A result or preview can change under its URL (a retry, a preview rewritten every few
-# seconds) and is the tenant's alone: caches keep it privately and ask again with its ETag,
-# which costs a 304 when nothing changed.
-DOWNLOAD_CACHE_CONTROL = "private, no-cache"
-
-
-def _download(
-    key: str, stored: StoredObject, mimetype: str, disposition: str | None = None
-) -> Response:
-    """A stored object sent a chunk at a time (a large result or a stalled download holds one
-    chunk in memory, not the whole file), with its ETag, answering If-None-Match (304) and a
-    Range (206; 416 when unsatisfiable) by werkzeug's conditional handling. With
-    ONEIRO_PRESIGNED_DOWNLOADS and a store that has such URLs, a redirect to a short-lived URL
-    of the object instead, so large files do not pass through the API."""
-    settings = services().settings
-    if settings.presigned_downloads:
-        url = services().storage.download_url(key, settings.presigned_expiry, mimetype, disposition)
-        if url is not None:
-            stored.close()
-            # The URL expires: the redirect itself must not be cached.
-            return redirect_to(url, {"Cache-Control": "private, no-store"})
-    headers = {"Cache-Control": DOWNLOAD_CACHE_CONTROL, "ETag": stored.etag}
-    if disposition:
-        headers["Content-Disposition"] = disposition
-    response = Response(stored, mimetype=mimetype, headers=headers, direct_passthrough=True)
-    response.content_length = stored.size
-    try:
-        response.make_conditional(request, accept_ranges=True, complete_length=stored.size)
-    except RequestedRangeNotSatisfiable:
-        stored.close()
-        raise Problem(
-            416,
-            "Range Not Satisfiable",
-            f"the object is {stored.size} bytes; ask for one range within them "
-            "(bytes=first-last, bytes=first- or bytes=-suffix)",
-            headers={"Content-Range": f"bytes */{stored.size}"},
-        ) from None
-    if response.status_code == 304:
-        stored.close()
-    return response
-
-
-def redirect_to(url: str, headers: dict[str, str]) -> Response:
-    """A 307 to `url`: the client GETs the object there."""
-    response = redirect(url, 307)
-    response.headers.update(headers)
-    return response
+    return send_stored(*found, "image/jpeg")
 
 
 def _latest_preview(job: Job) -> tuple[str, StoredObject] | None:

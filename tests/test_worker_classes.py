@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import io
 import json
+import re
 import uuid
 from pathlib import Path
 from typing import Any
@@ -126,3 +127,25 @@ def test_a_worker_of_the_class_renders_the_job_sent_to_it(farm: Settings, tmp_pa
     assert client.get(f"/v1/jobs/{small}").get_json()["status"] == JobStatus.QUEUED.value
     assert queued_job_ids(farm) == [small]
     app.extensions["oneiro"].engine.dispose()
+
+
+@pytest.mark.parametrize(
+    ("variables", "says"),
+    [
+        ({"ONEIRO_WORKER_CLASSES": "gpu:big"}, "ONEIRO_WORKER_CLASSES: Value error, 'gpu:big'"),
+        ({"ONEIRO_WORKER_CLASSES": "large:80,gpu:24"}, "smallest first"),
+        (
+            {"ONEIRO_WORKER_CLASSES": "gpu:24", "ONEIRO_WORKER_CLASS": "huge"},
+            "ONEIRO_WORKER_CLASS:",
+        ),
+    ],
+)
+def test_a_wrong_farm_stops_start_up_naming_the_variable(
+    monkeypatch: pytest.MonkeyPatch, variables: dict[str, str], says: str
+) -> None:
+    from shared.settings import SettingsError
+
+    for name, value in variables.items():
+        monkeypatch.setenv(name, value)
+    with pytest.raises(SettingsError, match=re.escape(says)):
+        load_settings()
