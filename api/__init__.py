@@ -32,7 +32,18 @@ class Services:
 
 def create_app(settings: Settings | None = None) -> Flask:
     """The Flask application for `settings` (read from the environment when not given)."""
-    from api import db, health, jobs, metrics, models, openapi, presets, problems, request_log
+    from api import (
+        db,
+        estimates,
+        health,
+        jobs,
+        metrics,
+        models,
+        openapi,
+        presets,
+        problems,
+        request_log,
+    )
     from api.auth import create_limiter
     from api.web import register_web_page
 
@@ -53,7 +64,7 @@ def create_app(settings: Settings | None = None) -> Flask:
     problems.register(app)
     request_log.init_app(app)
     limiter = create_limiter(app, settings)
-    for limited in (jobs.blueprint, models.blueprint, presets.blueprint):
+    for limited in (jobs.blueprint, estimates.blueprint, models.blueprint, presets.blueprint):
         app.register_blueprint(limited)
         limiter.limit(settings.rate_limit)(limited)
     app.register_blueprint(health.blueprint)

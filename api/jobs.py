@@ -18,6 +18,7 @@ from sqlalchemy.orm import Session
 
 from api.auth import require_key, tenant_id
 from api.db import get_db, services
+from api.downloads import ANSWERS, HEADERS, send_stored
 from api.idempotency import fingerprint, original_job
 from api.openapi import BEARER, BINARY, job_responses, spec
 from api.problems import Problem
@@ -29,6 +30,7 @@ from shared import transitions
 from shared.changes import publish_change
 from shared.formats import OUTPUT_FORMATS, output_format
 from shared.models import Job, JobStatus
+from shared.queue import render_queue
 from shared.serializer import iso, job_json, job_url
 from shared.storage import (
     ObjectNotFound,
@@ -118,7 +120,7 @@ def submit_job() -> Answer:
         session.rollback()
         svc.storage.delete_prefix(job_prefix(job_id))  # a refused request leaves nothing behind
         raise
-    transitions.enqueue(session, svc.celery, job_id)
+    transitions.enqueue(session, svc.celery, job_id, render_queue(svc.settings, job))
     return _answer(job, 202)
 
 
@@ -194,8 +196,12 @@ def job_events(job_id: uuid.UUID) -> Response:
 @spec.validate(
     resp=job_responses(
         HTTP_200=(None, "The rendered image, in the job's params.output_format."),
-        media={200: {f.media_type: BINARY for f in OUTPUT_FORMATS.values()}},
-        errors=(404, 409, 410),
+        **ANSWERS,
+        media={
+            code: {f.media_type: BINARY for f in OUTPUT_FORMATS.values()} for code in (200, 206)
+        },
+        headers=HEADERS,
+        errors=(404, 409, 410, 416),
     ),
     security=BEARER,
 )
@@ -210,10 +216,11 @@ def get_result(job_id: uuid.UUID) -> Response:
             detail += f" (it failed: {job.error})"
         raise Problem(409, "Result not ready", detail, job_status=job.status.value)
     fmt = output_format(job.params.get("output_format"))
-    return _download(
+    return send_stored(
+        job.result_key,
         services().storage.open(job.result_key),
         fmt.media_type,
-        {"Content-Disposition": f'inline; filename="{job_id}.{fmt.extension}"'},
+        f'inline; filename="{job_id}.{fmt.extension}"',
     )
 
 
@@ -221,8 +228,10 @@ def get_result(job_id: uuid.UUID) -> Response:
 @spec.validate(
     resp=job_responses(
         HTTP_200=(None, "A small JPEG of the render so far, or of the result."),
-        media={200: {"image/jpeg": BINARY}},
-        errors=(404, 409, 410),
+        **ANSWERS,
+        media={200: {"image/jpeg": BINARY}, 206: {"image/jpeg": BINARY}},
+        headers=HEADERS,
+        errors=(404, 409, 410, 416),
     ),
     security=BEARER,
 )
@@ -231,8 +240,8 @@ def get_preview(job_id: uuid.UUID) -> Response:
     the result once the job has succeeded."""
     job = _find(job_id)
     _check_not_expired(job)
-    stored = _latest_preview(job)
-    if stored is None:
+    found = _latest_preview(job)
+    if found is None:
         detail = (
             f"job {job_id} ended ({job.status.value}) before its first step, so it has no preview"
             if job.status.is_terminal()
@@ -240,27 +249,16 @@ def get_preview(job_id: uuid.UUID) -> Response:
             "writes one after the first step of its render"
         )
         raise Problem(409, "Preview not ready", detail, job_status=job.status.value)
-    return _download(stored, "image/jpeg", {"Cache-Control": "no-store"})
+    return send_stored(*found, "image/jpeg")
 
 
-def _download(stored: StoredObject, mimetype: str, headers: dict[str, str]) -> Response:
-    """A stored object sent a chunk at a time: a large result or a stalled download holds one
-    chunk in memory, not the whole file."""
-    return Response(
-        stored,
-        mimetype=mimetype,
-        headers={**headers, "Content-Length": str(stored.size)},
-        direct_passthrough=True,
-    )
-
-
-def _latest_preview(job: Job) -> StoredObject | None:
+def _latest_preview(job: Job) -> tuple[str, StoredObject] | None:
     """The preview of the job's latest attempt; until a resumed attempt writes its first, the
     one before's; for a job stored before per-job folders, its preview under the old key."""
     keys = [preview_key(job.id, n) for n in (job.attempt, job.attempt - 1) if n > 0]
     for key in [*keys, legacy_keys(job.id).preview]:
         try:
-            return services().storage.open(key)
+            return key, services().storage.open(key)
         except ObjectNotFound:
             continue
     return None
@@ -295,7 +293,8 @@ def retry_job(job_id: uuid.UUID) -> tuple[dict[str, Any], int]:
     _check_not_expired(_find(job_id))  # its input is gone
     check_active_cap(get_db(), tenant_id(), services().settings.max_active_jobs)
     job = _transition(job_id, "retried", transitions.RETRYABLE, transitions.retry)
-    transitions.enqueue(get_db(), services().celery, job_id)
+    queue = render_queue(services().settings, job)
+    transitions.enqueue(get_db(), services().celery, job_id, queue)
     return job_json(job, measured_throughput()), 202
 
 

@@ -30,8 +30,9 @@ from sqlalchemy import ColumnElement, case, distinct, extract, func, select
 from sqlalchemy.orm import Session
 
 from shared.cost import megapixel_steps
+from shared.estimates import backlogs, workers_wanted
 from shared.models import Job, JobStatus, utcnow
-from shared.queue import maintenance_queue, queue_keys
+from shared.queue import maintenance_queue, queue_keys, render_queues, worker_classes
 
 if TYPE_CHECKING:
     from api import Services
@@ -80,7 +81,7 @@ class OneiroCollector(Collector):
     def __init__(self, services: Services) -> None:
         self.services = services
         settings = services.settings
-        self.queues = (settings.queue, maintenance_queue(settings))
+        self.queues = (*render_queues(settings), maintenance_queue(settings))
         # The broadcast's answers and when they came (monotonic seconds); see _worker_replies.
         self._replies: tuple[float, dict[str, Any] | None] | None = None
         self._broadcast_lock = threading.Lock()
@@ -151,7 +152,9 @@ class OneiroCollector(Collector):
             wait.add_metric([], buckets, total)
         yield wait
 
-        yield self._throughput(session, now)
+        rates = worker_throughput(session, now)
+        yield self._throughput(rates)
+        yield self._workers_wanted(session, rates)
 
         busy = session.scalar(
             select(func.count(distinct(Job.worker))).where(
@@ -166,7 +169,27 @@ class OneiroCollector(Collector):
             value=busy or 0,
         )
 
-    def _throughput(self, session: Session, now: datetime) -> Metric:
+    def _workers_wanted(self, session: Session, rates: dict[str, float]) -> Metric:
+        """Per worker class: the workers that would render its backlog within the target
+        wait at the mean measured speed, at least those rendering now (shared/estimates.py)."""
+        settings = self.services.settings
+        family = GaugeMetricFamily(
+            "oneiro_workers_wanted",
+            "Workers each class's backlog wants: its queued work and what its running jobs "
+            "have left (megapixel-steps) over the mean worker's measured megapixel-steps per "
+            "second x ONEIRO_TARGET_WAIT_SECONDS, rounded up; never fewer than are rendering "
+            "now; 1 for a backlog while no speed is measured. What an autoscaler sets the "
+            "class's worker count to.",
+            labels=["queue", "worker_class"],
+        )
+        rate = sum(rates.values()) / len(rates) if rates else None
+        classes = {c.queue: c.name for c in worker_classes(settings)}
+        for queue, backlog in backlogs(session, settings).items():
+            wanted = workers_wanted(backlog, rate, settings.target_wait_seconds)
+            family.add_metric([queue, classes[queue]], wanted)
+        return family
+
+    def _throughput(self, rates: dict[str, float]) -> Metric:
         """Megapixel-steps per second of each worker over the jobs it finished lately."""
         family = GaugeMetricFamily(
             "oneiro_worker_megapixel_steps_per_second",
@@ -176,7 +199,7 @@ class OneiroCollector(Collector):
             f"{THROUGHPUT_MAX_JOBS} jobs); includes model loading and image coding.",
             labels=["worker"],
         )
-        for worker, rate in sorted(worker_throughput(session, now).items()):
+        for worker, rate in sorted(rates.items()):
             family.add_metric([worker], rate)
         return family
 

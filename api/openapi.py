@@ -25,7 +25,7 @@ SPEC_URL = "/v1/openapi.json"
 # Response headers the document names, by header.
 HEADERS: dict[str, dict[str, Any]] = {
     "Location": {
-        "description": "The job's URL.",
+        "description": "The job's URL (of a 307: where to GET the file).",
         "schema": {"type": "string", "format": "uri-reference"},
     },
     "Retry-After": {
@@ -33,6 +33,16 @@ HEADERS: dict[str, dict[str, Any]] = {
         "schema": {"type": "string"},
     },
     "WWW-Authenticate": {"description": "The scheme to use: Bearer.", "schema": {"type": "string"}},
+    "ETag": {
+        "description": "The file's version; send it in If-None-Match to get a 304 if unchanged.",
+        "schema": {"type": "string"},
+    },
+    "Cache-Control": {"description": "How the answer may be cached.", "schema": {"type": "string"}},
+    "Accept-Ranges": {"description": "`bytes`: Range requests work.", "schema": {"type": "string"}},
+    "Content-Range": {
+        "description": "Which bytes of how many this answer holds.",
+        "schema": {"type": "string"},
+    },
 }
 BINARY = {"schema": {"type": "string", "format": "binary"}}
 

@@ -176,6 +176,52 @@ class RenderEstimate(BaseModel):
     basis: Annotated[str, Field(description="What the estimate rests on, or why there is none.")]
 
 
+class MemoryEstimate(BaseModel):
+    """What a worker must hold to render the job, and which worker class it goes to."""
+
+    model_config = ConfigDict(title="MemoryEstimate")
+
+    peak_bytes: Annotated[
+        int,
+        Field(
+            description="Peak memory a worker needs (runtime, weights, the largest octave, one "
+            "tile's gradient): an upper bound, see the README's Estimates."
+        ),
+    ]
+    worker_class: Annotated[
+        str | None,
+        Field(description="The smallest worker class that holds it; null on a farm of one."),
+    ]
+
+
+class WaitEstimate(BaseModel):
+    """How long a job sent now should wait for a worker."""
+
+    model_config = ConfigDict(title="WaitEstimate")
+
+    seconds: Annotated[
+        float | None,
+        Field(
+            description="Queued work (and what running jobs have left) over the farm's "
+            "measured speed; null before any worker has finished a job in the last hour."
+        ),
+    ]
+    work_ahead_megapixel_steps: float
+    basis: Annotated[str, Field(description="What the estimate rests on, or why there is none.")]
+
+
+class EstimateOut(BaseModel):
+    """POST /v1/estimates: what a job of this request would cost, nothing stored."""
+
+    model_config = ConfigDict(title="Estimate")
+
+    params: Annotated[RenderParams, Field(description="The params, resolved (seed included).")]
+    input: InputSize
+    estimate: RenderEstimate
+    memory: MemoryEstimate
+    wait: WaitEstimate
+
+
 class JobOut(BaseModel):
     """A job, as every /v1/jobs route answers it (shared.serializer.job_json)."""
 

@@ -19,6 +19,7 @@ from api.controls import ControlParts, read_controls
 from api.db import get_db
 from api.problems import Problem, invalid
 from shared.cost import CostRefused, check_limits
+from shared.estimates import check_memory
 from shared.images import EXTENSIONS, ImageRejected, ImageTooLarge, inspect_image
 from shared.models import Job
 from shared.params import RenderParams
@@ -81,6 +82,8 @@ def read_submission(settings: Settings) -> Submission:
         raise invalid([{"field": "image", "message": str(exc)}]) from None
     try:
         check_limits(width, height, params, settings)
+        # Refused here rather than failing on a worker that cannot hold it.
+        check_memory(width, height, params, settings)
     except CostRefused as exc:
         raise invalid([{"field": exc.field, "message": str(exc)}]) from None
     return Submission(

@@ -71,21 +71,24 @@ class Client:
         """Upload `image` with `params` (over `recipe`: a job id, or a recipe's JSON; and a
         guide image, a mask); the new job."""
         headers = {"Idempotency-Key": idempotency_key} if idempotency_key else {}
-        controls = {
-            name: (path.name, path.read_bytes(), "application/octet-stream")
-            for name, path in (("guide", guide), ("mask", mask))
-            if path is not None
-        }
         with image.open("rb") as file:
-            parts: dict[str, Any] = {
-                "image": (image.name, file, "application/octet-stream"),
-                "params": (None, json.dumps(params or {}), "application/json"),
-                **controls,
-            }
-            if recipe is not None:
-                parts["recipe"] = (None, recipe, "text/plain")
+            parts = _job_parts(image, file, params, guide, mask, recipe)
             response = self.request("POST", "/v1/jobs", files=parts, headers=headers)
         return _json(response)
+
+    def estimate(
+        self,
+        image: Path,
+        params: dict[str, Any] | None = None,
+        guide: Path | None = None,
+        mask: Path | None = None,
+        recipe: str | None = None,
+    ) -> dict[str, Any]:
+        """What submit would cost with the same parts (work, render time, peak memory, wait);
+        nothing is stored."""
+        with image.open("rb") as file:
+            parts = _job_parts(image, file, params, guide, mask, recipe)
+            return _json(self.request("POST", "/v1/estimates", files=parts))
 
     def presets(self) -> list[dict[str, Any]]:
         """The named looks a job may start from (`params.preset`)."""
@@ -192,6 +195,29 @@ def problem_error(response: requests.Response) -> ApiError:
     else:
         message = f"HTTP {response.status_code} {response.reason or ''}".rstrip()
     return ApiError(" ".join(message.split()), response.status_code)
+
+
+def _job_parts(
+    image: Path,
+    file: Any,
+    params: dict[str, Any] | None,
+    guide: Path | None,
+    mask: Path | None,
+    recipe: str | None,
+) -> dict[str, Any]:
+    """The multipart parts of a job request (POST /v1/jobs and /v1/estimates alike)."""
+    parts: dict[str, Any] = {
+        "image": (image.name, file, "application/octet-stream"),
+        "params": (None, json.dumps(params or {}), "application/json"),
+        **{
+            name: (path.name, path.read_bytes(), "application/octet-stream")
+            for name, path in (("guide", guide), ("mask", mask))
+            if path is not None
+        },
+    }
+    if recipe is not None:
+        parts["recipe"] = (None, recipe, "text/plain")
+    return parts
 
 
 def _json(response: requests.Response) -> dict[str, Any]:

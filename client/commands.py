@@ -1,4 +1,5 @@
-"""`oneiro submit`, `status`, `list`, `cancel`, `retry`, `result`: the API from the command line.
+"""`oneiro submit`, `estimate`, `status`, `list`, `cancel`, `retry`, `result`: the API from
+the command line.
 
 These talk HTTP only (client.api); they import neither TensorFlow nor the database, so they
 start at once and work from any machine that can reach the API.
@@ -113,33 +114,46 @@ def _wait(client: Client, job_id: str) -> dict[str, Any]:
     return job
 
 
+def job_options(command: F) -> F:
+    """IMAGE and the options of a job request, shared by `submit` and `estimate`."""
+    options = [
+        click.argument("image", type=click.Path(exists=True, dir_okay=False, path_type=Path)),
+        click.option(
+            "--param",
+            "pairs",
+            multiple=True,
+            metavar="KEY=VALUE",
+            help="A render parameter, e.g. steps=20 or layers=mixed4 (VALUE as JSON, else "
+            "text); repeatable.",
+        ),
+        click.option("--params-json", metavar="JSON", help="All parameters as one JSON object."),
+        click.option(
+            "--guide",
+            type=click.Path(exists=True, dir_okay=False, path_type=Path),
+            help="A guide image: the dream seeks its features (params.guide_weight mixes them in).",
+        ),
+        click.option(
+            "--mask",
+            type=click.Path(exists=True, dir_okay=False, path_type=Path),
+            help="A greyscale mask of the image's shape: white dreams, black keeps the input.",
+        ),
+        click.option(
+            "--preset", metavar="NAME", help="Start from a named look (`oneiro presets`)."
+        ),
+        click.option(
+            "--recipe",
+            metavar="JOB_ID|FILE",
+            help="Render the look of an earlier result: its job id, or a result file carrying "
+            "its recipe.",
+        ),
+    ]
+    for option in reversed(options):
+        command = option(command)
+    return command
+
+
 @click.command()
-@click.argument("image", type=click.Path(exists=True, dir_okay=False, path_type=Path))
-@click.option(
-    "--param",
-    "pairs",
-    multiple=True,
-    metavar="KEY=VALUE",
-    help="A render parameter, e.g. steps=20 or layers=mixed4 (VALUE as JSON, else text); "
-    "repeatable.",
-)
-@click.option("--params-json", metavar="JSON", help="All parameters as one JSON object.")
-@click.option(
-    "--guide",
-    type=click.Path(exists=True, dir_okay=False, path_type=Path),
-    help="A guide image: the dream seeks its features (params.guide_weight mixes them in).",
-)
-@click.option(
-    "--mask",
-    type=click.Path(exists=True, dir_okay=False, path_type=Path),
-    help="A greyscale mask of the image's shape: white dreams, black keeps the input.",
-)
-@click.option("--preset", metavar="NAME", help="Start from a named look (`oneiro presets`).")
-@click.option(
-    "--recipe",
-    metavar="JOB_ID|FILE",
-    help="Render the look of an earlier result: its job id, or a result file carrying its recipe.",
-)
+@job_options
 @click.option("--wait", is_flag=True, help="Show progress until the job ends, then download.")
 @click.option(
     "-o",
@@ -161,9 +175,7 @@ def submit(
     output: Path | None,
 ) -> None:
     """Upload IMAGE as a new job and print its id; with --wait, follow it and save the result."""
-    params = _params(pairs, params_json)
-    if preset is not None:
-        params["preset"] = preset
+    params = _job_params(pairs, params_json, preset)
     job = client.submit(image, params, guide=guide, mask=mask, recipe=_recipe(recipe))
     job_id = job["id"]
     click.echo(job_id)
@@ -186,6 +198,49 @@ def submit(
             click.echo(goes_on, err=True)
         raise click.exceptions.Exit(130) from None
     _finish(client, job, output or Path(f"{job_id}.{_extension(job)}"))
+
+
+@click.command()
+@job_options
+@click.option("--json", "as_json", is_flag=True, help="Print the estimate as the API returns it.")
+@connection
+def estimate(
+    client: Client,
+    image: Path,
+    pairs: tuple[str, ...],
+    params_json: str | None,
+    guide: Path | None,
+    mask: Path | None,
+    preset: str | None,
+    recipe: str | None,
+    as_json: bool,
+) -> None:
+    """What submitting IMAGE would cost, before sending it: its work, render time, peak memory
+    and expected wait (nothing is stored; refused as submit would refuse it)."""
+    params = _job_params(pairs, params_json, preset)
+    told = client.estimate(image, params, guide=guide, mask=mask, recipe=_recipe(recipe))
+    if as_json:
+        click.echo(json.dumps(told, indent=2))
+        return
+    render, memory, wait = told["estimate"], told["memory"], told["wait"]
+    where = f" (worker class {memory['worker_class']})" if memory["worker_class"] else ""
+    click.echo(f"work:   {render['megapixel_steps']} megapixel-steps")
+    click.echo(f"render: {_seconds(render['render_seconds'])} ({render['basis']})")
+    click.echo(f"memory: {memory['peak_bytes'] / 2**30:.2f} GiB at most{where}")
+    click.echo(f"wait:   {_seconds(wait['seconds'])} ({wait['basis']})")
+
+
+def _seconds(seconds: float | None) -> str:
+    return "unknown" if seconds is None else f"about {format_eta(seconds)}"
+
+
+def _job_params(
+    pairs: tuple[str, ...], params_json: str | None, preset: str | None
+) -> dict[str, Any]:
+    params = _params(pairs, params_json)
+    if preset is not None:
+        params["preset"] = preset
+    return params
 
 
 def _recipe(value: str | None) -> str | None:
@@ -322,4 +377,4 @@ def result(client: Client, job_id: str, output: Path | None) -> None:
     click.echo(str(output))
 
 
-COMMANDS = [submit, status, list_jobs, cancel, retry, result, config, presets]
+COMMANDS = [submit, estimate, status, list_jobs, cancel, retry, result, config, presets]

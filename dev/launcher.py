@@ -23,7 +23,13 @@ from urllib.parse import urlparse
 from client.config import read_client_config, write_client_config
 from dev.localredis import start_redis
 from shared.db import create_db_engine, create_session_factory
-from shared.queue import maintenance_queue, redis_answers, webhook_queue
+from shared.queue import (
+    maintenance_queue,
+    redis_answers,
+    render_queues,
+    webhook_queue,
+    worker_classes,
+)
 from shared.settings import Settings, SettingsError, get_settings
 from shared.tenants import authenticate, create_key
 
@@ -146,15 +152,34 @@ class Child:
     started: float = 0.0
     quick_crashes: int = 0
     restart_at: float | None = None
+    # Variables set for it besides the launcher's own environment.
+    env: dict[str, str] | None = None
 
     def start(self) -> None:
         """Start the process in a session of its own, so that the terminal's Ctrl-C reaches
         only the launcher, which forwards one SIGTERM (gunicorn workers that got both the
         terminal's SIGINT and their master's SIGTERM used to hang holding the port)."""
-        self.process = subprocess.Popen(self.command, start_new_session=True)
+        env = {**os.environ, **self.env} if self.env else None
+        self.process = subprocess.Popen(self.command, start_new_session=True, env=env)
         self.started = time.monotonic()
         self.restart_at = None
         print(f"oneiro: {self.name} started (pid {self.process.pid})", flush=True)
+
+
+def render_workers(settings: Settings) -> list[Child]:
+    """One render worker, or with ONEIRO_WORKER_CLASSES one of each class, on its class's
+    queue and saying its class (ONEIRO_WORKER_CLASS), so every job has a worker to go to."""
+    classes = worker_classes(settings)
+    if len(classes) == 1:
+        return [Child("worker", worker_command(classes[0].queue))]
+    return [
+        Child(
+            f"{c.name} worker",
+            worker_command(c.queue, "--hostname", f"{c.name}@%h"),
+            env={"ONEIRO_WORKER_CLASS": c.name},
+        )
+        for c in classes
+    ]
 
 
 def port_in_use(bind: str) -> bool:
@@ -289,7 +314,7 @@ def main() -> int:
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     children = [
         Child("API", [*api_command(API_BIND), "--access-logfile", "-"]),
-        Child("worker", worker_command(settings.queue)),
+        *render_workers(settings),
         Child(
             "maintenance worker",
             maintenance_command(settings, settings.data_dir / "celerybeat-schedule"),
@@ -304,8 +329,8 @@ def main() -> int:
             if not stopping:
                 child.start()
         print(
-            f"oneiro: API on http://{API_BIND}, one worker on queue {settings.queue!r}; "
-            "Ctrl-C stops everything",
+            f"oneiro: API on http://{API_BIND}, a worker on each render queue "
+            f"({', '.join(render_queues(settings))}); Ctrl-C stops everything",
             flush=True,
         )
         code = supervise(children, lambda: stopping)

@@ -26,6 +26,14 @@ class Backbone:
     # valid-padded strided layers ignore the trailing rows and columns of any other size.
     size_step: int
     size_residues: tuple[int, ...]
+    # What a worker's memory needs for it (shared/cost.py peak_memory_bytes): its weights
+    # (Keras count_params without the top, checked by tests/test_catalogue.py), and the bytes
+    # the gradient through it keeps per input pixel of a tile (activations and their
+    # gradients). InceptionV3's is measured (XLA's memory analysis, worker/engine/device.py);
+    # the others are scaled from it by the activations per input pixel their first blocks keep
+    # at full and half resolution, where nearly all of it is.
+    parameters: int = 0
+    gradient_bytes_per_pixel: int = 1_500
 
     def window(self, length: int) -> int:
         """The smallest side >= `length` (and >= min_side) giving every pixel a gradient."""
@@ -53,6 +61,8 @@ BACKBONES: dict[str, Backbone] = {
         min_side=75,
         size_step=8,
         size_residues=(3, 5),
+        parameters=21_802_784,
+        gradient_bytes_per_pixel=1_500,
     ),
     "vgg19": Backbone(
         keras_name="VGG19",
@@ -73,6 +83,8 @@ BACKBONES: dict[str, Backbone] = {
         min_side=32,
         size_step=1,
         size_residues=(0,),
+        parameters=20_024_384,
+        gradient_bytes_per_pixel=4_000,
     ),
     "resnet50": Backbone(
         keras_name="ResNet50",
@@ -87,6 +99,8 @@ BACKBONES: dict[str, Backbone] = {
         min_side=32,
         size_step=1,
         size_residues=(0,),
+        parameters=23_587_712,
+        gradient_bytes_per_pixel=2_500,
     ),
     "mobilenet_v2": Backbone(
         keras_name="MobileNetV2",
@@ -108,6 +122,8 @@ BACKBONES: dict[str, Backbone] = {
         min_side=32,
         size_step=1,
         size_residues=(0,),
+        parameters=2_257_984,
+        gradient_bytes_per_pixel=2_000,
     ),
 }
 

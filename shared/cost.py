@@ -7,6 +7,7 @@ does cannot drift apart. Pure Python: the API imports it without TensorFlow.
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 from shared.catalogue import BACKBONES
@@ -74,6 +75,63 @@ def megapixel_steps(width: int, height: int, params: dict[str, Any]) -> float:
 def peak_pixels(width: int, height: int, params: RenderParams) -> int:
     """Pixels of the largest octave: what the engine's memory grows with."""
     return max(w * h for w, h in octave_sizes(width, height, params))
+
+
+# A worker's peak memory, in three parts (peak_memory_bytes); benchmarks/peak_memory.py checks
+# the sum against the peak RSS of real renders on the CPU.
+# What a worker holds before any job: the interpreter with Keras and its backend imported, and
+# a gradient traced. Measured on the CPU at about 670 MiB besides the weights; a GPU's
+# runtime (CUDA context, cuDNN workspaces) takes more, so a round GiB.
+RUNTIME_BYTES = 1 << 30
+# The backbone's weights, float32, held twice: as loaded, and folded into the model that runs.
+WEIGHT_COPIES = 2
+# Per pixel of the largest octave: the dream (3 float32 planes), its gradient, the gradient's
+# normalization and smoothing temporaries and the next octave's start (3 planes each).
+OCTAVE_BYTES_PER_PIXEL = 60
+# Per pixel of the input: the decoded image (up to 16 bits a channel), the dream scaled back to
+# it (3 float32 planes) and the result.
+INPUT_BYTES_PER_PIXEL = 24
+GIB = float(1 << 30)
+
+
+def largest_window(width: int, height: int, params: RenderParams) -> tuple[int, int]:
+    """The largest tile window (height, width) the engine feeds the model over all octaves: each
+    axis cut into as few parts as keep a part within tile_size, the window the smallest side the
+    backbone fully covers that holds a part (worker/engine/tiling.py TilePlan)."""
+    backbone = BACKBONES[params.model]
+    windows = [
+        tuple(
+            backbone.window(math.ceil(length / math.ceil(length / params.tile_size)))
+            for length in (h, w)
+        )
+        for w, h in octave_sizes(width, height, params)
+    ]
+    return max(windows, key=lambda window: window[0] * window[1])  # type: ignore[return-value]
+
+
+def peak_memory_bytes(
+    width: int, height: int, params: RenderParams, tiles_per_call: int = 1
+) -> int:
+    """The memory a worker needs to render a width x height input with `params`: the runtime and
+    the backbone's weights, the image state at the largest octave and at the input size, and
+    the gradient temporaries of `tiles_per_call` of the largest tile window (a GPU worker sizes
+    its batches to its free memory, so one tile is what it cannot do without; a mask that
+    dreams its own layers runs a second model).
+
+    An upper bound, not a measurement. The per-pixel figures of the tile's gradient are a GPU's
+    (XLA's memory analysis); TensorFlow on a CPU frees as it goes and needs several times less,
+    so there the estimate lies 1.5-3x above the peak RSS of real renders
+    (benchmarks/peak_memory.py)."""
+    backbone = BACKBONES[params.model]
+    models = passes(params)
+    window_h, window_w = largest_window(width, height, params)
+    return (
+        RUNTIME_BYTES
+        + models * WEIGHT_COPIES * 4 * backbone.parameters
+        + peak_pixels(width, height, params) * OCTAVE_BYTES_PER_PIXEL
+        + width * height * INPUT_BYTES_PER_PIXEL
+        + tiles_per_call * window_h * window_w * backbone.gradient_bytes_per_pixel
+    )
 
 
 def check_limits(width: int, height: int, params: RenderParams, settings: Settings) -> None:

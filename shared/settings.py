@@ -7,7 +7,13 @@ import typing
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    Field,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -136,12 +142,45 @@ class Settings(BaseSettings):
     # gives the identical image (GPU reductions and cuDNN's fastest algorithms add in any order).
     # Costs some GPU speed; a CPU computes as it always did whatever this says.
     gpu_determinism: bool = True
+    # Workers by size. The farm as the API and the relay see it: worker classes as
+    # "name:GiB,name:GiB", smallest first, each served on its own queue `<queue>-<name>`; a job
+    # goes to the smallest class that holds its peak memory (shared/cost.py) and one no class
+    # holds is refused at submit. Empty: one class, the queue as it always was, holding
+    # worker_memory_gb (unlimited when unset). A worker names its class with worker_class and
+    # what it holds with worker_memory_gb (the class's size when unset).
+    worker_classes: str = ""
+    worker_class: str = ""
+    worker_memory_gb: float | None = Field(None, gt=0)
+    # With S3 storage, /result and /preview answer a redirect to a presigned URL valid this many
+    # seconds instead of streaming the file through the API (off by default: the URL must be
+    # reachable from the clients, which an internal endpoint is not).
+    presigned_downloads: bool = False
+    presigned_expiry: int = Field(300, ge=1, le=7 * 24 * 3600)
+    # The wait /metrics sizes the farm for: `oneiro_workers_wanted` is the workers that would
+    # render the queued work within this many seconds at the measured throughput.
+    target_wait_seconds: float = Field(600.0, gt=0)
 
     @field_validator("log_level", mode="before")
     @classmethod
     def _upper_level(cls, value: object) -> object:
         # `info` and `INFO` both name a level; Python's logging only knows the second.
         return value.upper() if isinstance(value, str) else value
+
+    @field_validator("worker_classes")
+    @classmethod
+    def _check_classes(cls, value: str) -> str:
+        # Parsed here so a typo stops every process at start-up, naming the variable.
+        parse_worker_classes(value)
+        return value
+
+    @field_validator("worker_class")
+    @classmethod
+    def _check_class(cls, value: str, info: ValidationInfo) -> str:
+        classes = dict(parse_worker_classes(info.data.get("worker_classes", "")))
+        if value and value not in classes:
+            known = ", ".join(classes) or "none: ONEIRO_WORKER_CLASSES is empty"
+            raise ValueError(f"{value!r} is not a class of ONEIRO_WORKER_CLASSES ({known})")
+        return value
 
     @model_validator(mode="after")
     def _derive_defaults(self) -> Settings:
@@ -150,6 +189,25 @@ class Settings(BaseSettings):
         if not self.storage_url:
             object.__setattr__(self, "storage_url", str(self.data_dir / "storage"))
         return self
+
+
+def parse_worker_classes(text: str) -> list[tuple[str, float]]:
+    """ONEIRO_WORKER_CLASSES ("gpu:24,gpu-large:80") as [(name, GiB)], smallest first; []
+    when empty. ValueError saying what is wrong otherwise."""
+    classes: list[tuple[str, float]] = []
+    for item in filter(None, (part.strip() for part in text.split(","))):
+        name, _, size = item.partition(":")
+        name = name.strip()
+        try:
+            gib = float(size)
+        except ValueError:
+            gib = 0.0
+        if not name.replace("-", "").replace("_", "").isalnum() or gib <= 0 or gib != gib:
+            raise ValueError(f"{item!r} is not name:GiB (such as gpu-large:80)")
+        if classes and (name in dict(classes) or gib <= classes[-1][1]):
+            raise ValueError("give each class once, smallest first (gpu:24,gpu-large:80)")
+        classes.append((name, gib))
+    return classes
 
 
 # The Keras backends the engine runs on, for the engine and the CLI to check against.

@@ -7,7 +7,7 @@ import shutil
 import tempfile
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import IO, Any, NamedTuple, Protocol
 from urllib.parse import urlparse
@@ -87,18 +87,53 @@ class ObjectNotFound(StorageError):
 
 
 class StoredObject:
-    """An object being read: its size, then its bytes a chunk at a time. Close it when done
-    (a WSGI server closes a response body it was given)."""
+    """An object being read: its size and version (`etag`), then its bytes a chunk at a time.
+    Close it when done (a WSGI server closes a response body it was given).
 
-    def __init__(self, size: int, stream: IO[bytes], chunk_bytes: int = CHUNK_BYTES) -> None:
+    It is its own iterator and can seek, as a file: werkzeug's Range handling seeks to the
+    first byte of a range instead of reading its way there. `reopen(offset)` gives a new
+    stream from `offset` for a backend whose stream cannot seek (an S3 body)."""
+
+    def __init__(
+        self,
+        size: int,
+        stream: IO[bytes],
+        chunk_bytes: int = CHUNK_BYTES,
+        *,
+        etag: str = "",
+        reopen: Callable[[int], IO[bytes]] | None = None,
+    ) -> None:
         self.size, self._stream, self._chunk_bytes = size, stream, chunk_bytes
+        self.etag, self._reopen, self._offset = etag, reopen, 0
 
-    def __iter__(self) -> Iterator[bytes]:
-        try:
-            while chunk := self._stream.read(self._chunk_bytes):
-                yield chunk
-        finally:
+    def __iter__(self) -> StoredObject:
+        return self
+
+    def __next__(self) -> bytes:
+        chunk = self._stream.read(self._chunk_bytes)
+        if not chunk:
             self.close()  # as soon as it is read out, not when the server gets to it
+            raise StopIteration
+        self._offset += len(chunk)
+        return chunk
+
+    def seekable(self) -> bool:
+        """Whether seek works (always: by the stream, or by opening it again at the offset)."""
+        return True
+
+    def seek(self, offset: int) -> int:
+        """Continue from byte `offset`."""
+        if self._reopen is None:
+            self._stream.seek(offset)
+        elif offset != self._offset:
+            self._stream.close()
+            self._stream = self._reopen(offset)
+        self._offset = offset
+        return offset
+
+    def tell(self) -> int:
+        """The byte the next chunk starts at."""
+        return self._offset
 
     def close(self) -> None:
         """Release the file or connection behind it."""
@@ -119,6 +154,12 @@ class Storage(Protocol):
 
     def exists(self, key: str) -> bool:
         """Whether an object is stored under `key`."""
+
+    def download_url(
+        self, key: str, expires: int, content_type: str, disposition: str | None = None
+    ) -> str | None:
+        """A URL a client may GET the object from directly for `expires` seconds, served with
+        these headers; None when the backend has none (files on the API's disk)."""
 
     def delete(self, key: str) -> None:
         """Remove the object under `key`, if any."""
@@ -170,7 +211,15 @@ class FileStorage:
             file = self._path(key).open("rb")
         except FileNotFoundError:
             raise ObjectNotFound(f"no stored object {key!r}") from None
-        return StoredObject(os.fstat(file.fileno()).st_size, file)
+        stat = os.fstat(file.fileno())
+        # A new version of a key is a new file (put() renames): its inode or time differs.
+        etag = f'"{stat.st_ino:x}-{stat.st_mtime_ns:x}-{stat.st_size:x}"'
+        return StoredObject(stat.st_size, file, etag=etag)
+
+    def download_url(
+        self, key: str, expires: int, content_type: str, disposition: str | None = None
+    ) -> str | None:
+        return None
 
     def exists(self, key: str) -> bool:
         return self._path(key).is_file()
@@ -245,7 +294,31 @@ class S3Storage:
             response = self.client.get_object(Bucket=self.bucket, Key=self._key(key))
         except self.client.exceptions.NoSuchKey:
             raise ObjectNotFound(f"no stored object {key!r}") from None
-        return StoredObject(response["ContentLength"], response["Body"])
+        stored_key = self._key(key)
+
+        def reopen(offset: int) -> IO[bytes]:
+            # The same version (If-Match), so a range never mixes two writes of one key.
+            ranged = self.client.get_object(
+                Bucket=self.bucket,
+                Key=stored_key,
+                Range=f"bytes={offset}-",
+                IfMatch=response["ETag"],
+            )
+            return ranged["Body"]  # type: ignore[no-any-return]
+
+        return StoredObject(
+            response["ContentLength"], response["Body"], etag=response["ETag"], reopen=reopen
+        )
+
+    def download_url(
+        self, key: str, expires: int, content_type: str, disposition: str | None = None
+    ) -> str | None:
+        params = {"Bucket": self.bucket, "Key": self._key(key), "ResponseContentType": content_type}
+        if disposition:
+            params["ResponseContentDisposition"] = disposition
+        return self.client.generate_presigned_url(  # type: ignore[no-any-return]
+            "get_object", Params=params, ExpiresIn=expires
+        )
 
     def exists(self, key: str) -> bool:
         from botocore.exceptions import ClientError

@@ -100,16 +100,17 @@ def _change(
     return changed.rowcount == 1
 
 
-def enqueue(session: Session, celery: Celery, job_id: uuid.UUID) -> None:
+def enqueue(session: Session, celery: Celery, job_id: uuid.UUID, queue: str) -> None:
     """Send a committed job's render message (commit, then enqueue).
 
     The row was committed already stamped `enqueued_at`, which spares every submit a second
     write. When Redis does not take the message the stamp is cleared, so the relay sends the
     job on its next round; a crash between commit and send leaves the stamp, and the relay
-    sends the job once it has waited relay_after.
+    sends the job once it has waited relay_after. `queue`: the job's render_queue
+    (shared/queue.py), the worker class that can hold it.
     """
     try:
-        enqueue_render(celery, job_id)
+        enqueue_render(celery, job_id, queue)
     except Exception:
         log.exception("job %s committed but not enqueued; the relay will enqueue it", job_id)
         try:
@@ -119,13 +120,14 @@ def enqueue(session: Session, celery: Celery, job_id: uuid.UUID) -> None:
             log.exception("job %s: could not mark it unsent; the relay finds it later", job_id)
 
 
-def send_job(session: Session, celery: Celery, job_id: uuid.UUID) -> None:
-    """Send a committed job's render message, then record when (the relay's way).
+def send_job(session: Session, celery: Celery, job_id: uuid.UUID, queue: str) -> None:
+    """Send a committed job's render message to `queue` (its render_queue), then record when
+    (the relay's way).
 
     A job whose sending is never recorded (Redis down, a crash between the two) is what the
     relay finds and sends again.
     """
-    enqueue_render(celery, job_id)
+    enqueue_render(celery, job_id, queue)
     session.execute(update(Job).where(Job.id == job_id).values(enqueued_at=utcnow()))
     session.commit()
 

@@ -28,6 +28,8 @@ def test_every_listed_layer_exists_with_its_channel_count(
     for name, channels in backbone.layers.items():
         assert model.get_layer(name).output.shape[-1] == channels, name
     assert set(backbone.default_layers) <= set(backbone.layers)
+    # The weights a worker's memory estimate counts (shared/cost.py peak_memory_bytes).
+    assert backbone.parameters == model.count_params()
 
 
 def coverage(model: keras.Model, layer: str, side: int) -> int:

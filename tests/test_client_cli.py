@@ -405,3 +405,20 @@ def test_a_second_ctrl_c_at_the_question_leaves_the_job_running(
     finally:
         with stack.http() as http:
             http.post(f"{stack.url}/v1/jobs/{job_id}/cancel", timeout=10)
+
+
+def test_estimate_says_what_a_submit_would_cost_before_sending(stack: Stack) -> None:
+    told = oneiro(stack, "estimate", str(CHELSEA), *SMALL, "--json")
+    assert told.exit_code == 0, told.stderr
+    estimate = json.loads(told.stdout)
+    assert estimate["memory"]["peak_bytes"] > 0
+    plain = oneiro(stack, "estimate", str(CHELSEA), *SMALL)
+    assert plain.exit_code == 0, plain.stderr
+    work = estimate["estimate"]["megapixel_steps"]
+    assert f"work:   {work} megapixel-steps" in plain.stdout
+    assert "memory: " in plain.stdout and "GiB at most" in plain.stdout
+    sent = oneiro(stack, "submit", str(CHELSEA), *SMALL)
+    job = Client(stack.url, stack.key).job(sent.stdout.strip())
+    assert job["estimate"]["megapixel_steps"] == work
+    refused = oneiro(stack, "estimate", str(CHELSEA), "--param", "steps=0")
+    assert refused.exit_code == 1 and refused.stderr.startswith("Error: Invalid request")

@@ -309,3 +309,43 @@ def test_the_api_images_default_command_is_the_compose_one() -> None:
     # timeouts, gc.freeze (api/gunicorn_conf.py), not gunicorn's sync default.
     (cmd,) = [rest for keyword, rest in dockerfile_stages()["api"] if keyword == "CMD"]
     assert json.loads(cmd) == service("api")["command"]
+
+
+def uncommented_compose() -> dict[str, Any]:
+    """docker-compose.yml with its worker classes uncommented, as the comments tell one to:
+    the ONEIRO_WORKER_CLASSES line and the gpu-large service."""
+    lines, out, in_service = (ROOT / "docker-compose.yml").read_text().splitlines(), [], False
+    for line in lines:
+        stripped = line.lstrip()
+        in_service = stripped.startswith("# gpu-large:") or (
+            in_service and stripped.startswith("#")
+        )
+        if in_service or stripped.startswith("# ONEIRO_WORKER_CLASSES:"):
+            indent = line[: len(line) - len(stripped)]
+            line = indent + stripped.removeprefix("# ")
+        out.append(line)
+    return yaml.safe_load("\n".join(out))  # type: ignore[no-any-return]
+
+
+def test_the_commented_large_class_consumes_the_queue_its_jobs_are_sent_to() -> None:
+    from shared.queue import worker_classes, worker_queue
+
+    compose = uncommented_compose()
+    large, plain = compose["services"]["gpu-large"], compose["services"]["worker"]
+    env = large["environment"]
+    assert (
+        env["ONEIRO_WORKER_CLASSES"]
+        and env["ONEIRO_STORAGE_URL"] == COMPOSE["x-oneiro-env"]["ONEIRO_STORAGE_URL"]
+    )
+    farm = load_settings(queue="gpu", worker_classes=env["ONEIRO_WORKER_CLASSES"])
+    classes = worker_classes(farm)
+    assert len(classes) == 2 and classes[-1].name == env["ONEIRO_WORKER_CLASS"]
+    large_farm = farm.model_copy(update={"worker_class": env["ONEIRO_WORKER_CLASS"]})
+    for service_, settings in ((large, large_farm), (plain, farm)):
+        found = options(service_["command"])
+        assert found["--queues"] == worker_queue(settings) and found["--concurrency"] == "1"
+    assert found["--queues"] == "gpu"  # the present workers are the smallest class, unchanged
+    assert large["deploy"] == plain["deploy"] and large["depends_on"] == plain["depends_on"]
+    # Commented out, the farm is one class: nothing changes for a present deployment.
+    assert "ONEIRO_WORKER_CLASSES" not in COMPOSE["x-oneiro-env"]
+    assert "gpu-large" not in COMPOSE["services"]

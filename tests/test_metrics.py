@@ -230,7 +230,7 @@ def test_the_queue_depth_matches_the_backlog_through_relay_rounds(
     # so the depth overstated the backlog (10 jobs became 39 messages).
     celery = create_celery(settings)
     for _ in range(10):
-        send_job(session, celery, make_job(session, storage).id)
+        send_job(session, celery, make_job(session, storage).id, settings.queue)
     for round_ in range(1, 4):
         later = utcnow() + timedelta(seconds=round_ * (settings.relay_after + 1))
         relay_queued_jobs(session, celery, settings, now=later)

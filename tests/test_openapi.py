@@ -115,7 +115,7 @@ def test_every_v1_route_is_in_the_document_behind_the_bearer_key(app: Flask) -> 
         if rule.rule.startswith("/v1") and rule.rule not in DOC_ROUTES
         for method in rule.methods - {"HEAD", "OPTIONS"}
     }
-    assert len(routes) == 10  # the jobs' eight, models and presets
+    assert len(routes) == 11  # the jobs' eight, estimates, models and presets
     for path, method in routes:
         operation = paths[path][method]
         assert operation["security"] == [{"bearerAuth": []}], (path, method)

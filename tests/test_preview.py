@@ -50,7 +50,7 @@ def test_the_preview_follows_the_render_and_ends_as_the_result(
     assert all(jpeg_size(data) == (64, 51) for data in seen[1:])
     assert len(set(seen[1:])) == 3  # the image changes from step to step
     final = client.get(f"/v1/jobs/{job.id}/preview")
-    assert final.status_code == 200 and final.headers["Cache-Control"] == "no-store"
+    assert final.status_code == 200 and final.headers["Cache-Control"] == "private, no-cache"
     assert final.content_type == "image/jpeg" and final.data not in seen
     result = Image.open(io.BytesIO(storage.get(result_key(job.id, 1)))).convert("RGB")
     shown = Image.open(io.BytesIO(final.data)).convert("RGB")

@@ -349,7 +349,7 @@ def test_a_job_waiting_for_a_worker_stays_one_message_and_a_flushed_queue_is_ref
     celery = create_celery(settings)
     jobs = sorted(str(make_job(session, storage).id) for _ in range(10))
     for job_id in jobs:
-        send_job(session, celery, uuid.UUID(job_id))
+        send_job(session, celery, uuid.UUID(job_id), settings.queue)
 
     for round_ in range(1, 6):
         later = utcnow() + timedelta(seconds=round_ * (settings.relay_after + 1))

@@ -26,11 +26,13 @@ from tenacity import (
 from shared import transitions
 from shared.changes import publish_change
 from shared.controls import decode_mask
+from shared.cost import GIB
 from shared.formats import output_format
 from shared.images import as_depth, decode_image, decode_rgb, encode_jpeg, fit_within
 from shared.logs import log_context
 from shared.models import Job, JobStatus
 from shared.params import RenderParams
+from shared.queue import job_memory, worker_memory
 from shared.recipes import (
     WeightsMismatch,
     check_weights,
@@ -171,6 +173,7 @@ def _render(
     with runtime.sessions() as session:
         job = session.get_one(Job, job_id)
         params = RenderParams.model_validate(job.params)
+        _check_memory(runtime, job)
         input_key, recorded_checkpoint = job.input_key, job.checkpoint_key
         controls = job.guide_key, job.mask_key
         rerun_of = job.rerun_of
@@ -220,6 +223,22 @@ def _render(
     preview_image = encode_jpeg(fit_within(as_depth(dreamed, 8), size))
     _put_fenced(runtime, should_stop, preview_key(job_id, attempt), preview_image)
     return stored, recipe
+
+
+class TooLargeForWorker(RuntimeError):
+    """The job needs more memory than this worker holds (a farm described wrongly, or a job
+    accepted before it shrank); the message says how much of each."""
+
+
+def _check_memory(runtime: Runtime, job: Job) -> None:
+    """Fail a job this worker cannot hold with a reason, before it runs out of memory trying."""
+    holds, needs = worker_memory(runtime.settings), job_memory(job)
+    if holds is not None and needs > holds:
+        raise TooLargeForWorker(
+            f"the job needs about {needs / GIB:.1f} GiB of worker memory; this worker holds "
+            f"{holds / GIB:.1f} GiB (ONEIRO_WORKER_MEMORY_GB or its class in "
+            "ONEIRO_WORKER_CLASSES): lower max_dim, octaves or tile_size, or add a larger class"
+        )
 
 
 def _recipe(
@@ -378,7 +397,9 @@ MAX_ERROR_CHARS = 300
 def _readable(exc: Exception) -> str:
     from worker.engine import WeightsUnavailable
 
-    if isinstance(exc, WeightsUnavailable | StorageError | NoWeights | WeightsMismatch):
+    if isinstance(
+        exc, WeightsUnavailable | StorageError | NoWeights | WeightsMismatch | TooLargeForWorker
+    ):
         return str(exc)  # ours: a sentence on what is wrong, one on what to do
     if isinstance(exc, SoftTimeLimitExceeded):
         return "the render ran past the time limit (ONEIRO_SOFT_TIME_LIMIT) and was stopped"

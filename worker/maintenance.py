@@ -14,7 +14,7 @@ from sqlalchemy import delete, or_, select, update
 from sqlalchemy.orm import Session
 
 from shared.models import IDEMPOTENCY_WINDOW, IdempotencyKey, Job, JobStatus, utcnow
-from shared.queue import waiting_render_jobs
+from shared.queue import render_queue, waiting_render_jobs
 from shared.settings import Settings
 from shared.storage import Storage, StorageError, job_prefix, legacy_keys
 from shared.transitions import send_job
@@ -95,7 +95,7 @@ def relay_queued_jobs(
     """
     now = now or utcnow()
     due = (
-        select(Job.id)
+        select(Job)
         .where(
             Job.status == JobStatus.QUEUED,
             or_(
@@ -111,9 +111,15 @@ def relay_queued_jobs(
     # sent again even if a worker takes it a moment later. Read after the rows, a message taken
     # in between (its job not yet claimed) would look lost and be sent twice.
     waiting = waiting_render_jobs(settings)
-    due_ids = [job_id for job_id in session.scalars(due) if job_id not in waiting]
-    for job_id in due_ids:
-        send_job(session, celery, job_id)
+    # Each job's queue is chosen before the first send commits (which expires the rows read).
+    sends = [
+        (job.id, render_queue(settings, job))
+        for job in session.scalars(due)
+        if job.id not in waiting
+    ]
+    due_ids = [job_id for job_id, _ in sends]
+    for job_id, queue in sends:
+        send_job(session, celery, job_id, queue)
     if due_ids:
         log.info("relayed %d queued job(s) to Redis", len(due_ids))
     return due_ids

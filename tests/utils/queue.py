@@ -10,10 +10,10 @@ import redis
 from shared.settings import Settings
 
 
-def queued_job_ids(settings: Settings) -> list[str]:
-    """The job ids in the Celery messages waiting on this test's queue."""
+def queued_job_ids(settings: Settings, queue: str | None = None) -> list[str]:
+    """The job ids in the Celery messages waiting on this test's queue (or `queue`)."""
     client = redis.Redis.from_url(settings.redis_url)
-    messages = client.lrange(settings.queue, 0, -1)
+    messages = client.lrange(queue or settings.queue, 0, -1)
     client.close()
     return [json.loads(base64.b64decode(json.loads(m)["body"]))[0][0] for m in messages]
 

@@ -1,0 +1,76 @@
+"""POST /v1/estimates: what POST /v1/jobs would make of the same request (its work, render time,
+peak memory, worker class and wait), answered without storing anything: no row, no file, no
+message, no idempotency record.
+
+The request is read and refused exactly as a submission is (api/submission.py); the render
+estimate is the one the job would show (shared/serializer.py), the rest shared/estimates.py."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from flask import Blueprint, current_app
+
+from api.auth import require_key
+from api.db import get_db, services
+from api.openapi import BEARER, job_responses, spec
+from api.schemas import EstimateOut, JobSubmission
+from api.submission import read_submission
+from api.throughput import measured_throughput
+from shared.cost import peak_memory_bytes
+from shared.estimates import wait_estimate
+from shared.models import Job
+from shared.queue import class_holding
+from shared.serializer import Throughput, render_estimate
+
+blueprint = Blueprint("estimates", __name__, url_prefix="/v1/estimates")
+blueprint.before_request(require_key)
+
+
+@blueprint.post("")
+@spec.validate(
+    form=JobSubmission,
+    resp=job_responses(HTTP_200=(EstimateOut, "What the job would cost."), errors=(413, 415, 422)),
+    security=BEARER,
+    # Read as POST /v1/jobs reads it (see JobSubmission).
+    skip_validation=True,
+)
+def estimate_job() -> dict[str, Any]:
+    """The work, render time, peak memory and expected wait of the job this request would
+    submit; nothing is stored. Refused as POST /v1/jobs would refuse it."""
+    settings = services().settings
+    submission = read_submission(settings)
+    params = submission.params.model_dump(mode="json")
+    # A job as it would be recorded, never added to a session: its estimate is the one the
+    # job itself would show.
+    job = Job(input_width=submission.width, input_height=submission.height, params=params)
+    throughput = measured_throughput()
+    memory = peak_memory_bytes(submission.width, submission.height, submission.params)
+    worker_class = class_holding(settings, memory)
+    return {
+        "params": params,
+        "input": {"width": submission.width, "height": submission.height},
+        "estimate": render_estimate(job, throughput),
+        "memory": {
+            "peak_bytes": memory,
+            "worker_class": worker_class.name or None if worker_class else None,
+        },
+        "wait": _wait(throughput),
+    }
+
+
+# The work ahead is summed over every queued and running row: once per WAIT_TTL_S in each API
+# process serves the estimates in between, so a burst of them over a long backlog costs one
+# read of it. The wait moves by minutes; a few seconds' staleness changes nothing.
+WAIT_TTL_S = 5.0
+
+
+def _wait(throughput: Throughput) -> dict[str, Any]:
+    """The expected wait of a job sent now (shared/estimates.py), cached for WAIT_TTL_S."""
+    cache = current_app.extensions.setdefault("oneiro.wait", {})
+    now = time.monotonic()
+    if cache.get("until", 0.0) < now or cache.get("throughput") != throughput:
+        wait = wait_estimate(get_db(), services().settings, throughput)
+        cache.update(until=now + WAIT_TTL_S, throughput=throughput, value=wait)
+    return cache["value"]  # type: ignore[no-any-return]

@@ -1,0 +1,151 @@
+"""Workers by size (issue 15.5): each worker class on its own queue, a job sent to the smallest
+class that holds its peak memory by every send (submit, retry, the relay), and rendered there."""
+
+from __future__ import annotations
+
+import io
+import json
+import re
+import uuid
+from pathlib import Path
+from typing import Any
+
+import pytest
+from flask.testing import FlaskClient
+from sqlalchemy import update
+from sqlalchemy.orm import Session
+
+from api import create_app
+from dev.launcher import render_workers
+from shared.cost import peak_memory_bytes
+from shared.models import Job, JobStatus, utcnow
+from shared.params import RenderParams
+from shared.queue import create_celery, render_queues, waiting_render_jobs, worker_queue
+from shared.settings import Settings, load_settings
+from tests.utils import (
+    authed_client,
+    drop_queues,
+    image_bytes,
+    queued_job_ids,
+    running_worker,
+    wait_for,
+)
+from worker.maintenance import relay_queued_jobs
+
+SMALL = ((64, 64), {"steps": 1, "octaves": 1, "seed": 1})
+LARGE = ((300, 200), {"steps": 1, "octaves": 1, "seed": 1})
+
+
+def need_gib(job: tuple[tuple[int, int], dict[str, Any]]) -> float:
+    (width, height), params = job
+    return peak_memory_bytes(width, height, RenderParams(**params)) / 2**30
+
+
+@pytest.fixture
+def farm(settings: Settings) -> Any:
+    """The test's settings with two classes: `gpu` holds SMALL, `large` also LARGE."""
+    classes = f"gpu:{need_gib(SMALL) + 0.001:.4f},large:{need_gib(LARGE) + 0.001:.4f}"
+    farm = settings.model_copy(update={"worker_classes": classes})
+    yield farm
+    drop_queues(settings.redis_url, *render_queues(farm))
+
+
+def send(client: FlaskClient, job: tuple[tuple[int, int], dict[str, Any]]) -> str:
+    size, params = job
+    answer = client.post(
+        "/v1/jobs",
+        data={"image": (io.BytesIO(image_bytes(size)), "a.png"), "params": json.dumps(params)},
+    )
+    assert answer.status_code == 202, answer.get_data(as_text=True)
+    return answer.get_json()["id"]  # type: ignore[no-any-return]
+
+
+def test_the_smallest_class_keeps_the_queue_and_larger_ones_get_their_own() -> None:
+    farm = load_settings(queue="gpu", worker_classes="gpu:24, gpu-large:80")
+    assert render_queues(farm) == ["gpu", "gpu-gpu-large"]
+    assert worker_queue(farm) == "gpu"
+    assert worker_queue(farm.model_copy(update={"worker_class": "gpu-large"})) == "gpu-gpu-large"
+    # Without classes: the queue as it always was.
+    assert render_queues(load_settings(queue="gpu")) == ["gpu"]
+    # `make run` starts a worker of each class, each saying its class.
+    workers = render_workers(farm)
+    assert [w.env for w in workers] == [
+        {"ONEIRO_WORKER_CLASS": "gpu"},
+        {"ONEIRO_WORKER_CLASS": "gpu-large"},
+    ]
+    assert [w.command[w.command.index("--queues") + 1] for w in workers] == render_queues(farm)
+    assert [w.name for w in render_workers(load_settings(queue="gpu"))] == ["worker"]
+
+
+def test_a_job_goes_to_the_smallest_class_that_holds_it_on_every_send(
+    farm: Settings, session: Session
+) -> None:
+    app = create_app(farm)
+    client = authed_client(app)
+    small, large = send(client, SMALL), send(client, LARGE)
+    large_queue = f"{farm.queue}-large"
+    assert queued_job_ids(farm) == [small]
+    assert queued_job_ids(farm, large_queue) == [large]
+    # Lost from Redis: the relay sends each again to its class, and reads both queues to
+    # tell a waiting message from a lost one.
+    assert waiting_render_jobs(farm) == {uuid.UUID(small), uuid.UUID(large)}
+    drop_queues(farm.redis_url, *render_queues(farm))
+    session.execute(update(Job).values(enqueued_at=None))
+    session.commit()
+    relayed = relay_queued_jobs(session, create_celery(farm), farm, now=utcnow())
+    assert sorted(map(str, relayed)) == sorted([small, large])
+    assert queued_job_ids(farm) == [small]
+    assert queued_job_ids(farm, large_queue) == [large]
+    # A retry too.
+    drop_queues(farm.redis_url, *render_queues(farm))
+    assert client.post(f"/v1/jobs/{large}/cancel").status_code == 200
+    assert client.post(f"/v1/jobs/{large}/retry").status_code == 202
+    assert queued_job_ids(farm, large_queue) == [large]
+    app.extensions["oneiro"].engine.dispose()
+
+
+@pytest.mark.parametrize("empty_database_url", ["sqlite"], indirect=True)
+def test_a_worker_of_the_class_renders_the_job_sent_to_it(farm: Settings, tmp_path: Path) -> None:
+    app = create_app(farm)
+    client = authed_client(app)
+    small, large = send(client, SMALL), send(client, LARGE)
+    env = {"ONEIRO_WORKER_CLASSES": farm.worker_classes, "ONEIRO_WORKER_CLASS": "large"}
+    large_farm = farm.model_copy(update={"worker_class": "large"})
+    with running_worker(farm, tmp_path / "worker.log", queue=worker_queue(large_farm), env=env):
+        done = wait_for(
+            lambda: (
+                (job := client.get(f"/v1/jobs/{large}").get_json())["status"]
+                in ("succeeded", "failed")
+                and job
+            ),
+            120,
+            "the large job to end",
+            every=0.3,
+        )
+    assert done["status"] == "succeeded", done["error"]
+    # Nothing serves the small class here: its job waits on its own queue.
+    assert client.get(f"/v1/jobs/{small}").get_json()["status"] == JobStatus.QUEUED.value
+    assert queued_job_ids(farm) == [small]
+    app.extensions["oneiro"].engine.dispose()
+
+
+@pytest.mark.parametrize(
+    ("variables", "says"),
+    [
+        ({"ONEIRO_WORKER_CLASSES": "gpu:big"}, "ONEIRO_WORKER_CLASSES: Value error, 'gpu:big'"),
+        ({"ONEIRO_WORKER_CLASSES": "large:80,gpu:24"}, "smallest first"),
+        (
+            {"ONEIRO_WORKER_CLASSES": "gpu:24", "ONEIRO_WORKER_CLASS": "huge"},
+            "ONEIRO_WORKER_CLASS:",
+        ),
+    ],
+)
+def test_a_wrong_farm_stops_start_up_naming_the_variable(
+    monkeypatch: pytest.MonkeyPatch, variables: dict[str, str], says: str
+) -> None:
+    from shared.settings import SettingsError
+
+    for name, value in variables.items():
+        monkeypatch.setenv(name, value)
+    with pytest.raises(SettingsError, match=re.escape(says)):
+        load_settings()
