@@ -1,5 +1,5 @@
-"""What POST /v1/jobs sends, read and checked: the multipart parts (`image`, `params`,
-`webhook`), the image's format and size, the job's cost, and the tenant's cap on active jobs.
+"""What POST /v1/jobs sends, read and checked: the multipart parts (`image` or `video`,
+`params`, `webhook`), the image's or video's format and size, the job's cost, and the tenant's cap on active jobs.
 Every refusal is a 4xx problem+json naming the part; nothing is stored before all pass."""
 
 from __future__ import annotations
@@ -18,17 +18,18 @@ from api.auth import tenant_id
 from api.controls import ControlParts, read_controls
 from api.db import get_db
 from api.problems import Problem, invalid
-from shared.cost import CostRefused, check_limits
+from shared.cost import CostRefused, check_frame_limits, check_limits
 from shared.images import EXTENSIONS, ImageRejected, ImageTooLarge, inspect_image
 from shared.models import Job
-from shared.params import RenderParams
+from shared.params import RenderParams, with_frame_defaults
 from shared.recipes import RecipeRefused, recipe_params
 from shared.settings import Settings
 from shared.transitions import count_active
+from shared.video import VideoInfo, VideoRejected, VideoTooLarge, inspect_video
 from shared.webhooks import WebhookRefused, WebhookSpec, check_target
 from shared.weights import NoWeights, require_weights
 
-FORM_PARTS = {"image", "params", "webhook", "guide", "mask", "recipe"}
+FORM_PARTS = {"image", "params", "webhook", "guide", "mask", "recipe", "video"}
 # When a tenant at its cap of active jobs may try again: a render takes seconds to hours.
 ACTIVE_CAP_RETRY_AFTER_S = 30
 
@@ -47,6 +48,10 @@ class Submission:
     webhook: WebhookSpec | None
     # The optional guide and mask parts, checked.
     controls: ControlParts
+    # `image` (a still), `animation` (params.animation) or `video` (`image` holds the video);
+    # the frame kinds' frame count, known at submit so cost and progress count every frame.
+    kind: str = "image"
+    frames: int | None = None
 
 
 def read_submission(settings: Settings) -> Submission:
@@ -56,6 +61,8 @@ def read_submission(settings: Settings) -> Submission:
         require_weights(settings, params.model)
     except NoWeights as exc:  # accepted, it would fail on the worker: refuse it now
         raise invalid([{"field": "params.model", "message": str(exc)}]) from None
+    if "video" in request.files:
+        return _read_video_submission(params, asked, settings)
     upload = request.files.get("image")
     if upload is None:
         raise invalid(
@@ -68,10 +75,10 @@ def read_submission(settings: Settings) -> Submission:
         raise Problem(413, "Image too large", str(exc), limit=settings.max_pixels) from None
     except ImageRejected as exc:
         raise invalid([{"field": "image", "message": str(exc)}]) from None
-    try:
-        check_limits(width, height, params, settings)
-    except CostRefused as exc:
-        raise invalid([{"field": exc.field, "message": str(exc)}]) from None
+    frames = None if params.animation is None else params.animation.frames
+    _check_cost(width, height, params, frames, settings)
+    if frames is not None:
+        _check_frame_params(asked)
     return Submission(
         params=params,
         asked=asked,
@@ -81,7 +88,80 @@ def read_submission(settings: Settings) -> Submission:
         height=height,
         webhook=_read_webhook(settings),
         controls=read_controls(asked, (width, height), settings, EXTENSIONS),
+        kind="image" if frames is None else "animation",
+        frames=frames,
     )
+
+
+def _read_video_submission(
+    params: RenderParams, asked: dict[str, Any], settings: Settings
+) -> Submission:
+    """A video job: the `video` part inspected (its header against the limits before a frame
+    is decoded), its frame size and count the job's."""
+    if "image" in request.files:
+        raise invalid([{"field": "video", "message": "send an 'image' or a 'video', not both"}])
+    if params.animation is not None:
+        message = "a video job takes no animation; send an image to animate"
+        raise invalid([{"field": "params.animation", "message": message}])
+    _check_frame_params(asked)
+    data = request.files["video"].read()
+    info = _inspect_video(data, settings)
+    _check_cost(info.width, info.height, params, info.frames, settings)
+    return Submission(
+        params=params,
+        asked=asked,
+        image=data,
+        extension=info.extension,
+        width=info.width,
+        height=info.height,
+        webhook=_read_webhook(settings),
+        controls=read_controls(asked, (info.width, info.height), settings, EXTENSIONS),
+        kind="video",
+        frames=info.frames,
+    )
+
+
+def _inspect_video(data: bytes, settings: Settings) -> VideoInfo:
+    """413 naming the limit a frame size, frame count or duration breaks (from the header,
+    before a frame is decoded); 422 for a file that is no video we can decode."""
+    try:
+        return inspect_video(
+            data, settings.max_pixels, settings.max_frames, settings.max_video_seconds
+        )
+    except VideoTooLarge as exc:
+        raise Problem(413, "Video too large", str(exc), limit=exc.limit, what=exc.what) from None
+    except VideoRejected as exc:
+        raise invalid([{"field": "video", "message": str(exc)}]) from None
+
+
+def _check_frame_params(asked: dict[str, Any]) -> None:
+    """A frame job's result is an MP4 of 8-bit frames, dreamed without guide or mask: params
+    (and parts) that would be silently ignored are refused."""
+    errors = [
+        {"field": f"params.{name}", "message": "an animation or video job makes an MP4"}
+        for name in ("output_format", "quality")
+        if asked.get(name, RenderParams.model_fields[name].default)
+        != RenderParams.model_fields[name].default
+    ] + [
+        {"field": part, "message": "animation and video jobs take no guide or mask"}
+        for part in ("guide", "mask")
+        if part in request.files or part in request.form
+    ]
+    if errors:
+        raise invalid(errors)
+
+
+def _check_cost(
+    width: int, height: int, params: RenderParams, frames: int | None, settings: Settings
+) -> None:
+    """The job's size and work against the limits, every frame of a frame job counted."""
+    try:
+        if frames is None:
+            check_limits(width, height, params, settings)
+        else:
+            check_frame_limits(width, height, params, frames, settings)
+    except CostRefused as exc:
+        raise invalid([{"field": exc.field, "message": str(exc)}]) from None
 
 
 def check_active_cap(session: Session, tenant_id: uuid.UUID, limit: int) -> None:
@@ -152,8 +232,8 @@ def _read_params() -> tuple[RenderParams, dict[str, Any]]:
                 {
                     "field": name,
                     "message": (
-                        "unknown form part; expected 'image', 'params', 'webhook', 'guide', "
-                        "'mask' and 'recipe'"
+                        "unknown form part; expected 'image' or 'video', 'params', "
+                        "'webhook', 'guide', 'mask' and 'recipe'"
                     ),
                 }
                 for name in unknown
@@ -177,6 +257,10 @@ def _read_params() -> tuple[RenderParams, dict[str, Any]]:
         # The recipe's params, overridden by the ones sent: the same look, on a new image.
         raw = {**recipe, **raw}
         text = json.dumps(raw)
+    if "video" in request.files or raw.get("animation") is not None:
+        # A frame starts from the previous dream: fewer steps and octaves than a still's. Not
+        # in `raw`: the params as sent stay what the request asked for.
+        text = json.dumps(with_frame_defaults(raw))
     try:
         return RenderParams.model_validate_json(text, strict=True), raw
     except ValidationError as exc:

@@ -132,6 +132,11 @@ class Settings(BaseSettings):
     # The Keras backend the engine computes with: TensorFlow, or JAX (the `jax` extra). Read once
     # when a worker starts, before Keras is imported (Keras cannot change backend afterwards).
     backend: Literal["tensorflow", "jax"] = "tensorflow"
+    # Animation and video jobs: the most frames one may render, and the longest video accepted
+    # (in seconds). An upload's header is checked against both, and against max_pixels per
+    # frame, before a frame is decoded: a small file can promise hours of 8K frames.
+    max_frames: int = Field(3000, ge=1)
+    max_video_seconds: float = Field(600.0, gt=0)
 
     @field_validator("log_level", mode="before")
     @classmethod
