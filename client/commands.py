@@ -85,9 +85,10 @@ def describe_progress(job: dict[str, Any]) -> str:
     p = job.get("progress") or {}
     if job.get("status") != "running":
         return str(job.get("status"))
+    frame = f"frame {p.get('frame') or 1}/{p['frames']} " if p.get("frames") else ""
     return (
-        f"octave {p.get('octave', 1)}/{p.get('octaves')} step {p.get('step', 0)}/{p.get('steps')} "
-        f"ETA {format_eta(p.get('eta_seconds'))}"
+        f"{frame}octave {p.get('octave', 1)}/{p.get('octaves')} step {p.get('step', 0)}/"
+        f"{p.get('steps')} ETA {format_eta(p.get('eta_seconds'))}"
     )
 
 
@@ -145,7 +146,8 @@ def _wait(client: Client, job_id: str) -> dict[str, Any]:
     "-o",
     "--output",
     type=click.Path(dir_okay=False, path_type=Path),
-    help="Where --wait writes the result [JOB_ID.png, or the format's extension]; implies --wait.",
+    help="Where --wait writes the result [JOB_ID.png, the format's extension, or .mp4 for an "
+    "animation or video]; implies --wait.",
 )
 @connection
 def submit(
@@ -160,7 +162,9 @@ def submit(
     wait: bool,
     output: Path | None,
 ) -> None:
-    """Upload IMAGE as a new job and print its id; with --wait, follow it and save the result."""
+    """Upload IMAGE (or a video: .mp4, .mov, .webm) as a new job and print its id; with --wait,
+    follow it and save the result. `--param animation='{"frames": 48, "zoom": 1.03}'` makes a
+    zoom animation of an image."""
     params = _params(pairs, params_json)
     if preset is not None:
         params["preset"] = preset
@@ -202,6 +206,8 @@ def _recipe(value: str | None) -> str | None:
 
 def _extension(job: dict[str, Any]) -> str:
     """The file extension of the job's result."""
+    if job.get("kind", "image") != "image":
+        return "mp4"
     return output_format(job["params"].get("output_format")).extension
 
 

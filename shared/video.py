@@ -159,7 +159,8 @@ def decode_frames(data: bytes, max_dim: int | None = None) -> Iterator[np.ndarra
     """The video's frames in order, as H x W x 3 uint8 RGB, each scaled to fit `max_dim`."""
     with av.open(io.BytesIO(data), mode="r") as container:
         for frame in container.decode(container.streams.video[0]):
-            yield fit_within(frame.to_ndarray(format="rgb24"), max_dim)
+            # A copy: the array must not share a buffer the decoder may reuse for later frames.
+            yield fit_within(np.array(frame.to_ndarray(format="rgb24")), max_dim)
 
 
 def video_fps(data: bytes) -> Fraction:
