@@ -7,7 +7,7 @@ from __future__ import annotations
 import json
 import uuid
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pydantic_core
 from flask import request
@@ -25,9 +25,11 @@ from shared.params import RenderParams, with_frame_defaults
 from shared.recipes import RecipeRefused, recipe_params
 from shared.settings import Settings
 from shared.transitions import count_active
-from shared.video import VideoInfo, VideoRejected, VideoTooLarge, inspect_video
 from shared.webhooks import WebhookRefused, WebhookSpec, check_target
 from shared.weights import NoWeights, require_weights
+
+if TYPE_CHECKING:
+    from shared.video import VideoInfo
 
 FORM_PARTS = {"image", "params", "webhook", "guide", "mask", "recipe", "video"}
 # When a tenant at its cap of active jobs may try again: a render takes seconds to hours.
@@ -124,6 +126,9 @@ def _read_video_submission(
 def _inspect_video(data: bytes, settings: Settings) -> VideoInfo:
     """413 naming the limit a frame size, frame count or duration breaks (from the header,
     before a frame is decoded); 422 for a file that is no video we can decode."""
+    # Imported when a video arrives: FFmpeg's libraries need not load at every API start.
+    from shared.video import VideoRejected, VideoTooLarge, inspect_video
+
     try:
         return inspect_video(
             data, settings.max_pixels, settings.max_frames, settings.max_video_seconds
