@@ -1,5 +1,6 @@
 """What POST /v1/jobs sends, read and checked: the multipart parts (`image` or `video`,
-`params`, `webhook`), the image's or video's format and size, the job's cost, and the tenant's cap on active jobs.
+`params`, `webhook`), the image's or video's format and size, the job's cost, and the tenant's
+cap on active jobs.
 Every refusal is a 4xx problem+json naming the part; nothing is stored before all pass."""
 
 from __future__ import annotations

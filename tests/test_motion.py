@@ -11,7 +11,6 @@ import subprocess
 import sys
 import uuid
 from datetime import timedelta
-from pathlib import Path
 from typing import Any
 
 import av
@@ -25,8 +24,7 @@ from shared.images import decode_rgb
 from shared.models import Job, JobStatus, utcnow
 from shared.settings import Settings
 from shared.storage import Storage, frame_key
-from tests.conftest import ROOT
-from tests.utils import clip_bytes, image_bytes
+from tests.utils import ROOT, clip_bytes, image_bytes, stored_files
 from worker.jobs import run_job
 from worker.maintenance import reap_stale_jobs
 from worker.runtime import Runtime
@@ -61,11 +59,6 @@ def video_of(data: bytes) -> dict[str, Any]:
         }
         facts["frames"] = [f.to_ndarray(format="rgb24") for f in container.decode(stream)]
     return facts
-
-
-def stored_files(settings: Settings) -> list[Path]:
-    root = Path(settings.storage_url)
-    return [p for p in root.rglob("*") if p.is_file()] if root.exists() else []
 
 
 def test_a_video_job_keeps_frame_count_rate_size_and_audio(
@@ -192,7 +185,7 @@ def test_a_job_killed_mid_video_resumes_after_its_last_frame_to_the_same_frames(
     put_back(session, settings, job_id)
     frames_seen: list[int] = []
     monkeypatch.setattr(
-        "worker.jobs.ProgressReporter.__call__", lambda self, p: frames_seen.append(p.frame)
+        "worker.watchers.ProgressReporter.__call__", lambda self, p: frames_seen.append(p.frame)
     )
     assert run_job(job_id, worker) == JobStatus.SUCCEEDED
 
@@ -256,7 +249,7 @@ def test_a_worker_process_killed_with_sigkill_is_replaced_and_the_job_goes_on(
     put_back(session, settings, job_id)
     frames_seen: list[int] = []
     monkeypatch.setattr(
-        "worker.jobs.ProgressReporter.__call__", lambda self, p: frames_seen.append(p.frame)
+        "worker.watchers.ProgressReporter.__call__", lambda self, p: frames_seen.append(p.frame)
     )
     assert run_job(job_id, runtime(settings, sessions, storage)) == JobStatus.SUCCEEDED
 

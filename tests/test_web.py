@@ -350,8 +350,6 @@ def test_a_video_is_dreamed_and_played_in_a_video_element(
         30,
         "the video's metadata",
     )
-    width, duration = page.eval_on_selector(
-        "#result-video", "e => [e.videoWidth, e.duration]"
-    )
+    width, duration = page.eval_on_selector("#result-video", "e => [e.videoWidth, e.duration]")
     assert width == 96 and abs(duration - 0.5) < 0.05
     assert page.get_attribute("#download", "download") == f"{job_id}.mp4"

@@ -11,8 +11,8 @@ BACKEND = choose_backend()
 from worker.engine.device import DeviceOutOfMemory  # noqa: E402
 from worker.engine.dream import DreamState, Progress, preview, render  # noqa: E402
 from worker.engine.model import DreamModel, WeightsUnavailable, load_dream_model  # noqa: E402
-from worker.engine.tiling import Canceled  # noqa: E402
 from worker.engine.motion import FrameProgress, animate, dream_video  # noqa: E402
+from worker.engine.tiling import Canceled  # noqa: E402
 
 __all__ = [
     "BACKEND",
