@@ -72,6 +72,7 @@ def main() -> None:
     parser.add_argument("--pan", type=int, default=4)
     parser.add_argument("--steps", type=int, default=10)
     parser.add_argument("--octaves", type=int, default=3)
+    parser.add_argument("--blend", type=float, default=None, help="default: RenderParams'")
     parser.add_argument("--speed", type=int, nargs="*", default=[512], help="widths to time")
     args = parser.parse_args()
 
@@ -86,7 +87,8 @@ def main() -> None:
     dream([clip[0]], RenderParams(**base), model)  # warm-up: traces the model for these shapes
 
     independent, _ = dream(clip, RenderParams(**base, blend=0.0), model)
-    warped, seconds = dream(clip, RenderParams(**base), model)
+    carried_params = RenderParams(**base, **({} if args.blend is None else {"blend": args.blend}))
+    warped, seconds = dream(clip, carried_params, model)
     alone, carried = flicker(independent, args.pan), flicker(warped, args.pan)
     print(f"{platform.processor() or platform.machine()}, weights {Path(weights).name}")
     print(
@@ -95,7 +97,7 @@ def main() -> None:
     )
     print(f"source clip flicker:       {flicker(clip, args.pan):7.2f}")
     print(f"each frame dreamed anew:   {alone:7.2f}")
-    print(f"flow-warped, blend {RenderParams(**base).blend}:   {carried:7.2f}")
+    print(f"flow-warped, blend {carried_params.blend}:   {carried:7.2f}")
     print(f"ratio: {alone / carried:.2f}x less flicker with flow warping")
     for width in args.speed:
         frames = panning_clip(3, width, args.pan)
