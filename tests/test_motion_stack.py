@@ -13,10 +13,9 @@ from pathlib import Path
 import av
 import pytest
 from click.testing import CliRunner, Result
-from worker.cli import main
 
-from tests.stack import Stack, running_stack
-from tests.utils import CHELSEA, clip_bytes
+from client.cli import main
+from tests.utils import CHELSEA, Stack, clip_bytes, running_stack
 
 pytestmark = pytest.mark.e2e
 
