@@ -11,6 +11,7 @@ import subprocess
 import sys
 import uuid
 from datetime import timedelta
+from pathlib import Path
 from typing import Any
 
 import av
@@ -24,7 +25,7 @@ from shared.images import decode_rgb
 from shared.models import Job, JobStatus, utcnow
 from shared.settings import Settings
 from shared.storage import Storage, frame_key
-from tests.utils import ROOT, clip_bytes, image_bytes, stored_files
+from tests.utils import CHELSEA, ROOT, clip_bytes, image_bytes, stored_files
 from worker.jobs import run_job
 from worker.maintenance import reap_stale_jobs
 from worker.runtime import Runtime
@@ -348,3 +349,26 @@ def test_an_animation_past_the_frame_or_work_limit_is_422(
     assert heavy.status_code == 422 and "x 10 frames" in heavy.get_json()["detail"]
     assert light.status_code == 202
     assert session.scalar(select(func.count()).select_from(Job)) == 1
+
+
+def test_oneiro_render_dreams_a_video_and_an_animation_locally(tmp_path: Path) -> None:
+    from click.testing import CliRunner
+
+    from client.cli import main
+
+    clip = tmp_path / "clip.webm"
+    clip.write_bytes(clip_bytes((64, 48), frames=4, fps=8, container="webm", codec="libvpx-vp9"))
+    common = ["--weights", "random", "--precision", "float32", "--steps", "1", "--octaves", "1"]
+    common += ["--tile-size", "64", "--seed", "5"]
+    for source, out, extra in (
+        (clip, tmp_path / "dream.mp4", []),
+        (CHELSEA, tmp_path / "zoom.mp4", ["--max-dim", "64", "--animation", '{"frames": 3}']),
+    ):
+        done = CliRunner().invoke(main, ["render", str(source), "-o", str(out), *common, *extra])
+        assert done.exit_code == 0, done.output
+        assert "frame " in done.stderr  # the progress bar counts frames
+    dreamed = video_of((tmp_path / "dream.mp4").read_bytes())
+    zoom = video_of((tmp_path / "zoom.mp4").read_bytes())
+    assert len(dreamed["frames"]) == 4 and dreamed["fps"] == 8 and dreamed["size"] == (64, 48)
+    assert dreamed["audio"] == ["opus"]  # the WebM's track, copied as it is
+    assert len(zoom["frames"]) == 3 and zoom["fps"] == 24 and zoom["audio"] == []
