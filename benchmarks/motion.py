@@ -2,16 +2,21 @@
 in one run, and seconds per frame.
 
     .venv/bin/python benchmarks/motion.py                # 8 frames at 256 px, then 512 px speed
-    .venv/bin/python benchmarks/motion.py --frames 12 --width 384 --speed 512 1080
+    .venv/bin/python benchmarks/motion.py --frames 6 --width 192 --steps 6 --octaves 2 \
+        --speed 512 1620                                   # the figures in benchmarks/README.md
 
 The clip is a camera panning right over a real photograph (../shared/images/rocket.jpg, else
 the repo's cat), `--pan` pixels a frame. Flicker is the mean absolute difference between
 consecutive output frames after compensating the camera motion (frame n shifted back by the
-pan onto frame n-1), over the pixels both frames see; the source clip's own is 0. Both runs
+pan onto frame n-1), over the pixels both frames see; the source clip's own is 0. The runs
 dream the same frames with the same params and seed: `blend` 0 (each frame dreamed anew from
 its source) against the default `blend` (each frame starting from the previous dream carried
-onto it by DIS optical flow). Weights: ../shared/models' InceptionV3 file when present, else
-random (the arithmetic, and so the speed, is the same).
+onto it by DIS optical flow), the latter at `--steps` and at a half and a third of them: a
+frame that starts from the dream so far ends stronger for the same steps, and a stronger dream
+differs more between frames, so the fair ratio is at the nearest dream strength (the mean
+absolute change from the source), printed with the same-steps ratio. Weights:
+../shared/models' InceptionV3 file when present, else random (the arithmetic, and so the speed,
+is the same).
 """
 
 from __future__ import annotations
@@ -56,6 +61,26 @@ def flicker(frames: list[np.ndarray], pan: int) -> float:
     return float(np.mean(diffs))
 
 
+class Look:
+    """A dreamed clip's flicker and dream strength (mean absolute change from the source over
+    frames after the first: the dream's own amount, which flicker grows with)."""
+
+    def __init__(self, frames: list[np.ndarray], clip: list[np.ndarray], pan: int) -> None:
+        self.flicker = flicker(frames, pan)
+        self.strength = float(
+            np.mean(
+                [
+                    np.abs(f.astype(np.int16) - c).mean()
+                    for f, c in zip(frames[1:], clip[1:], strict=True)
+                ]
+            )
+        )
+
+    def row(self, name: str, steps: int) -> str:
+        ratio = self.flicker / self.strength
+        return f"| {name} | {steps} | {self.flicker:.2f} | {self.strength:.2f} | {ratio:.2f} |"
+
+
 def dream(clip: list[np.ndarray], params: object, model: object) -> tuple[list[np.ndarray], float]:
     from worker.engine.motion import dream_video
 
@@ -87,18 +112,34 @@ def main() -> None:
     dream([clip[0]], RenderParams(**base), model)  # warm-up: traces the model for these shapes
 
     independent, _ = dream(clip, RenderParams(**base, blend=0.0), model)
-    carried_params = RenderParams(**base, **({} if args.blend is None else {"blend": args.blend}))
-    warped, seconds = dream(clip, carried_params, model)
-    alone, carried = flicker(independent, args.pan), flicker(warped, args.pan)
+    blend = {} if args.blend is None else {"blend": args.blend}
+    alone = Look(independent, clip, args.pan)
     print(f"{platform.processor() or platform.machine()}, weights {Path(weights).name}")
     print(
         f"clip: {args.frames} frames of {clip[0].shape[1]}x{clip[0].shape[0]}, pan {args.pan} px "
-        f"a frame; {args.steps} steps x {args.octaves} octaves a frame"
+        f"a frame; {args.octaves} octaves a frame; the source's flicker "
+        f"{flicker(clip, args.pan):.2f}"
     )
-    print(f"source clip flicker:       {flicker(clip, args.pan):7.2f}")
-    print(f"each frame dreamed anew:   {alone:7.2f}")
-    print(f"flow-warped, blend {carried_params.blend}:   {carried:7.2f}")
-    print(f"ratio: {alone / carried:.2f}x less flicker with flow warping")
+    print("| run | steps | flicker | dream strength | flicker / strength |")
+    print("| --- | --- | --- | --- | --- |")
+    print(alone.row("each frame dreamed anew (blend 0)", args.steps))
+    # A carried frame starts with the dream built so far, so the same steps make a stronger dream
+    # (which flickers more in absolute terms): compared also at fewer steps, and the run whose
+    # strength is nearest the independent run's is the fair comparison.
+    looks: dict[int, Look] = {}
+    for steps in sorted(
+        {args.steps, max(1, args.steps // 2), max(1, args.steps // 3)}, reverse=True
+    ):
+        params = RenderParams(**{**base, "steps": steps}, **blend)
+        looks[steps] = Look(dream(clip, params, model)[0], clip, args.pan)
+        print(looks[steps].row(f"flow-carried, blend {params.blend}", steps))
+    same = looks[args.steps]
+    matched = min(looks.values(), key=lambda look: abs(look.strength - alone.strength))
+    print(f"ratio at the same steps: {alone.flicker / same.flicker:.2f}x less flicker")
+    print(
+        f"ratio at the nearest dream strength ({matched.strength:.2f} vs {alone.strength:.2f}): "
+        f"{alone.flicker / matched.flicker:.2f}x less flicker"
+    )
     for width in args.speed:
         frames = panning_clip(3, width, args.pan)
         dream(frames[:1], RenderParams(**base), model)  # traces this size
