@@ -372,3 +372,32 @@ def test_oneiro_render_dreams_a_video_and_an_animation_locally(tmp_path: Path) -
     assert len(dreamed["frames"]) == 4 and dreamed["fps"] == 8 and dreamed["size"] == (64, 48)
     assert dreamed["audio"] == ["opus"]  # the WebM's track, copied as it is
     assert len(zoom["frames"]) == 3 and zoom["fps"] == 24 and zoom["audio"] == []
+
+
+@pytest.mark.parametrize(
+    ("params", "parts", "field"),
+    [
+        ({"animation": {"frames": 2}, "output_format": "jpeg"}, {}, "params.output_format"),
+        ({"animation": {"frames": 2}, "quality": 50}, {}, "params.quality"),
+        ({"animation": {"frames": 2}}, {"guide": "image"}, "guide"),
+        ({}, {"mask": "image", "video": "clip"}, "mask"),
+        ({}, {"image": "image", "video": "clip"}, "video"),
+    ],
+)
+def test_what_a_frame_job_would_ignore_is_refused_and_nothing_stored(
+    client: FlaskClient,
+    settings: Settings,
+    session: Session,
+    params: dict[str, Any],
+    parts: dict[str, str],
+    field: str,
+) -> None:
+    made = {"image": image_bytes(), "clip": clip_bytes(frames=2)}
+    files = {"image": made["image"], **{name: made[kind] for name, kind in parts.items()}}
+    if "video" in parts and "image" not in parts:
+        del files["image"]
+    answer = post(client, params, **files)
+    assert answer.status_code == 422, answer.get_data(as_text=True)
+    assert field in [error["field"] for error in answer.get_json()["errors"]]
+    assert session.scalar(select(func.count()).select_from(Job)) == 0
+    assert stored_files(settings) == []
