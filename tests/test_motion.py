@@ -401,3 +401,50 @@ def test_what_a_frame_job_would_ignore_is_refused_and_nothing_stored(
     assert field in [error["field"] for error in answer.get_json()["errors"]]
     assert session.scalar(select(func.count()).select_from(Job)) == 0
     assert stored_files(settings) == []
+
+
+class CancelsAfterFrame1:
+    """Storage through which the job is canceled (by its API) as its first frame is stored."""
+
+    def __init__(self, storage: Storage, cancel: Any) -> None:
+        self.storage, self.cancel = storage, cancel
+
+    def put(self, key: str, data: bytes) -> None:
+        self.storage.put(key, data)
+        if key.endswith("frames/000000.png"):
+            self.cancel()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.storage, name)
+
+
+def test_a_canceled_video_job_stops_in_its_next_frame_and_keeps_no_frames(
+    client: FlaskClient, settings: Settings, sessions: sessionmaker[Session], storage: Storage
+) -> None:
+    job_id = post(client, SMALL, video=clip_bytes(frames=5)).get_json()["id"]
+    canceled = CancelsAfterFrame1(
+        storage, lambda: client.post(f"/v1/jobs/{job_id}/cancel").get_json()
+    )
+    worker = Runtime(settings, sessions, canceled, "test-worker")  # type: ignore[arg-type]
+
+    assert run_job(uuid.UUID(job_id), worker) is None  # the render stopped: its job was lost
+    job = client.get(f"/v1/jobs/{job_id}").get_json()
+    assert job["status"] == "canceled" and job["result_url"] is None
+    assert not storage.exists(frame_key(uuid.UUID(job_id), 1, 1))  # frame 2 never finished
+    assert not any("frames/" in p.as_posix() for p in stored_files(settings))
+
+
+def test_the_same_video_with_the_same_idempotency_key_is_one_job(client: FlaskClient) -> None:
+    clip = clip_bytes(frames=3)
+    answers = [
+        client.post(
+            "/v1/jobs",
+            data={"video": (io.BytesIO(clip), "clip.mp4"), "params": json.dumps(SMALL)},
+            content_type="multipart/form-data",
+            headers={"Idempotency-Key": "clip-1"},
+        )
+        for _ in range(2)
+    ]
+    assert [a.status_code for a in answers] == [202, 200]
+    assert answers[0].get_json()["id"] == answers[1].get_json()["id"]
+    assert answers[1].get_json()["kind"] == "video"
