@@ -21,7 +21,6 @@ from flask.testing import FlaskClient
 from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
-from shared.images import decode_rgb
 from shared.models import Job, JobStatus, utcnow
 from shared.settings import Settings
 from shared.storage import Storage, frame_key
@@ -203,8 +202,9 @@ def test_a_job_killed_mid_video_resumes_after_its_last_frame_to_the_same_frames(
     assert differ == {}  # frame: largest difference
 
 
-# The worker's code in a process of its own, killed with SIGKILL as it stores frame 3.
-KILLED_AT_FRAME_3 = """
+# The worker's code in a process of its own, killed with SIGKILL as it stores frame argv[2]
+# (counted from 0).
+KILLED_AT_FRAME = """
 import os, signal, sys, uuid
 from shared.db import create_db_engine, create_session_factory
 from shared.settings import load_settings
@@ -214,26 +214,32 @@ from worker.runtime import Runtime
 
 put = FileStorage.put
 def put_or_die(self, key, data):
-    if key.endswith("frames/000002.png"):
+    if key.endswith(f"frames/{int(sys.argv[2]):06d}.png"):
         os.kill(os.getpid(), signal.SIGKILL)
     put(self, key, data)
 FileStorage.put = put_or_die
-settings = load_settings(weights="random", weights_download=False)
+settings = load_settings(weights="random", weights_download=False, progress_interval=0.0)
 sessions = create_session_factory(create_db_engine(settings.database_url))
 storage = open_storage(settings.storage_url)
 run_job(uuid.UUID(sys.argv[1]), Runtime(settings, sessions, storage, "doomed"))
 """
 
 
-def test_a_worker_process_killed_with_sigkill_is_replaced_and_the_job_goes_on(
+def test_a_video_job_killed_twice_with_sigkill_ends_with_an_uninterrupted_runs_pixels(
     client: FlaskClient,
     settings: Settings,
     sessions: sessionmaker[Session],
     session: Session,
     storage: Storage,
+    runtime: Runtime,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    job_id = uuid.UUID(post(client, SMALL, video=clip_bytes(frames=5)).get_json()["id"])
+    clip = clip_bytes(frames=5)
+    reference = post(client, SMALL, video=clip).get_json()["id"]
+    assert run_job(uuid.UUID(reference), runtime) == JobStatus.SUCCEEDED
+    expected = client.get(f"/v1/jobs/{reference}/result").data
+
+    job_id = uuid.UUID(post(client, SMALL, video=clip).get_json()["id"])
     env = {
         **os.environ,
         "DATABASE_URL": settings.database_url,
@@ -241,26 +247,31 @@ def test_a_worker_process_killed_with_sigkill_is_replaced_and_the_job_goes_on(
         "ONEIRO_DATA_DIR": str(settings.data_dir),
         "ONEIRO_STORAGE_URL": settings.storage_url,
     }
-    died = subprocess.run(
-        [sys.executable, "-c", KILLED_AT_FRAME_3, str(job_id)], cwd=ROOT, env=env, check=False
-    )
-    assert died.returncode == -signal.SIGKILL
-    kept = [storage.get(frame_key(job_id, 1, n)) for n in range(2)]
-    assert not storage.exists(frame_key(job_id, 1, 2))
-    put_back(session, settings, job_id)
+    # Attempt 1 dies storing frame 3, attempt 2 (resuming there) storing frame 5.
+    for attempt, dies_at in ((1, 2), (2, 4)):
+        died = subprocess.run(
+            [sys.executable, "-c", KILLED_AT_FRAME, str(job_id), str(dies_at)],
+            cwd=ROOT,
+            env=env,
+            check=False,
+        )
+        assert died.returncode == -signal.SIGKILL
+        assert not storage.exists(frame_key(job_id, attempt, dies_at))
+        put_back(session, settings, job_id)
+    assert storage.exists(frame_key(job_id, 2, 3)) and not storage.exists(frame_key(job_id, 2, 1))
     frames_seen: list[int] = []
     monkeypatch.setattr(
         "worker.watchers.ProgressReporter.__call__", lambda self, p: frames_seen.append(p.frame)
     )
-    assert run_job(job_id, runtime(settings, sessions, storage)) == JobStatus.SUCCEEDED
+    assert run_job(job_id, runtime) == JobStatus.SUCCEEDED
 
-    assert min(frames_seen) == 3
-    result = video_of(client.get(f"/v1/jobs/{job_id}/result").data)
-    assert len(result["frames"]) == 5 and result["audio"] == ["aac"]
-    # The frames the killed process stored are the video's first two (H.264 is near-lossless
-    # at the encoder's quality, not exact: compared within a few levels).
-    for stored, shown in zip(kept, result["frames"][:2], strict=False):
-        assert np.abs(decode_rgb(stored).astype(int) - shown.astype(int)).mean() < 3
+    assert set(frames_seen) == {5}  # only the frame no attempt had stored was dreamed again
+    done = client.get(f"/v1/jobs/{job_id}").get_json()
+    assert done["attempt"] == 3
+    result = client.get(done["result_url"]).data
+    resumed, uninterrupted = video_of(result)["frames"], video_of(expected)["frames"]
+    assert len(resumed) == len(uninterrupted) == 5 and video_of(result)["audio"] == ["aac"]
+    assert all(np.array_equal(a, b) for a, b in zip(resumed, uninterrupted, strict=True))
 
 
 def truncated_mp4() -> bytes:
