@@ -21,7 +21,6 @@ from api.db import get_db, services
 from api.idempotency import fingerprint, original_job
 from api.openapi import BEARER, BINARY, job_responses, spec
 from api.problems import Problem
-from api.ranges import ranged_download
 from api.schemas import JobListQuery, JobOut, JobPage, JobSubmission, SubmitHeaders, encode_cursor
 from api.streams import event_stream
 from api.submission import check_active_cap, read_submission
@@ -202,9 +201,8 @@ def job_events(job_id: uuid.UUID) -> Response:
             "The rendered image, in the job's params.output_format; an animation or video "
             "job's MP4.",
         ),
-        HTTP_206=(None, "The byte range of the video a Range header asked for."),
-        media={200: {**{f.media_type: BINARY for f in OUTPUT_FORMATS.values()}, **MP4}, 206: MP4},
-        errors=(404, 409, 410, 416),
+        media={200: {**{f.media_type: BINARY for f in OUTPUT_FORMATS.values()}, **MP4}},
+        errors=(404, 409, 410),
     ),
     security=BEARER,
 )
@@ -219,7 +217,7 @@ def get_result(job_id: uuid.UUID) -> Response:
             detail += f" (it failed: {job.error})"
         raise Problem(409, "Result not ready", detail, job_status=job.status.value)
     if job.kind in FRAME_KINDS:
-        return ranged_download(
+        return _download(
             services().storage.open(job.result_key),
             "video/mp4",
             {"Content-Disposition": f'inline; filename="{job_id}.mp4"'},

@@ -116,23 +116,6 @@ class StoredObject:
         finally:
             self.close()  # as soon as it is read out, not when the server gets to it
 
-    def span(self, start: int, stop: int) -> Iterator[bytes]:
-        """Bytes start .. stop - 1 a chunk at a time (a byte range of a download): a file
-        seeks to `start`, a stream that cannot seek reads up to it and drops what it read."""
-        try:
-            if self._stream.seekable():
-                self._stream.seek(start)
-            else:
-                skip = start
-                while skip > 0 and (chunk := self._stream.read(min(skip, self._chunk_bytes))):
-                    skip -= len(chunk)
-            left = stop - start
-            while left > 0 and (chunk := self._stream.read(min(left, self._chunk_bytes))):
-                left -= len(chunk)
-                yield chunk
-        finally:
-            self.close()
-
     def close(self) -> None:
         """Release the file or connection behind it."""
         self._stream.close()

@@ -152,19 +152,12 @@ def test_job_submission_documents_the_models_that_validate_it(app: Flask) -> Non
         "cursor": "query",
     }
     files = {
-        "/v1/jobs/{job_id}/result": [
-            "image/png",
-            "image/tiff",
-            "image/jpeg",
-            "image/webp",
-            "video/mp4",
-        ],
+        "/v1/jobs/{job_id}/result": ["image/png", "image/tiff", "image/jpeg", "image/webp", "video/mp4"],
         "/v1/jobs/{job_id}/preview": ["image/jpeg"],
         "/v1/jobs/{job_id}/events": ["text/event-stream"],
     }
     for path, media in files.items():
         assert list(doc["paths"][path]["get"]["responses"]["200"]["content"]) == media
-    assert "206" in doc["paths"]["/v1/jobs/{job_id}/result"]["get"]["responses"]
 
 
 def test_the_job_schema_is_what_job_json_gives(session: Session, storage: Storage) -> None:
