@@ -29,7 +29,7 @@ from api.throughput import measured_throughput
 from shared import transitions
 from shared.changes import publish_change
 from shared.formats import OUTPUT_FORMATS, output_format
-from shared.models import Job, JobStatus
+from shared.models import FRAME_KINDS, Job, JobStatus
 from shared.queue import render_queue
 from shared.serializer import iso, job_json, job_url
 from shared.storage import (
@@ -50,6 +50,8 @@ blueprint = Blueprint("jobs", __name__, url_prefix="/v1/jobs")
 blueprint.before_request(require_key)
 
 Answer = tuple[dict[str, Any], int, dict[str, str]]
+# The result of an animation or video job.
+MP4 = {"video/mp4": BINARY}
 
 
 @blueprint.post("")
@@ -101,6 +103,8 @@ def submit_job() -> Answer:
         guide_key=stored_guide,
         mask_key=stored_mask,
         rerun_of=submission.rerun_of,
+        kind=submission.kind,
+        frames=submission.frames,
     )
     session = get_db()
     try:
@@ -195,10 +199,15 @@ def job_events(job_id: uuid.UUID) -> Response:
 @blueprint.get("/<uuid:job_id>/result")
 @spec.validate(
     resp=job_responses(
-        HTTP_200=(None, "The rendered image, in the job's params.output_format."),
+        HTTP_200=(
+            None,
+            "The rendered image, in the job's params.output_format; an animation or video "
+            "job's MP4.",
+        ),
         **ANSWERS,
         media={
-            code: {f.media_type: BINARY for f in OUTPUT_FORMATS.values()} for code in (200, 206)
+            code: {**{f.media_type: BINARY for f in OUTPUT_FORMATS.values()}, **MP4}
+            for code in (200, 206)
         },
         headers=HEADERS,
         errors=(404, 409, 410, 416),
@@ -207,7 +216,7 @@ def job_events(job_id: uuid.UUID) -> Response:
 )
 def get_result(job_id: uuid.UUID) -> Response:
     """The rendered image, once the job has succeeded: PNG unless params.output_format asked
-    for another format."""
+    for another format; an animation or video job's MP4 (H.264)."""
     job = _find(job_id)
     _check_not_expired(job)
     if job.status != JobStatus.SUCCEEDED or job.result_key is None:
@@ -215,6 +224,13 @@ def get_result(job_id: uuid.UUID) -> Response:
         if job.status == JobStatus.FAILED:
             detail += f" (it failed: {job.error})"
         raise Problem(409, "Result not ready", detail, job_status=job.status.value)
+    if job.kind in FRAME_KINDS:
+        return send_stored(
+            job.result_key,
+            services().storage.open(job.result_key),
+            "video/mp4",
+            f'inline; filename="{job_id}.mp4"',
+        )
     fmt = output_format(job.params.get("output_format"))
     return send_stored(
         job.result_key,

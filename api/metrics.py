@@ -298,6 +298,7 @@ def worker_throughput(session: Session, now: datetime | None = None) -> dict[str
             Job.input_width,
             Job.input_height,
             Job.params,
+            Job.frames,
             Job.started_at,
             Job.finished_at,
         )
@@ -314,8 +315,8 @@ def worker_throughput(session: Session, now: datetime | None = None) -> dict[str
     ).all()
     work: Counter[str] = Counter()
     seconds: Counter[str] = Counter()
-    for worker, width, height, params, started, finished in rows:
-        work[worker] += megapixel_steps(width, height, params)
+    for worker, width, height, params, frames, started, finished in rows:
+        work[worker] += megapixel_steps(width, height, params, frames)
         seconds[worker] += (finished - started).total_seconds()
     return {worker: work[worker] / seconds[worker] for worker in work if seconds[worker] > 0}
 

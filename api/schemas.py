@@ -6,7 +6,7 @@ from __future__ import annotations
 import base64
 import uuid
 from datetime import datetime
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, WithJsonSchema
 
@@ -71,8 +71,20 @@ class JobSubmission(BaseModel):
     validates `params` and `webhook` with RenderParams and WebhookSpec, the models shown here."""
 
     image: Annotated[
-        bytes, Field(description="The picture to dream on: JPEG, PNG, WebP or TIFF (8 or 16 bits).")
-    ]
+        bytes | None,
+        Field(
+            description="The picture to dream on (or to animate, with params.animation): JPEG, "
+            "PNG, WebP or TIFF (8 or 16 bits). Required unless a video is sent.",
+            json_schema_extra=_absent_not_null,
+        ),
+    ] = None
+    video: Annotated[
+        bytes | None,
+        Field(
+            description="Instead of an image, a video to dream frame by frame: MP4, MOV or WebM.",
+            json_schema_extra=_absent_not_null,
+        ),
+    ] = None
     params: Annotated[
         RenderParams | None,
         Field(
@@ -142,6 +154,12 @@ class Progress(BaseModel):
     tiles_done: int
     tiles: int | None
     eta_seconds: float | None
+    frame: Annotated[
+        int | None, Field(description="Animation and video jobs: the frame in progress, from 1.")
+    ] = None
+    frames: Annotated[int | None, Field(description="Animation and video jobs: frames in all.")] = (
+        None
+    )
 
 
 class InputSize(BaseModel):
@@ -249,6 +267,13 @@ class JobOut(BaseModel):
             "weights, engine, backend, precision, device; for a job submitted with a recipe, "
             "`rerun` says whether it re-ran it faithfully. Set once the job has succeeded."
         ),
+    ] = None
+    kind: Annotated[
+        Literal["image", "animation", "video"],
+        Field(description="A still, a zoom animation of an image, or a dreamed video."),
+    ] = "image"
+    frames: Annotated[
+        int | None, Field(description="Frames an animation or video job renders.")
     ] = None
 
 

@@ -1,5 +1,6 @@
-"""What POST /v1/jobs sends, read and checked: the multipart parts (`image`, `params`,
-`webhook`), the image's format and size, the job's cost, and the tenant's cap on active jobs.
+"""What POST /v1/jobs sends, read and checked: the multipart parts (`image` or `video`,
+`params`, `webhook`), the image's or video's format and size, the job's cost, and the tenant's
+cap on active jobs.
 Every refusal is a 4xx problem+json naming the part; nothing is stored before all pass."""
 
 from __future__ import annotations
@@ -7,7 +8,7 @@ from __future__ import annotations
 import json
 import uuid
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pydantic_core
 from flask import request
@@ -18,11 +19,11 @@ from api.auth import tenant_id
 from api.controls import ControlParts, read_controls
 from api.db import get_db
 from api.problems import Problem, invalid
-from shared.cost import CostRefused, check_limits
+from shared.cost import CostRefused, check_frame_limits, check_limits
 from shared.estimates import check_memory
 from shared.images import EXTENSIONS, ImageRejected, ImageTooLarge, inspect_image
 from shared.models import Job
-from shared.params import RenderParams
+from shared.params import RenderParams, with_frame_defaults
 from shared.recipes import RecipeRefused, WeightsMismatch, check_weights, recipe_params
 from shared.recipes import weights_digest as digest_of
 from shared.settings import Settings
@@ -30,7 +31,10 @@ from shared.transitions import count_active
 from shared.webhooks import WebhookRefused, WebhookSpec, check_target
 from shared.weights import NoWeights, require_weights
 
-FORM_PARTS = {"image", "params", "webhook", "guide", "mask", "recipe"}
+if TYPE_CHECKING:
+    from shared.video import VideoInfo
+
+FORM_PARTS = {"image", "params", "webhook", "guide", "mask", "recipe", "video"}
 # When a tenant at its cap of active jobs may try again: a render takes seconds to hours.
 ACTIVE_CAP_RETRY_AFTER_S = 30
 
@@ -51,6 +55,10 @@ class Submission:
     controls: ControlParts
     # The recipe the job renders again (the 'recipe' part), for the worker to check against.
     rerun_of: dict[str, Any] | None = None
+    # `image` (a still), `animation` (params.animation) or `video` (`image` holds the video);
+    # the frame kinds' frame count, known at submit so cost and progress count every frame.
+    kind: str = "image"
+    frames: int | None = None
 
 
 def read_submission(settings: Settings) -> Submission:
@@ -68,6 +76,8 @@ def read_submission(settings: Settings) -> Submission:
             check_weights(rerun_of, params.model, digest_of(weights))
         except WeightsMismatch as exc:
             raise invalid([{"field": "recipe", "message": str(exc)}]) from None
+    if "video" in request.files:
+        return _read_video_submission(params, asked, settings)
     upload = request.files.get("image")
     if upload is None:
         raise invalid(
@@ -80,12 +90,10 @@ def read_submission(settings: Settings) -> Submission:
         raise Problem(413, "Image too large", str(exc), limit=settings.max_pixels) from None
     except ImageRejected as exc:
         raise invalid([{"field": "image", "message": str(exc)}]) from None
-    try:
-        check_limits(width, height, params, settings)
-        # Refused here rather than failing on a worker that cannot hold it.
-        check_memory(width, height, params, settings)
-    except CostRefused as exc:
-        raise invalid([{"field": exc.field, "message": str(exc)}]) from None
+    frames = None if params.animation is None else params.animation.frames
+    _check_cost(width, height, params, frames, settings)
+    if frames is not None:
+        _check_frame_params(asked)
     return Submission(
         params=params,
         asked=asked,
@@ -96,7 +104,86 @@ def read_submission(settings: Settings) -> Submission:
         webhook=_read_webhook(settings),
         controls=read_controls(asked, (width, height), settings, EXTENSIONS),
         rerun_of=rerun_of,
+        kind="image" if frames is None else "animation",
+        frames=frames,
     )
+
+
+def _read_video_submission(
+    params: RenderParams, asked: dict[str, Any], settings: Settings
+) -> Submission:
+    """A video job: the `video` part inspected (its header against the limits before a frame
+    is decoded), its frame size and count the job's."""
+    if "image" in request.files:
+        raise invalid([{"field": "video", "message": "send an 'image' or a 'video', not both"}])
+    if params.animation is not None:
+        message = "a video job takes no animation; send an image to animate"
+        raise invalid([{"field": "params.animation", "message": message}])
+    _check_frame_params(asked)
+    data = request.files["video"].read()
+    info = _inspect_video(data, settings)
+    _check_cost(info.width, info.height, params, info.frames, settings)
+    return Submission(
+        params=params,
+        asked=asked,
+        image=data,
+        extension=info.extension,
+        width=info.width,
+        height=info.height,
+        webhook=_read_webhook(settings),
+        controls=read_controls(asked, (info.width, info.height), settings, EXTENSIONS),
+        kind="video",
+        frames=info.frames,
+    )
+
+
+def _inspect_video(data: bytes, settings: Settings) -> VideoInfo:
+    """413 naming the limit a frame size, frame count or duration breaks (from the header,
+    before a frame is decoded); 422 for a file that is no video we can decode."""
+    # Imported when a video arrives: FFmpeg's libraries need not load at every API start.
+    from shared.video import VideoRejected, VideoTooLarge, inspect_video
+
+    try:
+        return inspect_video(
+            data, settings.max_pixels, settings.max_frames, settings.max_video_seconds
+        )
+    except VideoTooLarge as exc:
+        raise Problem(413, "Video too large", str(exc), limit=exc.limit, what=exc.what) from None
+    except VideoRejected as exc:
+        raise invalid([{"field": "video", "message": str(exc)}]) from None
+
+
+def _check_frame_params(asked: dict[str, Any]) -> None:
+    """A frame job's result is an MP4 of 8-bit frames, dreamed without guide or mask: params
+    (and parts) that would be silently ignored are refused."""
+    errors = [
+        {"field": f"params.{name}", "message": "an animation or video job makes an MP4"}
+        for name in ("output_format", "quality")
+        if asked.get(name, RenderParams.model_fields[name].default)
+        != RenderParams.model_fields[name].default
+    ] + [
+        {"field": part, "message": "animation and video jobs take no guide or mask"}
+        for part in ("guide", "mask")
+        if part in request.files or part in request.form
+    ]
+    if errors:
+        raise invalid(errors)
+
+
+def _check_cost(
+    width: int, height: int, params: RenderParams, frames: int | None, settings: Settings
+) -> None:
+    """The job's size and work against the limits, every frame of a frame job counted."""
+    try:
+        if frames is None:
+            check_limits(width, height, params, settings)
+        else:
+            check_frame_limits(width, height, params, frames, settings)
+        # Refused here rather than failing on a worker that cannot hold it (one frame at a
+        # time: a frame job holds what a still of its size does).
+        check_memory(width, height, params, settings)
+    except CostRefused as exc:
+        raise invalid([{"field": exc.field, "message": str(exc)}]) from None
 
 
 def check_active_cap(session: Session, tenant_id: uuid.UUID, limit: int) -> None:
@@ -167,8 +254,8 @@ def _read_params() -> tuple[RenderParams, dict[str, Any], dict[str, Any] | None]
                 {
                     "field": name,
                     "message": (
-                        "unknown form part; expected 'image', 'params', 'webhook', 'guide', "
-                        "'mask' and 'recipe'"
+                        "unknown form part; expected 'image' or 'video', 'params', "
+                        "'webhook', 'guide', 'mask' and 'recipe'"
                     ),
                 }
                 for name in unknown
@@ -192,6 +279,10 @@ def _read_params() -> tuple[RenderParams, dict[str, Any], dict[str, Any] | None]
         # The recipe's params, overridden by the ones sent: the same look, on a new image.
         raw = {**recipe["params"], **raw}
         text = json.dumps(raw)
+    if "video" in request.files or raw.get("animation") is not None:
+        # A frame starts from the previous dream: fewer steps and octaves than a still's. Not
+        # in `raw`: the params as sent stay what the request asked for.
+        text = json.dumps(with_frame_defaults(raw))
     try:
         return RenderParams.model_validate_json(text, strict=True), raw, recipe
     except ValidationError as exc:

@@ -10,9 +10,11 @@ from flask import Blueprint, Flask, Response, current_app, request
 
 blueprint = Blueprint("web", __name__)
 
-# The page keeps an API key in localStorage, so no script but its own may run on it.
+# The page keeps an API key in localStorage, so no script but its own may run on it. Images
+# and videos are fetched with the key and shown from blob: URLs (media-src: the MP4 of an
+# animation or video job; without it the <video> is refused by the URL safety check).
 CONTENT_SECURITY_POLICY = (
-    "default-src 'self'; img-src 'self' blob:; connect-src 'self'; "
+    "default-src 'self'; img-src 'self' blob:; media-src 'self' blob:; connect-src 'self'; "
     "base-uri 'none'; form-action 'none'; frame-ancestors 'none'; object-src 'none'"
 )
 PAGE_ENDPOINTS = {"web.index", "static"}

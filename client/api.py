@@ -29,6 +29,10 @@ class ApiError(Exception):
         self.status = status
 
 
+# Files `submit` sends as a video job's `video` part rather than as an image.
+VIDEO_SUFFIXES = {".mp4", ".m4v", ".mov", ".webm", ".mkv"}
+
+
 class Client:
     """Calls of the /v1 API with one key."""
 
@@ -68,8 +72,8 @@ class Client:
         mask: Path | None = None,
         recipe: str | None = None,
     ) -> dict[str, Any]:
-        """Upload `image` with `params` (over `recipe`: a job id, or a recipe's JSON; and a
-        guide image, a mask); the new job."""
+        """Upload `image` (or a video, by its name: .mp4, .mov, .webm) with `params` (over
+        `recipe`: a job id, or a recipe's JSON; and a guide image, a mask); the new job."""
         headers = {"Idempotency-Key": idempotency_key} if idempotency_key else {}
         with image.open("rb") as file:
             parts = _job_parts(image, file, params, guide, mask, recipe)
@@ -207,7 +211,7 @@ def _job_parts(
 ) -> dict[str, Any]:
     """The multipart parts of a job request (POST /v1/jobs and /v1/estimates alike)."""
     parts: dict[str, Any] = {
-        "image": (image.name, file, "application/octet-stream"),
+        _part(image): (image.name, file, "application/octet-stream"),
         "params": (None, json.dumps(params or {}), "application/json"),
         **{
             name: (path.name, path.read_bytes(), "application/octet-stream")
@@ -228,3 +232,8 @@ def _json(response: requests.Response) -> dict[str, Any]:
     if not isinstance(body, dict):
         raise ApiError(f"{response.url} answered with unexpected JSON")
     return body
+
+
+def _part(path: Path) -> str:
+    """The form part a file goes in: `video` for a video (by its name), else `image`."""
+    return "video" if path.suffix.lower() in VIDEO_SUFFIXES else "image"

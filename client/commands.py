@@ -86,9 +86,10 @@ def describe_progress(job: dict[str, Any]) -> str:
     p = job.get("progress") or {}
     if job.get("status") != "running":
         return str(job.get("status"))
+    frame = f"frame {p.get('frame') or 1}/{p['frames']} " if p.get("frames") else ""
     return (
-        f"octave {p.get('octave', 1)}/{p.get('octaves')} step {p.get('step', 0)}/{p.get('steps')} "
-        f"ETA {format_eta(p.get('eta_seconds'))}"
+        f"{frame}octave {p.get('octave', 1)}/{p.get('octaves')} step {p.get('step', 0)}/"
+        f"{p.get('steps')} ETA {format_eta(p.get('eta_seconds'))}"
     )
 
 
@@ -159,7 +160,8 @@ def job_options(command: F) -> F:
     "-o",
     "--output",
     type=click.Path(dir_okay=False, path_type=Path),
-    help="Where --wait writes the result [JOB_ID.png, or the format's extension]; implies --wait.",
+    help="Where --wait writes the result [JOB_ID.png, the format's extension, or .mp4 for an "
+    "animation or video]; implies --wait.",
 )
 @connection
 def submit(
@@ -174,7 +176,9 @@ def submit(
     wait: bool,
     output: Path | None,
 ) -> None:
-    """Upload IMAGE as a new job and print its id; with --wait, follow it and save the result."""
+    """Upload IMAGE (or a video: .mp4, .mov, .webm) as a new job and print its id; with --wait,
+    follow it and save the result. `--param animation='{"frames": 48, "zoom": 1.03}'` makes a
+    zoom animation of an image."""
     params = _job_params(pairs, params_json, preset)
     job = client.submit(image, params, guide=guide, mask=mask, recipe=_recipe(recipe))
     job_id = job["id"]
@@ -257,6 +261,8 @@ def _recipe(value: str | None) -> str | None:
 
 def _extension(job: dict[str, Any]) -> str:
     """The file extension of the job's result."""
+    if job.get("kind", "image") != "image":
+        return "mp4"
     return output_format(job["params"].get("output_format")).extension
 
 

@@ -6,6 +6,7 @@ engine (TensorFlow or JAX, seconds to load) and runs it with a progress bar.
 
 from __future__ import annotations
 
+import json
 import os
 import sys
 from pathlib import Path
@@ -14,10 +15,11 @@ from typing import Any
 import click
 from pydantic import ValidationError
 
+from client.api import VIDEO_SUFFIXES
 from client.commands import format_eta
 from shared.catalogue import BACKBONES
 from shared.formats import OUTPUT_FORMATS
-from shared.params import RenderParams
+from shared.params import RenderParams, with_frame_defaults
 from shared.presets import PRESETS
 
 
@@ -124,6 +126,17 @@ def quiet_tensorflow_without_gpu() -> None:
     help="With --mask: layers (as --layers) the black part dreams instead of keeping the input.",
 )
 @click.option(
+    "--animation",
+    "animation",
+    metavar="JSON",
+    help='Make a zoom animation of the image (an MP4), e.g. \'{"frames": 48, "zoom": 1.03}\'.',
+)
+@click.option(
+    "--blend",
+    type=float,
+    help="A video: the share of the previous dream carried onto each frame by flow [0.8].",
+)
+@click.option(
     "--weights",
     default="imagenet",
     show_default=True,
@@ -155,11 +168,23 @@ def render(
     guide: str | None,
     mask: str | None,
     mask_layers: str | None,
+    animation: str | None,
     **options: Any,
 ) -> None:
     """Dream on INPUT and write the result to OUTPUT, with a progress bar; the file carries
-    its recipe (`oneiro recipe OUTPUT`)."""
+    its recipe (`oneiro recipe OUTPUT`). A video INPUT (.mp4, .mov, .webm), or an image with
+    --animation, makes an MP4, frame by frame."""
     chosen = {key: value for key, value in options.items() if value is not None}
+    moving = animation is not None or Path(input_path).suffix.lower() in VIDEO_SUFFIXES
+    if moving:
+        if guide or mask:
+            raise click.UsageError("--guide and --mask are for stills, not animations or videos")
+        try:
+            chosen = with_frame_defaults(
+                chosen if animation is None else {**chosen, "animation": json.loads(animation)}
+            )
+        except ValueError as exc:
+            raise click.UsageError(f"--animation: not valid JSON: {exc}") from None
     if "output_format" not in chosen:
         chosen["output_format"] = FORMAT_BY_EXTENSION.get(Path(output).suffix.lower(), "png")
     if layers is not None:
@@ -203,6 +228,9 @@ def render(
     from worker.engine import render as dream
     from worker.engine.controls import Controls
 
+    if moving:
+        _render_motion(Path(input_path), Path(output), params, weights, precision)
+        return
     fmt = output_format(params.output_format)
     decoded = decode_image(Path(input_path).read_bytes())
     image = fit_within(as_depth(decoded.pixels, fmt.bits), params.max_dim)
@@ -260,6 +288,65 @@ def render(
     )
     Path(output).write_bytes(encode_result(result, params, recipe, decoded.icc_profile))
     click.echo(output)
+
+
+def _render_motion(
+    source: Path, output: Path, params: RenderParams, weights: str, precision: str
+) -> None:
+    """A zoom animation of an image, or a video dreamed frame by frame, written as an MP4."""
+    from fractions import Fraction
+
+    from tqdm import tqdm
+
+    from shared.images import ImageRejected, decode_rgb, fit_within
+    from shared.video import VideoRejected, decode_frames, encode_mp4, inspect_video, video_fps
+    from worker.engine import WeightsUnavailable, animate, dream_video, load_dream_model
+
+    data = source.read_bytes()
+    try:
+        model = load_dream_model(
+            weights,
+            params.layers,
+            model=params.model,
+            channels=params.channels,
+            precision=precision,
+        )
+        if params.animation is None:
+            count = inspect_video(data, 2**40, 10**9, float("inf")).frames
+        else:
+            image = fit_within(decode_rgb(data), params.max_dim)
+            count = params.animation.frames
+    except (WeightsUnavailable, ImageRejected, VideoRejected, OSError) as exc:
+        raise click.ClickException(str(exc)) from None
+    frames: dict[int, Any] = {}
+    with tqdm(
+        total=1.0, unit="", bar_format="{l_bar}{bar}| {elapsed} {postfix}", file=sys.stderr
+    ) as bar:
+
+        def progress(p: Any) -> None:
+            bar.set_postfix_str(
+                f"frame {p.frame}/{p.frames} octave {p.octave}/{p.octaves} "
+                f"step {p.step}/{p.steps} ETA {format_eta(p.eta_seconds)}",
+                refresh=False,
+            )
+            bar.update(p.fraction - bar.n)
+
+        if params.animation is None:
+            dream_video(
+                decode_frames(data, params.max_dim),
+                count,
+                params,
+                model,
+                on_frame=frames.__setitem__,
+                on_progress=progress,
+            )
+            fps = video_fps(data)
+        else:
+            animate(image, params, model, on_frame=frames.__setitem__, on_progress=progress)
+            fps = Fraction(params.animation.fps)
+    audio = data if params.animation is None else None
+    output.write_bytes(encode_mp4((frames[n] for n in sorted(frames)), fps, audio_from=audio))
+    click.echo(str(output))
 
 
 # What `render -o FILE` writes by FILE's extension (a TIFF is 16-bit: Oneiro writes no other).

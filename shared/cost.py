@@ -64,12 +64,14 @@ def work(width: int, height: int, params: RenderParams) -> int:
     return pixels * params.steps * passes(params)
 
 
-def megapixel_steps(width: int, height: int, params: dict[str, Any]) -> float:
+def megapixel_steps(
+    width: int, height: int, params: dict[str, Any], frames: int | None = None
+) -> float:
     """A stored job's work in megapixel-steps (the unit of the throughput metric and of the
-    render estimate), from its stored params."""
+    render estimate), from its stored params; every frame of a frame job counted."""
     # Stored params are resolved and were valid when submitted; not validated again, so a
     # range tightened since cannot break a scrape or a poll.
-    return work(width, height, RenderParams.model_construct(**params)) / 1e6
+    return frame_work(width, height, RenderParams.model_construct(**params), frames) / 1e6
 
 
 def peak_pixels(width: int, height: int, params: RenderParams) -> int:
@@ -187,3 +189,30 @@ def _largest_max_dim(width: int, height: int, params: RenderParams, max_pixels: 
 def _figure(number: float) -> str:
     """`number` to two decimals, without trailing zeros (20.04, 20.5, 20)."""
     return f"{number:.2f}".rstrip("0").rstrip(".")
+
+
+def frame_work(width: int, height: int, params: RenderParams, frames: int | None) -> int:
+    """Pixel-steps of a job of `frames` frames (None: a still), every frame counted."""
+    return work(width, height, params) * (frames or 1)
+
+
+def check_frame_limits(
+    width: int, height: int, params: RenderParams, frames: int, settings: Settings
+) -> None:
+    """check_limits for an animation or video job of `frames` frames of width x height: the
+    frame count, each frame's size, and the work of every frame together."""
+    if frames > settings.max_frames:
+        raise CostRefused(
+            "params" if params.animation else "video",
+            f"the job would render {frames} frames; the limit is {settings.max_frames} "
+            "(ONEIRO_MAX_FRAMES): render fewer frames",
+        )
+    check_limits(width, height, params, settings)
+    cost = frame_work(width, height, params, frames)
+    if cost > settings.max_work:
+        raise CostRefused(
+            "params",
+            f"the job would cost {cost} pixel-steps ({work(width, height, params)} a frame x "
+            f"{frames} frames); the limit is {settings.max_work} (ONEIRO_MAX_WORK): lower "
+            "steps, octaves, max_dim or the frame count",
+        )

@@ -163,6 +163,15 @@ class Job(Base):
     # The recipe this job was asked to render again (the `recipe` part: its JSON, or the
     # source job's, with "job" its id); the worker checks its result against it.
     rerun_of: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    # `image` (a still), `animation` (a zoom from one image) or `video` (JOB_KINDS); the frame
+    # kinds know their frame count when submitted, so cost and progress count every frame.
+    kind: Mapped[str] = mapped_column(String(16), default="image", server_default="image")
+    frames: Mapped[int | None] = mapped_column(Integer)
+
+
+JOB_KINDS = ("image", "animation", "video")
+# The kinds rendered frame by frame into a video (worker/frames.py).
+FRAME_KINDS = ("animation", "video")
 
 
 # How long an Idempotency-Key holds: the same key and request within it get the same job.
@@ -198,10 +207,15 @@ def shown_progress(job: Job) -> dict[str, Any]:
         "eta_seconds": None,
         **(job.progress or {}),
     }
+    if job.frames is not None:
+        progress.setdefault("frame", 0)
+        progress.setdefault("frames", job.frames)
     if job.status == JobStatus.SUCCEEDED:
         progress.update(
             fraction=1.0, octave=progress["octaves"], step=progress["steps"], eta_seconds=0.0
         )
+        if job.frames is not None:
+            progress["frame"] = job.frames
         if progress["tiles"] is not None:
             progress["tiles_done"] = progress["tiles"]
     elif job.status.is_terminal():

@@ -68,13 +68,15 @@ def _fields(job: Job) -> dict[str, Any]:
         "preview_url": f"{job_url(job.id)}/preview",
         "expired": job.expired_at is not None,
         "recipe": job.recipe,
+        "kind": job.kind or "image",
+        "frames": job.frames,
     }
 
 
 def render_estimate(job: Job, throughput: Throughput) -> dict[str, Any]:
     """How long the job's render should take at the workers' measured speed, or why unknown."""
     # The cost measure of ONEIRO_MAX_WORK and of the throughput metric, in megapixels.
-    work = megapixel_steps(job.input_width, job.input_height, job.params)
+    work = megapixel_steps(job.input_width, job.input_height, job.params, job.frames)
     if throughput.rate is None:
         return {
             "render_seconds": None,

@@ -159,6 +159,11 @@ class Settings(BaseSettings):
     # The wait /metrics sizes the farm for: `oneiro_workers_wanted` is the workers that would
     # render the queued work within this many seconds at the measured throughput.
     target_wait_seconds: float = Field(600.0, gt=0)
+    # Animation and video jobs: the most frames one may render, and the longest video accepted
+    # (in seconds). An upload's header is checked against both, and against max_pixels per
+    # frame, before a frame is decoded: a small file can promise hours of 8K frames.
+    max_frames: int = Field(3000, ge=1)
+    max_video_seconds: float = Field(600.0, gt=0)
 
     @field_validator("log_level", mode="before")
     @classmethod

@@ -58,6 +58,22 @@ def preview_key(job_id: uuid.UUID, attempt: int) -> str:
     return job_key(job_id, "preview.jpg", attempt)
 
 
+def video_result_key(job_id: uuid.UUID, attempt: int) -> str:
+    """Where an attempt stores the encoded video of an animation or video job."""
+    return job_key(job_id, "result.mp4", attempt)
+
+
+def frame_key(job_id: uuid.UUID, attempt: int, frame: int) -> str:
+    """Where an attempt stores finished frame `frame` (from 0) of an animation or video job, as
+    a PNG: lossless, so a resumed job goes on from exactly the frame an attempt stored."""
+    return job_key(job_id, f"frames/{frame:06d}.png", attempt)
+
+
+def frames_prefix(job_id: uuid.UUID, attempt: int) -> str:
+    """The folder of an attempt's frames, deleted whole once the video is stored."""
+    return job_key(job_id, "frames/", attempt)
+
+
 class LegacyKeys(NamedTuple):
     """The per-kind keys jobs had before `jobs/<id>/`."""
 

@@ -129,8 +129,9 @@ def test_job_submission_documents_the_models_that_validate_it(app: Flask) -> Non
     doc = document(app)
     operation = doc["paths"]["/v1/jobs"]["post"]
     form = resolve(doc, operation["requestBody"]["content"]["multipart/form-data"]["schema"])
-    assert form["required"] == ["image"]
+    assert not form.get("required")  # an image or a video
     assert form["properties"]["image"]["format"] == "binary"
+    assert form["properties"]["video"]["format"] == "binary"
     params = resolve(doc, form["properties"]["params"])
     assert set(params["properties"]) == set(RenderParams.model_fields)
     assert params["additionalProperties"] is False
@@ -151,7 +152,13 @@ def test_job_submission_documents_the_models_that_validate_it(app: Flask) -> Non
         "cursor": "query",
     }
     files = {
-        "/v1/jobs/{job_id}/result": ["image/png", "image/tiff", "image/jpeg", "image/webp"],
+        "/v1/jobs/{job_id}/result": [
+            "image/png",
+            "image/tiff",
+            "image/jpeg",
+            "image/webp",
+            "video/mp4",
+        ],
         "/v1/jobs/{job_id}/preview": ["image/jpeg"],
         "/v1/jobs/{job_id}/events": ["text/event-stream"],
     }
@@ -163,7 +170,14 @@ def test_the_job_schema_is_what_job_json_gives(session: Session, storage: Storag
     job = make_job(session, storage, status=JobStatus.FAILED, error="boom")
     shown = job_json(job)
     assert set(shown) == set(JobOut.model_fields)
+    # A still's progress has no frames; an animation's or a video's has them too.
+    still = {name for name, field in Progress.model_fields.items() if field.is_required()}
+    assert set(shown["progress"]) == still
+    JobOut.model_validate(shown)
+    video = make_job(session, storage, kind="video", frames=12)
+    shown = job_json(video)
     assert set(shown["progress"]) == set(Progress.model_fields)
+    assert (shown["kind"], shown["frames"], shown["progress"]["frames"]) == ("video", 12, 12)
     JobOut.model_validate(shown)
 
 

@@ -319,3 +319,37 @@ def test_a_guide_and_a_mask_go_from_the_page_with_the_job(
         engine.dispose()
     result = stack.http().get(f"{stack.url}/v1/jobs/{job_id}/result", timeout=10)
     assert Image.open(io.BytesIO(result.content)).size == (96, 64)
+
+
+def test_a_video_is_dreamed_and_played_in_a_video_element(
+    stack: Stack, page: object, tmp_path: Path
+) -> None:
+    from playwright.sync_api import Page, expect
+
+    from tests.utils import clip_bytes
+
+    assert isinstance(page, Page)
+    _open_with_key(page, stack)
+    clip = tmp_path / "clip.mp4"
+    clip.write_bytes(clip_bytes((96, 64), frames=6, fps=12))
+    page.set_input_files("#image-input", str(clip))
+    expect(page.locator("#input-thumb")).to_be_hidden()
+    page.click("#params summary")
+    for name, value in {"steps": "2", "octaves": "1", "max_dim": "", "seed": "5"}.items():
+        page.fill(f"input[name={name}]", value)
+    page.click("#submit")
+
+    video = page.locator("#result-video")
+    expect(video).to_be_visible(timeout=180_000)
+    expect(page.locator("#result")).to_be_hidden()
+    job_id = page.get_attribute("#job-id", "title")
+    assert stack.job(job_id)["kind"] == "video"
+    # The browser decodes it: its metadata (size, duration) is read from the MP4.
+    wait_for(
+        lambda: page.eval_on_selector("#result-video", "e => e.readyState >= 1"),
+        30,
+        "the video's metadata",
+    )
+    width, duration = page.eval_on_selector("#result-video", "e => [e.videoWidth, e.duration]")
+    assert width == 96 and abs(duration - 0.5) < 0.05
+    assert page.get_attribute("#download", "download") == f"{job_id}.mp4"

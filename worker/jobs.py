@@ -30,7 +30,7 @@ from shared.cost import GIB
 from shared.formats import output_format
 from shared.images import as_depth, decode_image, decode_rgb, encode_jpeg, fit_within
 from shared.logs import log_context
-from shared.models import Job, JobStatus
+from shared.models import FRAME_KINDS, Job, JobStatus
 from shared.params import RenderParams
 from shared.queue import job_memory, worker_memory
 from shared.recipes import (
@@ -46,9 +46,11 @@ from shared.storage import (
     ObjectNotFound,
     StorageError,
     checkpoint_key,
+    frames_prefix,
     legacy_keys,
     preview_key,
     result_key,
+    video_result_key,
 )
 from shared.transitions import LostJob, claim_job
 from shared.weights import NoWeights, require_weights
@@ -125,8 +127,9 @@ def _lost(runtime: Runtime, job_id: uuid.UUID, attempt: int, exc: LostJob) -> No
     own = result_key(job_id, attempt, output_format(format_name).extension)
     # The attempt in the key means no other attempt ever wrote it; the row's key is checked
     # anyway, in case this attempt's finish did commit and only its answer was lost.
-    if recorded != own:
-        runtime.storage.delete(own)
+    for key in (own, video_result_key(job_id, attempt)):
+        if recorded != key:
+            runtime.storage.delete(key)
     if status == JobStatus.CANCELED:
         log.info("job %s was canceled; render stopped", job_id)
         _drop_checkpoints(runtime, job_id, attempt)
@@ -135,11 +138,14 @@ def _lost(runtime: Runtime, job_id: uuid.UUID, attempt: int, exc: LostJob) -> No
 
 
 def _drop_checkpoints(runtime: Runtime, job_id: uuid.UUID, attempt: int) -> None:
-    """Delete the checkpoints of this attempt and the ones before it (never a newer one's)."""
+    """Delete the checkpoints and stored frames of this attempt and the ones before it (never
+    a newer one's)."""
     for key in [checkpoint_key(job_id, n) for n in range(attempt, 0, -1)] + [
         legacy_keys(job_id).checkpoint
     ]:
         runtime.storage.delete(key)
+    for n in range(attempt, 0, -1):
+        runtime.storage.delete_prefix(frames_prefix(job_id, n))
 
 
 def _claim(runtime: Runtime, job_id: uuid.UUID) -> int | None:
@@ -177,6 +183,15 @@ def _render(
         input_key, recorded_checkpoint = job.input_key, job.checkpoint_key
         controls = job.guide_key, job.mask_key
         rerun_of = job.rerun_of
+        kind, frames = job.kind, job.frames
+    if kind in FRAME_KINDS:  # an animation or a video: frame by frame (worker/frames.py)
+        from worker.frames import render_frames
+
+        stops = ShouldStop(runtime, job_id, attempt, heartbeat)
+        stored, model = render_frames(
+            job_id, attempt, runtime, stops, kind, params, input_key, frames or 1
+        )
+        return stored, _recipe(runtime, params, model)
     fmt = output_format(params.output_format)
     try:
         decoded = decode_image(runtime.storage.get(input_key))

@@ -145,4 +145,10 @@ def progress_json(progress: Any) -> dict[str, Any]:
         "tiles_done": progress.tiles_done,
         "tiles": progress.tiles,
         "eta_seconds": None if progress.eta_seconds is None else round(progress.eta_seconds, 1),
+        # An animation's or a video's frame (worker/engine/motion.py FrameProgress).
+        **(
+            {"frame": progress.frame, "frames": progress.frames}
+            if hasattr(progress, "frame")
+            else {}
+        ),
     }

@@ -232,7 +232,8 @@ function chooseFile(file) {
   if (!file) return;
   const thumb = $("input-thumb");
   show(thumb, "input", URL.createObjectURL(file));
-  thumb.hidden = false;
+  thumb.hidden = isVideo(file); // an <img> shows no video
+
   $("drop-text").textContent = file.name;
 }
 
@@ -253,6 +254,13 @@ drop.addEventListener("drop", (event) => {
 form.addEventListener("input", () => { $("form-error").hidden = true; });
 form.addEventListener("change", () => { $("form-error").hidden = true; });
 
+function isVideo(file) {
+  return Boolean(file && file.type.startsWith("video/"));
+}
+
+// The zoom preset: frame n is the dream of frame n-1 zoomed in 3% (few steps a frame).
+const ZOOM = { frames: 48, fps: 24, zoom: 1.03 };
+
 function params() {
   const chosen = {};
   const numbers = ["steps", "octaves", "max_dim", "seed", "step_size", "octave_scale", "guide_weight"];
@@ -269,13 +277,24 @@ function params() {
   const preset = chosenPreset();
   if (preset) chosen.preset = preset;
   chosen.output_format = form.elements.output_format.value;
+  if (form.elements.zoom.checked && !isVideo($("image-input").files[0])) {
+    chosen.animation = ZOOM;
+    // A frame starts from the previous dream: the API's per-frame defaults, unless typed in.
+    const shown = (presets.get(preset) || { params: {} }).params;
+    for (const field of ["steps", "octaves"]) {
+      if (form.elements[field].value === String(shown[field])) delete chosen[field];
+    }
+  }
+  // An animation or a video is an MP4 whatever the still's format.
+  if (chosen.animation || isVideo($("image-input").files[0])) delete chosen.output_format;
   return chosen;
 }
 
 form.addEventListener("submit", async (event) => {
   event.preventDefault();
   const body = new FormData();
-  body.append("image", $("image-input").files[0]);
+  const file = $("image-input").files[0];
+  body.append(isVideo(file) ? "video" : "image", file);
   body.append("params", JSON.stringify(params()));
   // The guide and the mask go as file parts of their own; the API checks them.
   for (const part of ["guide", "mask"]) {
@@ -309,7 +328,8 @@ function describe(job) {
   const p = job.progress;
   const percent = `${Math.round(100 * p.fraction)}%`;
   if (job.status !== "running") return `${job.status} · ${percent}`;
-  return `octave ${p.octave}/${p.octaves} · step ${p.step}/${p.steps} · ${percent}${formatEta(p.eta_seconds)}`;
+  const frame = p.frames ? `frame ${Math.max(p.frame, 1)}/${p.frames} · ` : "";
+  return `${frame}octave ${p.octave}/${p.octaves} · step ${p.step}/${p.steps} · ${percent}${formatEta(p.eta_seconds)}`;
 }
 
 // The worker writes a job's first preview once its first step is done; asking before only
@@ -317,6 +337,8 @@ function describe(job) {
 function previewExists(job) {
   if (job.status === "succeeded") return !job.expired;
   const p = job.progress;
+  // A frame job's preview is its latest finished frame.
+  if (p.frames) return !job.expired && p.frame > 1;
   return !job.expired && (p.octave > 1 || p.step > 1);
 }
 
@@ -372,8 +394,11 @@ async function watch(jobId) {
         .catch(() => { /* expired meanwhile: the list shows none */ });
       const format = job.params.output_format || "png";
       const url = await imageUrl(`/v1/jobs/${jobId}/result`, signal);
-      const shown = SHOWN_FORMATS.has(format) ? url : await imageUrl(job.preview_url, signal);
-      show($("result"), "result", shown);
+      const moving = job.kind && job.kind !== "image";
+      const shown = moving || SHOWN_FORMATS.has(format) ? url : await imageUrl(job.preview_url, signal);
+      show(moving ? $("result-video") : $("result"), "result", shown);
+      $("result").hidden = moving;
+      $("result-video").hidden = !moving;
       $("result-figure").hidden = false;
       $("preview-figure").hidden = true; // the result takes its place
       if (shown !== url) { // kept apart from the shown preview, and freed like it
@@ -382,8 +407,8 @@ async function watch(jobId) {
         objectUrls.set("download", url);
       }
       $("download").href = url;
-      $("download").download = `${jobId}.${EXTENSIONS[format] || "png"}`;
-      $("download").textContent = `Download ${format.toUpperCase()}`;
+      $("download").download = `${jobId}.${moving ? "mp4" : EXTENSIONS[format] || "png"}`;
+      $("download").textContent = `Download ${moving ? "MP4" : format.toUpperCase()}`;
       $("download").hidden = false;
       if (job.recipe) {
         $("recipe").textContent = JSON.stringify(job.recipe, null, 2);

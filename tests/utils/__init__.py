@@ -10,6 +10,7 @@
 - `stack`: migrations, API and worker together, for tests that act as a client.
 - `tcpproxy`: a TCP link that can be cut and restored.
 - `wait`: polling until something happens.
+- `video`: short synthetic clips (moving shapes and a tone).
 """
 
 from tests.utils.client import assert_problem, authed_client, submit, submit_with_key
@@ -47,6 +48,7 @@ from tests.utils.runtime import (
 )
 from tests.utils.stack import Stack, running_stack
 from tests.utils.tcpproxy import Proxy
+from tests.utils.video import clip_bytes
 from tests.utils.wait import wait_for
 
 __all__ = [
@@ -63,6 +65,7 @@ __all__ = [
     "assert_problem",
     "authed_client",
     "before_each_gradient",
+    "clip_bytes",
     "drop_queues",
     "engine_progress",
     "free_port",

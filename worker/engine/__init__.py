@@ -11,6 +11,7 @@ BACKEND = choose_backend()
 from worker.engine.device import DeviceOutOfMemory  # noqa: E402
 from worker.engine.dream import DreamState, Progress, preview, render  # noqa: E402
 from worker.engine.model import DreamModel, WeightsUnavailable, load_dream_model  # noqa: E402
+from worker.engine.motion import FrameProgress, animate, dream_video  # noqa: E402
 from worker.engine.tiling import Canceled  # noqa: E402
 
 __all__ = [
@@ -19,8 +20,11 @@ __all__ = [
     "DeviceOutOfMemory",
     "DreamModel",
     "DreamState",
+    "FrameProgress",
     "Progress",
     "WeightsUnavailable",
+    "animate",
+    "dream_video",
     "load_dream_model",
     "preview",
     "render",
