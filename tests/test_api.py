@@ -62,6 +62,8 @@ def test_submit_stores_commits_and_enqueues(
         "preset": None,
         "output_format": "png",
         "quality": 90,
+        "animation": None,
+        "blend": 0.8,
     }
     assert body["input"] == {"width": 451, "height": 300}
     assert body["progress"]["fraction"] == 0.0
