@@ -20,7 +20,7 @@ from api.db import get_db
 from api.problems import Problem, invalid
 from shared.cost import CostRefused, check_limits
 from shared.images import EXTENSIONS, ImageRejected, ImageTooLarge, inspect_image
-from shared.models import Job
+from shared.models import Job, utcnow
 from shared.params import RenderParams
 from shared.recipes import RecipeRefused, recipe_params
 from shared.settings import Settings
@@ -56,6 +56,11 @@ def read_submission(settings: Settings) -> Submission:
         require_weights(settings, params.model)
     except NoWeights as exc:  # accepted, it would fail on the worker: refuse it now
         raise invalid([{"field": "params.model", "message": str(exc)}]) from None
+    if params.start_by is not None and params.start_by <= utcnow():
+        # It would only be recorded to expire at once.
+        raise invalid(
+            [{"field": "params.start_by", "message": "start_by has passed: give a later time"}]
+        )
     upload = request.files.get("image")
     if upload is None:
         raise invalid(

@@ -132,6 +132,10 @@ class Settings(BaseSettings):
     # The Keras backend the engine computes with: TensorFlow, or JAX (the `jax` extra). Read once
     # when a worker starts, before Keras is imported (Keras cannot change backend afterwards).
     backend: Literal["tensorflow", "jax"] = "tensorflow"
+    # Jobs the dispatcher hands Redis beyond the free worker slots (shared/dispatch.py): a
+    # worker that frees its slot finds its next job waiting, without a dispatch's round trip.
+    # Every job in Redis is out of the fair order, so keep it small.
+    dispatch_lookahead: int = Field(1, ge=0)
 
     @field_validator("log_level", mode="before")
     @classmethod

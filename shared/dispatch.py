@@ -1,0 +1,246 @@
+"""The dispatcher: which queued jobs Redis gets, and when (README: How the queue chooses).
+
+Redis delivers in arrival order and cannot be reordered, so it is handed only what the farm can
+start now: as many jobs as there are free worker slots, plus `dispatch_lookahead`. The rest of
+the backlog waits in the database (queued, `enqueued_at` None), where each dispatch chooses
+again in fair order:
+
+1. the tenant with the least work in flight (running or dispatched, divided by its `weight`)
+   goes first; the n-th waiting job of a tenant counts as if its n - 1 before it were already
+   running, so one query orders the whole backlog (weighted fair queuing);
+2. within a tenant, higher `params.priority` first; then the oldest.
+
+A tenant alone on the farm still takes every slot: the order only decides who goes first.
+
+Free slots: every worker process that consumes the render queue announces itself in Redis
+(`announce_slot`, refreshed with a TTL, so a dead worker's slot lapses); the jobs running and
+those dispatched but not yet claimed are counted against them.
+
+Commit, then enqueue, still: a job is marked dispatched and committed before its message is
+sent; a send that fails clears the mark (the job waits in the backlog again); a crash between
+the two leaves a dispatched job with no message, which the relay puts back after relay_after
+(worker/maintenance.py). Dispatch runs after every submit, cancel and retry, after each render a
+worker ends, when a worker announces its first slot, and in every maintenance run.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import time
+import uuid
+from dataclasses import dataclass, field
+
+import redis
+from celery import Celery
+from sqlalchemy import Select, and_, func, or_, select
+from sqlalchemy.orm import Session
+
+from shared import transitions
+from shared.changes import publish_change
+from shared.models import Job, JobStatus, Tenant, utcnow
+from shared.queue import enqueue_render
+from shared.settings import Settings
+from shared.webhooks import send_event
+
+log = logging.getLogger(__name__)
+
+# A worker's announcement lasts this many of its heartbeat intervals: one missed refresh is
+# forgiven, a dead worker's slot is gone within this many.
+SLOT_TTL_BEATS = 3
+# How long a dispatch waits for another one to finish. Two at once would each count the same
+# free slots and send twice as many jobs; after this the caller gives up (the next trigger or
+# the maintenance run dispatches).
+LOCK_WAIT_S = 5.0
+LOCK_TIMEOUT_S = 30.0
+
+
+@dataclass
+class Dispatched:
+    """What one dispatch did: the jobs sent to Redis, and the jobs expired (start_by passed)."""
+
+    sent: list[uuid.UUID] = field(default_factory=list)
+    expired: list[uuid.UUID] = field(default_factory=list)
+
+
+def _redis(settings: Settings) -> redis.Redis:
+    return redis.Redis.from_url(
+        settings.redis_url,
+        socket_timeout=settings.enqueue_timeout,
+        socket_connect_timeout=settings.enqueue_timeout,
+    )
+
+
+def slots_key(settings: Settings) -> str:
+    """The Redis hash of the announced worker slots of the render queue."""
+    return f"oneiro:{settings.queue}:slots"
+
+
+def announce_slot(settings: Settings, name: str, slots: int = 1) -> None:
+    """Say that worker process `name` serves `slots` renders, for SLOT_TTL_BEATS heartbeats."""
+    until = time.time() + SLOT_TTL_BEATS * settings.heartbeat_interval
+    with _redis(settings) as client:
+        client.hset(slots_key(settings), name, json.dumps({"slots": slots, "until": until}))
+
+
+def withdraw_slot(settings: Settings, name: str) -> None:
+    """Worker process `name` is stopping: its slot is gone now, not when it lapses."""
+    with _redis(settings) as client:
+        client.hdel(slots_key(settings), name)
+
+
+def announced_slots(settings: Settings) -> int:
+    """The render slots of the workers alive now (lapsed announcements are removed)."""
+    now = time.time()
+    with _redis(settings) as client:
+        entries = client.hgetall(slots_key(settings))
+        total, lapsed = 0, []
+        for name, raw in entries.items():
+            try:
+                entry = json.loads(raw)
+                alive, slots = entry["until"] > now, int(entry["slots"])
+            except (ValueError, KeyError, TypeError):
+                alive, slots = False, 0
+            if alive:
+                total += slots
+            else:
+                lapsed.append(name)
+        if lapsed:
+            client.hdel(slots_key(settings), *lapsed)
+    return total
+
+
+IN_FLIGHT = or_(
+    Job.status == JobStatus.RUNNING,
+    and_(Job.status == JobStatus.QUEUED, Job.enqueued_at.is_not(None)),
+)
+IN_BACKLOG = and_(Job.status == JobStatus.QUEUED, Job.enqueued_at.is_(None))
+
+
+def in_flight(session: Session) -> int:
+    """Jobs that hold a slot or will on delivery: running, or dispatched and not yet claimed."""
+    return session.scalar(select(func.count()).select_from(Job).where(IN_FLIGHT)) or 0
+
+
+def fair_order() -> Select[tuple[uuid.UUID]]:
+    """The backlog's job ids in dispatch order (see the module's docstring)."""
+    load = (
+        select(Job.tenant_id, func.count().label("jobs"))
+        .where(IN_FLIGHT)
+        .group_by(Job.tenant_id)
+        .subquery()
+    )
+    backlog = (
+        select(
+            Job.id,
+            Job.tenant_id,
+            Job.priority,
+            Job.created_at,
+            func.row_number()
+            .over(
+                partition_by=Job.tenant_id,
+                order_by=(Job.priority.desc(), Job.created_at, Job.id),
+            )
+            .label("nth"),
+        )
+        .where(IN_BACKLOG)
+        .subquery()
+    )
+    # The tenant's load once the jobs ahead of this one in its own order are running.
+    share = (func.coalesce(load.c.jobs, 0) + backlog.c.nth - 1) / func.coalesce(Tenant.weight, 1.0)
+    return (
+        select(backlog.c.id)
+        .outerjoin(load, load.c.tenant_id == backlog.c.tenant_id)
+        .outerjoin(Tenant, Tenant.id == backlog.c.tenant_id)
+        .order_by(share, backlog.c.priority.desc(), backlog.c.created_at, backlog.c.id)
+    )
+
+
+def choose(session: Session, count: int) -> list[uuid.UUID]:
+    """The next `count` backlog jobs in fair order, locked for this transaction.
+
+    On PostgreSQL a row another transaction holds (a cancel, a second dispatcher whose lock
+    lapsed) is skipped rather than waited for; SQLite serializes writers anyway.
+    """
+    if count <= 0:
+        return []
+    wanted = list(session.scalars(fair_order().limit(count)))
+    if not wanted:
+        return []
+    locked = set(
+        session.scalars(
+            select(Job.id).where(Job.id.in_(wanted), IN_BACKLOG).with_for_update(skip_locked=True)
+        )
+    )
+    return [job_id for job_id in wanted if job_id in locked]
+
+
+def dispatch(session: Session, celery: Celery, settings: Settings) -> Dispatched:
+    """Expire the jobs past their start_by, then send Redis as many jobs, in fair order, as
+    there are free slots (plus the look-ahead). Commits; never sends before committing."""
+    done = Dispatched()
+    with _redis(settings) as client:
+        lock = client.lock(
+            f"oneiro:{settings.queue}:dispatch",
+            timeout=LOCK_TIMEOUT_S,
+            blocking_timeout=LOCK_WAIT_S,
+        )
+        if not lock.acquire():
+            log.warning("dispatch: another dispatch held the lock for %gs; skipped", LOCK_WAIT_S)
+            return done
+        try:
+            done.expired = expire_overdue(session, celery, settings)
+            free = announced_slots(settings) + settings.dispatch_lookahead - in_flight(session)
+            chosen = choose(session, free)
+            now = utcnow()
+            for job_id in chosen:
+                transitions.mark_dispatched(session, job_id, now)
+            session.commit()
+            done.sent = _send(session, celery, chosen)
+        finally:
+            with contextlib.suppress(redis.exceptions.LockError):  # it lapsed meanwhile
+                lock.release()
+    return done
+
+
+def _send(session: Session, celery: Celery, job_ids: list[uuid.UUID]) -> list[uuid.UUID]:
+    """Send the dispatched jobs' messages in order; return those sent. When Redis does not
+    take one, it and the rest go back to the backlog, to be chosen again next time."""
+    for n, job_id in enumerate(job_ids):
+        try:
+            enqueue_render(celery, job_id)
+        except Exception:
+            log.exception("job %s dispatched but not sent; it waits in the backlog", job_id)
+            transitions.unmark_dispatched(session, job_ids[n:])
+            session.commit()
+            return job_ids[:n]
+    return job_ids
+
+
+def expire_overdue(session: Session, celery: Celery, settings: Settings) -> list[uuid.UUID]:
+    """End as expired every queued job whose start_by has passed; tell its watchers."""
+    now = utcnow()
+    overdue = session.execute(
+        select(Job.id, Job.start_by).where(Job.status == JobStatus.QUEUED, Job.start_by < now)
+    ).all()
+    expired = [
+        job_id for job_id, start_by in overdue if transitions.expire(session, job_id, start_by)
+    ]
+    session.commit()
+    for job_id in expired:
+        log.info("job %s expired: not started by its start_by", job_id)
+        publish_change(settings.redis_url, job_id)
+        send_event(celery, session, job_id, "completed")
+    return expired
+
+
+def safely_dispatch(session: Session, celery: Celery, settings: Settings) -> Dispatched:
+    """dispatch, for the callers it must never fail (a submit, a render's end): a database or
+    Redis away is logged, and the maintenance run dispatches later."""
+    try:
+        return dispatch(session, celery, settings)
+    except Exception:
+        log.warning("dispatch failed; the maintenance run dispatches later", exc_info=True)
+        session.rollback()
+        return Dispatched()
