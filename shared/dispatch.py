@@ -49,11 +49,12 @@ log = logging.getLogger(__name__)
 # A worker's announcement lasts this many of its heartbeat intervals: one missed refresh is
 # forgiven, a dead worker's slot is gone within this many.
 SLOT_TTL_BEATS = 3
-# How long a dispatch waits for another one to finish. Two at once would each count the same
-# free slots and send twice as many jobs; after this the caller gives up (the next trigger or
-# the maintenance run dispatches).
-LOCK_WAIT_S = 5.0
-LOCK_TIMEOUT_S = 30.0
+# A dispatch holds a lock: two at once would each count the same free slots and send twice
+# as many jobs. A dispatch takes milliseconds, so the lock lapses after LOCK_TIMEOUT_S (a
+# process killed holding it stalls dispatch no longer), and a caller waits for it at most
+# LOCK_WAIT_S, then gives up (the next trigger or the maintenance run dispatches).
+LOCK_TIMEOUT_S = 3.0
+LOCK_WAIT_S = 3.0
 
 
 @dataclass

@@ -44,7 +44,7 @@ def render_job(job_id: str) -> None:
         # This slot is free again (or was never taken: a lost claim): the next job in fair
         # order goes to Redis now, not at the next maintenance run.
         with runtime.sessions() as session:
-            safely_dispatch(session, app, runtime.settings)
+            safely_dispatch(session, runtime.celery(), runtime.settings)
 
 
 @app.task(name=MAINTAIN_TASK, ignore_result=True)
@@ -64,7 +64,8 @@ def maintain() -> None:
             relay_queued_jobs(session, app, runtime.settings)
             # The safety net: expires what passed its start_by, and fills the slots no
             # submit or finish dispatched to (a dispatcher that died, Redis away meanwhile).
-            safely_dispatch(session, app, runtime.settings)
+            # The runtime's Celery: its settings name the render queue to send to.
+            safely_dispatch(session, runtime.celery(), runtime.settings)
             expire_old_files(session, runtime.storage, runtime.settings)
         sweep_temporary_files(runtime.storage, runtime.settings)
     finally:
