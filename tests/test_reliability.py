@@ -13,11 +13,11 @@ from celery.exceptions import SoftTimeLimitExceeded
 from sqlalchemy import event, update
 from sqlalchemy.orm import Session, sessionmaker
 
+from shared.dispatch import dispatch
 from shared.models import Job, JobStatus, utcnow
 from shared.queue import create_celery, queue_keys
 from shared.settings import Settings
 from shared.storage import Storage, checkpoint_key, preview_key, result_key
-from shared.dispatch import dispatch
 from shared.transitions import send_job
 from tests.utils import before_each_gradient, image_bytes, make_job, queued_job_ids, with_settings
 from worker.jobs import run_job
