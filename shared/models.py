@@ -20,6 +20,7 @@ from sqlalchemy import (
     Text,
     TypeDecorator,
     Uuid,
+    text,
 )
 from sqlalchemy.engine import Dialect
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
@@ -121,8 +122,21 @@ class Job(Base):
         # A tenant's jobs newest first (the list), and its active jobs (the cap, status filter).
         Index("ix_jobs_tenant_created", "tenant_id", "created_at"),
         Index("ix_jobs_tenant_status", "tenant_id", "status"),
-        # The backlog and the dispatched jobs (shared/dispatch.py): queued rows by enqueued_at.
+        # The backlog and the dispatched jobs (shared/dispatch.py): queued rows by enqueued_at,
+        # and the jobs with a start deadline (most have none, so the sweep reads few rows).
         Index("ix_jobs_status_enqueued", "status", "enqueued_at"),
+        Index("ix_jobs_start_by", "start_by"),
+        # Each tenant's backlog in its own order: the dispatcher reads a few jobs of each
+        # tenant from it instead of sorting the whole backlog (shared/dispatch.py `choose`).
+        Index(
+            "ix_jobs_backlog",
+            "tenant_id",
+            "priority",
+            "created_at",
+            "id",
+            postgresql_where=text("status = 'queued' AND enqueued_at IS NULL"),
+            sqlite_where=text("status = 'queued' AND enqueued_at IS NULL"),
+        ),
     )
 
     id: Mapped[uuid.UUID] = mapped_column(Uuid, primary_key=True, default=uuid.uuid4)
@@ -172,7 +186,7 @@ class Job(Base):
     mask_key: Mapped[str | None] = mapped_column(String(255))
     # What made the result, as its file carries it (shared/recipes.py); set with the result.
     recipe: Mapped[dict[str, Any] | None] = mapped_column(JSON)
-    # params.priority as a number the dispatcher sorts on (shared/params.py PRIORITIES: higher
+    # params.priority as the rank the dispatcher sorts on (shared/params.py PRIORITIES: lower
     # first), and params.start_by as a moment it can compare in SQL; copies made at submit.
     priority: Mapped[int] = mapped_column(Integer, default=1, server_default="1")
     start_by: Mapped[datetime | None] = mapped_column(UTCDateTime)

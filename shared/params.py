@@ -21,8 +21,8 @@ from shared.presets import PRESETS, with_preset
 
 LayerWeight = Annotated[float, Field(gt=0, le=100)]
 
-# params.priority, and the number the dispatcher sorts a tenant's jobs by (higher first).
-PRIORITIES = {"high": 2, "normal": 1, "low": 0}
+# params.priority, and the rank the dispatcher sorts a tenant's jobs by (lower first).
+PRIORITIES = {"high": 0, "normal": 1, "low": 2}
 
 
 def _seconds_from_now(seconds: float) -> datetime:

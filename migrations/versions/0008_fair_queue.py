@@ -17,6 +17,7 @@ depends_on: str | Sequence[str] | None = None
 
 BEFORE = ("queued", "running", "succeeded", "failed", "canceled")
 AFTER = (*BEFORE, "expired")
+BACKLOG = sa.text("status = 'queued' AND enqueued_at IS NULL")
 
 
 def _status_check(batch: object, statuses: tuple[str, ...]) -> None:
@@ -34,12 +35,21 @@ def upgrade() -> None:
         batch.add_column(sa.Column("start_by", sa.DateTime(timezone=True), nullable=True))
         _status_check(batch, AFTER)
         batch.create_index("ix_jobs_status_enqueued", ["status", "enqueued_at"])
+        batch.create_index("ix_jobs_start_by", ["start_by"])
+        batch.create_index(
+            "ix_jobs_backlog",
+            ["tenant_id", "priority", "created_at", "id"],
+            postgresql_where=BACKLOG,
+            sqlite_where=BACKLOG,
+        )
 
 
 def downgrade() -> None:
     # An expired job was a queued one that never ran: canceled is the nearest older status.
     op.execute("UPDATE jobs SET status = 'canceled' WHERE status = 'expired'")
     with op.batch_alter_table("jobs") as batch:
+        batch.drop_index("ix_jobs_backlog")
+        batch.drop_index("ix_jobs_start_by")
         batch.drop_index("ix_jobs_status_enqueued")
         _status_check(batch, BEFORE)
         batch.drop_column("start_by")
