@@ -31,11 +31,13 @@ import logging
 import time
 import uuid
 from dataclasses import dataclass, field
+from typing import Any
 
 import redis
 from celery import Celery
 from sqlalchemy import Select, and_, func, or_, select, true, union_all
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, aliased
+from sqlalchemy.sql import Subquery
 
 from shared import transitions
 from shared.changes import publish_change
@@ -129,10 +131,10 @@ def in_flight(session: Session) -> int:
     return running + (sent or 0)
 
 
-def fair_order(per_tenant: int | None = None) -> Select[tuple[uuid.UUID]]:
+def fair_order(per_tenant: int | None = None, lateral: bool = True) -> Select[tuple[uuid.UUID]]:
     """The backlog's job ids in dispatch order (see the module's docstring); with
     `per_tenant`, only the first that many of each tenant's are looked at, which is all the
-    first `per_tenant` of the order can hold."""
+    first `per_tenant` of the order can hold (`lateral`: whether the database has LATERAL)."""
     load = (
         select(Job.tenant_id, func.count().label("jobs"))
         .where(IN_FLIGHT)
@@ -144,25 +146,7 @@ def fair_order(per_tenant: int | None = None) -> Select[tuple[uuid.UUID]]:
     if per_tenant is None:
         candidates = select(*columns).where(IN_BACKLOG).subquery()
     else:
-        # Each tenant's first few, read from ix_jobs_backlog, instead of the whole backlog
-        # sorted: what keeps a dispatch fast behind 10,000 queued jobs (benchmarks/dispatch.py).
-        firsts = (
-            select(*columns)
-            .where(IN_BACKLOG, Job.tenant_id == Tenant.id)
-            .order_by(*own_order)
-            .limit(per_tenant)
-            .lateral()
-        )
-        no_tenant = (  # jobs from before tenants existed
-            select(*columns)
-            .where(IN_BACKLOG, Job.tenant_id.is_(None))
-            .order_by(*own_order)
-            .limit(per_tenant)
-            .subquery()
-        )
-        candidates = union_all(
-            select(firsts).select_from(Tenant).join(firsts, true()), select(no_tenant)
-        ).subquery()
+        candidates = _firsts_of_each_tenant(columns, own_order, per_tenant, lateral)
     backlog = select(
         candidates.c.id,
         candidates.c.tenant_id,
@@ -185,6 +169,44 @@ def fair_order(per_tenant: int | None = None) -> Select[tuple[uuid.UUID]]:
     )
 
 
+def _firsts_of_each_tenant(
+    columns: tuple[Any, ...], own_order: tuple[Any, ...], per_tenant: int, lateral: bool
+) -> Subquery:
+    """Each tenant's first `per_tenant` backlog jobs in its own order, read from
+    ix_jobs_backlog instead of sorting the whole backlog: what keeps a dispatch fast behind
+    10,000 queued jobs (benchmarks/dispatch.py)."""
+    no_tenant = (  # jobs from before tenants existed
+        select(*columns)
+        .where(IN_BACKLOG, Job.tenant_id.is_(None))
+        .order_by(*own_order)
+        .limit(per_tenant)
+        .subquery()
+    )
+    if lateral:  # PostgreSQL: a LATERAL subquery per tenant
+        firsts = (
+            select(*columns)
+            .where(IN_BACKLOG, Job.tenant_id == Tenant.id)
+            .order_by(*own_order)
+            .limit(per_tenant)
+            .lateral()
+        )
+        of_tenants = select(firsts).select_from(Tenant).join(firsts, true())
+    else:  # SQLite: the same as a correlated IN, evaluated once per tenant
+        other = aliased(Job)
+        firsts_ids = (
+            select(other.id)
+            .where(
+                other.tenant_id == Tenant.id,
+                other.status == JobStatus.QUEUED,
+                other.enqueued_at.is_(None),
+            )
+            .order_by(other.priority, other.created_at, other.id)
+            .limit(per_tenant)
+        )
+        of_tenants = select(*columns).select_from(Tenant).join(Job, Job.id.in_(firsts_ids))
+    return union_all(of_tenants, select(no_tenant)).subquery()
+
+
 def choose(session: Session, count: int) -> list[uuid.UUID]:
     """The next `count` backlog jobs in fair order, locked for this transaction.
 
@@ -193,9 +215,8 @@ def choose(session: Session, count: int) -> list[uuid.UUID]:
     """
     if count <= 0:
         return []
-    # SQLite has no LATERAL: it orders the whole backlog (fine for a single-machine farm).
-    per_tenant = count if session.get_bind().dialect.name == "postgresql" else None
-    wanted = list(session.scalars(fair_order(per_tenant).limit(count)))
+    lateral = session.get_bind().dialect.name == "postgresql"
+    wanted = list(session.scalars(fair_order(count, lateral).limit(count)))
     if not wanted:
         return []
     locked = set(
