@@ -93,24 +93,27 @@ def withdraw_slot(settings: Settings, name: str) -> None:
         client.hdel(slots_key(settings), name)
 
 
-def announced_slots(settings: Settings) -> int:
-    """The render slots of the workers alive now (lapsed announcements are removed)."""
+def announced_slots(settings: Settings, client: redis.Redis | None = None) -> int:
+    """The render slots of the workers alive now (lapsed announcements are removed); on
+    `client` when given (a dispatch's own connection), else on a new one."""
+    if client is None:
+        with _redis(settings) as own:
+            return announced_slots(settings, own)
     now = time.time()
-    with _redis(settings) as client:
-        entries = client.hgetall(slots_key(settings))
-        total, lapsed = 0, []
-        for name, raw in entries.items():
-            try:
-                entry = json.loads(raw)
-                alive, slots = entry["until"] > now, int(entry["slots"])
-            except (ValueError, KeyError, TypeError):
-                alive, slots = False, 0
-            if alive:
-                total += slots
-            else:
-                lapsed.append(name)
-        if lapsed:
-            client.hdel(slots_key(settings), *lapsed)
+    entries = client.hgetall(slots_key(settings))
+    total, lapsed = 0, []
+    for name, raw in entries.items():
+        try:
+            entry = json.loads(raw)
+            alive, slots = entry["until"] > now, int(entry["slots"])
+        except (ValueError, KeyError, TypeError):
+            alive, slots = False, 0
+        if alive:
+            total += slots
+        else:
+            lapsed.append(name)
+    if lapsed:
+        client.hdel(slots_key(settings), *lapsed)
     return total
 
 
@@ -242,7 +245,8 @@ def dispatch(session: Session, celery: Celery, settings: Settings) -> Dispatched
             return done
         try:
             done.expired = expire_overdue(session, celery, settings)
-            free = announced_slots(settings) + settings.dispatch_lookahead - in_flight(session)
+            slots = announced_slots(settings, client)
+            free = slots + settings.dispatch_lookahead - in_flight(session)
             chosen = choose(session, free)
             now = utcnow()
             for job_id in chosen:
