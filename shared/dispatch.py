@@ -235,6 +235,13 @@ def dispatch(session: Session, celery: Celery, settings: Settings) -> Dispatched
     there are free slots (plus the look-ahead). Commits; never sends before committing."""
     done = Dispatched()
     with _redis(settings) as client:
+        # Each expiry is its own conditional UPDATE: safe without the lock.
+        done.expired = expire_overdue(session, celery, settings)
+        # A farm with no free slot (the usual state behind a backlog) needs no lock: whatever
+        # frees a slot later dispatches after its own commit. So submits to a busy farm never
+        # queue up on the lock.
+        if _free(session, settings, client) <= 0:
+            return done
         lock = client.lock(
             f"oneiro:{settings.queue}:dispatch",
             timeout=LOCK_TIMEOUT_S,
@@ -244,10 +251,7 @@ def dispatch(session: Session, celery: Celery, settings: Settings) -> Dispatched
             log.warning("dispatch: another dispatch held the lock for %gs; skipped", LOCK_WAIT_S)
             return done
         try:
-            done.expired = expire_overdue(session, celery, settings)
-            slots = announced_slots(settings, client)
-            free = slots + settings.dispatch_lookahead - in_flight(session)
-            chosen = choose(session, free)
+            chosen = choose(session, _free(session, settings, client))
             now = utcnow()
             for job_id in chosen:
                 transitions.mark_dispatched(session, job_id, now)
@@ -257,6 +261,14 @@ def dispatch(session: Session, celery: Celery, settings: Settings) -> Dispatched
             with contextlib.suppress(redis.exceptions.LockError):  # it lapsed meanwhile
                 lock.release()
     return done
+
+
+def _free(session: Session, settings: Settings, client: redis.Redis) -> int:
+    """Slots free now, plus the look-ahead: what a dispatch may send."""
+    slots = announced_slots(settings, client)
+    free = slots + settings.dispatch_lookahead - in_flight(session)
+    session.commit()  # end the read's transaction: the choice reads afresh under the lock
+    return free
 
 
 def _send(session: Session, celery: Celery, job_ids: list[uuid.UUID]) -> list[uuid.UUID]:
