@@ -80,11 +80,13 @@ def slots_key(settings: Settings) -> str:
     return f"oneiro:{settings.queue}:slots"
 
 
-def announce_slot(settings: Settings, name: str, slots: int = 1) -> None:
-    """Say that worker process `name` serves `slots` renders, for SLOT_TTL_BEATS heartbeats."""
+def announce_slot(settings: Settings, name: str, slots: int = 1) -> bool:
+    """Say that worker process `name` serves `slots` renders, for SLOT_TTL_BEATS heartbeats;
+    whether Redis had no announcement of it (its first, or Redis lost it: a restart)."""
     until = time.time() + SLOT_TTL_BEATS * settings.heartbeat_interval
     with _redis(settings) as client:
-        client.hset(slots_key(settings), name, json.dumps({"slots": slots, "until": until}))
+        entry = json.dumps({"slots": slots, "until": until})
+        return bool(client.hset(slots_key(settings), name, entry))
 
 
 def withdraw_slot(settings: Settings, name: str) -> None:

@@ -31,15 +31,13 @@ def _serves_render_queue(sender_app: Any, queue: str) -> bool:
 
 def _announce_forever() -> None:
     runtime = get_runtime()
-    first = True
     while not _stop.is_set():
         try:
-            announce_slot(runtime.settings, runtime.name)
-            if first:
-                # A new slot is free now: give it a job without waiting for the next trigger.
+            if announce_slot(runtime.settings, runtime.name):
+                # A slot Redis did not know of (this process's first, or after Redis lost
+                # everything): give it a job without waiting for the next trigger.
                 with runtime.sessions() as session:
                     safely_dispatch(session, runtime.celery(), runtime.settings)
-                first = False
         except Exception:  # Redis away for a moment; the TTL allows a missed beat
             log.warning("slot announcement failed", exc_info=True)
         _stop.wait(runtime.settings.heartbeat_interval)
