@@ -225,7 +225,8 @@ def test_a_killed_worker_and_a_lost_queue_lose_nothing_and_run_nothing_twice(
     # message, and the announcements.
     with redis.Redis.from_url(settings.redis_url) as client_redis:
         client_redis.delete(*queue_keys(settings.queue), slots_key(settings))
-    quick = with_settings(runtime, relay_after=0.5, lease_seconds=2.0)
+    # A lease of a few beats (1 s each): short, yet no render of a loaded machine outlives it.
+    quick = with_settings(runtime, relay_after=0.5, lease_seconds=5.0)
     time.sleep(0.6)
     maintenance_tasks(monkeypatch, quick).maintain()  # the relay puts it back in the backlog
 
