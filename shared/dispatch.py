@@ -310,6 +310,6 @@ def safely_dispatch(session: Session, celery: Celery, settings: Settings) -> Dis
     try:
         return dispatch(session, celery, settings)
     except Exception:
-        log.warning("dispatch failed; the maintenance run dispatches later", exc_info=True)
+        log.exception("dispatch failed: queued jobs not enqueued now; maintenance dispatches later")
         session.rollback()
         return Dispatched()
