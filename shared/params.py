@@ -21,6 +21,10 @@ from shared.presets import PRESETS, with_preset
 
 LayerWeight = Annotated[float, Field(gt=0, le=100)]
 
+# The params the queue and the worker act on, not the engine: `oneiro render`, which renders
+# at once on this machine, has no options for them.
+QUEUE_FIELDS = ("priority", "start_by", "max_run_seconds")
+
 # params.priority, and the rank the dispatcher sorts a tenant's jobs by (lower first).
 PRIORITIES = {"high": 0, "normal": 1, "low": 2}
 
