@@ -11,6 +11,7 @@ import uuid
 from collections.abc import Callable
 from typing import Any
 
+import redis
 from flask import Blueprint, Response, request
 from sqlalchemy import select, tuple_
 from sqlalchemy.exc import IntegrityError
@@ -28,10 +29,11 @@ from api.submission import check_active_cap, read_submission
 from api.throughput import measured_throughput
 from shared import transitions
 from shared.changes import publish_change
+from shared.dispatch import announced_slots, safely_dispatch
 from shared.formats import OUTPUT_FORMATS, output_format
 from shared.models import FRAME_KINDS, Job, JobStatus
-from shared.queue import render_queue
 from shared.serializer import iso, job_json, job_url
+from shared.standing import queue_standings
 from shared.storage import (
     ObjectNotFound,
     StoredObject,
@@ -124,7 +126,9 @@ def submit_job() -> Answer:
         session.rollback()
         svc.storage.delete_prefix(job_prefix(job_id))  # a refused request leaves nothing behind
         raise
-    transitions.enqueue(session, svc.celery, job_id, render_queue(svc.settings, job))
+    # The job waits in the backlog; the dispatcher sends it now if a slot is free and its turn
+    # has come (shared/dispatch.py).
+    safely_dispatch(session, svc.celery, svc.settings)
     return _answer(job, 202)
 
 
@@ -135,7 +139,27 @@ def _replay(key: str, request_hash: str) -> Answer | None:
 
 
 def _answer(job: Job, status: int) -> Answer:
-    return job_json(job, measured_throughput()), status, {"Location": job_url(job.id)}
+    return _shown(job), status, {"Location": job_url(job.id)}
+
+
+def _shown(job: Job) -> dict[str, Any]:
+    """The job's JSON, with where it stands if it is queued."""
+    return _shown_all([job])[0]
+
+
+def _shown_all(jobs: list[Job]) -> list[dict[str, Any]]:
+    """The jobs' JSON: their estimates at the measured speed, and the queued ones' standing
+    (one read of the queue for them all)."""
+    throughput = measured_throughput()
+    queued = [job.id for job in jobs if job.status == JobStatus.QUEUED]
+    standings = {}
+    if queued:
+        try:
+            slots = announced_slots(services().settings)
+        except redis.RedisError:
+            slots = 0  # no estimate of when, but the position stands
+        standings = queue_standings(get_db(), queued, throughput.rate, slots)
+    return [job_json(job, throughput, standings.get(job.id)) for job in jobs]
 
 
 @blueprint.get("")
@@ -157,9 +181,8 @@ def list_jobs(query: JobListQuery) -> dict[str, Any]:
         statement = statement.where(tuple_(Job.created_at, Job.id) < after)
     jobs = list(get_db().scalars(statement))
     page, more = jobs[:limit], len(jobs) > limit
-    throughput = measured_throughput()
     return {
-        "jobs": [job_json(job, throughput) for job in page],
+        "jobs": _shown_all(page),
         "next_cursor": encode_cursor(page[-1].created_at, page[-1].id) if more else None,
     }
 
@@ -168,7 +191,7 @@ def list_jobs(query: JobListQuery) -> dict[str, Any]:
 @spec.validate(resp=job_responses(HTTP_200=JobOut, errors=(404,)), security=BEARER)
 def get_job(job_id: uuid.UUID) -> dict[str, Any]:
     """The job's status, progress and resolved params."""
-    return job_json(_find(job_id), measured_throughput())
+    return _shown(_find(job_id))
 
 
 @blueprint.get("/<uuid:job_id>/events")
@@ -297,7 +320,9 @@ def cancel_job(job_id: uuid.UUID) -> dict[str, Any]:
     """Cancel a queued or running job; a running render stops within one tile batch."""
     job = _transition(job_id, "canceled", transitions.CANCELABLE, transitions.cancel)
     send_event(services().celery, get_db(), job_id, "completed")
-    return job_json(job, measured_throughput())
+    # A canceled job frees the slot it held (running or dispatched) for the next in turn.
+    safely_dispatch(get_db(), services().celery, services().settings)
+    return _shown(job)
 
 
 @blueprint.post("/<uuid:job_id>/retry")
@@ -305,13 +330,12 @@ def cancel_job(job_id: uuid.UUID) -> dict[str, Any]:
     resp=job_responses(HTTP_202=(JobOut, "Queued again."), errors=(404, 409, 410)), security=BEARER
 )
 def retry_job(job_id: uuid.UUID) -> tuple[dict[str, Any], int]:
-    """Run a failed or canceled job again, as a new attempt of the same job."""
+    """Run a failed, canceled or expired job again, as a new attempt of the same job."""
     _check_not_expired(_find(job_id))  # its input is gone
     check_active_cap(get_db(), tenant_id(), services().settings.max_active_jobs)
-    job = _transition(job_id, "retried", transitions.RETRYABLE, transitions.retry)
-    queue = render_queue(services().settings, job)
-    transitions.enqueue(get_db(), services().celery, job_id, queue)
-    return job_json(job, measured_throughput()), 202
+    _transition(job_id, "retried", transitions.RETRYABLE, transitions.retry)
+    safely_dispatch(get_db(), services().celery, services().settings)
+    return _shown(_find(job_id)), 202
 
 
 def _transition(

@@ -110,7 +110,7 @@ class OneiroCollector(Collector):
         jobs = GaugeMetricFamily(
             "oneiro_jobs",
             "Jobs whose row is now in each status. A gauge: a job moves on (queued to running), "
-            "and a retry takes a failed or canceled job back to queued.",
+            "and a retry takes a failed, canceled or expired job back to queued.",
             labels=["status"],
         )
         for status, count in counts.items():

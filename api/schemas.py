@@ -240,6 +240,27 @@ class EstimateOut(BaseModel):
     wait: WaitEstimate
 
 
+class QueueStanding(BaseModel):
+    """Where a queued job stands; estimates (README: Where a job stands)."""
+
+    model_config = ConfigDict(title="QueueStanding")
+
+    position: Annotated[
+        int,
+        Field(
+            description="1-based place in dispatch order among all queued jobs (1: next to "
+            "start). It can grow when another tenant with less running submits."
+        ),
+    ]
+    estimated_start_seconds: Annotated[
+        float | None,
+        Field(
+            description="Seconds until a worker should start it: the work ahead (queued and "
+            "running) over every worker's measured speed; null with no measurement or no worker."
+        ),
+    ]
+
+
 class JobOut(BaseModel):
     """A job, as every /v1/jobs route answers it (shared.serializer.job_json)."""
 
@@ -260,6 +281,9 @@ class JobOut(BaseModel):
     preview_url: str
     expired: Annotated[bool, Field(description="Retention has deleted the job's files.")]
     estimate: RenderEstimate
+    queue: Annotated[
+        QueueStanding | None, Field(description="Where the job stands while it is queued.")
+    ] = None
     recipe: Annotated[
         dict[str, Any] | None,
         Field(

@@ -22,7 +22,7 @@ from api.problems import Problem, invalid
 from shared.cost import CostRefused, check_frame_limits, check_limits
 from shared.estimates import check_memory
 from shared.images import EXTENSIONS, ImageRejected, ImageTooLarge, inspect_image
-from shared.models import Job
+from shared.models import Job, utcnow
 from shared.params import RenderParams, with_frame_defaults
 from shared.recipes import RecipeRefused, WeightsMismatch, check_weights, recipe_params
 from shared.recipes import weights_digest as digest_of
@@ -76,6 +76,11 @@ def read_submission(settings: Settings) -> Submission:
             check_weights(rerun_of, params.model, digest_of(weights))
         except WeightsMismatch as exc:
             raise invalid([{"field": "recipe", "message": str(exc)}]) from None
+    if params.start_by is not None and params.start_by <= utcnow():
+        # It would only be recorded to expire at once.
+        raise invalid(
+            [{"field": "params.start_by", "message": "start_by has passed: give a later time"}]
+        )
     if "video" in request.files:
         return _read_video_submission(params, asked, settings)
     upload = request.files.get("image")

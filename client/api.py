@@ -17,7 +17,7 @@ import requests
 
 from client.events import Event, parse_events
 
-TERMINAL = frozenset({"succeeded", "failed", "canceled"})
+TERMINAL = frozenset({"succeeded", "failed", "canceled", "expired"})
 
 
 class ApiError(Exception):
@@ -122,7 +122,7 @@ class Client:
         return _json(self.request("POST", f"/v1/jobs/{job_id}/cancel"))
 
     def retry(self, job_id: str) -> dict[str, Any]:
-        """Run a failed or canceled job again."""
+        """Run a failed, canceled or expired job again."""
         return _json(self.request("POST", f"/v1/jobs/{job_id}/retry"))
 
     def result(self, job_id: str) -> bytes:

@@ -21,7 +21,7 @@ from client.config import config_hint, resolve_config
 from shared.formats import output_format
 
 F = TypeVar("F", bound=Callable[..., Any])
-STATUSES = ["queued", "running", "succeeded", "failed", "canceled"]
+STATUSES = ["queued", "running", "succeeded", "failed", "canceled", "expired"]
 
 
 def connection(command: F) -> F:
@@ -366,7 +366,7 @@ def cancel(client: Client, job_id: str) -> None:
 @click.argument("job_id", metavar="ID")
 @connection
 def retry(client: Client, job_id: str) -> None:
-    """Run failed or canceled job ID again."""
+    """Run failed, canceled or expired job ID again."""
     click.echo(f"{job_id} {client.retry(job_id)['status']}")
 
 

@@ -1,5 +1,5 @@
-"""`oneiro keys`: make and revoke API keys, straight in the database at DATABASE_URL (an
-operator's command; SQLAlchemy is imported only when it runs)."""
+"""`oneiro keys`: make and revoke API keys and set tenants' weights, straight in the database
+at DATABASE_URL (an operator's command; SQLAlchemy is imported only when it runs)."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ import click
 
 @click.group()
 def keys() -> None:
-    """Make and revoke API keys (in the database at DATABASE_URL)."""
+    """Make and revoke API keys, set tenants' weights (in the database at DATABASE_URL)."""
 
 
 @contextlib.contextmanager
@@ -78,3 +78,19 @@ def revoke_key_command(key_or_prefix: str) -> None:
     if not revoked:
         raise click.ClickException(f"no live key matches {key_or_prefix!r}")
     click.echo(f"revoked {revoked} key(s)")
+
+
+@keys.command("weight")
+@click.option("--tenant", required=True, help="The tenant whose share to set.")
+@click.argument("weight", type=click.FloatRange(min=0, min_open=True, max=1000))
+def weight_command(tenant: str, weight: float) -> None:
+    """Set TENANT's share of the farm: with weight 2 it gets twice the workers of a tenant of
+    weight 1 while both have jobs waiting (default 1)."""
+    from shared.tenants import TenantError, set_weight
+
+    with _session() as session:
+        try:
+            set_weight(session, tenant, weight)
+        except TenantError as exc:
+            raise click.ClickException(str(exc)) from None
+    click.echo(f"tenant {tenant!r} now has weight {weight:g}")

@@ -11,6 +11,7 @@ from sqlalchemy import (
     JSON,
     DateTime,
     Enum,
+    Float,
     ForeignKey,
     Index,
     Integer,
@@ -19,6 +20,7 @@ from sqlalchemy import (
     Text,
     TypeDecorator,
     Uuid,
+    text,
 )
 from sqlalchemy.engine import Dialect
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
@@ -72,10 +74,15 @@ class JobStatus(enum.StrEnum):
     SUCCEEDED = "succeeded"
     FAILED = "failed"
     CANCELED = "canceled"
+    # Not started by its params.start_by: no worker took it in time (shared/dispatch.py).
+    EXPIRED = "expired"
 
     def is_terminal(self) -> bool:
         """Whether the job can no longer change state by itself."""
-        return self in (JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.CANCELED)
+        return self in TERMINAL
+
+
+TERMINAL = frozenset({JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.CANCELED, JobStatus.EXPIRED})
 
 
 class Tenant(Base):
@@ -88,6 +95,9 @@ class Tenant(Base):
     # HMAC-SHA256 key of the tenant's webhook signatures; shown once, when the tenant is made.
     webhook_secret: Mapped[str] = mapped_column(String(64))
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    # The tenant's share of the farm: the dispatcher weighs its running jobs by 1 / weight, so
+    # a tenant of weight 2 gets twice the workers of one of weight 1 when both wait.
+    weight: Mapped[float] = mapped_column(Float, default=1.0, server_default="1")
 
 
 class ApiKey(Base):
@@ -112,6 +122,21 @@ class Job(Base):
         # A tenant's jobs newest first (the list), and its active jobs (the cap, status filter).
         Index("ix_jobs_tenant_created", "tenant_id", "created_at"),
         Index("ix_jobs_tenant_status", "tenant_id", "status"),
+        # The backlog and the dispatched jobs (shared/dispatch.py): queued rows by enqueued_at,
+        # and the jobs with a start deadline (most have none, so the sweep reads few rows).
+        Index("ix_jobs_status_enqueued", "status", "enqueued_at"),
+        Index("ix_jobs_start_by", "start_by"),
+        # Each tenant's backlog in its own order: the dispatcher reads a few jobs of each
+        # tenant from it instead of sorting the whole backlog (shared/dispatch.py `choose`).
+        Index(
+            "ix_jobs_backlog",
+            "tenant_id",
+            "priority",
+            "created_at",
+            "id",
+            postgresql_where=text("status = 'queued' AND enqueued_at IS NULL"),
+            sqlite_where=text("status = 'queued' AND enqueued_at IS NULL"),
+        ),
     )
 
     id: Mapped[uuid.UUID] = mapped_column(Uuid, primary_key=True, default=uuid.uuid4)
@@ -146,7 +171,8 @@ class Job(Base):
     started_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     heartbeat_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
-    # When the render message was last handed to Redis; the relay re-sends what it never was.
+    # When the dispatcher last handed the render message to Redis (shared/dispatch.py); None
+    # while the queued job waits in the backlog. The relay puts back what Redis lost.
     enqueued_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     # The engine's latest saved state, so a job put back after its worker died resumes there.
     checkpoint_key: Mapped[str | None] = mapped_column(String(255))
@@ -167,6 +193,10 @@ class Job(Base):
     # kinds know their frame count when submitted, so cost and progress count every frame.
     kind: Mapped[str] = mapped_column(String(16), default="image", server_default="image")
     frames: Mapped[int | None] = mapped_column(Integer)
+    # params.priority as the rank the dispatcher sorts on (shared/params.py PRIORITIES: lower
+    # first), and params.start_by as a moment it can compare in SQL; copies made at submit.
+    priority: Mapped[int] = mapped_column(Integer, default=1, server_default="1")
+    start_by: Mapped[datetime | None] = mapped_column(UTCDateTime)
 
 
 JOB_KINDS = ("image", "animation", "video")

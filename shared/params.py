@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import secrets
+from datetime import UTC, datetime, timedelta
 from typing import Annotated, Any, Literal
 
 from pydantic import (
@@ -19,6 +20,19 @@ from shared.formats import DEFAULT_FORMAT, OUTPUT_FORMATS
 from shared.presets import PRESETS, with_preset
 
 LayerWeight = Annotated[float, Field(gt=0, le=100)]
+
+# The params the queue and the worker act on, not the engine: `oneiro render`, which renders
+# at once on this machine, has no options for them.
+QUEUE_FIELDS = ("priority", "start_by", "max_run_seconds")
+
+# params.priority, and the rank the dispatcher sorts a tenant's jobs by (lower first).
+PRIORITIES = {"high": 0, "normal": 1, "low": 2}
+
+
+def _seconds_from_now(seconds: float) -> datetime:
+    if not 0 <= seconds <= 366 * 24 * 3600:
+        raise ValueError("start_by in seconds from now lies between 0 and a year")
+    return datetime.now(UTC) + timedelta(seconds=seconds)
 
 
 def _random_seed() -> int:
@@ -158,6 +172,49 @@ class RenderParams(BaseModel):
     quality: Annotated[
         int, Field(ge=1, le=100, description="JPEG and WebP quality; ignored by png and tiff.")
     ] = 90
+    priority: Annotated[
+        Literal[tuple(PRIORITIES)],  # type: ignore[valid-type]
+        Field(
+            description="Order among the tenant's own queued jobs: high before normal before "
+            "low (between tenants, fair share decides; README: How the queue chooses)."
+        ),
+    ] = "normal"
+    start_by: Annotated[
+        datetime | None,
+        Field(
+            description="Start no later than this (an ISO 8601 time, or seconds from now): a "
+            "job no worker has started by then ends as `expired`. Stored as a time."
+        ),
+    ] = None
+    max_run_seconds: Annotated[
+        float | None,
+        Field(
+            gt=0,
+            le=7 * 24 * 3600,
+            description="Cancel the render when one attempt has run this long.",
+        ),
+    ] = None
+
+    @field_validator("start_by", mode="before")
+    @classmethod
+    def _start_by_as_time(cls, value: Any) -> Any:
+        # Seconds from now are resolved once, at submit; the stored params hold the time, so
+        # validating them again later (the worker does) reads the same deadline.
+        if isinstance(value, int | float) and not isinstance(value, bool):
+            return _seconds_from_now(value)
+        if isinstance(value, str):
+            try:
+                return _seconds_from_now(float(value))
+            except ValueError:
+                return value
+        return value
+
+    @field_validator("start_by")
+    @classmethod
+    def _aware_start_by(cls, value: datetime | None) -> datetime | None:
+        if value is not None and value.tzinfo is None:
+            return value.replace(tzinfo=UTC)  # a time without a zone is UTC, as Oneiro stores
+        return value
 
     animation: Annotated[
         Animation | None,

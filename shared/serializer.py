@@ -32,9 +32,16 @@ def job_url(job_id: uuid.UUID) -> str:
     return f"/v1/jobs/{job_id}"
 
 
-def job_json(job: Job, throughput: Throughput = NO_THROUGHPUT) -> dict[str, Any]:
-    """The public representation of a job (JobOut); its estimate at `throughput`."""
-    return {**_fields(job), "estimate": render_estimate(job, throughput)}
+def job_json(
+    job: Job, throughput: Throughput = NO_THROUGHPUT, standing: dict[str, Any] | None = None
+) -> dict[str, Any]:
+    """The public representation of a job (JobOut); its estimate at `throughput`, and while it
+    is queued where it stands (`standing`, shared/standing.py)."""
+    return {
+        **_fields(job),
+        "estimate": render_estimate(job, throughput),
+        "queue": standing if job.status == JobStatus.QUEUED else None,
+    }
 
 
 def webhook_job_json(job: Job) -> dict[str, Any]:

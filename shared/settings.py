@@ -164,6 +164,10 @@ class Settings(BaseSettings):
     # frame, before a frame is decoded: a small file can promise hours of 8K frames.
     max_frames: int = Field(3000, ge=1)
     max_video_seconds: float = Field(600.0, gt=0)
+    # Jobs the dispatcher hands Redis beyond the free worker slots (shared/dispatch.py): a
+    # worker that frees its slot finds its next job waiting, without a dispatch's round trip.
+    # Every job in Redis is out of the fair order, so keep it small.
+    dispatch_lookahead: int = Field(1, ge=0)
 
     @field_validator("log_level", mode="before")
     @classmethod

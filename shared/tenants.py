@@ -81,3 +81,15 @@ def authenticate(session: Session, key: str) -> Tenant | None:
         .join(ApiKey, ApiKey.tenant_id == Tenant.id)
         .where(ApiKey.key_hash == hash_key(key), ApiKey.revoked_at.is_(None))
     )
+
+
+def set_weight(session: Session, tenant_name: str, weight: float) -> None:
+    """Set the tenant's share of the farm (shared/dispatch.py weighs its running jobs by it)."""
+    if not 0 < weight <= 1000:
+        raise TenantError("a weight is a number above 0, at most 1000")
+    changed = session.execute(
+        update(Tenant).where(Tenant.name == tenant_name).values(weight=weight)
+    ).rowcount
+    if not changed:
+        raise TenantError(f"there is no tenant {tenant_name!r}")
+    session.commit()

@@ -4,14 +4,15 @@ Each function is one state change in the caller's session: the insert of a new j
 conditional UPDATE whose row count says whether it happened (a cancel racing a finish, two
 workers claiming one job: one wins, the other changes nothing). The caller owns the session and
 commits (the worker in a short `sessions.begin()` block per change, the API once per request),
-then publishes the change (shared/changes.py); only the two sends commit themselves, because
-they come after a commit (DESIGN.md invariant 2: commit, then enqueue).
+then publishes the change (shared/changes.py); only send_job commits itself, because
+it comes after a commit (DESIGN.md invariant 2: commit, then enqueue).
 """
 
 from __future__ import annotations
 
 import logging
 import uuid
+from datetime import datetime
 from typing import Any
 
 from celery import Celery
@@ -19,6 +20,7 @@ from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
 
 from shared.models import IdempotencyKey, Job, JobStatus, shown_progress, utcnow
+from shared.params import PRIORITIES
 from shared.queue import enqueue_render
 
 log = logging.getLogger(__name__)
@@ -26,7 +28,7 @@ log = logging.getLogger(__name__)
 ACTIVE = (JobStatus.QUEUED, JobStatus.RUNNING)
 # Which jobs each client action applies to.
 CANCELABLE = (JobStatus.QUEUED, JobStatus.RUNNING)
-RETRYABLE = (JobStatus.FAILED, JobStatus.CANCELED)
+RETRYABLE = (JobStatus.FAILED, JobStatus.CANCELED, JobStatus.EXPIRED)
 
 
 class LostJob(Exception):
@@ -49,10 +51,15 @@ def count_active(session: Session, tenant_id: uuid.UUID) -> int:
 
 
 def add_job(session: Session, job: Job, idempotency: tuple[str, str] | None = None) -> None:
-    """Add a new queued job, stamped as sent (see enqueue), and the Idempotency-Key that names
-    it (key, request hash) if any. IntegrityError on commit when that key was taken meanwhile."""
+    """Add a new queued job to the backlog (the dispatcher sends it, shared/dispatch.py), and
+    the Idempotency-Key that names it (key, request hash) if any. IntegrityError on commit when
+    that key was taken meanwhile."""
     job.status = JobStatus.QUEUED
-    job.enqueued_at = utcnow()  # cleared by enqueue if Redis does not take the message
+    job.enqueued_at = None
+    # Copies of params the dispatcher sorts and filters on in SQL.
+    job.priority = PRIORITIES[job.params.get("priority") or "normal"]
+    start_by = job.params.get("start_by")
+    job.start_by = datetime.fromisoformat(start_by) if start_by else None
     session.add(job)
     if idempotency is not None:
         session.flush()  # the job row first: the key refers to it
@@ -71,8 +78,9 @@ def cancel(session: Session, job_id: uuid.UUID) -> bool:
 
 
 def retry(session: Session, job_id: uuid.UUID) -> bool:
-    """Queue a failed or canceled job again, as a new attempt of the same job, stamped as sent
-    (see enqueue); False when the job is in another status."""
+    """Queue a failed, canceled or expired job again, as a new attempt of the same job, in the
+    backlog; False when the job is in another status. A retry is asked for now: the job's
+    start_by, which has passed or may have, no longer holds."""
     return _change(
         session,
         job_id,
@@ -84,7 +92,8 @@ def retry(session: Session, job_id: uuid.UUID) -> bool:
         started_at=None,
         finished_at=None,
         worker=None,
-        enqueued_at=utcnow(),  # cleared by enqueue if Redis does not take the message
+        enqueued_at=None,
+        start_by=None,
     )
 
 
@@ -100,24 +109,38 @@ def _change(
     return changed.rowcount == 1
 
 
-def enqueue(session: Session, celery: Celery, job_id: uuid.UUID, queue: str) -> None:
-    """Send a committed job's render message (commit, then enqueue).
+def mark_dispatched(session: Session, job_id: uuid.UUID, now: datetime) -> bool:
+    """Mark a backlog job as handed to Redis (the dispatcher commits, then sends)."""
+    changed = session.execute(
+        update(Job)
+        .where(Job.id == job_id, Job.status == JobStatus.QUEUED, Job.enqueued_at.is_(None))
+        .values(enqueued_at=now)
+        .execution_options(synchronize_session=False)
+    )
+    return changed.rowcount == 1
 
-    The row was committed already stamped `enqueued_at`, which spares every submit a second
-    write. When Redis does not take the message the stamp is cleared, so the relay sends the
-    job on its next round; a crash between commit and send leaves the stamp, and the relay
-    sends the job once it has waited relay_after. `queue`: the job's render_queue
-    (shared/queue.py), the worker class that can hold it.
-    """
-    try:
-        enqueue_render(celery, job_id, queue)
-    except Exception:
-        log.exception("job %s committed but not enqueued; the relay will enqueue it", job_id)
-        try:
-            session.execute(update(Job).where(Job.id == job_id).values(enqueued_at=None))
-            session.commit()
-        except Exception:
-            log.exception("job %s: could not mark it unsent; the relay finds it later", job_id)
+
+def unmark_dispatched(session: Session, job_ids: list[uuid.UUID]) -> None:
+    """Put queued jobs whose message Redis did not take (or lost) back in the backlog."""
+    session.execute(
+        update(Job)
+        .where(Job.id.in_(job_ids), Job.status == JobStatus.QUEUED)
+        .values(enqueued_at=None)
+        .execution_options(synchronize_session=False)
+    )
+
+
+def expire(session: Session, job_id: uuid.UUID, start_by: datetime) -> bool:
+    """End a queued job no worker started by its start_by; False if it left the queue."""
+    return _change(
+        session,
+        job_id,
+        (JobStatus.QUEUED,),
+        status=JobStatus.EXPIRED,
+        finished_at=utcnow(),
+        error=f"not started by its start_by ({start_by.isoformat()}): no worker was free in "
+        "time, so the job expired without running",
+    )
 
 
 def send_job(session: Session, celery: Celery, job_id: uuid.UUID, queue: str) -> None:
@@ -214,6 +237,17 @@ def succeed(
         result_key=result_key,
         recipe=recipe,
         progress=progress,
+    )
+
+
+def cancel_overrun(session: Session, job_id: uuid.UUID, attempt: int, limit: float) -> None:
+    """Cancel the attempt that ran past its params.max_run_seconds, saying so."""
+    _end(
+        session,
+        job_id,
+        attempt,
+        JobStatus.CANCELED,
+        error=f"canceled: the render ran past its max_run_seconds ({limit:g} s)",
     )
 
 

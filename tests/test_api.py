@@ -64,6 +64,9 @@ def test_submit_stores_commits_and_enqueues(
         "quality": 90,
         "animation": None,
         "blend": 0.8,
+        "priority": "normal",
+        "start_by": None,
+        "max_run_seconds": None,
     }
     assert body["input"] == {"width": 451, "height": 300}
     assert body["progress"]["fraction"] == 0.0

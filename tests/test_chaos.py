@@ -15,6 +15,7 @@ import sqlalchemy as sa
 from sqlalchemy.orm import Session, sessionmaker
 
 from dev.localredis import start_redis
+from shared.dispatch import dispatch
 from shared.models import Job, JobStatus
 from shared.queue import create_celery, enqueue_render
 from shared.settings import Settings
@@ -224,8 +225,8 @@ def test_a_redis_restart_with_fifty_jobs_queued_loses_none_and_runs_none_twice(
         for i in range(50)
     ]
     try:
-        for job in jobs:
-            enqueue_render(celery, job.id)
+        # All fifty dispatched at once (a look-ahead of 50), so Redis holds a long queue to lose.
+        dispatch(session, celery, settings.model_copy(update={"dispatch_lookahead": 50}))
         workers.start()
         wait_for(
             lambda: sum(row(sessions, j.id).status == JobStatus.SUCCEEDED for j in jobs) >= 3,
@@ -234,10 +235,11 @@ def test_a_redis_restart_with_fifty_jobs_queued_loses_none_and_runs_none_twice(
         )
 
         restart_redis()  # every queued message is lost with it
-        with sessions() as maintenance:
+        with sessions() as maintenance:  # what the next maintenance run does
             relay_queued_jobs(
                 maintenance, celery, settings.model_copy(update={"relay_after": 0.001})
             )
+            dispatch(maintenance, celery, settings)
 
         wait_for(
             lambda: all(row(sessions, j.id).status == JobStatus.SUCCEEDED for j in jobs),

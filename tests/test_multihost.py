@@ -25,6 +25,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from dev.launcher import api_command
 from dev.localredis import redis_server_binary
+from shared.dispatch import dispatch
 from shared.models import Job, JobStatus
 from shared.queue import create_celery, redis_answers
 from shared.settings import Settings
@@ -260,6 +261,7 @@ def test_a_host_cut_off_mid_render_loses_its_job_to_the_other(
         with sessions() as maintenance:
             requeued, _ = reap_stale_jobs(maintenance, cluster.settings)
             relay_queued_jobs(maintenance, celery, cluster.settings)
+            dispatch(maintenance, celery, cluster.settings)  # the job put back, to the survivor
     celery.close()
 
     (done,) = wait_rows(

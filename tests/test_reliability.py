@@ -13,6 +13,7 @@ from celery.exceptions import SoftTimeLimitExceeded
 from sqlalchemy import event, update
 from sqlalchemy.orm import Session, sessionmaker
 
+from shared.dispatch import dispatch
 from shared.models import Job, JobStatus, utcnow
 from shared.queue import create_celery, queue_keys
 from shared.settings import Settings
@@ -318,27 +319,28 @@ def test_the_reaper_fails_a_silent_retried_job_past_max_attempts(
     assert said.endswith("; failed")
 
 
-def test_the_relay_sends_what_redis_never_got_or_lost(
+def test_the_relay_puts_back_what_redis_never_got_or_lost(
     settings: Settings, session: Session, storage: Storage
 ) -> None:
-    never = make_job(session, storage)
+    never = make_job(session, storage)  # in the backlog: the dispatcher's, not the relay's
     recent = make_job(session, storage, enqueued_at=utcnow())
     long_ago = make_job(
         session, storage, enqueued_at=utcnow() - timedelta(seconds=settings.relay_after + 5)
     )
-    # Jobs past the queue are never sent again, however long ago they were enqueued.
+    # Jobs past the queue are never put back, however long ago they were enqueued.
     for status in (JobStatus.RUNNING, JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.CANCELED):
         make_job(session, storage, status=status, enqueued_at=long_ago.enqueued_at)
     make_job(session, storage, status=JobStatus.SUCCEEDED)
     celery = create_celery(settings)
 
-    sent = relay_queued_jobs(session, celery, settings)
+    put_back = relay_queued_jobs(session, celery, settings)
     celery.close()
 
-    assert set(sent) == {never.id, long_ago.id}
-    assert sorted(queued_job_ids(settings)) == sorted(str(i) for i in sent)
-    assert reload(session, never.id).enqueued_at is not None
-    assert recent.id not in sent
+    assert put_back == [long_ago.id]
+    assert queued_job_ids(settings) == []  # the dispatcher sends it again, in its turn
+    assert reload(session, long_ago.id).enqueued_at is None
+    assert reload(session, recent.id).enqueued_at is not None
+    assert reload(session, never.id).enqueued_at is None
 
 
 def test_a_job_waiting_for_a_worker_stays_one_message_and_a_flushed_queue_is_refilled(
@@ -356,13 +358,16 @@ def test_a_job_waiting_for_a_worker_stays_one_message_and_a_flushed_queue_is_ref
         assert relay_queued_jobs(session, celery, settings, now=later) == []
     assert sorted(queued_job_ids(settings)) == jobs
 
-    # A flushed Redis loses the messages: the next round sends each job exactly once again.
+    # A flushed Redis loses the messages: the next round puts each job back in the backlog
+    # once, and the dispatcher sends each exactly once again.
     client = redis.Redis.from_url(redis_url)
     client.delete(*queue_keys(settings.queue))
     client.close()
     later = utcnow() + timedelta(seconds=10 * (settings.relay_after + 1))
     assert sorted(str(i) for i in relay_queued_jobs(session, celery, settings, now=later)) == jobs
     assert relay_queued_jobs(session, celery, settings, now=later) == []
+    dispatch(session, celery, settings.model_copy(update={"dispatch_lookahead": 10}))
+    dispatch(session, celery, settings.model_copy(update={"dispatch_lookahead": 10}))
     celery.close()
     assert sorted(queued_job_ids(settings)) == jobs
 

@@ -7,18 +7,19 @@ import io
 import json
 import re
 import uuid
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
 import pytest
 from flask.testing import FlaskClient
-from sqlalchemy import update
 from sqlalchemy.orm import Session
 
 from api import create_app
 from dev.launcher import render_workers
 from shared.cost import peak_memory_bytes
-from shared.models import Job, JobStatus, utcnow
+from shared.dispatch import announce_slot, dispatch, withdraw_slot
+from shared.models import JobStatus, utcnow
 from shared.params import RenderParams
 from shared.queue import create_celery, render_queues, waiting_render_jobs, worker_queue
 from shared.settings import Settings, load_settings
@@ -82,18 +83,20 @@ def test_a_job_goes_to_the_smallest_class_that_holds_it_on_every_send(
 ) -> None:
     app = create_app(farm)
     client = authed_client(app)
+    # Free slots announced: each submit's dispatch sends its job at once.
+    announce_slot(farm, "test-slots", 2)
     small, large = send(client, SMALL), send(client, LARGE)
     large_queue = f"{farm.queue}-large"
     assert queued_job_ids(farm) == [small]
     assert queued_job_ids(farm, large_queue) == [large]
-    # Lost from Redis: the relay sends each again to its class, and reads both queues to
-    # tell a waiting message from a lost one.
+    # Lost from Redis: the relay, reading both queues to tell a waiting message from a lost
+    # one, puts each back in the backlog, and the next dispatch sends it again to its class.
     assert waiting_render_jobs(farm) == {uuid.UUID(small), uuid.UUID(large)}
     drop_queues(farm.redis_url, *render_queues(farm))
-    session.execute(update(Job).values(enqueued_at=None))
-    session.commit()
-    relayed = relay_queued_jobs(session, create_celery(farm), farm, now=utcnow())
+    later = utcnow() + timedelta(seconds=farm.relay_after + 1)
+    relayed = relay_queued_jobs(session, create_celery(farm), farm, now=later)
     assert sorted(map(str, relayed)) == sorted([small, large])
+    dispatch(session, create_celery(farm), farm)
     assert queued_job_ids(farm) == [small]
     assert queued_job_ids(farm, large_queue) == [large]
     # A retry too.
@@ -101,6 +104,7 @@ def test_a_job_goes_to_the_smallest_class_that_holds_it_on_every_send(
     assert client.post(f"/v1/jobs/{large}/cancel").status_code == 200
     assert client.post(f"/v1/jobs/{large}/retry").status_code == 202
     assert queued_job_ids(farm, large_queue) == [large]
+    withdraw_slot(farm, "test-slots")
     app.extensions["oneiro"].engine.dispose()
 
 

@@ -203,7 +203,7 @@ def _render(
             f"the input image of this job is missing from storage ({input_key})"
         ) from None
     guide, mask = (_control(runtime, key) for key in controls)
-    should_stop = ShouldStop(runtime, job_id, attempt, heartbeat)
+    should_stop = ShouldStop(runtime, job_id, attempt, heartbeat, params.max_run_seconds)
     model = None if runtime.settings.dry_run else runtime.dream_model(params)
     if rerun_of is not None:
         # Before the render: a recipe's look cannot be had on other weights (the API refused

@@ -1,5 +1,5 @@
 """Periodic repairs that keep the database the truth: put back the jobs of dead workers, and
-send again the jobs whose message never reached (or no longer is in) Redis."""
+the dispatched jobs whose message never reached (or no longer is in) Redis."""
 
 from __future__ import annotations
 
@@ -10,14 +10,14 @@ from datetime import datetime, timedelta
 
 import redis
 from celery import Celery
-from sqlalchemy import delete, or_, select, update
+from sqlalchemy import delete, select, update
 from sqlalchemy.orm import Session
 
-from shared.models import IDEMPOTENCY_WINDOW, IdempotencyKey, Job, JobStatus, utcnow
-from shared.queue import render_queue, waiting_render_jobs
+from shared.models import IDEMPOTENCY_WINDOW, TERMINAL, IdempotencyKey, Job, JobStatus, utcnow
+from shared.queue import waiting_render_jobs
 from shared.settings import Settings
 from shared.storage import Storage, StorageError, job_prefix, legacy_keys
-from shared.transitions import send_job
+from shared.transitions import unmark_dispatched
 
 log = logging.getLogger(__name__)
 
@@ -87,41 +87,33 @@ def reap_stale_jobs(
 def relay_queued_jobs(
     session: Session, celery: Celery, settings: Settings, now: datetime | None = None
 ) -> list[uuid.UUID]:
-    """Send again every queued job never enqueued, or enqueued longer ago than relay_after,
-    whose message is not waiting in Redis (lost, flushed, or never sent).
+    """Put back in the backlog every dispatched job sent longer ago than relay_after whose
+    message is not waiting in Redis (lost, flushed, or never sent: a crash between the
+    dispatcher's commit and its send); the dispatcher sends it again in its fair turn.
 
-    A job that merely waits for a worker keeps its one message: re-sending it on every round
-    would multiply the backlog and the queue-depth metric with it.
+    A job that merely waits for a worker keeps its one message: putting it back on every
+    round would send it twice. Jobs in the backlog (never dispatched) are the dispatcher's.
     """
     now = now or utcnow()
     due = (
-        select(Job)
+        select(Job.id)
         .where(
             Job.status == JobStatus.QUEUED,
-            or_(
-                Job.enqueued_at.is_(None),
-                Job.enqueued_at < now - timedelta(seconds=settings.relay_after),
-            ),
+            Job.enqueued_at < now - timedelta(seconds=settings.relay_after),
         )
         .order_by(Job.created_at)
     )
     if session.scalar(due.limit(1)) is None:
         return []  # nothing to check, so no read of the queue
     # The queue is read before the rows are: a message in this read keeps its job from being
-    # sent again even if a worker takes it a moment later. Read after the rows, a message taken
+    # put back even if a worker takes it a moment later. Read after the rows, a message taken
     # in between (its job not yet claimed) would look lost and be sent twice.
     waiting = waiting_render_jobs(settings)
-    # Each job's queue is chosen before the first send commits (which expires the rows read).
-    sends = [
-        (job.id, render_queue(settings, job))
-        for job in session.scalars(due)
-        if job.id not in waiting
-    ]
-    due_ids = [job_id for job_id, _ in sends]
-    for job_id, queue in sends:
-        send_job(session, celery, job_id, queue)
+    due_ids = [job_id for job_id in session.scalars(due) if job_id not in waiting]
     if due_ids:
-        log.info("relayed %d queued job(s) to Redis", len(due_ids))
+        unmark_dispatched(session, due_ids)
+        session.commit()
+        log.info("put %d dispatched job(s) Redis lost back in the backlog", len(due_ids))
     return due_ids
 
 
@@ -140,7 +132,7 @@ def expire_old_files(
     old = session.execute(
         select(Job.id, Job.input_key, Job.result_key, Job.checkpoint_key)
         .where(
-            Job.status.in_([JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.CANCELED]),
+            Job.status.in_(sorted(TERMINAL)),
             Job.finished_at < cutoff,
             Job.expired_at.is_(None),
         )

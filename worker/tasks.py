@@ -9,6 +9,7 @@ import uuid
 import redis
 from celery import Task
 
+from shared.dispatch import safely_dispatch
 from shared.queue import MAINTAIN_TASK, RENDER_TASK, WEBHOOK_TASK
 from shared.webhooks import DeliveryFailed, backoff, deliver, send_event
 from worker.celery_app import app
@@ -36,13 +37,20 @@ def render_job(job_id: str) -> None:
     except ValueError:
         log.error("ignoring a render message with a malformed job id %r", job_id)
         return
-    run_job(parsed, get_runtime())
+    runtime = get_runtime()
+    try:
+        run_job(parsed, runtime)
+    finally:
+        # This slot is free again (or was never taken: a lost claim): the next job in fair
+        # order goes to Redis now, not at the next maintenance run.
+        with runtime.sessions() as session:
+            safely_dispatch(session, runtime.celery(), runtime.settings)
 
 
 @app.task(name=MAINTAIN_TASK, ignore_result=True)
 def maintain() -> None:
-    """Put back the jobs of dead workers, send again the queued jobs Redis lost, delete the
-    files of old jobs and of interrupted writes."""
+    """Put back the jobs of dead workers and the dispatched jobs Redis lost, dispatch, delete
+    the files of old jobs and of interrupted writes."""
     runtime = get_runtime()
     lock = maintenance_lock(runtime.settings)
     if not lock.acquire():
@@ -54,6 +62,10 @@ def maintain() -> None:
             for job_id in failed:
                 send_event(app, session, job_id, "completed")
             relay_queued_jobs(session, app, runtime.settings)
+            # The safety net: expires what passed its start_by, and fills the slots no
+            # submit or finish dispatched to (a dispatcher that died, Redis away meanwhile).
+            # The runtime's Celery: its settings name the render queue to send to.
+            safely_dispatch(session, runtime.celery(), runtime.settings)
             expire_old_files(session, runtime.storage, runtime.settings)
         sweep_temporary_files(runtime.storage, runtime.settings)
     finally:

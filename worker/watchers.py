@@ -40,23 +40,52 @@ class ShouldStop:
     """Asked by the engine before every tile batch: should the render stop, because the job was
     canceled or is no longer this attempt's? (Then `_put_fenced` writes nothing either.)
 
-    One indexed read per batch, so a cancel stops the render within one batch.
+    One indexed read per batch, so a cancel stops the render within one batch. A job whose
+    params.max_run_seconds has passed since this attempt started is canceled here, with that
+    reason, and stops the same way.
     """
 
     def __init__(
-        self, runtime: Runtime, job_id: uuid.UUID, attempt: int, heartbeat: Heartbeat
+        self,
+        runtime: Runtime,
+        job_id: uuid.UUID,
+        attempt: int,
+        heartbeat: Heartbeat,
+        max_run_seconds: float | None = None,
     ) -> None:
         self.runtime, self.job_id, self.attempt = runtime, job_id, attempt
         self.heartbeat = heartbeat
+        self.max_run_seconds = max_run_seconds
+        # Counted from the claim, near enough: the claim committed just before the render.
+        self.started = time.monotonic()
 
     def __call__(self) -> bool:
         if self.heartbeat.lost.is_set():
+            return True
+        if self._overran():
             return True
         try:
             with self.runtime.sessions() as session:
                 return not transitions.is_current(session, self.job_id, self.attempt)
         except DATABASE_DOWN:
             return False  # the heartbeat and the lease decide while the database is away
+
+    def _overran(self) -> bool:
+        """Cancel the job if this attempt has run past its max_run_seconds; whether it did."""
+        limit = self.max_run_seconds
+        if limit is None or time.monotonic() - self.started < limit:
+            return False
+        try:
+            with self.runtime.sessions.begin() as session:
+                transitions.cancel_overrun(session, self.job_id, self.attempt, limit)
+        except LostJob:
+            return True  # canceled or taken meanwhile: stop all the same
+        except DATABASE_DOWN:
+            return False  # tried again at the next batch
+        log.warning("job %s ran past its max_run_seconds (%gs); canceled", self.job_id, limit)
+        publish_change(self.runtime.settings.redis_url, self.job_id)
+        job_event(self.runtime, self.job_id, "completed")
+        return True
 
 
 class Heartbeat:

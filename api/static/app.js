@@ -4,7 +4,7 @@
 "use strict";
 
 const KEY_STORE = "oneiro.apiKey";
-const TERMINAL = new Set(["succeeded", "failed", "canceled"]);
+const TERMINAL = new Set(["succeeded", "failed", "canceled", "expired"]);
 // Presets come from GET /v1/presets (their one copy); the parameters panel shows and overrides
 // the chosen one's values.
 let presets = new Map();
@@ -418,7 +418,7 @@ async function watch(jobId) {
       $("job-error").textContent = `This job failed: ${job.error || "no reason was recorded"}`;
       $("job-error").hidden = false;
     }
-    if (job.status === "failed" || job.status === "canceled") $("retry").hidden = job.expired;
+    if (["failed", "canceled", "expired"].includes(job.status)) $("retry").hidden = job.expired;
   } catch (error) {
     if (signal.aborted || refused(error)) return;
     $("job-error").textContent = error.message;

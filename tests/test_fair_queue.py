@@ -1,0 +1,277 @@
+"""The fair queue (issue 15.1-3): the backlog waits in the database and the dispatcher hands
+Redis what free slots can start, in fair order; positions; start_by and max_run_seconds."""
+
+from __future__ import annotations
+
+import base64
+import json
+import time
+import uuid
+from datetime import timedelta
+from pathlib import Path
+
+import pytest
+import redis
+from flask import Flask
+from flask.testing import FlaskClient
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from shared.cost import megapixel_steps
+from shared.dispatch import announce_slot, dispatch, slots_key
+from shared.models import Job, JobStatus, utcnow
+from shared.queue import create_celery, queue_keys, webhook_queue
+from shared.settings import Settings
+from shared.storage import Storage
+from shared.tenants import set_weight
+from shared.transitions import claim_job
+from tests.utils import (
+    authed_client,
+    image_bytes,
+    kill_process,
+    maintenance_tasks,
+    make_job,
+    queued_job_ids,
+    running_worker,
+    submit,
+    tenant_named,
+    wait_for,
+    with_settings,
+)
+from worker.jobs import run_job
+from worker.runtime import Runtime
+
+TINY = {"steps": 1, "octaves": 1, "seed": 3}
+# Workers that skip the engine (ONEIRO_DRY_RUN): the queue's order is what is tested here, and
+# a render of milliseconds keeps a 22-job test to seconds. Short beats, so a killed worker's
+# slot lapses quickly.
+QUICK_WORKER = {"ONEIRO_DRY_RUN": "true", "ONEIRO_HEARTBEAT_INTERVAL": "1"}
+
+
+def submit_as(client: FlaskClient, **params: object) -> uuid.UUID:
+    response = submit(client, image_bytes((32, 32)), {**TINY, **params})
+    assert response.status_code == 202, response.get_json()
+    return uuid.UUID(response.get_json()["id"])
+
+
+def start_order(session: Session, job_ids: list[uuid.UUID]) -> list[uuid.UUID]:
+    session.expire_all()
+    jobs = session.scalars(select(Job).where(Job.id.in_(job_ids))).all()
+    assert all(job.status == JobStatus.SUCCEEDED for job in jobs), [j.status for j in jobs]
+    return [job.id for job in sorted(jobs, key=lambda job: job.started_at)]
+
+
+def all_ended(session: Session, job_ids: list[uuid.UUID]) -> bool:
+    session.expire_all()
+    statuses = session.scalars(select(Job.status).where(Job.id.in_(job_ids))).all()
+    return all(JobStatus(status).is_terminal() for status in statuses)
+
+
+def position(client: FlaskClient, job_id: uuid.UUID) -> int:
+    return int(client.get(f"/v1/jobs/{job_id}").get_json()["queue"]["position"])
+
+
+@pytest.mark.e2e
+def test_a_second_tenant_goes_before_the_first_ones_backlog_and_priority_orders_a_tenant(
+    app: Flask, settings: Settings, session: Session, tmp_path: Path
+) -> None:
+    a, b = authed_client(app, "tenant-a"), authed_client(app, "tenant-b")
+    jobs_a = [submit_as(a) for _ in range(18)]
+    jobs_a.append(submit_as(a, priority="low"))
+    jobs_a.append(submit_as(a, priority="high"))
+    job_b = submit_as(b)
+    # No worker yet: the look-ahead sent A's first job; B's comes next, before A's backlog.
+    assert queued_job_ids(settings) == [str(jobs_a[0])]
+    assert position(b, job_b) == 2
+    assert position(a, jobs_a[-1]) == 3  # high priority: first of A's backlog
+
+    with running_worker(settings, tmp_path / "worker.log", env=QUICK_WORKER):
+        wait_for(lambda: all_ended(session, [*jobs_a, job_b]), 90, "the jobs to end")
+
+    expected = [jobs_a[0], job_b, jobs_a[19], *jobs_a[1:18], jobs_a[18]]
+    assert start_order(session, [*jobs_a, job_b]) == expected
+    assert all(job.attempt == 1 for job in session.scalars(select(Job)))
+
+
+@pytest.mark.e2e
+def test_weights_share_a_two_slot_farm_in_proportion(
+    app: Flask, settings: Settings, session: Session, tmp_path: Path
+) -> None:
+    heavy, light = authed_client(app, "heavy"), authed_client(app, "light")
+    set_weight(session, "heavy", 2)
+    jobs_heavy = [submit_as(heavy) for _ in range(12)]
+    jobs_light = [submit_as(light) for _ in range(12)]
+
+    with running_worker(settings, tmp_path / "worker.log", concurrency=2, env=QUICK_WORKER):
+        wait_for(lambda: all_ended(session, [*jobs_heavy, jobs_light[0]]), 90, "the jobs")
+
+    first = start_order(session, [*jobs_heavy, *jobs_light[:6]])[:12]
+    # Weight 2 against 1: two of every three starts while both wait (FIFO would give all 12,
+    # equal weights 6).
+    assert 7 <= len(set(first) & set(jobs_heavy)) <= 9
+
+
+def test_positions_count_down_as_jobs_start(
+    client: FlaskClient, settings: Settings, session: Session
+) -> None:
+    jobs = [submit_as(client) for _ in range(4)]
+    assert [position(client, job_id) for job_id in jobs] == [1, 2, 3, 4]
+    # No measured speed yet: no estimate, said as null rather than guessed.
+    assert client.get(f"/v1/jobs/{jobs[3]}").get_json()["queue"]["estimated_start_seconds"] is None
+
+    with session.begin():
+        assert claim_job(session, jobs[0], "w:1") == 1
+
+    assert client.get(f"/v1/jobs/{jobs[0]}").get_json()["queue"] is None  # running now
+    assert [position(client, job_id) for job_id in jobs[1:]] == [1, 2, 3]
+
+
+def test_the_start_estimate_is_the_work_ahead_over_the_farms_speed(
+    client: FlaskClient, settings: Settings, session: Session
+) -> None:
+    # One worker measured at 1 megapixel-step per second: a first-attempt job it finished.
+    done = session.get_one(Job, submit_as(client))
+    work = megapixel_steps(done.input_width, done.input_height, done.params)
+    done.status, done.worker, done.attempt = JobStatus.SUCCEEDED, "w:1", 1
+    done.finished_at = utcnow()
+    done.started_at = done.finished_at - timedelta(seconds=work)
+    session.commit()
+    client.application.extensions.pop("oneiro.throughput", None)  # measured again now
+    announce_slot(settings, "w:1")
+    first, second = submit_as(client), submit_as(client)
+
+    shown = client.get(f"/v1/jobs/{second}").get_json()
+
+    assert shown["queue"]["position"] == 2
+    # The work of `first`, ahead of it, at 1 megapixel-step per second on one slot.
+    assert shown["queue"]["estimated_start_seconds"] == pytest.approx(work, abs=0.1)
+    assert client.get(f"/v1/jobs/{first}").get_json()["queue"]["estimated_start_seconds"] == 0
+
+
+def test_a_job_not_started_by_start_by_expires(
+    client: FlaskClient,
+    settings: Settings,
+    session: Session,
+    runtime: Runtime,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    blocker = submit_as(client)  # takes the one look-ahead message; no worker ever comes
+    late = submit_as(client, start_by=1)
+    assert queued_job_ids(settings) == [str(blocker)]
+    time.sleep(1.2)
+
+    maintenance_tasks(monkeypatch, runtime).maintain()
+
+    shown = client.get(f"/v1/jobs/{late}").get_json()
+    assert shown["status"] == "expired" and "start_by" in shown["error"]
+    assert shown["queue"] is None and shown["finished_at"] is not None
+    assert client.get("/v1/jobs?status=expired").get_json()["jobs"][0]["id"] == str(late)
+    # Terminal: nothing to cancel; a retry queues it again, with no deadline.
+    assert client.post(f"/v1/jobs/{late}/cancel").status_code == 409
+    assert client.post(f"/v1/jobs/{late}/retry").status_code == 202
+
+
+def test_a_start_by_that_has_passed_is_refused(client: FlaskClient, session: Session) -> None:
+    response = submit(client, image_bytes((32, 32)), {**TINY, "start_by": "2020-01-01T00:00:00Z"})
+    assert response.status_code == 422
+    assert response.get_json()["errors"][0]["field"] == "params.start_by"
+    assert session.scalar(select(Job.id)) is None
+
+
+def webhook_statuses(settings: Settings) -> list[tuple[str, str | None]]:
+    """(status, error) of the job in each webhook event waiting to be delivered."""
+    with redis.Redis.from_url(settings.redis_url) as client:
+        messages = client.lrange(webhook_queue(settings), 0, -1)
+        client.delete(webhook_queue(settings))
+    bodies = [
+        json.loads(json.loads(base64.b64decode(json.loads(m)["body"]))[0][2]) for m in messages
+    ]
+    return [(body["job"]["status"], body["job"]["error"]) for body in reversed(bodies)]
+
+
+def test_max_run_seconds_cancels_a_long_render_with_its_reason(
+    client: FlaskClient, settings: Settings, session: Session, storage: Storage, runtime: Runtime
+) -> None:
+    job = make_job(
+        session,
+        storage,
+        image=image_bytes((64, 64)),
+        params={"steps": 1000, "octaves": 1, "seed": 3, "max_run_seconds": 1},
+        webhook_url="https://hooks.example.com/x",
+        webhook_events=["completed"],
+    )
+
+    started = time.monotonic()
+    assert run_job(job.id, runtime) is None  # the render stopped: not this attempt's any more
+    assert time.monotonic() - started < 60
+
+    shown = client.get(f"/v1/jobs/{job.id}").get_json()
+    assert shown["status"] == "canceled" and "max_run_seconds" in shown["error"]
+    assert webhook_statuses(settings) == [("canceled", shown["error"])]
+
+
+@pytest.mark.e2e
+def test_a_killed_worker_and_a_lost_queue_lose_nothing_and_run_nothing_twice(
+    app: Flask,
+    settings: Settings,
+    session: Session,
+    runtime: Runtime,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    client = authed_client(app)
+    jobs = [submit_as(client) for _ in range(8)]
+    # Redis loses what it held (a flush, a restart without persistence): the dispatched job's
+    # message, and the announcements.
+    with redis.Redis.from_url(settings.redis_url) as client_redis:
+        client_redis.delete(*queue_keys(settings.queue), slots_key(settings))
+    # A lease of a few beats (1 s each): short, yet no render of a loaded machine outlives it.
+    quick = with_settings(runtime, relay_after=0.5, lease_seconds=5.0)
+    time.sleep(0.6)
+    maintenance_tasks(monkeypatch, quick).maintain()  # the relay puts it back in the backlog
+
+    log = tmp_path / "worker.log"
+    with running_worker(settings, log, env=QUICK_WORKER) as worker:
+        wait_for(
+            lambda: sum(s == JobStatus.SUCCEEDED for s in statuses(session, jobs)) >= 3,
+            60,
+            "three jobs to succeed",
+        )
+        kill_process(worker)
+    with running_worker(settings, log, env=QUICK_WORKER):
+
+        def repaired() -> bool:
+            time.sleep(0.5)
+            maintenance_tasks(monkeypatch, quick).maintain()
+            return all_ended(session, jobs)
+
+        wait_for(repaired, 90, "every job to end")
+
+    assert statuses(session, jobs) == [JobStatus.SUCCEEDED] * len(jobs)
+    logged = log.read_text()
+    # Each job rendered to the end exactly once (a second finish would log a second success).
+    assert all(logged.count(f"job {job_id} succeeded") == 1 for job_id in jobs)
+    session.expire_all()
+    attempts = sum(job.attempt for job in session.scalars(select(Job)))
+    assert attempts <= len(jobs) + 1  # at most the one killed mid-render was claimed again
+
+
+def statuses(session: Session, job_ids: list[uuid.UUID]) -> list[JobStatus]:
+    session.expire_all()
+    by_id = dict(session.execute(select(Job.id, Job.status).where(Job.id.in_(job_ids))).all())
+    return [JobStatus(by_id[job_id]) for job_id in job_ids]
+
+
+def test_dispatch_sends_only_what_free_slots_and_the_look_ahead_can_start(
+    settings: Settings, session: Session, client: FlaskClient
+) -> None:
+    jobs = [submit_as(client) for _ in range(5)]
+    assert queued_job_ids(settings) == [str(jobs[0])]  # no worker: the look-ahead only
+    announce_slot(settings, "w:1")
+    announce_slot(settings, "w:2")
+    celery = create_celery(settings)
+    sent = dispatch(session, celery, settings).sent
+    assert sent == jobs[1:3]  # two slots, one look-ahead: three in flight
+    assert dispatch(session, celery, settings).sent == []
+    celery.close()
+    assert tenant_named(session).weight == 1
