@@ -30,6 +30,7 @@ import json
 import logging
 import time
 import uuid
+from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -42,7 +43,7 @@ from sqlalchemy.sql import Subquery
 from shared import transitions
 from shared.changes import publish_change
 from shared.models import Job, JobStatus, Tenant, utcnow
-from shared.queue import enqueue_render, render_queue
+from shared.queue import enqueue_render, render_queue, render_queues, worker_queue
 from shared.settings import Settings
 from shared.webhooks import send_event
 
@@ -85,7 +86,8 @@ def announce_slot(settings: Settings, name: str, slots: int = 1) -> bool:
     whether Redis had no announcement of it (its first, or Redis lost it: a restart)."""
     until = time.time() + SLOT_TTL_BEATS * settings.heartbeat_interval
     with _redis(settings) as client:
-        entry = json.dumps({"slots": slots, "until": until})
+        # The class's queue: a dispatch counts each worker class's slots apart.
+        entry = json.dumps({"slots": slots, "until": until, "queue": worker_queue(settings)})
         return bool(client.hset(slots_key(settings), name, entry))
 
 
@@ -98,25 +100,32 @@ def withdraw_slot(settings: Settings, name: str) -> None:
 def announced_slots(settings: Settings, client: redis.Redis | None = None) -> int:
     """The render slots of the workers alive now (lapsed announcements are removed); on
     `client` when given (a dispatch's own connection), else on a new one."""
+    return sum(slots_by_queue(settings, client).values())
+
+
+def slots_by_queue(settings: Settings, client: redis.Redis | None = None) -> Counter[str]:
+    """announced_slots, by the render queue (worker class) each serves."""
     if client is None:
         with _redis(settings) as own:
-            return announced_slots(settings, own)
-    now = time.time()
+            return slots_by_queue(settings, own)
+    now, default = time.time(), render_queues(settings)[0]
     entries = client.hgetall(slots_key(settings))
-    total, lapsed = 0, []
+    found: Counter[str] = Counter()
+    lapsed = []
     for name, raw in entries.items():
         try:
             entry = json.loads(raw)
             alive, slots = entry["until"] > now, int(entry["slots"])
+            queue = str(entry.get("queue") or default)
         except (ValueError, KeyError, TypeError):
-            alive, slots = False, 0
+            alive, slots, queue = False, 0, default
         if alive:
-            total += slots
+            found[queue] += slots
         else:
             lapsed.append(name)
     if lapsed:
         client.hdel(slots_key(settings), *lapsed)
-    return total
+    return found
 
 
 IN_FLIGHT = or_(
@@ -242,7 +251,7 @@ def dispatch(session: Session, celery: Celery, settings: Settings) -> Dispatched
         # A farm with no free slot (the usual state behind a backlog) needs no lock: whatever
         # frees a slot later dispatches after its own commit. So submits to a busy farm never
         # queue up on the lock.
-        if _free(session, settings, client) <= 0:
+        if not any(free > 0 for free in _free(session, settings, client).values()):
             return done
         lock = client.lock(
             f"oneiro:{settings.queue}:dispatch",
@@ -253,7 +262,7 @@ def dispatch(session: Session, celery: Celery, settings: Settings) -> Dispatched
             log.warning("dispatch: another dispatch held the lock for %gs; skipped", LOCK_WAIT_S)
             return done
         try:
-            chosen = choose(session, _free(session, settings, client))
+            chosen = _choose_for(session, settings, _free(session, settings, client))
             now = utcnow()
             for job_id in chosen:
                 transitions.mark_dispatched(session, job_id, now)
@@ -265,12 +274,47 @@ def dispatch(session: Session, celery: Celery, settings: Settings) -> Dispatched
     return done
 
 
-def _free(session: Session, settings: Settings, client: redis.Redis) -> int:
-    """Slots free now, plus the look-ahead: what a dispatch may send."""
-    slots = announced_slots(settings, client)
-    free = slots + settings.dispatch_lookahead - in_flight(session)
+def _free(session: Session, settings: Settings, client: redis.Redis) -> dict[str, int]:
+    """Slots free now, plus the look-ahead, by render queue: what a dispatch may send to each
+    worker class. On a farm of one class, one count; with classes, each class's slots less
+    the jobs in flight on its queue, and a look-ahead only for a class with a worker (a job
+    sent to a class with none would wait in Redis, out of the fair order)."""
+    slots, queues = slots_by_queue(settings, client), render_queues(settings)
+    lookahead = settings.dispatch_lookahead
+    if len(queues) == 1:
+        free = {queues[0]: sum(slots.values()) + lookahead - in_flight(session)}
+    else:
+        flying = Counter(
+            render_queue(settings, job) for job in session.scalars(select(Job).where(IN_FLIGHT))
+        )
+        free = {
+            queue: slots[queue] + (lookahead if slots[queue] else 0) - flying[queue]
+            for queue in queues
+        }
     session.commit()  # end the read's transaction: the choice reads afresh under the lock
     return free
+
+
+# With worker classes, how many backlog jobs a dispatch weighs per free slot: the next jobs in
+# fair order may all be of a class with no slot free.
+CANDIDATES_PER_SLOT = 20
+
+
+def _choose_for(session: Session, settings: Settings, free: dict[str, int]) -> list[uuid.UUID]:
+    """The backlog jobs to send now, in fair order: on a farm of one class the first as many as
+    are free; with classes, the first in fair order whose class has a slot free, each class
+    filled apart (a free large slot is not spent on a job that waits for a small one)."""
+    if len(free) == 1:
+        return choose(session, next(iter(free.values())))
+    wanted = choose(session, CANDIDATES_PER_SLOT * sum(max(0, count) for count in free.values()))
+    jobs = {job.id: job for job in session.scalars(select(Job).where(Job.id.in_(wanted)))}
+    chosen = []
+    for job_id in wanted:
+        queue = render_queue(settings, jobs[job_id])
+        if free.get(queue, 0) > 0:
+            free[queue] -= 1
+            chosen.append(job_id)
+    return chosen
 
 
 def _send(

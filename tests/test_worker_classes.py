@@ -83,8 +83,9 @@ def test_a_job_goes_to_the_smallest_class_that_holds_it_on_every_send(
 ) -> None:
     app = create_app(farm)
     client = authed_client(app)
-    # Free slots announced: each submit's dispatch sends its job at once.
-    announce_slot(farm, "test-slots", 2)
+    # A free slot in each class: each submit's dispatch sends its job at once.
+    announce_slot(farm, "gpu-slot")
+    announce_slot(farm.model_copy(update={"worker_class": "large"}), "large-slot")
     small, large = send(client, SMALL), send(client, LARGE)
     large_queue = f"{farm.queue}-large"
     assert queued_job_ids(farm) == [small]
@@ -104,7 +105,30 @@ def test_a_job_goes_to_the_smallest_class_that_holds_it_on_every_send(
     assert client.post(f"/v1/jobs/{large}/cancel").status_code == 200
     assert client.post(f"/v1/jobs/{large}/retry").status_code == 202
     assert queued_job_ids(farm, large_queue) == [large]
-    withdraw_slot(farm, "test-slots")
+    for name in ("gpu-slot", "large-slot"):
+        withdraw_slot(farm, name)
+    app.extensions["oneiro"].engine.dispose()
+
+
+def test_a_free_slot_of_one_class_is_not_spent_on_a_job_of_another(
+    farm: Settings, session: Session
+) -> None:
+    farm = farm.model_copy(update={"dispatch_lookahead": 0})
+    app = create_app(farm)
+    client = authed_client(app)
+    small, large = send(client, SMALL), send(client, LARGE)  # no slot yet: both wait
+    large_queue = f"{farm.queue}-large"
+    # A large worker is free: the large job goes, though the small one is older and first in
+    # fair order; the small one waits in the backlog for a slot of its class.
+    announce_slot(farm.model_copy(update={"worker_class": "large"}), "large-worker")
+    dispatch(session, create_celery(farm), farm)
+    assert queued_job_ids(farm, large_queue) == [large]
+    assert queued_job_ids(farm) == []
+    announce_slot(farm, "gpu-worker")
+    dispatch(session, create_celery(farm), farm)
+    assert queued_job_ids(farm) == [small]
+    for name in ("large-worker", "gpu-worker"):
+        withdraw_slot(farm, name)
     app.extensions["oneiro"].engine.dispose()
 
 
@@ -127,9 +151,9 @@ def test_a_worker_of_the_class_renders_the_job_sent_to_it(farm: Settings, tmp_pa
             every=0.3,
         )
     assert done["status"] == "succeeded", done["error"]
-    # Nothing serves the small class here: its job waits on its own queue.
+    # Nothing serves the small class here: its job waits in the backlog for a slot of its own.
     assert client.get(f"/v1/jobs/{small}").get_json()["status"] == JobStatus.QUEUED.value
-    assert queued_job_ids(farm) == [small]
+    assert queued_job_ids(farm) == []
     app.extensions["oneiro"].engine.dispose()
 
 
