@@ -90,7 +90,8 @@ def test_old_jobs_lose_their_files_and_keep_their_rows(
         assert "retention" in body["detail"]
     assert_problem(client.post(f"/v1/jobs/{old_failed.id}/retry"), 410)  # its input is gone
     assert client.get(f"/v1/jobs/{recent.id}").get_json()["expired"] is False
-    assert client.get(f"/v1/jobs/{recent.id}/preview").status_code == 200
+    with client.get(f"/v1/jobs/{recent.id}/preview") as preview:  # closed: a streamed file
+        assert preview.status_code == 200
 
     assert expire_old_files(session, storage, month) == []  # nothing twice
 
