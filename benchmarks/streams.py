@@ -26,6 +26,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import multiprocessing
 import os
 import platform
 import sys
@@ -33,7 +34,9 @@ import tempfile
 import threading
 import time
 import uuid
+from multiprocessing.connection import Connection
 from pathlib import Path
+from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
@@ -212,6 +215,53 @@ def progress_writer(
     return thread
 
 
+class CrowdProcess:
+    """The crowd and the progress writer in a process of their own: in the load generator's
+    process they would take its interpreter lock, and a GET's latency would count the
+    client's waits as well as the service's (they still share the machine's cores with it)."""
+
+    def __init__(self, url: str, key: str, database_url: str, redis_url: str) -> None:
+        context = multiprocessing.get_context("spawn")
+        self.connection, child = context.Pipe()
+        self.process = context.Process(
+            target=_crowd_main, args=(child, url, key, database_url, redis_url), daemon=True
+        )
+        self.process.start()
+
+    def ask(self, command: str, *args: object) -> Any:
+        self.connection.send((command, args))
+        return self.connection.recv()
+
+
+def _crowd_main(
+    connection: Connection, url: str, key: str, database_url: str, redis_url: str
+) -> None:
+    crowd = Crowd(url, key)
+    stop, written = threading.Event(), [0]
+    writer: threading.Thread | None = None
+    while True:
+        command, args = connection.recv()
+        if command == "open_streams":
+            crowd.run(crowd.open_streams(*args), timeout=300)
+            answer: object = None
+        elif command == "write_progress":
+            writer = progress_writer(database_url, redis_url, *args, stop, written)
+            answer = None
+        elif command == "open_slow":
+            crowd.run(crowd.open_slow(*args))
+            answer = None
+        elif command == "counts":
+            answer = (crowd.events, written[0], crowd.streams_open)
+        else:  # stop
+            stop.set()
+            if writer is not None:
+                writer.join()
+            crowd.stop()
+            connection.send((crowd.failures, crowd.slow_reconnects))
+            return
+        connection.send(answer)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--streams", type=int, default=1000, help="event streams held open")
@@ -226,6 +276,7 @@ def main() -> None:
         with redis_server(tmp) as redis_url, service(database_url, redis_url, tmp) as running:
             url, auth = running.url, {"Authorization": f"Bearer {running.key}"}
             job_ids = insert_jobs(database_url, max(args.streams, 1))
+            crowd = CrowdProcess(url, running.key, database_url, redis_url)
 
             def get(client: Client) -> int:
                 return client.call("GET", f"/v1/jobs/{job_ids[0]}", headers=auth)[0]
@@ -233,29 +284,25 @@ def main() -> None:
             open_loop(50, 1, url, get)  # warm-up: connections, imports, first queries
             rows.append(("baseline", open_loop(GET_RATE, args.seconds, url, get)))
 
-            crowd = Crowd(url, running.key)
             started = time.perf_counter()
-            crowd.run(crowd.open_streams(job_ids[: args.streams]), timeout=300)
+            crowd.ask("open_streams", job_ids[: args.streams])
             opened_in = time.perf_counter() - started
-            stop = threading.Event()
-            written = [0]
-            writer = progress_writer(
-                database_url, redis_url, job_ids[: args.running], stop, written
-            )
-            events_before, written_before = crowd.events, written[0]
+            crowd.ask("write_progress", job_ids[: args.running])
+            events_before, written_before, _ = crowd.ask("counts")
             rows.append(("streams", open_loop(GET_RATE, args.seconds, url, get)))
             time.sleep(0.5)  # the last write's events on their way
-            events = (crowd.events - events_before, written[0] - written_before)
+            events_after, written_after, _ = crowd.ask("counts")
+            events = (events_after - events_before, written_after - written_before)
 
-            crowd.run(crowd.open_slow(args.slow))
+            crowd.ask("open_slow", args.slow)
             time.sleep(3)  # let the slow clients settle into their dripping
             rows.append(("streams + slow", open_loop(GET_RATE, args.seconds, url, get)))
-            still_open = crowd.streams_open
-            stop.set()
-            writer.join()
-            crowd.stop()
+            still_open = crowd.ask("counts")[2]
+            failures, slow_reconnects = crowd.ask("stop")
             stopping = time.perf_counter()
-            report(args, database_url, rows, crowd, opened_in, events, still_open)
+            report(
+                args, database_url, rows, failures, slow_reconnects, opened_in, events, still_open
+            )
         print(f"\n(the API stopped in {time.perf_counter() - stopping:.1f} s)")
 
 
@@ -263,7 +310,8 @@ def report(
     args: argparse.Namespace,
     database_url: str,
     rows: list[tuple[str, dict]],
-    crowd: Crowd,
+    failures: list[str],
+    slow_reconnects: int,
     opened_in: float,
     events: tuple[int, int],
     still_open: int,
@@ -279,10 +327,10 @@ def report(
         f"{args.seconds:g} s per phase, open loop"
     )
     print(
-        f"streams: {args.streams} opened in {opened_in:.1f} s ({len(crowd.failures)} refused), "
+        f"streams: {args.streams} opened in {opened_in:.1f} s ({len(failures)} refused), "
         f"{still_open} still open at the end; {args.running} jobs written and published every "
         f"second: {events[0]} events heard for {events[1]} writes during the streams phase; "
-        f"slow clients: {args.slow}, {crowd.slow_reconnects} cut off and reconnected\n"
+        f"slow clients: {args.slow}, {slow_reconnects} cut off and reconnected\n"
     )
     header = f"{'phase':<18}{'rate/s':>8}{'p50':>8}{'p95':>8}{'p99':>8}{'max':>8}{'errors':>8}"
     print(header + "   (latency ms)   p99/baseline")
