@@ -18,6 +18,10 @@ phases of the same run:
   without a whole header, and they come back), half send a job submission's headers and then one
   body byte a second.
 
+The crowd (streams and slow clients) and the progress writer run in a process of their own:
+in the timing process they would hold its interpreter lock, and a GET's latency would count
+the client's waits as well as the service's.
+
 Prints each phase's latencies, its p99 over the baseline's, and the target: p99 < 50 ms.
 """
 
