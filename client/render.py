@@ -6,9 +6,11 @@ engine (TensorFlow or JAX, seconds to load) and runs it with a progress bar.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import sys
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -210,8 +212,6 @@ def render(
     quiet_tensorflow_without_gpu()
     # Imported once the arguments are known good: Keras takes seconds to load, and reads its
     # backend (which the engine sets from ONEIRO_BACKEND) when it does.
-    from tqdm import tqdm
-
     from shared.controls import decode_mask
     from shared.formats import output_format
     from shared.images import (
@@ -259,23 +259,11 @@ def render(
         f"{','.join(params.layers)}, seed {params.seed}, {model.precision}, {model.backend}",
         err=True,
     )
-    # The engine's ETA, not tqdm's: tqdm's rate would count the first, tracing batch of each
-    # octave, and promised minutes for a render of seconds.
-    with tqdm(
-        total=1.0,
-        unit="",
-        bar_format="{l_bar}{bar}| {elapsed} {postfix}",
-        file=sys.stderr,
-    ) as bar:
-
-        def progress(p: Any) -> None:
-            bar.set_postfix_str(
-                f"octave {p.octave}/{p.octaves} step {p.step}/{p.steps} "
-                f"tiles {p.tiles_done}/{p.tiles} ETA {format_eta(p.eta_seconds)}",
-                refresh=False,
-            )
-            bar.update(p.fraction - bar.n)
-
+    with progress_bar(
+        lambda p: (
+            f"octave {p.octave}/{p.octaves} step {p.step}/{p.steps} tiles {p.tiles_done}/{p.tiles}"
+        )
+    ) as progress:
         result = dream(image, params, model, on_progress=progress, controls=controls)
     recipe = make_recipe(
         params.model_dump(mode="json"),
@@ -295,8 +283,6 @@ def _render_motion(
 ) -> None:
     """A zoom animation of an image, or a video dreamed frame by frame, written as an MP4."""
     from fractions import Fraction
-
-    from tqdm import tqdm
 
     from shared.images import ImageRejected, decode_rgb, fit_within
     from shared.video import VideoRejected, decode_frames, encode_mp4, inspect_video, video_fps
@@ -319,18 +305,11 @@ def _render_motion(
     except (WeightsUnavailable, ImageRejected, VideoRejected, OSError) as exc:
         raise click.ClickException(str(exc)) from None
     frames: dict[int, Any] = {}
-    with tqdm(
-        total=1.0, unit="", bar_format="{l_bar}{bar}| {elapsed} {postfix}", file=sys.stderr
-    ) as bar:
-
-        def progress(p: Any) -> None:
-            bar.set_postfix_str(
-                f"frame {p.frame}/{p.frames} octave {p.octave}/{p.octaves} "
-                f"step {p.step}/{p.steps} ETA {format_eta(p.eta_seconds)}",
-                refresh=False,
-            )
-            bar.update(p.fraction - bar.n)
-
+    with progress_bar(
+        lambda p: (
+            f"frame {p.frame}/{p.frames} octave {p.octave}/{p.octaves} step {p.step}/{p.steps}"
+        )
+    ) as progress:
         if params.animation is None:
             dream_video(
                 decode_frames(data, params.max_dim),
@@ -372,3 +351,22 @@ def recipe(path: str) -> None:
     if found is None:
         raise click.ClickException(f"{path} carries no Oneiro recipe")
     click.echo(json.dumps(found, indent=2, sort_keys=True))
+
+
+@contextlib.contextmanager
+def progress_bar(describe: Callable[[Any], str]) -> Iterator[Callable[[Any], None]]:
+    """A progress bar on stderr, and the engine's progress callback that moves it: the
+    fraction done, `describe(progress)` and the engine's ETA beside it."""
+    # The engine's ETA, not tqdm's: tqdm's rate would count the first, tracing batch of each
+    # octave, and promised minutes for a render of seconds.
+    from tqdm import tqdm
+
+    with tqdm(
+        total=1.0, unit="", bar_format="{l_bar}{bar}| {elapsed} {postfix}", file=sys.stderr
+    ) as bar:
+
+        def progress(p: Any) -> None:
+            bar.set_postfix_str(f"{describe(p)} ETA {format_eta(p.eta_seconds)}", refresh=False)
+            bar.update(p.fraction - bar.n)
+
+        yield progress

@@ -21,10 +21,10 @@ import numpy as np
 from shared.formats import output_format
 from shared.images import decode_rgb, encode_image, encode_jpeg, fit_within
 from shared.params import Animation, RenderParams
-from shared.storage import ObjectNotFound, StorageError, frame_key, preview_key, video_result_key
+from shared.storage import ObjectNotFound, StorageError, frame_key, video_result_key
 from shared.transitions import LostJob
 from shared.video import decode_frames, encode_mp4, video_fps
-from worker.jobs import _put_fenced
+from worker.jobs import _put_fenced, put_preview
 from worker.runtime import Runtime
 from worker.watchers import ProgressReporter, ShouldStop
 
@@ -62,15 +62,8 @@ def render_frames(
         _put_fenced(
             runtime, should_stop, frame_key(job_id, attempt, n), encode_image(frame, FRAME_FORMAT)
         )
-        try:  # the preview is the latest finished frame
-            _put_fenced(
-                runtime,
-                should_stop,
-                preview_key(job_id, attempt),
-                encode_jpeg(fit_within(frame, size)),
-            )
-        except StorageError:
-            log.warning("job %s: preview not written", job_id, exc_info=True)
+        # The preview is the latest finished frame.
+        put_preview(runtime, should_stop, encode_jpeg(fit_within(frame, size)))
 
     model = runtime.dream_model(params) if start < frames else None
     reporter = ProgressReporter(runtime, job_id, attempt)

@@ -309,6 +309,16 @@ def _put_fenced(runtime: Runtime, should_stop: ShouldStop, key: str, data: bytes
     runtime.storage.put(key, data)
 
 
+def put_preview(runtime: Runtime, should_stop: ShouldStop, jpeg: bytes) -> None:
+    """Store the attempt's preview, fenced as every file; a preview that cannot be written is
+    logged and skipped (the render matters, not its preview)."""
+    try:
+        key = preview_key(should_stop.job_id, should_stop.attempt)
+        _put_fenced(runtime, should_stop, key, jpeg)
+    except StorageError:
+        log.warning("job %s: preview not written", should_stop.job_id, exc_info=True)
+
+
 def _dream(
     job_id: uuid.UUID,
     attempt: int,
@@ -349,15 +359,7 @@ def _dream(
     def show(planar: Any) -> None:
         if not previews.take():
             return
-        try:
-            _put_fenced(
-                runtime,
-                should_stop,
-                preview_key(job_id, attempt),
-                encode_jpeg(preview(planar, size)),
-            )
-        except StorageError:
-            log.warning("job %s: preview not written", job_id, exc_info=True)
+        put_preview(runtime, should_stop, encode_jpeg(preview(planar, size)))
 
     try:
         return render(
