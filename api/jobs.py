@@ -30,8 +30,8 @@ from api.throughput import measured_throughput
 from shared import transitions
 from shared.changes import publish_change
 from shared.dispatch import announced_slots, safely_dispatch
-from shared.formats import OUTPUT_FORMATS, output_format
-from shared.models import FRAME_KINDS, Job, JobStatus
+from shared.formats import ANIMATED_FORMATS, MP4, OUTPUT_FORMATS, result_format
+from shared.models import Job, JobStatus
 from shared.serializer import iso, job_json, job_url
 from shared.standing import queue_standings
 from shared.storage import (
@@ -52,8 +52,6 @@ blueprint = Blueprint("jobs", __name__, url_prefix="/v1/jobs")
 blueprint.before_request(require_key)
 
 Answer = tuple[dict[str, Any], int, dict[str, str]]
-# The result of an animation or video job.
-MP4 = {"video/mp4": BINARY}
 
 
 @blueprint.post("")
@@ -225,11 +223,14 @@ def job_events(job_id: uuid.UUID) -> Response:
         HTTP_200=(
             None,
             "The rendered image, in the job's params.output_format; an animation or video "
-            "job's MP4.",
+            "job's MP4, or the animated gif or webp an animation asked for.",
         ),
         **ANSWERS,
         media={
-            code: {**{f.media_type: BINARY for f in OUTPUT_FORMATS.values()}, **MP4}
+            code: {
+                f.media_type: BINARY
+                for f in (*OUTPUT_FORMATS.values(), *ANIMATED_FORMATS.values(), MP4)
+            }
             for code in (200, 206)
         },
         headers=HEADERS,
@@ -239,7 +240,8 @@ def job_events(job_id: uuid.UUID) -> Response:
 )
 def get_result(job_id: uuid.UUID) -> Response:
     """The rendered image, once the job has succeeded: PNG unless params.output_format asked
-    for another format; an animation or video job's MP4 (H.264)."""
+    for another format; an animation or video job's MP4 (H.264), or the animated GIF or WebP
+    an animation asked for."""
     job = _find(job_id)
     _check_not_expired(job)
     if job.status != JobStatus.SUCCEEDED or job.result_key is None:
@@ -247,14 +249,7 @@ def get_result(job_id: uuid.UUID) -> Response:
         if job.status == JobStatus.FAILED:
             detail += f" (it failed: {job.error})"
         raise Problem(409, "Result not ready", detail, job_status=job.status.value)
-    if job.kind in FRAME_KINDS:
-        return send_stored(
-            job.result_key,
-            services().storage.open(job.result_key),
-            "video/mp4",
-            f'inline; filename="{job_id}.mp4"',
-        )
-    fmt = output_format(job.params.get("output_format"))
+    fmt = result_format(job.kind, job.params.get("output_format"))
     return send_stored(
         job.result_key,
         services().storage.open(job.result_key),

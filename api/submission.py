@@ -19,8 +19,9 @@ from api.auth import tenant_id
 from api.controls import ControlParts, read_controls
 from api.db import get_db
 from api.problems import Problem, invalid
-from shared.cost import CostRefused, check_frame_limits, check_limits
+from shared.cost import CostRefused, check_frame_limits, check_limits, render_size
 from shared.estimates import check_memory
+from shared.formats import ANIMATED_FORMATS, OUTPUT_FORMATS
 from shared.images import EXTENSIONS, ImageRejected, ImageTooLarge, inspect_image
 from shared.models import Job, utcnow
 from shared.params import RenderParams, with_frame_defaults
@@ -37,6 +38,8 @@ if TYPE_CHECKING:
 FORM_PARTS = {"image", "params", "webhook", "guide", "mask", "recipe", "video"}
 # When a tenant at its cap of active jobs may try again: a render takes seconds to hours.
 ACTIVE_CAP_RETRY_AFTER_S = 30
+# Browsers show a GIF frame shorter than 20 ms (2 hundredths, a GIF's unit) for 100 ms.
+MAX_GIF_FPS = 50
 
 
 @dataclass(frozen=True)
@@ -98,7 +101,11 @@ def read_submission(settings: Settings) -> Submission:
     frames = None if params.animation is None else params.animation.frames
     _check_cost(width, height, params, frames, settings)
     if frames is not None:
-        _check_frame_params(asked)
+        _check_frame_params(asked, "animation")
+        _check_animated(params, render_size(width, height, params.max_dim), settings)
+    elif params.output_format not in OUTPUT_FORMATS:
+        message = f"{params.output_format} is written for animations (params.animation) only"
+        raise invalid([{"field": "params.output_format", "message": message}])
     return Submission(
         params=params,
         asked=asked,
@@ -124,7 +131,7 @@ def _read_video_submission(
     if params.animation is not None:
         message = "a video job takes no animation; send an image to animate"
         raise invalid([{"field": "params.animation", "message": message}])
-    _check_frame_params(asked)
+    _check_frame_params(asked, "video")
     data = request.files["video"].read()
     info = _inspect_video(data, settings)
     _check_cost(info.width, info.height, params, info.frames, settings)
@@ -158,19 +165,63 @@ def _inspect_video(data: bytes, settings: Settings) -> VideoInfo:
         raise invalid([{"field": "video", "message": str(exc)}]) from None
 
 
-def _check_frame_params(asked: dict[str, Any]) -> None:
-    """A frame job's result is an MP4 of 8-bit frames, dreamed without guide or mask: params
-    (and parts) that would be silently ignored are refused."""
-    errors = [
-        {"field": f"params.{name}", "message": "an animation or video job makes an MP4"}
-        for name in ("output_format", "quality")
-        if asked.get(name, RenderParams.model_fields[name].default)
-        != RenderParams.model_fields[name].default
-    ] + [
+def _check_frame_params(asked: dict[str, Any], kind: str) -> None:
+    """A frame job's result is an MP4 of 8-bit frames (or, for an animation, an animated GIF
+    or WebP), dreamed without guide or mask: params (and parts) that would be silently ignored
+    are refused."""
+    defaults = {
+        name: RenderParams.model_fields[name].default for name in ("output_format", "quality")
+    }
+    named = asked.get("output_format", defaults["output_format"])
+    animated = ANIMATED_FORMATS.get(named) if kind == "animation" else None
+    makes = (
+        f"an animation makes an MP4, or the {' or '.join(ANIMATED_FORMATS)} asked for"
+        if kind == "animation"
+        else "a video job makes an MP4"
+    )
+    errors = []
+    if named != defaults["output_format"] and animated is None:
+        errors.append({"field": "params.output_format", "message": makes})
+    if asked.get("quality", defaults["quality"]) != defaults["quality"] and not (
+        animated and animated.lossy
+    ):
+        errors.append({"field": "params.quality", "message": f"{makes}; it takes no quality"})
+    errors += [
         {"field": part, "message": "animation and video jobs take no guide or mask"}
         for part in ("guide", "mask")
         if part in request.files or part in request.form
     ]
+    if errors:
+        raise invalid(errors)
+
+
+def _check_animated(params: RenderParams, size: tuple[int, int], settings: Settings) -> None:
+    """An animation asked for as an animated GIF or WebP: short and small (an MP4 otherwise),
+    and for a GIF, no faster than browsers play one."""
+    if params.output_format not in ANIMATED_FORMATS or params.animation is None:
+        return
+    name, animation = params.output_format, params.animation
+    errors = []
+    if animation.frames > settings.max_gif_frames:
+        message = (
+            f"an animated {name} holds at most {settings.max_gif_frames} frames "
+            f"(ONEIRO_MAX_GIF_FRAMES), not {animation.frames}: render fewer or ask for an MP4"
+        )
+        errors.append({"field": "params.animation.frames", "message": message})
+    width, height = size
+    if width * height > settings.max_gif_pixels:
+        message = (
+            f"an animated {name}'s frames are at most {settings.max_gif_pixels} pixels "
+            f"(ONEIRO_MAX_GIF_PIXELS), not {width}x{height} = {width * height}: set a smaller "
+            "max_dim or ask for an MP4"
+        )
+        errors.append({"field": "params.max_dim", "message": message})
+    if name == "gif" and animation.fps > MAX_GIF_FPS:
+        message = (
+            f"a GIF plays at most {MAX_GIF_FPS} fps (browsers show a frame shorter than 20 ms "
+            "for 100 ms): lower fps or ask for webp or an MP4"
+        )
+        errors.append({"field": "params.animation.fps", "message": message})
     if errors:
         raise invalid(errors)
 

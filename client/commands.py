@@ -18,7 +18,7 @@ import click
 
 from client.api import ApiError, Client
 from client.config import config_hint, resolve_config
-from shared.formats import output_format
+from shared.formats import result_format
 
 F = TypeVar("F", bound=Callable[..., Any])
 STATUSES = ["queued", "running", "succeeded", "failed", "canceled", "expired"]
@@ -161,7 +161,7 @@ def job_options(command: F) -> F:
     "--output",
     type=click.Path(dir_okay=False, path_type=Path),
     help="Where --wait writes the result [JOB_ID.png, the format's extension, or .mp4 for an "
-    "animation or video]; implies --wait.",
+    "animation or video (.gif or .webp for an animation asking one)]; implies --wait.",
 )
 @connection
 def submit(
@@ -261,9 +261,7 @@ def _recipe(value: str | None) -> str | None:
 
 def _extension(job: dict[str, Any]) -> str:
     """The file extension of the job's result."""
-    if job.get("kind", "image") != "image":
-        return "mp4"
-    return output_format(job["params"].get("output_format")).extension
+    return result_format(job.get("kind", "image"), job["params"].get("output_format")).extension
 
 
 @click.command()

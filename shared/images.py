@@ -7,6 +7,7 @@ import json
 import struct
 import warnings
 import zlib
+from collections.abc import Iterable
 from dataclasses import dataclass
 from xml.etree import ElementTree
 
@@ -266,6 +267,38 @@ def encode_image(
         buffer, format={"jpeg": "JPEG", "webp": "WEBP"}.get(fmt.name, "PNG"), **options
     )
     return buffer.getvalue()
+
+
+def encode_animation(
+    frames: Iterable[np.ndarray], count: int, fmt: OutputFormat, fps: float, *, quality: int = 90
+) -> bytes:
+    """`count` H x W x 3 uint8 frames as an animated GIF or WebP that loops forever at `fps`."""
+    images = (Image.fromarray(frame) for frame in frames)
+    first = next(images)
+    options: dict[str, object] = {"quality": quality} if fmt.name == "webp" else {}
+    buffer = io.BytesIO()
+    first.save(
+        buffer,
+        format=fmt.name.upper(),
+        save_all=True,
+        append_images=images,  # a GIF takes them one by one (Pillow lists a WebP's)
+        duration=frame_durations(count, fps, fmt),
+        loop=0,
+        **options,
+    )
+    return buffer.getvalue()
+
+
+def frame_durations(count: int, fps: float, fmt: OutputFormat) -> list[int]:
+    """Each frame's duration in ms, rounded to what the format holds (a GIF's hundredths of a
+    second, a WebP's ms) so that frame n still starts at n / fps: at 24 fps a GIF's frames
+    last 40 or 50 ms, not 40 each (which would play at 25 fps)."""
+    tick = 10 if fmt.name == "gif" else 1
+
+    def start(n: int) -> int:
+        return round(n * 1000 / fps / tick) * tick
+
+    return [start(n + 1) - start(n) for n in range(count)]
 
 
 def _with_chunks(png: bytes, chunks: list[tuple[bytes, bytes]]) -> bytes:

@@ -16,7 +16,7 @@ from pydantic import (
 )
 
 from shared.catalogue import BACKBONES, DEFAULT_BACKBONE
-from shared.formats import DEFAULT_FORMAT, OUTPUT_FORMATS
+from shared.formats import DEFAULT_FORMAT, FORMAT_NAMES
 from shared.presets import PRESETS, with_preset
 
 LayerWeight = Annotated[float, Field(gt=0, le=100)]
@@ -163,10 +163,11 @@ class RenderParams(BaseModel):
         Field(description="A named look (GET /v1/presets) to start from; params override it."),
     ] = None
     output_format: Annotated[
-        Literal[tuple(OUTPUT_FORMATS)],  # type: ignore[valid-type]
+        Literal[FORMAT_NAMES],  # type: ignore[valid-type]
         Field(
             description="The result's format: png (8-bit), png16 and tiff16 (16-bit, from the "
-            "float dream), jpeg or webp (with quality)."
+            "float dream), jpeg or webp (with quality). A short animation: gif or webp "
+            "(animated, looping) instead of its MP4."
         ),
     ] = DEFAULT_FORMAT
     quality: Annotated[

@@ -168,6 +168,12 @@ class Settings(BaseSettings):
     # worker that frees its slot finds its next job waiting, without a dispatch's round trip.
     # Every job in Redis is out of the fair order, so keep it small.
     dispatch_lookahead: int = Field(1, ge=0)
+    # A zoom animation asked for as an animated GIF or WebP: the most frames, and pixels a frame.
+    # Neither format compresses a long dream well, and Pillow holds every frame of a WebP in
+    # memory while it encodes (300 frames of 640x640 are about 370 MB): longer or larger
+    # animations are MP4s.
+    max_gif_frames: int = Field(300, ge=1)
+    max_gif_pixels: int = Field(640 * 640, ge=1)
 
     @field_validator("log_level", mode="before")
     @classmethod

@@ -58,9 +58,10 @@ def preview_key(job_id: uuid.UUID, attempt: int) -> str:
     return job_key(job_id, "preview.jpg", attempt)
 
 
-def video_result_key(job_id: uuid.UUID, attempt: int) -> str:
-    """Where an attempt stores the encoded video of an animation or video job."""
-    return job_key(job_id, "result.mp4", attempt)
+def video_result_key(job_id: uuid.UUID, attempt: int, extension: str = "mp4") -> str:
+    """Where an attempt stores the encoded video of an animation or video job (`result.gif`
+    or `result.webp` for an animation asked for as one)."""
+    return job_key(job_id, f"result.{extension}", attempt)
 
 
 def frame_key(job_id: uuid.UUID, attempt: int, frame: int) -> str:

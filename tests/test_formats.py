@@ -281,11 +281,14 @@ def test_unknown_formats_and_presets_are_refused_and_nothing_is_stored(
 ) -> None:
     image = image_bytes()
 
+    bmp = refusal(submit(client, image, {"output_format": "bmp"}), "params.output_format")
+    # An animated format, for a still.
     gif = refusal(submit(client, image, {"output_format": "gif"}), "params.output_format")
     preset = refusal(submit(client, image, {"preset": "psychedelic"}), "params.preset")
     quality = refusal(submit(client, image, {"quality": 0}), "params.quality")
 
-    assert "'png', 'png16', 'tiff16', 'jpeg' or 'webp'" in gif
+    assert "'png', 'png16', 'tiff16', 'jpeg', 'webp' or 'gif'" in bmp
+    assert "for animations (params.animation) only" in gif
     assert "'subtle'" in preset and "'deep'" in preset
     assert "greater than or equal to 1" in quality
     assert stored_files(settings) == []

@@ -18,6 +18,7 @@ import av
 import numpy as np
 import pytest
 from flask.testing import FlaskClient
+from PIL import Image
 from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -460,3 +461,142 @@ def test_the_same_video_with_the_same_idempotency_key_is_one_job(client: FlaskCl
     assert [a.status_code for a in answers] == [202, 200]
     assert answers[0].get_json()["id"] == answers[1].get_json()["id"]
     assert answers[1].get_json()["kind"] == "video"
+
+
+def animation_of(data: bytes) -> dict[str, Any]:
+    """What an animated image holds: format, frame count, size, loop count, each frame's ms."""
+    with Image.open(io.BytesIO(data)) as image:
+        durations = []
+        for n in range(image.n_frames):
+            image.seek(n)
+            image.load()  # a WebP frame's duration is read with its pixels
+            durations.append(image.info["duration"])
+        return {
+            "format": image.format,
+            "frames": image.n_frames,
+            "size": image.size,
+            "loop": image.info.get("loop"),
+            "durations": durations,
+        }
+
+
+@pytest.mark.parametrize(
+    ("name", "fps", "media_type", "ms"),
+    [("gif", 10, "image/gif", 100), ("webp", 25, "image/webp", 40)],
+)
+def test_a_short_animation_asked_as_gif_or_webp_loops_at_its_rate(
+    client: FlaskClient,
+    settings: Settings,
+    sessions: sessionmaker[Session],
+    storage: Storage,
+    name: str,
+    fps: int,
+    media_type: str,
+    ms: int,
+) -> None:
+    from client.commands import _extension
+
+    animation = {"frames": 3, "fps": fps, "zoom": 1.05, "rotate": 3}
+    answer = post(
+        client,
+        {**SMALL, "animation": animation, "output_format": name},
+        image=image_bytes((90, 66)),
+    )
+    assert answer.status_code == 202, answer.get_data(as_text=True)
+    job = answer.get_json()
+    assert (
+        run_job(uuid.UUID(job["id"]), runtime(settings, sessions, storage)) == JobStatus.SUCCEEDED
+    )
+
+    result = client.get(f"/v1/jobs/{job['id']}/result")
+    assert result.status_code == 200 and result.mimetype == media_type
+    assert result.headers["Content-Disposition"] == f'inline; filename="{job["id"]}.{name}"'
+    facts = animation_of(result.data)
+    assert facts == {
+        "format": name.upper(),
+        "frames": 3,
+        "size": (90, 66),
+        "loop": 0,  # forever
+        "durations": [ms] * 3,
+    }
+    # `oneiro submit --wait` and `oneiro result` save it under the same extension.
+    assert _extension(client.get(f"/v1/jobs/{job['id']}").get_json()) == name
+
+
+def test_a_gif_at_24_fps_keeps_its_rate_in_hundredths() -> None:
+    from shared.formats import ANIMATED_FORMATS
+    from shared.images import frame_durations
+
+    gif = frame_durations(24, 24, ANIMATED_FORMATS["gif"])
+    assert set(gif) == {40, 50} and sum(gif) == 1000
+    assert sum(frame_durations(24, 24, ANIMATED_FORMATS["webp"])) == 1000
+
+
+@pytest.mark.parametrize(
+    ("params", "video", "field", "words"),
+    [
+        (
+            {"animation": {"frames": 5}, "output_format": "gif"},
+            False,
+            "params.animation.frames",
+            "ONEIRO_MAX_GIF_FRAMES",
+        ),
+        (
+            {"animation": {"frames": 3}, "output_format": "webp"},
+            False,
+            "params.max_dim",
+            "ONEIRO_MAX_GIF_PIXELS",
+        ),
+        (
+            {"animation": {"frames": 3, "fps": 60}, "output_format": "gif"},
+            False,
+            "params.animation.fps",
+            "50 fps",
+        ),
+        (
+            {"animation": {"frames": 3}, "output_format": "png16"},
+            False,
+            "params.output_format",
+            "gif or webp",
+        ),
+        (
+            {"animation": {"frames": 3}, "output_format": "gif", "quality": 50},
+            False,
+            "params.quality",
+            "no quality",
+        ),
+        ({"output_format": "gif"}, True, "params.output_format", "makes an MP4"),
+        ({"output_format": "webp"}, True, "params.output_format", "makes an MP4"),
+        ({"output_format": "gif"}, False, "params.output_format", "animations"),
+    ],
+)
+def test_animated_formats_past_their_limits_or_for_a_video_are_422_storing_nothing(
+    settings: Settings,
+    session: Session,
+    params: dict[str, Any],
+    video: bool,
+    field: str,
+    words: str,
+) -> None:
+    from api import create_app
+    from tests.utils import authed_client
+
+    limited = settings.model_copy(update={"max_gif_frames": 4, "max_gif_pixels": 90 * 66})
+    app = create_app(limited)
+    try:
+        files = {"video": clip_bytes(frames=2)} if video else {"image": image_bytes((96, 64))}
+        answer = post(authed_client(app), {**SMALL, **params}, **files)
+        fits = post(
+            authed_client(app),
+            {**SMALL, "animation": {"frames": 4}, "output_format": "webp", "max_dim": 90},
+            image=image_bytes((96, 64)),
+        )
+    finally:
+        app.extensions["oneiro"].engine.dispose()
+        app.extensions["oneiro"].celery.close()
+    assert answer.status_code == 422, answer.get_data(as_text=True)
+    errors = {error["field"]: error["message"] for error in answer.get_json()["errors"]}
+    assert words in errors[field], errors
+    assert fits.status_code == 202, fits.get_data(as_text=True)  # at the limits, accepted
+    assert session.scalar(select(func.count()).select_from(Job)) == 1
+    assert [p.name for p in stored_files(settings)] == ["input.png"]

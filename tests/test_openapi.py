@@ -157,6 +157,7 @@ def test_job_submission_documents_the_models_that_validate_it(app: Flask) -> Non
             "image/tiff",
             "image/jpeg",
             "image/webp",
+            "image/gif",  # an animation asked for as one
             "video/mp4",
         ],
         "/v1/jobs/{job_id}/preview": ["image/jpeg"],

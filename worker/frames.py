@@ -18,8 +18,8 @@ from typing import Any
 
 import numpy as np
 
-from shared.formats import output_format
-from shared.images import decode_rgb, encode_image, encode_jpeg, fit_within
+from shared.formats import MP4, output_format, result_format
+from shared.images import decode_rgb, encode_animation, encode_image, encode_jpeg, fit_within
 from shared.params import Animation, RenderParams
 from shared.storage import ObjectNotFound, StorageError, frame_key, video_result_key
 from shared.transitions import LostJob
@@ -108,13 +108,18 @@ def render_frames(
     done = _first_missing(runtime, job_id, attempt, frames)
     if done == 0:
         raise StorageError("no frame of the video could be decoded on the worker")
-    fps = Fraction((params.animation or Animation()).fps) if kind == "animation" else None
-    video = encode_mp4(
-        (_frame(runtime, job_id, attempt, n) for n in range(done)),
-        fps if fps is not None else video_fps(data),
-        audio_from=data if kind == "video" else None,
-    )
-    stored = video_result_key(job_id, attempt)
+    stored_frames = (_frame(runtime, job_id, attempt, n) for n in range(done))
+    fps = (params.animation or Animation()).fps
+    fmt = result_format(kind, params.output_format)
+    if fmt is not MP4:  # a short animation asked for as an animated GIF or WebP
+        video = encode_animation(stored_frames, done, fmt, fps, quality=params.quality)
+    else:
+        video = encode_mp4(
+            stored_frames,
+            Fraction(fps) if kind == "animation" else video_fps(data),
+            audio_from=data if kind == "video" else None,
+        )
+    stored = video_result_key(job_id, attempt, fmt.extension)
     _put_fenced(runtime, should_stop, stored, video)
     return stored, model
 

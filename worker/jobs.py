@@ -27,7 +27,7 @@ from shared import transitions
 from shared.changes import publish_change
 from shared.controls import decode_mask
 from shared.cost import GIB
-from shared.formats import output_format
+from shared.formats import output_format, result_format
 from shared.images import as_depth, decode_image, decode_rgb, encode_jpeg, fit_within
 from shared.logs import log_context
 from shared.models import FRAME_KINDS, Job, JobStatus
@@ -118,16 +118,17 @@ def _lost(runtime: Runtime, job_id: uuid.UUID, attempt: int, exc: LostJob) -> No
     """Tidy up after an attempt that lost its job: the result it may have stored is recorded
     by no one, and a canceled job's checkpoints will not be resumed."""
 
-    def read() -> tuple[JobStatus, str | None, str | None]:
+    def read() -> tuple[JobStatus, str | None, str, str | None]:
         with runtime.sessions() as session:
             job = session.get_one(Job, job_id)
-            return job.status, job.result_key, job.params.get("output_format")
+            return job.status, job.result_key, job.kind, job.params.get("output_format")
 
-    status, recorded, format_name = wait_for_database(read)()
-    own = result_key(job_id, attempt, output_format(format_name).extension)
+    status, recorded, kind, format_name = wait_for_database(read)()
+    extension = result_format(kind, format_name).extension
+    own = result_key(job_id, attempt, extension)
     # The attempt in the key means no other attempt ever wrote it; the row's key is checked
     # anyway, in case this attempt's finish did commit and only its answer was lost.
-    for key in (own, video_result_key(job_id, attempt)):
+    for key in (own, video_result_key(job_id, attempt, extension)):
         if recorded != key:
             runtime.storage.delete(key)
     if status == JobStatus.CANCELED:
