@@ -10,8 +10,10 @@ const TERMINAL = new Set(["succeeded", "failed", "canceled", "expired"]);
 let presets = new Map();
 const DEFAULT_PRESET = "classic";
 // Result formats a browser can show; a TIFF is downloaded, and its preview shown.
-const SHOWN_FORMATS = new Set(["png", "png16", "jpeg", "webp"]);
-const EXTENSIONS = { png: "png", png16: "png", tiff16: "tif", jpeg: "jpg", webp: "webp" };
+const SHOWN_FORMATS = new Set(["png", "png16", "jpeg", "webp", "gif"]);
+const EXTENSIONS = {
+  png: "png", png16: "png", tiff16: "tif", jpeg: "jpg", webp: "webp", gif: "gif",
+};
 const PREVIEW_EVERY_MS = 1000;
 const STREAM_RETRIES = 3;
 const JOBS_PAGE = 12;
@@ -394,7 +396,9 @@ async function watch(jobId) {
         .catch(() => { /* expired meanwhile: the list shows none */ });
       const format = job.params.output_format || "png";
       const url = await imageUrl(`/v1/jobs/${jobId}/result`, signal);
-      const moving = job.kind && job.kind !== "image";
+      // An animation asked for as a GIF or WebP (by the API or the CLI) loops in an <img>;
+      // any other animation or video is an MP4, played in the <video>.
+      const moving = job.kind && job.kind !== "image" && !(format === "gif" || format === "webp");
       const shown = moving || SHOWN_FORMATS.has(format) ? url : await imageUrl(job.preview_url, signal);
       show(moving ? $("result-video") : $("result"), "result", shown);
       $("result").hidden = moving;
