@@ -46,9 +46,12 @@ from shared.models import Job, JobStatus, Tenant, utcnow  # noqa: E402
 from shared.params import PRIORITIES, RenderParams  # noqa: E402
 from shared.queue import create_celery, queue_keys, waiting_render_jobs  # noqa: E402
 from shared.settings import load_settings  # noqa: E402
+from shared.standing import dispatch_order, queue_standings  # noqa: E402
 from shared.transitions import claim_job, succeed  # noqa: E402
 
 TARGET_P95_MS = 100.0
+# Times the queue's last job's standing is read (the first, which costs every job, not counted).
+STANDING_READS = 11
 TENANTS = 50
 PARAMS = RenderParams.model_validate({"steps": 10, "octaves": 3, "seed": 1}).model_dump(mode="json")
 
@@ -94,7 +97,7 @@ def fill(database_url: str, queued: int) -> None:
 
 def measure(
     database_url: str, redis_url: str, queued: int, rounds: int
-) -> tuple[list[float], list[float]]:
+) -> tuple[list[float], list[float], list[float]]:
     """Pickup times (ms) of `rounds` freed slots with `queued` jobs waiting, and the times of
     the fair-order query alone (choose one job, rolled back)."""
     fill(database_url, queued)
@@ -108,7 +111,7 @@ def measure(
     sessions = create_session_factory(engine)
     celery = create_celery(settings)
     announce_slot(settings, "bench:1")
-    times, queries = [], []
+    times, queries, standings = [], [], []
     try:
         with sessions() as session:
             running = dispatch(session, celery, settings).sent[0]
@@ -127,12 +130,19 @@ def measure(
                 choose(session, 1)
                 queries.append((time.perf_counter() - started) * 1000)
                 session.rollback()
+            # What a GET of the queue's last job adds: its position and start estimate.
+            last = dispatch_order(session)[-1]
+            for _ in range(STANDING_READS):
+                started = time.perf_counter()
+                queue_standings(session, [last], 1.0, 1)
+                standings.append((time.perf_counter() - started) * 1000)
+                session.rollback()
     finally:
         with redis.Redis.from_url(redis_url) as client:
             client.delete(*queue_keys(settings.queue), f"oneiro:{settings.queue}:slots")
         celery.close()
         engine.dispose()
-    return times, queries
+    return times, queries, standings[1:]  # the first reads every job's params once
 
 
 def summary(times: list[float]) -> tuple[float, float]:
@@ -166,15 +176,16 @@ def main() -> None:
 
 def report(
     kind: str,
-    results: dict[int, tuple[list[float], list[float]]],
+    results: dict[int, tuple[list[float], list[float], list[float]]],
     baseline: int,
     queued: int,
 ) -> None:
-    for size, (times, queries) in results.items():
+    for size, (times, queries, standings) in results.items():
         (median, p95), (q_median, q_p95) = summary(times), summary(queries)
         print(
             f"{kind}: {size:>6} queued: pickup median {median:.1f} ms, p95 {p95:.1f} ms; "
-            f"fair-order query median {q_median:.1f} ms, p95 {q_p95:.1f} ms"
+            f"fair-order query median {q_median:.1f} ms, p95 {q_p95:.1f} ms; "
+            f"the last job's standing median {statistics.median(standings):.1f} ms"
         )
     long_p95, short_p95 = summary(results[queued][0])[1], summary(results[baseline][0])[1]
     query_ratio = summary(results[queued][1])[0] / summary(results[baseline][1])[0]

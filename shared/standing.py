@@ -60,18 +60,32 @@ def queue_standings(
     }
 
 
+# A job's work never changes (its params are fixed at submit), so each process remembers it:
+# behind a backlog of 10,000 a standing read every queued row's params (JSON) and costed each,
+# about 250 ms a GET of a queued job; now it reads the params of the jobs it has not seen.
+_WORK_MEMO: dict[uuid.UUID, float] = {}
+_WORK_MEMO_MAX = 200_000
+
+
 def _queued_work(session: Session, job_ids: list[uuid.UUID]) -> dict[uuid.UUID, float]:
-    rows = session.execute(
-        select(Job.id, Job.input_width, Job.input_height, Job.params).where(
-            Job.status == JobStatus.QUEUED
+    """The megapixel-steps of each of `job_ids` (queued jobs)."""
+    unseen = [job_id for job_id in job_ids if job_id not in _WORK_MEMO]
+    if len(_WORK_MEMO) + len(unseen) > _WORK_MEMO_MAX:
+        _WORK_MEMO.clear()  # ended jobs' figures pile up otherwise; a clear costs one reread
+        unseen = job_ids
+    for at in range(0, len(unseen), MEMO_BATCH):
+        rows = session.execute(
+            select(Job.id, Job.input_width, Job.input_height, Job.params, Job.frames).where(
+                Job.id.in_(unseen[at : at + MEMO_BATCH])
+            )
         )
-    )
-    wanted = set(job_ids)
-    return {
-        job_id: megapixel_steps(width, height, params)
-        for job_id, width, height, params in rows
-        if job_id in wanted
-    }
+        for job_id, width, height, params, frames in rows:
+            _WORK_MEMO[job_id] = megapixel_steps(width, height, params, frames)
+    return {job_id: _WORK_MEMO.get(job_id, 0.0) for job_id in job_ids}
+
+
+# Ids per query when reading the params of jobs not yet costed (a bound on the IN list).
+MEMO_BATCH = 1000
 
 
 def _running_work_left(session: Session) -> float:

@@ -4,6 +4,7 @@ Redis what free slots can start, in fair order; positions; start_by and max_run_
 from __future__ import annotations
 
 import base64
+import io
 import json
 import time
 import uuid
@@ -27,6 +28,7 @@ from shared.tenants import set_weight
 from shared.transitions import claim_job
 from tests.utils import (
     authed_client,
+    clip_bytes,
     image_bytes,
     kill_process,
     maintenance_tasks,
@@ -126,10 +128,11 @@ def test_positions_count_down_as_jobs_start(
     assert [position(client, job_id) for job_id in jobs[1:]] == [1, 2, 3]
 
 
-def test_the_start_estimate_is_the_work_ahead_over_the_farms_speed(
+def one_worker_at_one_megapixel_step_a_second(
     client: FlaskClient, settings: Settings, session: Session
-) -> None:
-    # One worker measured at 1 megapixel-step per second: a first-attempt job it finished.
+) -> float:
+    """A worker measured at 1 megapixel-step per second (a first-attempt job it finished),
+    its slot announced; the work of that job (a still of submit_as's)."""
     done = session.get_one(Job, submit_as(client))
     work = megapixel_steps(done.input_width, done.input_height, done.params)
     done.status, done.worker, done.attempt = JobStatus.SUCCEEDED, "w:1", 1
@@ -138,6 +141,13 @@ def test_the_start_estimate_is_the_work_ahead_over_the_farms_speed(
     session.commit()
     client.application.extensions.pop("oneiro.throughput", None)  # measured again now
     announce_slot(settings, "w:1")
+    return work
+
+
+def test_the_start_estimate_is_the_work_ahead_over_the_farms_speed(
+    client: FlaskClient, settings: Settings, session: Session
+) -> None:
+    work = one_worker_at_one_megapixel_step_a_second(client, settings, session)
     first, second = submit_as(client), submit_as(client)
 
     shown = client.get(f"/v1/jobs/{second}").get_json()
@@ -146,6 +156,30 @@ def test_the_start_estimate_is_the_work_ahead_over_the_farms_speed(
     # The work of `first`, ahead of it, at 1 megapixel-step per second on one slot.
     assert shown["queue"]["estimated_start_seconds"] == pytest.approx(work, abs=0.1)
     assert client.get(f"/v1/jobs/{first}").get_json()["queue"]["estimated_start_seconds"] == 0
+
+
+def test_a_video_ahead_counts_every_frame_in_the_start_estimate(
+    client: FlaskClient, settings: Settings, session: Session
+) -> None:
+    one_worker_at_one_megapixel_step_a_second(client, settings, session)
+    # A video's frame count is the job's (read from the upload), not in its params.
+    answer = client.post(
+        "/v1/jobs",
+        data={
+            "video": (io.BytesIO(clip_bytes((32, 32), frames=3, audio=False)), "clip.mp4"),
+            "params": json.dumps(TINY),
+        },
+        content_type="multipart/form-data",
+    )
+    assert answer.status_code == 202, answer.get_json()
+    video = session.get_one(Job, uuid.UUID(answer.get_json()["id"]))
+    behind = submit_as(client)
+
+    shown = client.get(f"/v1/jobs/{behind}").get_json()
+
+    one = megapixel_steps(video.input_width, video.input_height, video.params)
+    assert video.frames == 3
+    assert shown["queue"]["estimated_start_seconds"] == pytest.approx(3 * one, abs=0.1)
 
 
 def test_a_job_not_started_by_start_by_expires(
