@@ -104,10 +104,13 @@ def test_weights_share_a_two_slot_farm_in_proportion(
     jobs_heavy = [submit_as(heavy) for _ in range(12)]
     jobs_light = [submit_as(light) for _ in range(12)]
 
+    # Every job whose start is compared has ended: the light tenant's sixth can still be
+    # waiting when the heavy one's twelfth ends.
+    compared = [*jobs_heavy, *jobs_light[:6]]
     with running_worker(settings, tmp_path / "worker.log", concurrency=2, env=QUICK_WORKER):
-        wait_for(lambda: all_ended(session, [*jobs_heavy, jobs_light[0]]), 90, "the jobs")
+        wait_for(lambda: all_ended(session, compared), 90, "the jobs")
 
-    first = start_order(session, [*jobs_heavy, *jobs_light[:6]])[:12]
+    first = start_order(session, compared)[:12]
     # Weight 2 against 1: two of every three starts while both wait (FIFO would give all 12,
     # equal weights 6).
     assert 7 <= len(set(first) & set(jobs_heavy)) <= 9
