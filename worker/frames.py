@@ -24,7 +24,7 @@ from shared.params import Animation, RenderParams
 from shared.storage import ObjectNotFound, StorageError, frame_key, video_result_key
 from shared.transitions import LostJob
 from shared.video import decode_frames, encode_mp4, video_fps
-from worker.jobs import _put_fenced, put_preview
+from worker.outputs import put_fenced, put_preview
 from worker.runtime import Runtime
 from worker.watchers import ProgressReporter, ShouldStop
 
@@ -59,7 +59,7 @@ def render_frames(
     size = runtime.settings.preview_size
 
     def store(n: int, frame: np.ndarray) -> None:
-        _put_fenced(
+        put_fenced(
             runtime, should_stop, frame_key(job_id, attempt, n), encode_image(frame, FRAME_FORMAT)
         )
         # The preview is the latest finished frame.
@@ -120,7 +120,7 @@ def render_frames(
             audio_from=data if kind == "video" else None,
         )
     stored = video_result_key(job_id, attempt, fmt.extension)
-    _put_fenced(runtime, should_stop, stored, video)
+    put_fenced(runtime, should_stop, stored, video)
     return stored, model
 
 

@@ -36,11 +36,8 @@ from shared.queue import job_memory, worker_memory
 from shared.recipes import (
     WeightsMismatch,
     check_weights,
-    device_name,
     encode_result,
-    make_recipe,
     rerun_verdict,
-    weights_digest,
 )
 from shared.storage import (
     ObjectNotFound,
@@ -53,7 +50,8 @@ from shared.storage import (
     video_result_key,
 )
 from shared.transitions import LostJob, claim_job
-from shared.weights import NoWeights, require_weights
+from shared.weights import NoWeights
+from worker.outputs import put_fenced, put_preview, render_recipe, weights_of
 from worker.runtime import Runtime
 from worker.throttle import Throttle
 from worker.watchers import DATABASE_DOWN, Heartbeat, ProgressReporter, ShouldStop, job_event
@@ -192,7 +190,7 @@ def _render(
         stored, model = render_frames(
             job_id, attempt, runtime, stops, kind, params, input_key, frames or 1
         )
-        return stored, _recipe(runtime, params, model)
+        return stored, render_recipe(runtime, params, model)
     fmt = output_format(params.output_format)
     try:
         decoded = decode_image(runtime.storage.get(input_key))
@@ -209,7 +207,7 @@ def _render(
     if rerun_of is not None:
         # Before the render: a recipe's look cannot be had on other weights (the API refused
         # what it could know; a worker given other weights than the API's finds it here).
-        check_weights(rerun_of, params.model, _weights(runtime, params))
+        check_weights(rerun_of, params.model, weights_of(runtime, params))
     dreamed = (
         image
         if model is None
@@ -226,18 +224,18 @@ def _render(
             mask,
         )
     )
-    recipe = _recipe(runtime, params, model, guide, mask)
+    recipe = render_recipe(runtime, params, model, guide, mask)
     if rerun_of is not None:
         # Rendered on another backend, precision, engine or device, or with params changed,
         # it is the recipe's look but not its pixels: the result says so, in its file too.
         recipe["rerun"] = rerun_verdict(rerun_of, recipe)
     size = runtime.settings.preview_size
     stored = result_key(job_id, attempt, fmt.extension)
-    _put_fenced(
+    put_fenced(
         runtime, should_stop, stored, encode_result(dreamed, params, recipe, decoded.icc_profile)
     )
     preview_image = encode_jpeg(fit_within(as_depth(dreamed, 8), size))
-    _put_fenced(runtime, should_stop, preview_key(job_id, attempt), preview_image)
+    put_fenced(runtime, should_stop, preview_key(job_id, attempt), preview_image)
     return stored, recipe
 
 
@@ -257,36 +255,6 @@ def _check_memory(runtime: Runtime, job: Job) -> None:
         )
 
 
-def _recipe(
-    runtime: Runtime,
-    params: RenderParams,
-    model: Any,
-    guide: bytes | None = None,
-    mask: bytes | None = None,
-) -> dict[str, Any]:
-    """What made this render: its params, the weights, backend and precision it ran on
-    (`model`, the engine's; None on a dry run, which ran no engine), its guide and mask."""
-    settings = runtime.settings
-    if model is None:
-        backend, precision, device = settings.backend, settings.precision, None
-    else:
-        backend, precision, device = model.backend, model.precision, device_name(model.device)
-    return make_recipe(
-        params.model_dump(mode="json"),
-        weights=_weights(runtime, params),
-        backend=backend,
-        precision=precision,
-        device=device,
-        guide=guide,
-        mask=mask,
-    )
-
-
-def _weights(runtime: Runtime, params: RenderParams) -> str:
-    """The digest of the weights this worker dreams `params.model` with."""
-    return weights_digest(require_weights(runtime.settings, params.model))
-
-
 def _control(runtime: Runtime, key: str | None) -> bytes | None:
     """The bytes of the job's guide or mask stored under `key`, if it has one."""
     if key is None:
@@ -295,29 +263,6 @@ def _control(runtime: Runtime, key: str | None) -> bytes | None:
         return runtime.storage.get(key)
     except ObjectNotFound:
         raise StorageError(f"a file of this job is missing from storage ({key})") from None
-
-
-def _put_fenced(runtime: Runtime, should_stop: ShouldStop, key: str, data: bytes) -> None:
-    """Store one of this attempt's files, unless the job is no longer this attempt's.
-
-    The attempt in the key already keeps a lost worker off a newer attempt's files; the check
-    keeps it from writing files no one will read.
-    """
-    if should_stop():
-        raise LostJob(
-            f"job {should_stop.job_id} attempt {should_stop.attempt} lost; {key} not written"
-        )
-    runtime.storage.put(key, data)
-
-
-def put_preview(runtime: Runtime, should_stop: ShouldStop, jpeg: bytes) -> None:
-    """Store the attempt's preview, fenced as every file; a preview that cannot be written is
-    logged and skipped (the render matters, not its preview)."""
-    try:
-        key = preview_key(should_stop.job_id, should_stop.attempt)
-        _put_fenced(runtime, should_stop, key, jpeg)
-    except StorageError:
-        log.warning("job %s: preview not written", should_stop.job_id, exc_info=True)
 
 
 def _dream(
@@ -346,7 +291,7 @@ def _dream(
     own = checkpoint_key(job_id, attempt)
 
     def save(state: DreamState) -> None:
-        _put_fenced(runtime, should_stop, own, state.to_bytes())
+        put_fenced(runtime, should_stop, own, state.to_bytes())
         try:
             with runtime.sessions.begin() as session:
                 transitions.record_checkpoint(session, job_id, attempt, own)
