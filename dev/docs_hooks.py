@@ -56,6 +56,25 @@ def shown_default(default: Any) -> str:
     return f"`{default}`"
 
 
+def in_words(field: str, default: Any) -> str:
+    """A large default in the unit a person reads it in: 50 MiB, 64 MP, 640x640, 6 h, 30 days."""
+    if isinstance(default, bool) or not isinstance(default, int | float) or default < 3600:
+        return ""
+    if field.endswith("_bytes") and default % 2**20 == 0:
+        return f" ({int(default) // 2**20} MiB)"
+    if field.endswith("_pixels"):
+        side = int(default**0.5)
+        if default % 2**20 == 0:
+            return f" ({int(default) // 2**20} MP)"
+        return f" ({side}x{side})" if side * side == default else ""
+    if field.endswith(("_seconds", "_limit", "_age")):
+        days, hours = default / 86400, default / 3600
+        if days.is_integer():
+            return f" ({int(days)} days)" if days > 1 else " (1 day)"
+        return f" ({hours:g} h)" if hours * 10 == int(hours * 10) else ""
+    return ""
+
+
 def settings_table() -> str:
     """Every Settings field as a Markdown table row: variable, default, what it does."""
     from shared.settings import Settings
@@ -64,7 +83,7 @@ def settings_table() -> str:
     for field, info in Settings.model_fields.items():
         if not (info.description or "").strip():
             raise ValueError(f"shared/settings.py: {field} has no Field(description=...)")
-        default = shown_default(info.default)
+        default = shown_default(info.default) + in_words(field, info.default)
         rows.append(f"| `{env_name(field)}` | {default} | {_cell(info.description or '')} |")
     return "\n".join(rows)
 
