@@ -21,11 +21,16 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-# The checkout this hook belongs to comes first, so the manual describes this tree's code even
-# where another checkout is installed in the virtual environment.
 ROOT = Path(__file__).resolve().parent.parent
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
+
+
+def _import_from_this_checkout() -> None:
+    # The manual describes this tree's code, even where another checkout is the one installed in
+    # the virtual environment. Done when a page is rendered: MkDocs restores sys.path after it
+    # loads a hook module.
+    if sys.path[:1] != [str(ROOT)]:
+        sys.path.insert(0, str(ROOT))
+
 
 SETTINGS_MARKER = "<!-- oneiro:settings -->"
 HTTP_API_MARKER = "<!-- oneiro:http-api -->"
@@ -226,6 +231,7 @@ def http_api_markdown(document: dict[str, Any]) -> str:
 
 def on_page_markdown(markdown: str, page: Any, config: Any, files: Any) -> str:
     """MkDocs hook: fill the generated parts of the reference pages."""
+    _import_from_this_checkout()
     if SETTINGS_MARKER in markdown:
         markdown = markdown.replace(SETTINGS_MARKER, settings_table())
     if PARAMS_MARKER in markdown:
