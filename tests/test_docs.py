@@ -4,18 +4,22 @@ says what the code says; the built site needs no network; the README's links lea
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import re
 import subprocess
 import sys
+import threading
+from collections.abc import Iterator
+from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
 
 from dev.docs_hooks import env_name, settings_table
 from shared.settings import Settings
-from tests.utils import ROOT
+from tests.utils import ROOT, chromium_path
 
 # Where the variables that are not Settings fields are read.
 READERS = ("api", "worker", "shared", "client", "dev", "tests")
@@ -98,6 +102,56 @@ def test_the_built_site_works_offline(site: Path) -> None:
     index = json.loads((site / "search" / "search_index.json").read_text())
     assert any("ONEIRO_WEIGHTS" in doc["text"] for doc in index["docs"])
     assert list((site / "assets" / "javascripts" / "workers").glob("search.*.js"))
+
+
+@pytest.fixture
+def served(site: Path) -> Iterator[str]:
+    """The built site over HTTP on a free local port, as a static server would serve it."""
+    handler = functools.partial(_QuietHandler, directory=str(site))
+    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+class _QuietHandler(SimpleHTTPRequestHandler):
+    def log_message(self, format: str, *args: object) -> None:
+        pass
+
+
+def test_search_finds_pages_in_a_browser_with_no_network(served: str) -> None:
+    executable = chromium_path()
+    if executable is None:
+        pytest.skip("chromium not found: `apt-get install chromium` (make test does it)")
+    from playwright.sync_api import Route, sync_playwright
+
+    elsewhere: list[str] = []
+
+    def local_only(route: Route) -> None:
+        if route.request.url.startswith(served):
+            route.continue_()
+        else:
+            elsewhere.append(route.request.url)
+            route.abort()
+
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=executable, headless=True)
+        try:
+            page = browser.new_page(viewport={"width": 1400, "height": 900})
+            page.route("**/*", local_only)
+            page.goto(served + "/")
+            page.click("input[data-md-component=search-query]")
+            page.keyboard.type("retention")
+            page.wait_for_selector(".md-search-result__item", timeout=30_000)
+            titles = page.locator(".md-search-result__item h1").all_inner_texts()
+        finally:
+            browser.close()
+    assert "When things break" in titles
+    assert not elsewhere, f"the site asked for {elsewhere}"
 
 
 def test_the_readme_links_and_picture_are_there() -> None:
