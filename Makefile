@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: install run test lint fuzz mutate
+.PHONY: install run test lint docs fuzz mutate
 
 install: $(VENV)/.installed
 
@@ -19,6 +19,11 @@ run: install
 lint: install
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+
+# The manual (docs/, mkdocs.yml) into site/; --strict: a broken link, a page left out of the nav or a
+# setting without a description fails. `make test` builds it too (tests/test_docs.py).
+docs: install
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict
 
 # PostgreSQL is started when it is installed but stopped (Debian's pg_ctlcluster); without it the
 # PostgreSQL-parametrized tests skip, saying so. Redis is started by the tests when none answers.

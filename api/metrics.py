@@ -2,7 +2,7 @@
 
 The API runs as several gunicorn processes and the workers on other hosts, so in-process
 counters would each see a slice. Every figure here is read, when scraped, from what all of them
-share: the job rows (the truth, DESIGN.md invariant 1) and the Redis queues.
+share: the job rows (the truth: invariant 1, docs/internals/architecture.md) and the Redis queues.
 """
 
 from __future__ import annotations

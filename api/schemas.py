@@ -203,7 +203,7 @@ class MemoryEstimate(BaseModel):
         int,
         Field(
             description="Peak memory a worker needs (runtime, weights, the largest octave, one "
-            "tile's gradient): an upper bound, see the README's Estimates."
+            "tile's gradient): an upper bound, see docs/guide/estimates.md."
         ),
     ]
     worker_class: Annotated[
@@ -241,7 +241,7 @@ class EstimateOut(BaseModel):
 
 
 class QueueStanding(BaseModel):
-    """Where a queued job stands; estimates (README: Where a job stands)."""
+    """Where a queued job stands; estimates (docs/guide/jobs.md, Where a job stands)."""
 
     model_config = ConfigDict(title="QueueStanding")
 

@@ -2,9 +2,10 @@
 progress and finish, the API's cancel and retry) publishes the job id after the commit, and each
 API process listens once for all of its event streams.
 
-A notification only says "read this job again"; the row stays the truth (DESIGN.md invariant
-1). Pub/sub delivers at most once, so listeners must survive a lost one: the feed wakes every
-watcher whenever it (re)subscribes, and streams re-read their job now and then anyway.
+A notification only says "read this job again"; the row stays the truth (invariant 1 of
+docs/internals/architecture.md). Pub/sub delivers at most once, so listeners must survive a lost
+one: the feed wakes every watcher whenever it (re)subscribes, and streams re-read their job now
+and then anyway.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""The dispatcher: which queued jobs Redis gets, and when (README: How the queue chooses).
+"""The dispatcher: which queued jobs Redis gets, and when (docs/operations/queue.md).
 
 Redis delivers in arrival order and cannot be reordered, so it is handed only what the farm can
 start now: as many jobs as there are free worker slots, plus `dispatch_lookahead`. The rest of

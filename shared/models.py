@@ -1,4 +1,5 @@
-"""The job record: the single source of truth about a render (DESIGN.md invariant 1)."""
+"""The job record: the single source of truth about a render (invariant 1 of
+docs/internals/architecture.md)."""
 
 from __future__ import annotations
 

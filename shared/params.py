@@ -177,7 +177,7 @@ class RenderParams(BaseModel):
         Literal[tuple(PRIORITIES)],  # type: ignore[valid-type]
         Field(
             description="Order among the tenant's own queued jobs: high before normal before "
-            "low (between tenants, fair share decides; README: How the queue chooses)."
+            "low (between tenants, fair share decides; docs/operations/queue.md)."
         ),
     ] = "normal"
     start_by: Annotated[

@@ -22,7 +22,7 @@ class Preset:
     @property
     def thumbnail(self) -> str:
         """Where the web page serves its thumbnail (chelsea.png rendered with it, committed;
-        README "Presets" says how to make them again)."""
+        docs/guide/presets.md says how to make them again)."""
         return f"/static/presets/{self.name}.jpg"
 
 

@@ -34,7 +34,8 @@ def create_celery(settings: Settings) -> Celery:
     app.conf.update(
         # A worker started without --queues consumes its class's queue.
         task_default_queue=worker_queue(settings),
-        # The job row is the record of a job (DESIGN.md invariant 1); Celery keeps no results.
+        # The job row is the record of a job (invariant 1, docs/internals/architecture.md);
+        # Celery keeps no results.
         task_ignore_result=True,
         result_backend=None,
         # Acknowledge after the render: a worker that dies mid-render leaves the message to be

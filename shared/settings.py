@@ -28,152 +28,343 @@ class Settings(BaseSettings):
         env_prefix="ONEIRO_", extra="ignore", frozen=True, populate_by_name=True
     )
 
-    data_dir: Path = Path("data")
+    data_dir: Path = Field(
+        Path("data"),
+        description="Local data: the SQLite database, file storage, `make run`'s Redis and beat "
+        "schedule.",
+    )
     # DATABASE_URL and REDIS_URL are the names every hosting platform uses, so no prefix.
-    database_url: str = Field("", validation_alias="DATABASE_URL")
-    redis_url: str = Field("redis://127.0.0.1:6379/0", validation_alias="REDIS_URL")
-    storage_url: str = ""
-    weights: str = "imagenet"
+    database_url: str = Field(
+        "",
+        validation_alias="DATABASE_URL",
+        description="The job records; `postgresql+psycopg://…` in production. Unset: "
+        "`sqlite:///$ONEIRO_DATA_DIR/oneiro.db`.",
+    )
+    redis_url: str = Field(
+        "redis://127.0.0.1:6379/0",
+        validation_alias="REDIS_URL",
+        description="The queue, job change notifications and request rates.",
+    )
+    storage_url: str = Field(
+        "",
+        description="Inputs, results, previews, checkpoints: a directory, or `s3://bucket/prefix` "
+        "(with the usual `AWS_*` variables). Unset: `$ONEIRO_DATA_DIR/storage`.",
+    )
+    weights: str = Field(
+        "imagenet",
+        description="The backbone's weights: `imagenet` (downloaded once into the Keras cache), "
+        "`random` (seeded noise, for tests) or the path of a weights file.",
+    )
     # Whether the ImageNet weights may be downloaded into the Keras cache when missing.
-    weights_download: bool = True
+    weights_download: bool = Field(
+        True,
+        description="Whether missing ImageNet weights may be downloaded into the Keras cache "
+        "(`KERAS_HOME`).",
+    )
     # Arithmetic of the dream model: auto picks bfloat16 where the CPU has native bfloat16
     # (measured about 2x faster there, see benchmarks/README.md), float32 elsewhere.
-    precision: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
-    queue: str = "gpu"
-    # How this worker names itself in job rows (with its pid); the host name when empty.
-    worker_name: str = ""
-    max_upload_bytes: int = Field(50 * 1024 * 1024, gt=0)
+    precision: Literal["auto", "float32", "bfloat16", "float16"] = Field(
+        "auto",
+        description="The model's arithmetic: `auto` (bfloat16 where the hardware has it natively, "
+        "float16 on older GPUs, else float32), or one of `float32`, `bfloat16`, `float16`.",
+    )
+    queue: str = Field(
+        "gpu",
+        description="The render queue; the maintenance and webhook queues are named after it "
+        "(`gpu-maintenance`, `gpu-webhooks`).",
+    )
+    worker_name: str = Field(
+        "",
+        description="How a worker names itself (with its pid) in the job rows it claims. Unset: "
+        "the host name.",
+    )
+    max_upload_bytes: int = Field(
+        50 * 1024 * 1024, gt=0, description="The largest upload, in bytes; more is a `413`."
+    )
     # The most pixels of any image a job holds: the upload, and every octave the engine renders
     # (shared/cost.py), which is what a worker's memory grows with.
-    max_pixels: int = Field(64 * 1024 * 1024, gt=0)
-    # Pixel-steps, the pixels of every octave rendered x steps: what a job may cost. The
-    # default admits the largest image whose octaves fit max_pixels at the default params.
-    max_work: int = Field(64 * 1024 * 1024 * 100 * 5, gt=0)
-    # Seconds between progress writes to the job row: often enough to look smooth, rare enough
-    # that a thousand workers do not hammer the database.
-    progress_interval: float = Field(1.0, ge=0)
-    # Crash safety. A running job proves it is alive every heartbeat_interval seconds; one silent
-    # for lease_seconds is presumed dead and put back (up to max_attempts claims in all). The
-    # engine's state is saved every checkpoint_every steps and at octave ends, so a job put back
-    # loses at most that much work. Queued jobs not picked up after relay_after seconds are sent
-    # to Redis again (a lost message, a flushed Redis); maintenance runs every
-    # maintenance_interval seconds.
-    heartbeat_interval: float = Field(10.0, gt=0)
-    lease_seconds: float = Field(120.0, gt=0)
-    max_attempts: int = Field(3, ge=1)
-    checkpoint_every: int = Field(10, ge=0)
-    relay_after: float = Field(300.0, gt=0)
-    maintenance_interval: float = Field(30.0, gt=0)
-    # The longest a render may run. Past the soft limit the task is told to stop (and the job
-    # fails with a message); past the hard limit its process is killed. The Redis visibility
-    # timeout is set longer than both, or Redis would hand a running job to a second worker.
-    soft_time_limit: float = Field(6 * 3600.0, gt=0)
-    hard_time_limit: float = Field(6 * 3600.0 + 300.0, gt=0)
-    # How long the API waits for Redis when enqueueing before it gives up and leaves the job to
-    # the relay; a submit must not hang because Redis does.
-    enqueue_timeout: float = Field(3.0, gt=0)
-    # The worker skips the engine and stores the input as the result: for measuring the service
-    # around the engine (benchmarks/service.py), never for real renders.
-    dry_run: bool = False
-    # How long the API trusts a key it has checked before checking it again: a revoked key
-    # stops working within this many seconds (0: check on every request).
-    auth_cache_seconds: float = Field(10.0, ge=0)
-    # Per tenant: requests to /v1 (a Flask-Limiter rate such as "120/minute", counted in Redis)
-    # and jobs queued or running at once.
-    rate_limit: str = "600/minute"
-    max_active_jobs: int = Field(50, ge=1)
-    # How often a worker writes the small JPEG preview of a running render, and its longest side.
-    preview_interval: float = Field(5.0, ge=0)
-    preview_size: int = Field(512, ge=16)
-    # Webhooks: targets on loopback, private or link-local addresses are refused unless allowed
-    # (so the service cannot be aimed at its own network); failed deliveries are retried with
-    # back-off up to webhook_max_attempts; progress events go out at most every
-    # webhook_progress_interval seconds. webhook_timeout bounds a whole delivery (connect, TLS,
-    # request, answer), not each read: a target that drips bytes cannot hold a worker longer.
-    webhook_allow_private: bool = False
-    webhook_timeout: float = Field(10.0, gt=0)
-    webhook_max_attempts: int = Field(8, ge=1)
-    webhook_backoff: float = Field(5.0, gt=0)
-    webhook_progress_interval: float = Field(10.0, ge=0)
-    # Files of jobs that ended longer ago than this are deleted; the row stays, marked expired.
-    retention_seconds: float = Field(30 * 24 * 3600.0, gt=0)
-    # Logs go to stderr, one JSON object per line for a log collector, or plain text for a
-    # person at a terminal.
-    log_format: Literal["json", "text"] = "json"
-    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"] = "INFO"
-    # The longer side of an upload over its shorter: the engine raises every octave's shorter
-    # side to what the backbone can see, so a thread-thin image renders huge, useless octaves.
-    max_aspect_ratio: float = Field(20.0, ge=1)
-    # A temporary file of a storage write older than this was left by a process killed
-    # mid-write (a write in progress is far younger); maintenance deletes it.
-    temp_file_max_age: float = Field(3600.0, gt=0)
-    # How long /metrics reuses its count of online workers: a Celery broadcast that waits up to a
-    # second for answers, which several or frequent scrapers would otherwise each pay.
-    metrics_cache_seconds: float = Field(5.0, ge=0)
-    # A directory of weights files, one per backbone, each named as Keras names its ImageNet
-    # file (shared/catalogue.py `weights_file`): how a deployment offline gets more backbones
-    # than the one ONEIRO_WEIGHTS names.
-    weights_dir: Path | None = None
-    # Event streams wait for change notifications (Redis pub/sub), not on the database. A
-    # stream still re-reads its job at least every events_reread_seconds, so a lost
-    # notification delays an event by at most that much, and re-checks its key every
-    # events_key_recheck_seconds, so a revoked key's stream ends within that long (plus
-    # auth_cache_seconds).
-    events_reread_seconds: float = Field(60.0, gt=0)
-    events_key_recheck_seconds: float = Field(30.0, gt=0)
+    max_pixels: int = Field(
+        64 * 1024 * 1024,
+        gt=0,
+        description="The most pixels of an upload (a `413`, read from the header before any pixel "
+        "is decoded) and of a job's largest octave (a `422`).",
+    )
+    # The default admits the largest image whose octaves fit max_pixels at the default params.
+    max_work: int = Field(
+        64 * 1024 * 1024 * 100 * 5,
+        gt=0,
+        description="Pixel-steps a job may cost (the pixels of every octave it renders x steps, "
+        "x frames); more is a `422`.",
+    )
+    # Often enough to look smooth, rare enough that a thousand workers do not hammer the database.
+    progress_interval: float = Field(
+        1.0, ge=0, description="Seconds between progress writes to the job row."
+    )
+    # Crash safety: a job put back loses at most checkpoint_every steps of work; the relay catches
+    # a lost message or a flushed Redis.
+    heartbeat_interval: float = Field(
+        10.0, gt=0, description="How often, in seconds, a running job proves its worker alive."
+    )
+    lease_seconds: float = Field(
+        120.0, gt=0, description="A running job silent this long is presumed dead and put back."
+    )
+    max_attempts: int = Field(3, ge=1, description="Claims a job gets in all before it fails.")
+    checkpoint_every: int = Field(
+        10,
+        ge=0,
+        description="Steps between saves of the engine's state (also at octave ends): what a job "
+        "put back can lose.",
+    )
+    relay_after: float = Field(
+        300.0,
+        gt=0,
+        description="A dispatched job not picked up this long, whose message is no longer in "
+        "Redis, is put back in the backlog.",
+    )
+    maintenance_interval: float = Field(
+        30.0,
+        gt=0,
+        description="Seconds between maintenance runs (reaper, relay, retention, temporary files).",
+    )
+    # The Redis visibility timeout is set longer than both time limits, or Redis would hand a
+    # running job to a second worker.
+    soft_time_limit: float = Field(
+        6 * 3600.0,
+        gt=0,
+        description="A render running longer (seconds) is told to stop, and its job fails saying "
+        "so.",
+    )
+    hard_time_limit: float = Field(
+        6 * 3600.0 + 300.0, gt=0, description="A render running longer has its process killed."
+    )
+    # A submit must not hang because Redis does.
+    enqueue_timeout: float = Field(
+        3.0,
+        gt=0,
+        description="How long a submit waits for Redis before leaving the job to the relay.",
+    )
+    dry_run: bool = Field(
+        False,
+        description="The worker stores the input as the result, skipping the engine: for "
+        "measuring the service around the engine (`benchmarks/service.py`), never for real "
+        "renders.",
+    )
+    auth_cache_seconds: float = Field(
+        10.0,
+        ge=0,
+        description="How long the API trusts a checked key: a revoked key stops working within "
+        "this (`0`: check on every request).",
+    )
+    rate_limit: str = Field(
+        "600/minute",
+        description="Requests to `/v1` per tenant (a Flask-Limiter rate such as `120/minute`, "
+        "counted in Redis); more is a `429`.",
+    )
+    max_active_jobs: int = Field(
+        50,
+        ge=1,
+        description="Jobs a tenant may have queued or running at once; more is a `429`.",
+    )
+    preview_interval: float = Field(
+        5.0, ge=0, description="Seconds between the JPEG previews of a running render."
+    )
+    preview_size: int = Field(512, ge=16, description="The longer side of a preview, in pixels.")
+    # Webhook targets on private addresses are refused so the service cannot be aimed at its own
+    # network. webhook_timeout bounds a whole delivery, not each read: a target that drips bytes
+    # cannot hold a worker longer.
+    webhook_allow_private: bool = Field(
+        False,
+        description="Whether webhook targets on loopback, private, link-local or reserved "
+        "addresses are allowed.",
+    )
+    webhook_timeout: float = Field(
+        10.0,
+        gt=0,
+        description="The longest a whole webhook delivery may take (connect, TLS, request, "
+        "answer).",
+    )
+    webhook_max_attempts: int = Field(
+        8, ge=1, description="Attempts at delivering one webhook event before it is given up."
+    )
+    webhook_backoff: float = Field(
+        5.0,
+        gt=0,
+        description="The first wait before a delivery is retried, doubling each time, at most 1 h.",
+    )
+    webhook_progress_interval: float = Field(
+        10.0, ge=0, description="The least time between two progress webhooks of a job."
+    )
+    retention_seconds: float = Field(
+        30 * 24 * 3600.0,
+        gt=0,
+        description="Files of jobs that ended longer ago are deleted; the row stays, marked "
+        "expired.",
+    )
+    log_format: Literal["json", "text"] = Field(
+        "json",
+        description="Logs on stderr as one JSON object a line (for a log collector), or `text` "
+        "for a person at a terminal.",
+    )
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"] = Field(
+        "INFO", description="The log level of the API and the worker (any case)."
+    )
+    # The engine raises every octave's shorter side to what the backbone can see, so a
+    # thread-thin image renders huge, useless octaves.
+    max_aspect_ratio: float = Field(
+        20.0,
+        ge=1,
+        description="An upload's longer side over its shorter may be at most this; more is a "
+        "`422`.",
+    )
+    # A write in progress is far younger.
+    temp_file_max_age: float = Field(
+        3600.0,
+        gt=0,
+        description="A storage write's temporary file older than this (seconds) was left by a "
+        "killed process; maintenance deletes it.",
+    )
+    # A Celery broadcast waits up to a second for answers, which several or frequent scrapers
+    # would otherwise each pay.
+    metrics_cache_seconds: float = Field(
+        5.0, ge=0, description="How long `/metrics` reuses its count of online workers."
+    )
+    weights_dir: Path | None = Field(
+        None,
+        description="A directory of weights files, one per backbone, each named as Keras names "
+        "its ImageNet file (`shared/catalogue.py`): how a deployment offline gets more backbones "
+        "than the one `ONEIRO_WEIGHTS` names.",
+    )
+    # Event streams wait for change notifications (Redis pub/sub), not on the database; these
+    # bound what a lost notification or a revoked key can cost.
+    events_reread_seconds: float = Field(
+        60.0,
+        gt=0,
+        description="An event stream re-reads its job at least this often, should a notification "
+        "be lost.",
+    )
+    events_key_recheck_seconds: float = Field(
+        30.0,
+        gt=0,
+        description="An event stream re-checks its key this often, so a revoked key's stream ends "
+        "(within this plus `ONEIRO_AUTH_CACHE_SECONDS`).",
+    )
     # How gunicorn serves the API (api/gunicorn_conf.py). gevent: each connection is a
-    # greenlet, so open event streams and slow clients cost memory, not request threads;
-    # api_worker_connections bounds them per process (gthread: api_threads per process).
-    # A request's line and headers must arrive within api_keepalive seconds (also the idle
-    # time allowed between keep-alive requests); a body read or a response write that stalls
-    # for api_io_timeout seconds ends the connection; a process silent for api_timeout seconds
-    # is restarted.
-    api_worker_class: Literal["gevent", "gthread"] = "gevent"
-    api_workers: int = Field(3, ge=1)
-    api_worker_connections: int = Field(1000, ge=1)
-    api_threads: int = Field(6, ge=1)
-    api_keepalive: int = Field(5, ge=1)
-    api_io_timeout: float = Field(30.0, gt=0)
-    api_timeout: int = Field(30, ge=1)
-    # The Keras backend the engine computes with: TensorFlow, or JAX (the `jax` extra). Read once
-    # when a worker starts, before Keras is imported (Keras cannot change backend afterwards).
-    backend: Literal["tensorflow", "jax"] = "tensorflow"
-    # On a GPU, deterministic kernels, so that a recipe rendered again on the same kind of machine
-    # gives the identical image (GPU reductions and cuDNN's fastest algorithms add in any order).
-    # Costs some GPU speed; a CPU computes as it always did whatever this says.
-    gpu_determinism: bool = True
-    # Workers by size. The farm as the API and the relay see it: worker classes as
-    # "name:GiB,name:GiB", smallest first, each served on its own queue `<queue>-<name>`; a job
-    # goes to the smallest class that holds its peak memory (shared/cost.py) and one no class
-    # holds is refused at submit. Empty: one class, the queue as it always was, holding
-    # worker_memory_gb (unlimited when unset). A worker names its class with worker_class and
-    # what it holds with worker_memory_gb (the class's size when unset).
-    worker_classes: str = ""
-    worker_class: str = ""
-    worker_memory_gb: float | None = Field(None, gt=0)
-    # With S3 storage, /result and /preview answer a redirect to a presigned URL valid this many
-    # seconds instead of streaming the file through the API (off by default: the URL must be
-    # reachable from the clients, which an internal endpoint is not).
-    presigned_downloads: bool = False
-    presigned_expiry: int = Field(300, ge=1, le=7 * 24 * 3600)
-    # The wait /metrics sizes the farm for: `oneiro_workers_wanted` is the workers that would
-    # render the queued work within this many seconds at the measured throughput.
-    target_wait_seconds: float = Field(600.0, gt=0)
-    # Animation and video jobs: the most frames one may render, and the longest video accepted
-    # (in seconds). An upload's header is checked against both, and against max_pixels per
-    # frame, before a frame is decoded: a small file can promise hours of 8K frames.
-    max_frames: int = Field(3000, ge=1)
-    max_video_seconds: float = Field(600.0, gt=0)
-    # Jobs the dispatcher hands Redis beyond the free worker slots (shared/dispatch.py): a
-    # worker that frees its slot finds its next job waiting, without a dispatch's round trip.
+    # greenlet, so open event streams and slow clients cost memory, not request threads.
+    api_worker_class: Literal["gevent", "gthread"] = Field(
+        "gevent",
+        description="How gunicorn serves the API: `gevent` (a greenlet a connection) or `gthread` "
+        "(threads).",
+    )
+    api_workers: int = Field(3, ge=1, description="API processes.")
+    api_worker_connections: int = Field(
+        1000, ge=1, description="Open connections per API process (gevent)."
+    )
+    api_threads: int = Field(6, ge=1, description="Threads per API process (gthread only).")
+    api_keepalive: int = Field(
+        5,
+        ge=1,
+        description="Seconds for a request's line and headers to arrive, and for an idle "
+        "keep-alive connection to stay open.",
+    )
+    api_io_timeout: float = Field(
+        30.0,
+        gt=0,
+        description="A body read or a response write stalled this long (seconds) ends the "
+        "connection.",
+    )
+    api_timeout: int = Field(
+        30, ge=1, description="An API process silent this long (seconds) is restarted."
+    )
+    # Read once when a worker starts, before Keras is imported (Keras cannot change backend
+    # afterwards).
+    backend: Literal["tensorflow", "jax"] = Field(
+        "tensorflow",
+        description="The Keras backend the engine computes with: `tensorflow` or `jax` (the `jax` "
+        "extra); also `oneiro render --backend`.",
+    )
+    # GPU reductions and cuDNN's fastest algorithms add in any order.
+    gpu_determinism: bool = Field(
+        True,
+        description="On a GPU, deterministic kernels (TensorFlow's op determinism, XLA's "
+        "`--xla_gpu_deterministic_ops`) so a recipe re-runs to the identical image; costs some GPU "
+        "speed; no effect on a CPU.",
+    )
+    # Workers by size: a job goes to the smallest class that holds its peak memory
+    # (shared/cost.py) and one no class holds is refused at submit.
+    worker_classes: str = Field(
+        "",
+        description="The farm's worker classes as `name:GiB`, smallest first (`gpu:24,large:80`); "
+        "the smallest keeps `ONEIRO_QUEUE`, each larger one gets `<queue>-<name>`. Unset: one "
+        "class, the queue as it always was.",
+    )
+    worker_class: str = Field(
+        "",
+        description="The class of this worker (a name of `ONEIRO_WORKER_CLASSES`): its queue and "
+        "memory. Unset: the smallest.",
+    )
+    worker_memory_gb: float | None = Field(
+        None,
+        gt=0,
+        description="What this worker holds, in GiB: it fails a job that needs more, saying why; "
+        "with no classes, the API refuses jobs over it. Unset: its class's size (with no classes, "
+        "unlimited).",
+    )
+    # Off by default: the URL must be reachable from the clients, which an internal endpoint is
+    # not.
+    presigned_downloads: bool = Field(
+        False,
+        description="With S3 storage, `/result` and `/preview` answer a `307` to a presigned URL "
+        "instead of streaming the file through the API.",
+    )
+    presigned_expiry: int = Field(
+        300,
+        ge=1,
+        le=7 * 24 * 3600,
+        description="How long, in seconds, a presigned download URL is valid.",
+    )
+    target_wait_seconds: float = Field(
+        600.0,
+        gt=0,
+        description="The wait `oneiro_workers_wanted` sizes the farm for: the workers that would "
+        "render the queued work within this many seconds at the measured throughput.",
+    )
+    # An upload's header is checked against both, and against max_pixels per frame, before a
+    # frame is decoded: a small file can promise hours of 8K frames.
+    max_frames: int = Field(
+        3000,
+        ge=1,
+        description="The most frames an animation or video job may render; a video promising "
+        "more is a `413`, an animation asking more a `422`.",
+    )
+    max_video_seconds: float = Field(
+        600.0,
+        gt=0,
+        description="The longest video accepted, in seconds (a `413`, read from its header before "
+        "a frame is decoded).",
+    )
     # Every job in Redis is out of the fair order, so keep it small.
-    dispatch_lookahead: int = Field(1, ge=0)
-    # A zoom animation asked for as an animated GIF or WebP: the most frames, and pixels a frame.
+    dispatch_lookahead: int = Field(
+        1,
+        ge=0,
+        description="Jobs the dispatcher hands Redis beyond the free worker slots, so a worker "
+        "that frees its slot finds its next job waiting; the rest of the backlog waits in the "
+        "database in fair order.",
+    )
     # Neither format compresses a long dream well, and Pillow holds every frame of a WebP in
     # memory while it encodes (300 frames of 640x640 are about 370 MB): longer or larger
     # animations are MP4s.
-    max_gif_frames: int = Field(300, ge=1)
-    max_gif_pixels: int = Field(640 * 640, ge=1)
+    max_gif_frames: int = Field(
+        300,
+        ge=1,
+        description="The most frames of an animation asked for as an animated GIF or WebP "
+        "(`params.output_format`); more is a `422` (ask for an MP4).",
+    )
+    max_gif_pixels: int = Field(
+        640 * 640,
+        ge=1,
+        description="The most pixels of each frame of an animated GIF or WebP (after `max_dim`); "
+        "more is a `422`.",
+    )
 
     @field_validator("log_level", mode="before")
     @classmethod

@@ -1,6 +1,6 @@
 """Where a queued job stands: its place in dispatch order, and when it may start.
 
-Both are estimates, and say so (README: Where a job stands). The position is exact for the
+Both are estimates, and say so (docs/guide/jobs.md). The position is exact for the
 moment it is read, but the order changes as other tenants submit (a job of a tenant with less
 running goes ahead of it) and as jobs end, are canceled or expire. The start time assumes every
 announced worker slot renders at the farm's measured mean speed, one job after another, with no

@@ -204,7 +204,7 @@ class FileStorage:
         path = self._path(key)
         path.parent.mkdir(parents=True, exist_ok=True)
         # Write to a temporary name in the same directory, then rename: a crash leaves either
-        # the old object or the new one (DESIGN.md invariant 4).
+        # the old object or the new one (invariant 4, docs/internals/architecture.md).
         fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
         try:
             with os.fdopen(fd, "wb") as file:

@@ -5,7 +5,7 @@ conditional UPDATE whose row count says whether it happened (a cancel racing a f
 workers claiming one job: one wins, the other changes nothing). The caller owns the session and
 commits (the worker in a short `sessions.begin()` block per change, the API once per request),
 then publishes the change (shared/changes.py); only send_job commits itself, because
-it comes after a commit (DESIGN.md invariant 2: commit, then enqueue).
+it comes after a commit (invariant 2 of docs/internals/architecture.md: commit, then enqueue).
 """
 
 from __future__ import annotations

@@ -106,7 +106,8 @@ def test_config_prints_the_saved_key_and_url(no_saved_config: Path, tmp_path: Pa
     write_client_config("http://127.0.0.1:8123", "oneiro_saved", no_saved_config)
     assert runner.invoke(main, ["config", "key"]).stdout == "oneiro_saved\n"
     assert runner.invoke(main, ["config", "url"]).stdout == "http://127.0.0.1:8123\n"
-    # The README's key line honours $ONEIRO_CLIENT_CONFIG, as every command does.
+    # The key line of the README and docs/guide/getting-started.md honours
+    # $ONEIRO_CLIENT_CONFIG, as every command does.
     elsewhere = tmp_path / "elsewhere.json"
     write_client_config("http://10.0.0.2:8000", "oneiro_elsewhere", elsewhere)
     moved = runner.invoke(main, ["config", "key"], env={"ONEIRO_CLIENT_CONFIG": str(elsewhere)})

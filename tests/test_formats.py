@@ -404,7 +404,7 @@ def test_a_recipe_and_a_preset_together_are_refused(
 
 
 def test_chelsea_is_the_photo_of_the_thumbnails() -> None:
-    # The thumbnails are chelsea.png in each look (README "Presets"): same aspect ratio.
+    # The thumbnails are chelsea.png in each look (docs/guide/presets.md): same aspect ratio.
     with (
         Image.open(CHELSEA) as photo,
         Image.open(

@@ -1,5 +1,5 @@
-"""The boundaries of the design (DESIGN.md invariant 6), checked on what Python really imports
-and, for imports made only when a function runs, on what the source says.
+"""The boundaries of the design (invariant 6 of docs/internals/architecture.md), checked on what
+Python really imports and, for imports made only when a function runs, on what the source says.
 
 The rooms: `api/` and `worker/` stand on `shared/`; `client/` (the `oneiro` command) speaks HTTP
 to the API; `dev/` (`make run`, a local Redis) is for development only.

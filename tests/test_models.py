@@ -166,9 +166,9 @@ def test_a_bad_weights_file_fails_the_job_in_two_sentences(
     assert any(record.exc_info for record in caplog.records if "failed" in record.getMessage())
 
 
-def test_the_offline_weights_advice_names_the_files_the_readme_names() -> None:
-    readme = (ROOT / "README.md").read_text()
+def test_the_offline_weights_advice_names_the_files_the_manual_names() -> None:
+    manual = (ROOT / "docs" / "operations" / "weights.md").read_text()
     for backbone in BACKBONES.values():
         advice = how_to_provide(backbone)
-        assert backbone.weights_file in advice and backbone.weights_file in readme
-        assert "ONEIRO_WEIGHTS=random" in advice and "ONEIRO_WEIGHTS_DIR" in readme
+        assert backbone.weights_file in advice and backbone.weights_file in manual
+        assert "ONEIRO_WEIGHTS=random" in advice and "ONEIRO_WEIGHTS_DIR" in manual

@@ -4,8 +4,6 @@ under gunicorn and a real Celery worker."""
 from __future__ import annotations
 
 import json
-import os
-import shutil
 import sys
 import time
 from collections.abc import Iterator
@@ -14,17 +12,11 @@ from pathlib import Path
 import pytest
 import requests
 
-from tests.utils import CHELSEA, ROOT, Stack, running_stack, wait_for
+from tests.utils import CHELSEA, ROOT, Stack, chromium_path, running_stack, wait_for
 
 pytestmark = pytest.mark.e2e
 
 ARTIFACTS = ROOT / "tests" / "artifacts"
-
-
-def chromium_path() -> str | None:
-    """Debian's chromium (`apt-get install chromium`; `make test` installs it), if present."""
-    found = os.environ.get("ONEIRO_TEST_CHROMIUM") or shutil.which("chromium")
-    return found if found and Path(found).exists() else None
 
 
 @pytest.fixture(scope="module")

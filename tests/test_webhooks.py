@@ -237,8 +237,8 @@ def hooked(settings: Settings, tmp_path: Path) -> Iterator[Settings]:
 
 
 def assert_signed_as_documented(secret: str, delivery: dict[str, Any]) -> None:
-    """The header is `t=<unix time>,v1=<hex HMAC-SHA256 of "<t>.<raw body>">` (README), the
-    HMAC computed here rather than by the code under test."""
+    """The header is `t=<unix time>,v1=<hex HMAC-SHA256 of "<t>.<raw body>">`
+    (docs/guide/webhooks.md), the HMAC computed here rather than by the code under test."""
     fields = dict(part.split("=", 1) for part in delivery["signature"].split(","))
     assert set(fields) == {"t", "v1"}
     timestamp = int(fields["t"])
@@ -273,7 +273,7 @@ def test_events_are_signed_retried_with_back_off_and_keep_their_id(
         return delivered if done and {d["id"] for d in delivered} == tried else None
 
     # Deliveries run many at a time and retries interleave: events may arrive out of order
-    # (each carries the job's state and its time; README says so).
+    # (each carries the job's state and its time; docs/guide/webhooks.md says so).
     delivered = wait_for(all_delivered, 60, "every event to be delivered")
     events = sorted(d["event"] for d in delivered)
     assert events.count("started") == 1 and events.count("completed") == 1

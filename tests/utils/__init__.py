@@ -1,6 +1,6 @@
 """Helpers the tests share; a test module imports them from here, never from another test module.
 
-- `paths`: the repository root and the test images.
+- `paths`: the repository root, the test images and the browser (`chromium_path`).
 - `data`: small plain functions that make test data (images, tenants and keys, jobs).
 - `client`: calling the API in process (submit, assert_problem, ...).
 - `db`: a PostgreSQL database of a test's own, Alembic pointed at a database.
@@ -23,7 +23,7 @@ from tests.utils.data import (
     tenant_named,
 )
 from tests.utils.db import POSTGRES_ADMIN_URL, alembic_config, postgres_database, running_on_ci
-from tests.utils.paths import CHELSEA, DATA, ROOT
+from tests.utils.paths import CHELSEA, DATA, ROOT, chromium_path
 from tests.utils.processes import (
     GUNICORN_LISTENING,
     WERKZEUG_LISTENING,
@@ -65,6 +65,7 @@ __all__ = [
     "assert_problem",
     "authed_client",
     "before_each_gradient",
+    "chromium_path",
     "clip_bytes",
     "drop_queues",
     "engine_progress",
