@@ -307,3 +307,22 @@ def test_an_unfinished_upload_is_no_input_yet(stack: Stack) -> None:
     )
     upload = upload_id(made.headers["Location"])
     assert_problem(submit(stack, "video", upload), 422, "0 of its 100 bytes")
+
+
+def test_one_patch_may_carry_more_than_a_direct_upload_may(stack: Stack) -> None:
+    # 60 MB in one request, past ONEIRO_MAX_UPLOAD_BYTES (50 MiB): a PATCH is streamed to
+    # storage, so the direct-upload cap is not its limit (tus-js-client sends one by default).
+    auth = {**TUS, "Authorization": f"Bearer {stack.key}"}
+    size = 60_000_000
+    made = requests.post(
+        f"{stack.url}/v1/uploads", headers={**auth, "Upload-Length": str(size)}, timeout=10
+    )
+    url = f"{stack.url}{made.headers['Location']}"
+    sent = requests.patch(
+        url,
+        data=bytes(size),
+        headers={**auth, "Upload-Offset": "0", "Content-Type": "application/offset+octet-stream"},
+        timeout=120,
+    )
+    assert sent.status_code == 204 and sent.headers["Upload-Offset"] == str(size)
+    assert requests.delete(url, headers=auth, timeout=10).status_code == 204
