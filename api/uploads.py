@@ -57,8 +57,9 @@ def _tus_request() -> None:
             f"send 'Tus-Resumable: {TUS_VERSION}': this server speaks tus {TUS_VERSION}",
             headers={"Tus-Version": TUS_VERSION},
         )
-    # A PATCH body is streamed to storage, not held: the direct-upload cap is not its limit.
-    request.max_content_length = None
+    # A PATCH body is streamed to storage, not held: the direct-upload cap is not its limit,
+    # the largest upload is (None would mean the app's cap, in Flask).
+    request.max_content_length = _max_size()
 
 
 @blueprint.after_request
