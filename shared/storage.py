@@ -86,6 +86,15 @@ def upload_key(upload_id: uuid.UUID) -> str:
     return f"{upload_prefix(upload_id)}data"
 
 
+def upload_of(key: str) -> uuid.UUID | None:
+    """The upload whose bytes `key` is (a job made from an upload has it as its input)."""
+    folder, _, rest = key.partition("/")
+    try:
+        return uuid.UUID(rest.split("/")[0]) if folder == "uploads" else None
+    except ValueError:
+        return None
+
+
 def upload_tail_key(upload_id: uuid.UUID) -> str:
     """S3: the bytes of an upload past its last stored part, fewer than a part's minimum."""
     return f"{upload_prefix(upload_id)}tail"

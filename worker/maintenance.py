@@ -25,7 +25,14 @@ from shared.models import (
 )
 from shared.queue import waiting_render_jobs
 from shared.settings import Settings
-from shared.storage import Storage, StorageError, job_prefix, legacy_keys
+from shared.storage import (
+    Storage,
+    StorageError,
+    job_prefix,
+    legacy_keys,
+    upload_of,
+    upload_prefix,
+)
 from shared.transitions import unmark_dispatched
 from shared.uploads import expired_uploads, upload_store
 
@@ -156,6 +163,8 @@ def expire_old_files(
             for key in {input_key, result_key, checkpoint, *legacy_keys(job_id)}:
                 if key and not key.startswith(job_prefix(job_id)):
                     storage.delete(key)
+            if upload_of(input_key) is not None:  # its input was an upload: all of its folder
+                storage.delete_prefix(upload_prefix(upload_of(input_key)))
         except StorageError:
             # Not marked: the next run tries this job again, and one job's trouble does not
             # hold up the others'.
