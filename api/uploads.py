@@ -192,8 +192,9 @@ def append_upload(upload_id: uuid.UUID) -> Response:
             f"length of {upload.length}",
         )
     session = get_db()
-    if not _hold(upload, offset):
-        raise _offset_conflict(get_db().get(Upload, upload_id, populate_existing=True) or upload)
+    if not _hold(upload, offset):  # another PATCH came first: it moved the offset, or writes
+        _live(upload_id, wait=True)
+        raise _offset_conflict(upload)
     session.refresh(upload)
     try:
         _store().append(upload, bounded(_body(upload), upload.length - upload.received))
