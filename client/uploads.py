@@ -27,6 +27,8 @@ CHUNK_BYTES = 8 * 1024 * 1024
 TUS = {"Tus-Resumable": "1.0.0"}
 # Answers that say a remembered upload is no more to resume: gone, expired, or taken.
 GONE = (404, 409, 410)
+# Offset conflicts in a row answered by asking the offset again, before giving up.
+MAX_CONFLICTS = 3
 
 
 class UploadMemo:
@@ -98,6 +100,7 @@ def send_upload(
         memo.remember(url)
     if progress is not None:
         progress(offset, size)
+    conflicts = 0
     with path.open("rb") as file:
         file.seek(offset)
         while offset < size:
@@ -110,11 +113,19 @@ def send_upload(
             try:
                 answer = client.request("PATCH", url, data=chunk, headers=headers)
             except ApiError as exc:
+                if exc.status in (409, 423) and conflicts < MAX_CONFLICTS:
+                    # A PATCH of an earlier, dropped connection was still storing when this
+                    # one asked how far the upload got: ask again, go on from there.
+                    conflicts += 1
+                    offset = int(client.request("HEAD", url, headers=TUS).headers["Upload-Offset"])
+                    file.seek(offset)
+                    continue
                 raise ApiError(
                     f"{exc}; the upload stopped at {offset} of {size} bytes: run the same "
                     "command again to go on from there",
                     exc.status,
                 ) from None
+            conflicts = 0
             offset = int(answer.headers["Upload-Offset"])
             file.seek(offset)
             if progress is not None:

@@ -463,3 +463,32 @@ def test_a_large_video_goes_as_an_upload_that_a_second_run_resumes(
         json.loads((Path(os.environ["ONEIRO_CLIENT_CONFIG"]).parent / "uploads.json").read_text())
         == {}
     )
+
+
+def test_an_upload_goes_on_when_a_late_patch_moved_its_offset(
+    stack: Stack, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The PATCH of a dropped connection may still be storing when a resumed run asks the
+    # offset: the resumed run's first PATCH then meets a 409, asks again and goes on.
+    from client.uploads import send_upload
+
+    data = os.urandom(20 * 1024 * 1024)
+    path = tmp_path / "input.bin"
+    path.write_bytes(data)
+    client = Client(stack.url, stack.key)
+    original = Client.request
+    late: list[int] = []
+
+    def request(self: Client, method: str, target: str, **kwargs: Any) -> Any:
+        if method == "PATCH" and not late:
+            offset = int(kwargs["headers"]["Upload-Offset"])
+            late.append(offset)  # the old connection's bytes land first
+            original(self, method, target, **{**kwargs, "data": data[offset : offset + 1000]})
+        return original(self, method, target, **kwargs)
+
+    monkeypatch.setattr(Client, "request", request)
+    upload = send_upload(client, path)
+    client.close()
+    assert late == [0]
+    stored = Path(stack.settings.storage_url) / "uploads" / upload / "data"
+    assert stored.read_bytes() == data
