@@ -43,6 +43,7 @@ def create_app(settings: Settings | None = None) -> Flask:
         presets,
         problems,
         request_log,
+        uploads,
     )
     from api.auth import create_limiter
     from api.web import register_web_page
@@ -64,7 +65,14 @@ def create_app(settings: Settings | None = None) -> Flask:
     problems.register(app)
     request_log.init_app(app)
     limiter = create_limiter(app, settings)
-    for limited in (jobs.blueprint, estimates.blueprint, models.blueprint, presets.blueprint):
+    limited_blueprints = (
+        jobs.blueprint,
+        estimates.blueprint,
+        models.blueprint,
+        presets.blueprint,
+        uploads.blueprint,
+    )
+    for limited in limited_blueprints:
         app.register_blueprint(limited)
         limiter.limit(settings.rate_limit)(limited)
     app.register_blueprint(health.blueprint)

@@ -31,6 +31,8 @@ def fingerprint(submission: Submission) -> tuple[str, str] | None:
     if not 1 <= len(key) <= MAX_KEY_LENGTH:
         raise invalid([{"field": HEADER, "message": f"must be 1 to {MAX_KEY_LENGTH} characters"}])
     digest = hashlib.sha256(submission.image)
+    if submission.upload is not None:  # the bytes are the upload's: it names them
+        digest.update(f"upload:{submission.upload.id}".encode())
     digest.update(json.dumps(submission.asked, sort_keys=True).encode())
     if submission.webhook is not None:
         digest.update(submission.webhook.model_dump_json().encode())

@@ -61,7 +61,7 @@ Answer = tuple[dict[str, Any], int, dict[str, str]]
     resp=job_responses(
         HTTP_200=(JobOut, "The same Idempotency-Key and request were seen: the original job."),
         HTTP_202=(JobOut, "Recorded and queued."),
-        errors=(413, 415, 422),
+        errors=(409, 413, 415, 422),
         headers={200: ["Location"], 202: ["Location"]},
     ),
     security=BEARER,
@@ -79,8 +79,12 @@ def submit_job() -> Answer:
             return original
 
     job_id = uuid.uuid4()
-    stored_input = input_key(job_id, submission.extension)
-    svc.storage.put(stored_input, submission.image)
+    upload = submission.upload
+    if upload is not None:  # the upload's bytes stay where they are: the job takes them
+        stored_input = upload.key
+    else:
+        stored_input = input_key(job_id, submission.extension)
+        svc.storage.put(stored_input, submission.image)
     stored_guide = stored_mask = None
     controls = submission.controls
     if controls.guide is not None:
@@ -111,6 +115,14 @@ def submit_job() -> Answer:
         # Counted last, just before the insert, so it sees as many committed jobs as it can.
         check_active_cap(session, tenant_id(), svc.settings.max_active_jobs)
         transitions.add_job(session, job, idempotency)
+        if upload is not None:
+            session.flush()  # the job row first: the upload refers to it
+            if not transitions.take_upload(session, upload.id, job_id):
+                raise Problem(
+                    409,
+                    "Upload taken",
+                    f"upload {upload.id} is already the input of another job, or expired",
+                )
         session.commit()
     except IntegrityError:
         # Another request with the same key won the race; answer as its replay.

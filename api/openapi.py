@@ -44,6 +44,16 @@ HEADERS: dict[str, dict[str, Any]] = {
         "schema": {"type": "string"},
     },
 }
+HEADERS |= {
+    "Upload-Offset": {
+        "description": "How many bytes of the upload are stored.",
+        "schema": {"type": "string"},
+    },
+    "Upload-Expires": {
+        "description": "When the upload expires unless more bytes are sent (or it is submitted).",
+        "schema": {"type": "string"},
+    },
+}
 BINARY = {"schema": {"type": "string", "format": "binary"}}
 
 # The Redoc page, with Redoc's bundle served from api/static (redoc 2.5.4 from npm, MIT, licences

@@ -74,14 +74,16 @@ class JobSubmission(BaseModel):
         bytes | None,
         Field(
             description="The picture to dream on (or to animate, with params.animation): JPEG, "
-            "PNG, WebP or TIFF (8 or 16 bits). Required unless a video is sent.",
+            "PNG, WebP or TIFF (8 or 16 bits). Required unless a video is sent. Or, as a "
+            "text part, `upload:<id>`: a complete resumable upload (/v1/uploads) of it.",
             json_schema_extra=_absent_not_null,
         ),
     ] = None
     video: Annotated[
         bytes | None,
         Field(
-            description="Instead of an image, a video to dream frame by frame: MP4, MOV or WebM.",
+            description="Instead of an image, a video to dream frame by frame: MP4, MOV or WebM; "
+            "or, as a text part, `upload:<id>`: a complete resumable upload of it.",
             json_schema_extra=_absent_not_null,
         ),
     ] = None
@@ -125,6 +127,48 @@ class JobSubmission(BaseModel):
             json_schema_extra=_absent_not_null,
         ),
     ] = None
+
+
+_TUS_RESUMABLE = Field(
+    alias="Tus-Resumable", description="The tus version the client speaks: `1.0.0`."
+)
+
+
+class UploadCreateHeaders(BaseModel):
+    """Headers of POST /v1/uploads (tus creation; checked by the handler)."""
+
+    tus_resumable: Annotated[Literal["1.0.0"], _TUS_RESUMABLE]
+    upload_length: Annotated[
+        int,
+        Field(
+            alias="Upload-Length",
+            ge=0,
+            description="The upload's size in bytes, at most ONEIRO_MAX_UPLOAD_GB.",
+        ),
+    ]
+    upload_metadata: Annotated[
+        str | None,
+        Field(
+            alias="Upload-Metadata",
+            description="Comma-separated `key base64(value)` pairs, such as the `filename`.",
+            json_schema_extra=_absent_not_null,
+        ),
+    ] = None
+
+
+class UploadPatchHeaders(BaseModel):
+    """Headers of PATCH /v1/uploads/{upload_id} (tus core; checked by the handler). The body
+    is the bytes, as application/offset+octet-stream."""
+
+    tus_resumable: Annotated[Literal["1.0.0"], _TUS_RESUMABLE]
+    upload_offset: Annotated[
+        int,
+        Field(
+            alias="Upload-Offset",
+            ge=0,
+            description="Where the body's bytes start: the upload's offset (HEAD says it).",
+        ),
+    ]
 
 
 class SubmitHeaders(BaseModel):

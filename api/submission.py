@@ -5,10 +5,12 @@ Every refusal is a 4xx problem+json naming the part; nothing is stored before al
 
 from __future__ import annotations
 
+import contextlib
 import json
 import uuid
+from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import IO, TYPE_CHECKING, Any
 
 import pydantic_core
 from flask import request
@@ -17,18 +19,19 @@ from sqlalchemy.orm import Session
 
 from api.auth import tenant_id
 from api.controls import ControlParts, read_controls
-from api.db import get_db
+from api.db import get_db, services
 from api.problems import Problem, invalid
 from shared.cost import CostRefused, check_frame_limits, check_limits, render_size
 from shared.estimates import check_memory
 from shared.formats import ANIMATED_FORMATS, OUTPUT_FORMATS
 from shared.images import EXTENSIONS, ImageRejected, ImageTooLarge, inspect_image
-from shared.models import Job, utcnow
+from shared.models import Job, Upload, utcnow
 from shared.params import RenderParams, with_frame_defaults
 from shared.recipes import RecipeRefused, WeightsMismatch, check_weights, recipe_params
 from shared.recipes import weights_digest as digest_of
 from shared.settings import Settings
 from shared.transitions import count_active
+from shared.uploads import upload_store
 from shared.webhooks import WebhookRefused, WebhookSpec, check_target
 from shared.weights import NoWeights, require_weights
 
@@ -62,6 +65,9 @@ class Submission:
     # the frame kinds' frame count, known at submit so cost and progress count every frame.
     kind: str = "image"
     frames: int | None = None
+    # The complete resumable upload the input is (`image` is then empty): its bytes stay
+    # where they are, and the job takes the upload.
+    upload: Upload | None = None
 
 
 def read_submission(settings: Settings) -> Submission:
@@ -84,20 +90,19 @@ def read_submission(settings: Settings) -> Submission:
         raise invalid(
             [{"field": "params.start_by", "message": "start_by has passed: give a later time"}]
         )
-    if "video" in request.files:
+    if _sent("video"):
         return _read_video_submission(params, asked, settings)
-    upload = request.files.get("image")
-    if upload is None:
+    if not _sent("image"):
         raise invalid(
             [{"field": "image", "message": "a multipart file part named 'image' is required"}]
         )
-    data = upload.read()
-    try:
-        image_format, width, height = inspect_image(data, settings.max_pixels)
-    except ImageTooLarge as exc:
-        raise Problem(413, "Image too large", str(exc), limit=settings.max_pixels) from None
-    except ImageRejected as exc:
-        raise invalid([{"field": "image", "message": str(exc)}]) from None
+    with _input("image", settings) as (data, upload):
+        try:
+            image_format, width, height = inspect_image(data, settings.max_pixels)
+        except ImageTooLarge as exc:
+            raise Problem(413, "Image too large", str(exc), limit=settings.max_pixels) from None
+        except ImageRejected as exc:
+            raise invalid([{"field": "image", "message": str(exc)}]) from None
     frames = None if params.animation is None else params.animation.frames
     _check_cost(width, height, params, frames, settings)
     if frames is not None:
@@ -109,7 +114,7 @@ def read_submission(settings: Settings) -> Submission:
     return Submission(
         params=params,
         asked=asked,
-        image=data,
+        image=data if isinstance(data, bytes) else b"",
         extension=EXTENSIONS[image_format],
         width=width,
         height=height,
@@ -118,6 +123,7 @@ def read_submission(settings: Settings) -> Submission:
         rerun_of=rerun_of,
         kind="image" if frames is None else "animation",
         frames=frames,
+        upload=upload,
     )
 
 
@@ -126,19 +132,19 @@ def _read_video_submission(
 ) -> Submission:
     """A video job: the `video` part inspected (its header against the limits before a frame
     is decoded), its frame size and count the job's."""
-    if "image" in request.files:
+    if _sent("image"):
         raise invalid([{"field": "video", "message": "send an 'image' or a 'video', not both"}])
     if params.animation is not None:
         message = "a video job takes no animation; send an image to animate"
         raise invalid([{"field": "params.animation", "message": message}])
     _check_frame_params(asked, "video")
-    data = request.files["video"].read()
-    info = _inspect_video(data, settings)
+    with _input("video", settings) as (data, upload):
+        info = _inspect_video(data, settings)
     _check_cost(info.width, info.height, params, info.frames, settings)
     return Submission(
         params=params,
         asked=asked,
-        image=data,
+        image=data if isinstance(data, bytes) else b"",
         extension=info.extension,
         width=info.width,
         height=info.height,
@@ -146,7 +152,55 @@ def _read_video_submission(
         controls=read_controls(asked, (info.width, info.height), settings, EXTENSIONS),
         kind="video",
         frames=info.frames,
+        upload=upload,
     )
+
+
+def _sent(part: str) -> bool:
+    """Whether the request has the input part `part`: a file, or a text naming an upload."""
+    return part in request.files or part in request.form
+
+
+@contextlib.contextmanager
+def _input(part: str, settings: Settings) -> Iterator[tuple[bytes | IO[bytes], Upload | None]]:
+    """The input part's bytes, or the complete upload it names (`upload:<id>`) as a file read
+    as needed: a large upload is inspected without being held in memory."""
+    if part in request.files:
+        yield request.files[part].read(), None
+        return
+    upload = _named_upload(part)
+    store = upload_store(services().storage, settings.upload_part_bytes)
+    with store.reader(upload) as file:
+        yield file, upload
+
+
+def _named_upload(part: str) -> Upload:
+    """The complete upload of this tenant that the text part names; 422 otherwise."""
+    text = request.form[part].strip()
+    try:
+        if not text.startswith("upload:"):
+            raise ValueError
+        upload_id = uuid.UUID(text.removeprefix("upload:"))
+    except ValueError:
+        message = f"send the {part} as a file part, or as the text upload:<id> of an upload"
+        raise invalid([{"field": part, "message": message}]) from None
+    upload = get_db().get(Upload, upload_id)
+    problem = None
+    if upload is None or upload.tenant_id != tenant_id():
+        problem = f"there is no upload {upload_id} of this tenant"
+    elif upload.job_id is None and upload.expires_at <= utcnow():
+        problem = f"upload {upload_id} has expired"
+    elif upload.completed_at is None:
+        problem = (
+            f"upload {upload_id} holds {upload.received} of its {upload.length} bytes: "
+            "send the rest, then submit"
+        )
+    elif upload.length == 0:
+        problem = f"upload {upload_id} is empty"
+    if problem is not None:
+        raise invalid([{"field": part, "message": problem}])
+    assert upload is not None
+    return upload
 
 
 def _inspect_video(data: bytes, settings: Settings) -> VideoInfo:
@@ -335,7 +389,7 @@ def _read_params() -> tuple[RenderParams, dict[str, Any], dict[str, Any] | None]
         # The recipe's params, overridden by the ones sent: the same look, on a new image.
         raw = {**recipe["params"], **raw}
         text = json.dumps(raw)
-    if "video" in request.files or raw.get("animation") is not None:
+    if _sent("video") or raw.get("animation") is not None:
         # A frame starts from the previous dream: fewer steps and octaves than a still's. Not
         # in `raw`: the params as sent stay what the request asked for.
         text = json.dumps(with_frame_defaults(raw))

@@ -71,12 +71,16 @@ class Client:
         guide: Path | None = None,
         mask: Path | None = None,
         recipe: str | None = None,
+        upload: str | None = None,
     ) -> dict[str, Any]:
         """Upload `image` (or a video, by its name: .mp4, .mov, .webm) with `params` (over
-        `recipe`: a job id, or a recipe's JSON; and a guide image, a mask); the new job."""
+        `recipe`: a job id, or a recipe's JSON; and a guide image, a mask); the new job. With
+        `upload`, the complete resumable upload of that id (client/uploads.py) is the input."""
         headers = {"Idempotency-Key": idempotency_key} if idempotency_key else {}
         with image.open("rb") as file:
             parts = _job_parts(image, file, params, guide, mask, recipe)
+            if upload is not None:
+                parts[_part(image)] = (None, f"upload:{upload}", "text/plain")
             response = self.request("POST", "/v1/jobs", files=parts, headers=headers)
         return _json(response)
 

@@ -18,6 +18,7 @@ import click
 
 from client.api import ApiError, Client
 from client.config import config_hint, resolve_config
+from client.uploads import UPLOAD_THRESHOLD, UploadMemo, send_upload
 from shared.formats import result_format
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -163,6 +164,12 @@ def job_options(command: F) -> F:
     help="Where --wait writes the result [JOB_ID.png, the format's extension, or .mp4 for an "
     "animation or video (.gif or .webp for an animation asking one)]; implies --wait.",
 )
+@click.option(
+    "--resume/--no-resume",
+    default=True,
+    help="A file over 32 MB goes as a resumable upload: go on with the one an interrupted "
+    "run of this command left (the default), or start it over.",
+)
 @connection
 def submit(
     client: Client,
@@ -175,12 +182,19 @@ def submit(
     recipe: str | None,
     wait: bool,
     output: Path | None,
+    resume: bool,
 ) -> None:
     """Upload IMAGE (or a video: .mp4, .mov, .webm) as a new job and print its id; with --wait,
     follow it and save the result. `--param animation='{"frames": 48, "zoom": 1.03}'` makes a
-    zoom animation of an image."""
+    zoom animation of an image. A file over 32 MB is sent as a resumable upload first, with a
+    progress bar; if the connection drops, run the same command again to go on."""
     params = _job_params(pairs, params_json, preset)
-    job = client.submit(image, params, guide=guide, mask=mask, recipe=_recipe(recipe))
+    upload = _upload(client, image, resume) if image.stat().st_size > UPLOAD_THRESHOLD else None
+    job = client.submit(
+        image, params, guide=guide, mask=mask, recipe=_recipe(recipe), upload=upload
+    )
+    if upload is not None:
+        UploadMemo(client.url, image).forget()  # the job's now: nothing to resume
     job_id = job["id"]
     click.echo(job_id)
     if not (wait or output):
@@ -202,6 +216,34 @@ def submit(
             click.echo(goes_on, err=True)
         raise click.exceptions.Exit(130) from None
     _finish(client, job, output or Path(f"{job_id}.{_extension(job)}"))
+
+
+def _upload(client: Client, image: Path, resume: bool) -> str:
+    """Send IMAGE as a resumable upload with a progress bar (from where a resumed upload
+    stands); its id."""
+    from tqdm import tqdm
+
+    bar: tqdm[None] | None = None
+
+    def progress(offset: int, size: int) -> None:
+        nonlocal bar
+        if bar is None:
+            bar = tqdm(
+                total=size,
+                initial=offset,
+                unit="B",
+                unit_scale=True,
+                unit_divisor=1024,
+                desc=f"uploading {image.name}",
+                file=sys.stderr,
+            )
+        bar.update(offset - bar.n)
+
+    try:
+        return send_upload(client, image, progress, resume)
+    finally:
+        if bar is not None:
+            bar.close()
 
 
 @click.command()

@@ -9,6 +9,7 @@ import warnings
 import zlib
 from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import IO
 from xml.etree import ElementTree
 
 import numpy as np
@@ -32,20 +33,20 @@ class ImageTooLarge(ImageRejected):
     """The image has more pixels than the limit allows."""
 
 
-def inspect_image(data: bytes, max_pixels: int) -> tuple[str, int, int]:
-    """Check that `data` is a whole JPEG, PNG, WebP or TIFF image; return its format, width, height
-    (of the first picture, upright).
+def inspect_image(data: bytes | IO[bytes], max_pixels: int) -> tuple[str, int, int]:
+    """Check that `data` (bytes, or a file such as a resumable upload's) is a whole JPEG, PNG,
+    WebP or TIFF image; return its format, width, height (of the first picture, upright).
 
     The header is read first, so an image with too many pixels is refused before its pixels
     are decoded (a decompression bomb costs nothing).
     """
-    if not data:
+    if isinstance(data, bytes) and not data:
         raise ImageRejected("the image file is empty")
     try:
         with warnings.catch_warnings():
             # Pillow's own bomb warning; the pixel limit below is the one that applies.
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            image = Image.open(io.BytesIO(data))
+            image = Image.open(io.BytesIO(data) if isinstance(data, bytes) else data)
         with image:
             # A JPEG with a multi-picture block (phone HDR gain maps, stereo and DSLR previews)
             # opens as MPO; its first picture is the photo, a plain JPEG.

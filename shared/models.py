@@ -10,6 +10,7 @@ from typing import Any
 
 from sqlalchemy import (
     JSON,
+    BigInteger,
     DateTime,
     Enum,
     Float,
@@ -221,6 +222,39 @@ class IdempotencyKey(Base):
     request_hash: Mapped[str] = mapped_column(String(64))
     job_id: Mapped[uuid.UUID] = mapped_column(Uuid, ForeignKey("jobs.id", ondelete="CASCADE"))
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+
+class Upload(Base):
+    """A resumable (tus) upload of a tenant: its bytes go to storage as they arrive; once
+    complete, a job may take it as its input, and then it is the job's (its retention)."""
+
+    __tablename__ = "uploads"
+
+    id: Mapped[uuid.UUID] = mapped_column(Uuid, primary_key=True, default=uuid.uuid4)
+    tenant_id: Mapped[uuid.UUID] = mapped_column(
+        Uuid, ForeignKey("tenants.id", ondelete="CASCADE"), index=True
+    )
+    # Upload-Length, and the bytes stored so far (Upload-Offset): the row says how far it got.
+    length: Mapped[int] = mapped_column(BigInteger)
+    received: Mapped[int] = mapped_column(BigInteger, default=0)
+    # Upload-Metadata, decoded (filename, filetype ...), as the client sent it.
+    meta: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    # Where the whole upload is stored once complete (shared/storage.py upload_key).
+    key: Mapped[str] = mapped_column(String(255))
+    # S3: the multipart upload, its parts so far ({"PartNumber", "ETag"}) and the bytes past
+    # them held in a small object until a part's worth has arrived (S3 parts are >= 5 MiB).
+    multipart_id: Mapped[str | None] = mapped_column(String(1024))
+    parts: Mapped[list[dict[str, Any]]] = mapped_column(JSON, default=list)
+    tail_bytes: Mapped[int] = mapped_column(BigInteger, default=0)
+    # Set while a PATCH writes (one writer at a time); a writer that died holds it no longer.
+    busy_until: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    expires_at: Mapped[datetime] = mapped_column(UTCDateTime, index=True)
+    completed_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    # The job whose input it became: from then on it is the job's, and expires with it.
+    job_id: Mapped[uuid.UUID | None] = mapped_column(
+        Uuid, ForeignKey("jobs.id", ondelete="CASCADE"), index=True
+    )
 
 
 def shown_progress(job: Job) -> dict[str, Any]:

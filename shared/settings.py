@@ -365,6 +365,32 @@ class Settings(BaseSettings):
         description="The most pixels of each frame of an animated GIF or WebP (after `max_dim`); "
         "more is a `422`.",
     )
+    # Resumable uploads (tus, api/uploads.py): inputs too large for one request. The largest
+    # upload, what one tenant's unfinished (not yet submitted) uploads may hold together, and
+    # how long an upload that nothing is sent to lives before it and its bytes are deleted.
+    max_upload_gb: float = Field(
+        20.0, gt=0, description="The largest resumable upload, in GB (10^9 bytes)."
+    )
+    upload_quota_gb: float = Field(
+        100.0,
+        gt=0,
+        description="Per tenant: the GB its unfinished uploads (not yet a job's input) may "
+        "hold together; a new upload past it is refused.",
+    )
+    upload_ttl: float = Field(
+        24 * 3600.0,
+        gt=0,
+        description="Seconds an upload may sit unused (no byte sent, not submitted) before it "
+        "expires and maintenance deletes its bytes.",
+    )
+    # With S3 storage an upload is an S3 multipart upload: each part is at least 5 MiB (S3's
+    # minimum, but for the last), and at most this many bytes, spooled to a temporary file.
+    upload_part_bytes: int = Field(
+        64 * 1024 * 1024,
+        ge=5 * 1024 * 1024,
+        description="With S3 storage, the largest part of an upload's S3 multipart upload: a "
+        "PATCH body is cut into parts of this size, spooled on the API's disk, never in memory.",
+    )
 
     @field_validator("log_level", mode="before")
     @classmethod

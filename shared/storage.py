@@ -75,6 +75,31 @@ def frames_prefix(job_id: uuid.UUID, attempt: int) -> str:
     return job_key(job_id, "frames/", attempt)
 
 
+def upload_prefix(upload_id: uuid.UUID) -> str:
+    """The folder of a resumable upload's bytes: deleted whole when it expires or is ended."""
+    return f"uploads/{upload_id}/"
+
+
+def upload_key(upload_id: uuid.UUID) -> str:
+    """Where a resumable upload's bytes are, whole once it is complete: a job made from it
+    takes this key as its input (and retention deletes it with the job's files)."""
+    return f"{upload_prefix(upload_id)}data"
+
+
+def upload_of(key: str) -> uuid.UUID | None:
+    """The upload whose bytes `key` is (a job made from an upload has it as its input)."""
+    folder, _, rest = key.partition("/")
+    try:
+        return uuid.UUID(rest.split("/")[0]) if folder == "uploads" else None
+    except ValueError:
+        return None
+
+
+def upload_tail_key(upload_id: uuid.UUID) -> str:
+    """S3: the bytes of an upload past its last stored part, fewer than a part's minimum."""
+    return f"{upload_prefix(upload_id)}tail"
+
+
 class LegacyKeys(NamedTuple):
     """The per-kind keys jobs had before `jobs/<id>/`."""
 
@@ -194,6 +219,10 @@ class FileStorage:
     def __init__(self, root: Path) -> None:
         self.root = root
 
+    def local_path(self, key: str) -> Path:
+        """The file of `key` (which a resumable upload appends to)."""
+        return self._path(key)
+
     def _path(self, key: str) -> Path:
         path = (self.root / key).resolve()
         if not path.is_relative_to(self.root.resolve()) or not key:
@@ -290,6 +319,10 @@ class S3Storage:
 
         self.bucket, self.prefix = bucket, prefix.strip("/")
         self.client = client or boto3.client("s3")
+
+    def object_key(self, key: str) -> str:
+        """The bucket's key of `key` (under the prefix), for calls beyond this interface."""
+        return self._key(key)
 
     def _key(self, key: str) -> str:
         if not key or key.startswith("/") or ".." in key.split("/"):

@@ -19,7 +19,7 @@ from celery import Celery
 from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
 
-from shared.models import IdempotencyKey, Job, JobStatus, shown_progress, utcnow
+from shared.models import IdempotencyKey, Job, JobStatus, Upload, shown_progress, utcnow
 from shared.params import PRIORITIES
 from shared.queue import enqueue_render
 
@@ -69,6 +69,25 @@ def add_job(session: Session, job: Job, idempotency: tuple[str, str] | None = No
                 tenant_id=job.tenant_id, key=key, request_hash=request_hash, job_id=job.id
             )
         )
+
+
+def take_upload(session: Session, upload_id: uuid.UUID, job_id: uuid.UUID) -> bool:
+    """Make a complete, live upload no job has yet the input of `job_id` (flushed already),
+    in the caller's transaction; False when it is not such an upload any more (another job
+    took it, or it expired: maintenance deletes only what no job took)."""
+    return bool(
+        session.execute(
+            update(Upload)
+            .where(
+                Upload.id == upload_id,
+                Upload.job_id.is_(None),
+                Upload.completed_at.is_not(None),
+                Upload.expires_at > utcnow(),
+            )
+            .values(job_id=job_id)
+            .execution_options(synchronize_session=False)
+        ).rowcount
+    )
 
 
 def cancel(session: Session, job_id: uuid.UUID) -> bool:

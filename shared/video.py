@@ -14,6 +14,7 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
+from typing import IO
 
 import av
 import numpy as np
@@ -54,13 +55,16 @@ class VideoInfo:
         return float(self.frames / self.fps)
 
 
-def inspect_video(data: bytes, max_pixels: int, max_frames: int, max_seconds: float) -> VideoInfo:
+def inspect_video(
+    data: bytes | IO[bytes], max_pixels: int, max_frames: int, max_seconds: float
+) -> VideoInfo:
     """The upload's container, frame size, frame count and rate; VideoTooLarge when its header
-    (or its packets) break a limit, VideoRejected when it is no video we can decode."""
-    if not data:
+    (or its packets) break a limit, VideoRejected when it is no video we can decode. `data` is
+    the bytes, or a file (a resumable upload's, read as needed)."""
+    if isinstance(data, bytes) and not data:
         raise VideoRejected("the video file is empty")
     try:
-        container = av.open(io.BytesIO(data), mode="r")
+        container = av.open(io.BytesIO(data) if isinstance(data, bytes) else data, mode="r")
     except (av.FFmpegError, ValueError) as exc:
         raise VideoRejected(f"the file is not a readable video ({_reason(exc)})") from None
     with container:

@@ -11,6 +11,7 @@ import signal
 import subprocess
 import sys
 import threading
+import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -18,12 +19,15 @@ from typing import Any
 import pytest
 from click.testing import CliRunner, Result
 from PIL import Image
+from sqlalchemy import create_engine, select
+from sqlalchemy.orm import Session
 
 from client.api import ApiError, Client
 from client.cli import main
 from client.config import write_client_config
 from client.events import Event
-from tests.utils import CHELSEA, ROOT, Proxy, Stack, running_stack, wait_for
+from shared.models import Upload
+from tests.utils import CHELSEA, ROOT, Proxy, Stack, running_stack, wait_for, write_padded_clip
 
 pytestmark = pytest.mark.e2e
 
@@ -422,3 +426,69 @@ def test_estimate_says_what_a_submit_would_cost_before_sending(stack: Stack) -> 
     assert job["estimate"]["megapixel_steps"] == work
     refused = oneiro(stack, "estimate", str(CHELSEA), "--param", "steps=0")
     assert refused.exit_code == 1 and refused.stderr.startswith("Error: Invalid request")
+
+
+# -- large inputs as resumable uploads ---------------------------------------------------------
+
+
+def test_a_large_video_goes_as_an_upload_that_a_second_run_resumes(
+    stack: Stack, tmp_path: Path
+) -> None:
+    clip = tmp_path / "big.mp4"
+    write_padded_clip(clip, 40 * 1024 * 1024, size=(96, 64), frames=3, audio=False)
+    host, port = stack.url.removeprefix("http://").split(":")
+    proxy = Proxy((host, int(port)), server_timeout=None)
+    via = {"ONEIRO_URL": f"http://127.0.0.1:{proxy.port}"}
+    video = ["--param", "steps=1", "--param", "octaves=1", "--param", "tile_size=96"]
+    try:
+        proxy.cut_after(20 * 1024 * 1024)  # in the third 8 MiB chunk
+        first = oneiro(stack, "submit", str(clip), *video, env=via)
+        assert first.exit_code == 1
+        assert re.search(r"upload stopped at \d+ of 41943040 bytes: run the same", first.stderr)
+        proxy.restore()
+        second = oneiro(stack, "submit", str(clip), *video, env=via)
+    finally:
+        proxy.close()
+    assert second.exit_code == 0, second.output
+    assert "uploading big.mp4" in second.stderr and "40.0M/40.0M" in second.stderr
+    job = stack.job(second.stdout.strip())
+    assert job["kind"] == "video" and job["progress"]["frames"] == 3
+    with Session(create_engine(stack.database_url)) as session:
+        # Resumed, not sent again: one upload, the job's input.
+        uploads = list(session.scalars(select(Upload)))
+        assert [upload.job_id for upload in uploads] == [uuid.UUID(job["id"])]
+        started = re.search(r"uploading big.mp4:\s+(\d+)%", second.stderr)
+        assert started and int(started.group(1)) >= 40, second.stderr
+    assert (
+        json.loads((Path(os.environ["ONEIRO_CLIENT_CONFIG"]).parent / "uploads.json").read_text())
+        == {}
+    )
+
+
+def test_an_upload_goes_on_when_a_late_patch_moved_its_offset(
+    stack: Stack, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The PATCH of a dropped connection may still be storing when a resumed run asks the
+    # offset: the resumed run's first PATCH then meets a 409, asks again and goes on.
+    from client.uploads import send_upload
+
+    data = os.urandom(20 * 1024 * 1024)
+    path = tmp_path / "input.bin"
+    path.write_bytes(data)
+    client = Client(stack.url, stack.key)
+    original = Client.request
+    late: list[int] = []
+
+    def request(self: Client, method: str, target: str, **kwargs: Any) -> Any:
+        if method == "PATCH" and not late:
+            offset = int(kwargs["headers"]["Upload-Offset"])
+            late.append(offset)  # the old connection's bytes land first
+            original(self, method, target, **{**kwargs, "data": data[offset : offset + 1000]})
+        return original(self, method, target, **kwargs)
+
+    monkeypatch.setattr(Client, "request", request)
+    upload = send_upload(client, path)
+    client.close()
+    assert late == [0]
+    stored = Path(stack.settings.storage_url) / "uploads" / upload / "data"
+    assert stored.read_bytes() == data

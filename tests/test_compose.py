@@ -214,6 +214,10 @@ def test_a_buffering_proxy_with_client_timeouts_fronts_the_api(tmp_path: Path) -
     read_timeout = nginx_directives(events)["proxy_read_timeout"][0]
     assert int(read_timeout.removesuffix("h")) * 3600 > streams.KEEPALIVE_S
     assert nginx_directives(locations["/"])["proxy_buffering"] == ["on"]
+    # Resumable uploads stream through, of any size the API takes.
+    uploads = nginx_directives(locations["/v1/uploads"])
+    assert uploads["proxy_request_buffering"] == ["off"]
+    assert uploads["client_max_body_size"] == ["0"]
 
 
 # -- the images ---------------------------------------------------------------------------------

@@ -115,7 +115,8 @@ def test_every_v1_route_is_in_the_document_behind_the_bearer_key(app: Flask) -> 
         if rule.rule.startswith("/v1") and rule.rule not in DOC_ROUTES
         for method in rule.methods - {"HEAD", "OPTIONS"}
     }
-    assert len(routes) == 11  # the jobs' eight, estimates, models and presets
+    # The jobs' eight, estimates, models, presets, and the uploads' POST, PATCH and DELETE.
+    assert len(routes) == 14
     for path, method in routes:
         operation = paths[path][method]
         assert operation["security"] == [{"bearerAuth": []}], (path, method)
@@ -141,7 +142,9 @@ def test_job_submission_documents_the_models_that_validate_it(app: Flask) -> Non
     assert [(p["name"], p["in"]) for p in operation["parameters"]] == [
         ("Idempotency-Key", "header")
     ]
-    assert set(operation["responses"]) == {"200", "202", "401", "413", "415", "422", "429", "503"}
+    assert set(operation["responses"]) == {
+        *("200", "202", "401", "409", "413", "415", "422", "429", "503")
+    }
     for status in ("200", "202"):
         assert resolve(doc, operation["responses"][status]["content"]["application/json"]["schema"])
         assert "Location" in operation["responses"][status]["headers"]

@@ -29,6 +29,8 @@ from shared.storage import (
     legacy_keys,
     preview_key,
     result_key,
+    upload_key,
+    upload_tail_key,
 )
 from tests.utils import (
     assert_problem,
@@ -263,3 +265,19 @@ def test_the_maintenance_task_sweeps_temporary_files_once_per_age(
     tasks.maintain()  # within the age of the last sweep: the walk is not repeated
 
     assert not first.exists() and second.exists()
+
+
+def test_a_job_made_from_an_upload_takes_the_uploads_folder_with_it(
+    session: Session, storage: Storage, settings: Settings
+) -> None:
+    job = make_job(session, storage, status=JobStatus.SUCCEEDED, attempt=1)
+    upload = uuid.uuid4()
+    # What a finished S3 upload leaves, or a file upload: the bytes, and maybe a stray tail.
+    storage.put(upload_key(upload), storage.get(job.input_key))
+    storage.put(upload_tail_key(upload), b"tail")
+    job.input_key = upload_key(upload)
+    job.finished_at = utcnow() - timedelta(days=40)
+    session.commit()
+    assert expire_old_files(session, storage, settings) == [job.id]
+    assert not storage.exists(upload_key(upload)) and not storage.exists(upload_tail_key(upload))
+    assert not (Path(settings.storage_url) / "uploads" / str(upload)).exists()

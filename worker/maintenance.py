@@ -1,5 +1,6 @@
 """Periodic repairs that keep the database the truth: put back the jobs of dead workers, and
-the dispatched jobs whose message never reached (or no longer is in) Redis."""
+the dispatched jobs whose message never reached (or no longer is in) Redis; delete the files of
+old jobs and of uploads left unused."""
 
 from __future__ import annotations
 
@@ -13,11 +14,27 @@ from celery import Celery
 from sqlalchemy import delete, select, update
 from sqlalchemy.orm import Session
 
-from shared.models import IDEMPOTENCY_WINDOW, TERMINAL, IdempotencyKey, Job, JobStatus, utcnow
+from shared.models import (
+    IDEMPOTENCY_WINDOW,
+    TERMINAL,
+    IdempotencyKey,
+    Job,
+    JobStatus,
+    Upload,
+    utcnow,
+)
 from shared.queue import waiting_render_jobs
 from shared.settings import Settings
-from shared.storage import Storage, StorageError, job_prefix, legacy_keys
+from shared.storage import (
+    Storage,
+    StorageError,
+    job_prefix,
+    legacy_keys,
+    upload_of,
+    upload_prefix,
+)
 from shared.transitions import unmark_dispatched
+from shared.uploads import expired_uploads, upload_store
 
 log = logging.getLogger(__name__)
 
@@ -146,6 +163,8 @@ def expire_old_files(
             for key in {input_key, result_key, checkpoint, *legacy_keys(job_id)}:
                 if key and not key.startswith(job_prefix(job_id)):
                     storage.delete(key)
+            if upload_of(input_key) is not None:  # its input was an upload: all of its folder
+                storage.delete_prefix(upload_prefix(upload_of(input_key)))
         except StorageError:
             # Not marked: the next run tries this job again, and one job's trouble does not
             # hold up the others'.
@@ -168,6 +187,36 @@ def expire_old_files(
     if expired:
         log.info("retention: deleted the files of %d job(s)", len(expired))
     return expired
+
+
+def expire_uploads(
+    session: Session, storage: Storage, settings: Settings, now: datetime | None = None
+) -> list[uuid.UUID]:
+    """Delete the uploads no job took that went unused for upload_ttl: the row first (a
+    conditional DELETE, so a job taking it at that moment keeps it), then its bytes (an S3
+    multipart upload aborted). Returns the uploads deleted."""
+    now = now or utcnow()
+    store = upload_store(storage, settings.upload_part_bytes)
+    deleted = []
+    for upload in expired_uploads(session, now, EXPIRE_BATCH):
+        session.expunge(upload)  # read as it is: its row is deleted next
+        gone = session.execute(
+            delete(Upload)
+            .where(Upload.id == upload.id, Upload.job_id.is_(None), Upload.expires_at <= now)
+            .execution_options(synchronize_session=False)
+        ).rowcount
+        session.commit()
+        if not gone:
+            continue
+        try:
+            store.discard(upload)
+        except StorageError:
+            # The row is gone, so nothing names these bytes; the log does.
+            log.warning("uploads: the bytes of upload %s stay", upload.id, exc_info=True)
+        deleted.append(upload.id)
+    if deleted:
+        log.info("uploads: deleted %d expired upload(s)", len(deleted))
+    return deleted
 
 
 class TemporarySweeper:

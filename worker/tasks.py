@@ -17,6 +17,7 @@ from worker.jobs import run_job
 from worker.maintenance import (
     TemporarySweeper,
     expire_old_files,
+    expire_uploads,
     maintenance_lock,
     reap_stale_jobs,
     relay_queued_jobs,
@@ -67,6 +68,7 @@ def maintain() -> None:
             # The runtime's Celery: its settings name the render queue to send to.
             safely_dispatch(session, runtime.celery(), runtime.settings)
             expire_old_files(session, runtime.storage, runtime.settings)
+            expire_uploads(session, runtime.storage, runtime.settings)
         sweep_temporary_files(runtime.storage, runtime.settings)
     finally:
         with contextlib.suppress(redis.exceptions.LockError):  # expired meanwhile

@@ -292,19 +292,83 @@ function params() {
   return chosen;
 }
 
+// -- large inputs: resumable uploads ---------------------------------------------------------
+
+// Files larger than this go first as a resumable upload (tus, /v1/uploads: tus-js-client,
+// vendored in /static/tus.min.js), 8 MiB a request, with a progress bar; the job names it.
+const UPLOAD_THRESHOLD = 32 * 1024 * 1024;
+const UPLOAD_CHUNK = 8 * 1024 * 1024;
+
+function megabytes(bytes) {
+  return `${(bytes / 1e6).toFixed(1)} MB`;
+}
+
+// The upload's id once all of `file` is stored. A page reloaded or a connection dropped
+// midway goes on from where the server got to: tus-js-client remembers the upload's URL for
+// this file in localStorage and asks the server its offset.
+function uploadFile(file) {
+  const bar = $("upload-progress");
+  const text = $("upload-text");
+  bar.value = 0;
+  bar.hidden = text.hidden = false;
+  return new Promise((resolve, reject) => {
+    const upload = new tus.Upload(file, {
+      endpoint: "/v1/uploads",
+      chunkSize: UPLOAD_CHUNK,
+      retryDelays: [0, 1000, 3000, 5000],
+      headers: { Authorization: `Bearer ${apiKey}` },
+      metadata: { filename: file.name, filetype: file.type },
+      removeFingerprintOnSuccess: true,
+      onProgress(sent, total) {
+        bar.value = sent / total;
+        text.textContent = `Uploading ${file.name}: ${megabytes(sent)} of ${megabytes(total)}`;
+      },
+      onSuccess() {
+        text.textContent = `Uploaded ${file.name} (${megabytes(file.size)})`;
+        resolve(upload.url.split("/").pop());
+      },
+      onError(error) {
+        const answer = error.originalResponse;
+        let message = error.message;
+        try {
+          const problem = JSON.parse(answer.getBody());
+          message = `${problem.title}: ${problem.detail}`;
+        } catch (_) { /* no problem+json: tus-js-client's own message */ }
+        reject(new ApiError(message, answer ? answer.getStatus() : undefined));
+      },
+    });
+    upload.findPreviousUploads().then((previous) => {
+      if (previous.length) upload.resumeFromPreviousUpload(previous[0]);
+      upload.start();
+    });
+  });
+}
+
 form.addEventListener("submit", async (event) => {
   event.preventDefault();
   const body = new FormData();
   const file = $("image-input").files[0];
-  body.append(isVideo(file) ? "video" : "image", file);
+  $("submit").disabled = true;
+  $("form-error").hidden = true;
+  if (file.size > UPLOAD_THRESHOLD) {
+    try {
+      body.append(isVideo(file) ? "video" : "image", `upload:${await uploadFile(file)}`);
+    } catch (error) {
+      $("form-error").textContent = error.message;
+      $("form-error").hidden = false;
+      $("submit").disabled = false;
+      return;
+    }
+  } else {
+    $("upload-progress").hidden = $("upload-text").hidden = true;
+    body.append(isVideo(file) ? "video" : "image", file);
+  }
   body.append("params", JSON.stringify(params()));
   // The guide and the mask go as file parts of their own; the API checks them.
   for (const part of ["guide", "mask"]) {
     const chosen = form.elements[part].files[0];
     if (chosen) body.append(part, chosen);
   }
-  $("submit").disabled = true;
-  $("form-error").hidden = true;
   try {
     const job = await apiJson("/v1/jobs", { method: "POST", body });
     watch(job.id);

@@ -48,7 +48,7 @@ from tests.utils.runtime import (
 )
 from tests.utils.stack import Stack, running_stack
 from tests.utils.tcpproxy import Proxy
-from tests.utils.video import clip_bytes
+from tests.utils.video import clip_bytes, write_padded_clip
 from tests.utils.wait import wait_for
 
 __all__ = [
@@ -94,4 +94,5 @@ __all__ = [
     "tenant_named",
     "wait_for",
     "with_settings",
+    "write_padded_clip",
 ]

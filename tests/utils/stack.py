@@ -65,17 +65,30 @@ class Stack:
 
 
 @contextlib.contextmanager
-def running_stack(tmp: Path, redis_url: str, database_url: str | None = None) -> Iterator[Stack]:
-    """Migrate the database (SQLite in `tmp` unless given), serve the API, run one worker."""
+def running_stack(
+    tmp: Path,
+    redis_url: str,
+    database_url: str | None = None,
+    storage_url: str | None = None,
+    **variables: str,
+) -> Iterator[Stack]:
+    """Migrate the database (SQLite in `tmp` unless given), serve the API, run one worker;
+    on `storage_url` (files in `tmp` unless given), with ONEIRO_* `variables` set."""
     database_url = database_url or f"sqlite:///{tmp / 'oneiro.db'}"
     settings = load_settings(
         data_dir=tmp / "data",
         database_url=database_url,
         redis_url=redis_url,
         queue=f"oneiro-client-{uuid.uuid4().hex[:12]}",
+        **({"storage_url": storage_url} if storage_url else {}),
     )
     # Frequent progress and previews, so that a short test render shows several of each.
-    extra = {"ONEIRO_PROGRESS_INTERVAL": "0.2", "ONEIRO_PREVIEW_INTERVAL": "0.5"}
+    extra = {
+        "ONEIRO_PROGRESS_INTERVAL": "0.2",
+        "ONEIRO_PREVIEW_INTERVAL": "0.5",
+        "ONEIRO_STORAGE_URL": settings.storage_url,
+        **variables,
+    }
     env = process_env(settings, **extra)
     subprocess.run(migrate_command(), cwd=ROOT, env=env, check=True, capture_output=True)
     api_log, worker_log = tmp / "api.log", tmp / "worker.log"
