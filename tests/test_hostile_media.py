@@ -8,19 +8,20 @@ from __future__ import annotations
 import io
 import uuid
 from collections.abc import Callable
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
 import pytest
 from flask.testing import FlaskClient
 from PIL import Image
-from sqlalchemy import func, select
+from sqlalchemy import delete, func, select
 from sqlalchemy.orm import Session, sessionmaker
 
-from shared.models import Job, JobStatus
+from shared.models import Job, JobStatus, utcnow
 from shared.settings import Settings
 from shared.storage import Storage
-from tests.utils import clip_bytes, image_bytes, stored_files, submit
+from tests.utils import clip_bytes, image_bytes, make_job, stored_files, submit
 from tests.utils.hostile import (
     corrupt_later_packet_mov,
     growing_png_mov,
@@ -275,3 +276,38 @@ def test_a_grey_mask_is_read_from_its_header_and_a_colour_one_still_refused(
     )
     with pytest.raises(ImageRejected, match="colour"):
         inspect_mask(colour.getvalue(), LIMIT, (80, 60))
+
+
+def test_one_pathological_job_does_not_set_its_workers_measured_speed(
+    session: Session, storage: Storage
+) -> None:
+    """The issue's MOV ran 4 hours for what it was charged as 17 megapixel-steps; the farm's
+    speed, which every estimate and the autoscaling signal use, must not follow it."""
+    from api.metrics import worker_throughput
+
+    now = utcnow()
+    params = {"steps": 2, "octaves": 2, "seed": 7}
+
+    def finished(seconds: float, minutes_ago: int) -> None:
+        end = now - timedelta(minutes=minutes_ago)
+        make_job(
+            session,
+            storage,
+            status=JobStatus.SUCCEEDED,
+            worker="w1",
+            attempt=1,
+            started_at=end - timedelta(seconds=seconds),
+            finished_at=end,
+            params=params,
+        )
+
+    for minutes in (1, 2, 3):
+        finished(2.0, minutes)
+    typical = worker_throughput(session, now)["w1"]
+    finished(4 * 3600.0, 4)  # the same work, 7200 times slower
+
+    assert worker_throughput(session, now)["w1"] == pytest.approx(typical)
+    # Two jobs, one of them pathological: still the sound one's speed.
+    session.execute(delete(Job).where(Job.finished_at > now - timedelta(minutes=2, seconds=30)))
+    session.commit()
+    assert worker_throughput(session, now)["w1"] == pytest.approx(typical)
