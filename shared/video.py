@@ -32,6 +32,8 @@ CONTAINERS = {"mov,mp4,m4a,3gp,3g2,mj2": "mp4", "matroska,webm": "webm"}
 MP4_AUDIO = {"aac", "mp3", "alac", "ac3", "eac3", "opus"}
 # Codecs whose every packet is a whole picture file that Pillow reads the size of from its
 # header, without decoding it.
+# How much larger than the declared frame the decoder may allocate, each side (its padding).
+DECODER_MARGIN = 128
 PICTURE_CODECS = {"png", "apng", "mjpeg", "bmp", "tiff", "webp", "gif"}
 
 
@@ -251,7 +253,10 @@ def decode_frames(data: bytes, max_dim: int | None = None) -> Iterator[np.ndarra
         stream = container.streams.video[0]
         codec = stream.codec_context
         declared = (codec.width, codec.height)
-        codec.options = {"max_pixels": str(max(1, declared[0] * declared[1]))}
+        # With a margin: decoders check their padded size (an H.264 96x64 is refused at
+        # 96 x 64 pixels). A frame within it but not the declared size is refused below.
+        allowed = (declared[0] + DECODER_MARGIN) * (declared[1] + DECODER_MARGIN)
+        codec.options = {"max_pixels": str(allowed)}
         n = 0
         try:
             for packet in checked_packets(container, stream):
