@@ -250,53 +250,55 @@ def decode_frames(data: bytes, max_dim: int | None = None) -> Iterator[np.ndarra
     stream declares (what the job was charged for), before it is converted or scaled; the
     decoder itself refuses a larger one before allocating it."""
     with av.open(io.BytesIO(data), mode="r") as container:
-        stream = container.streams.video[0]
-        codec = stream.codec_context
-        declared = (codec.width, codec.height)
-        # With a margin: decoders check their padded size (an H.264 96x64 is refused at
-        # 96 x 64 pixels). A frame within it but not the declared size is refused below.
-        allowed = (declared[0] + DECODER_MARGIN) * (declared[1] + DECODER_MARGIN)
-        codec.options = {"max_pixels": str(allowed)}
-        n = 0
-        try:
-            for packet in checked_packets(container, stream):
-                for frame in packet.decode():
-                    n += 1
-                    yield _upright(n, frame, declared, max_dim)
-            for frame in codec.decode(None):
-                n += 1
-                yield _upright(n, frame, declared, max_dim)
-        except VideoRejected:
-            raise
-        except (av.FFmpegError, ValueError) as exc:
-            raise VideoRejected(
-                f"frame {n + 1} of the video cannot be decoded ({_reason(exc)}): it is corrupt "
-                f"or larger than the declared {declared[0]}x{declared[1]}"
-            ) from None
+        for frame in _checked_frames(container):
+            # A copy: the array must not share a buffer the decoder may reuse for later frames.
+            pixels = np.array(frame.to_ndarray(format="rgb24"))
+            turns = round(frame.rotation / 90) % 4  # counter-clockwise, as the display matrix
+            if turns:
+                pixels = np.ascontiguousarray(np.rot90(pixels, turns))
+            yield fit_within(pixels, max_dim)
 
 
-def _upright(
-    n: int, frame: av.VideoFrame, declared: tuple[int, int], max_dim: int | None
-) -> np.ndarray:
-    _check_size(n, (frame.width, frame.height), declared)
-    # A copy: the array must not share a buffer the decoder may reuse for later frames.
-    pixels = np.array(frame.to_ndarray(format="rgb24"))
-    turns = round(frame.rotation / 90) % 4  # counter-clockwise, as the display matrix says
-    if turns:
-        pixels = np.ascontiguousarray(np.rot90(pixels, turns))
-    return fit_within(pixels, max_dim)
-
-
-def frame_times(data: bytes) -> list[Fraction]:
-    """When each frame of the video starts, in seconds from the first, in order: a variable
-    frame rate's frames keep their times, so the result lasts as long as the source."""
+def frame_times(data: bytes) -> list[Fraction] | None:
+    """When each frame of the video starts, in seconds from the first, in order (a variable
+    frame rate's frames keep their times, so the result lasts as long as the source); None
+    when the frames carry no times. Every frame is decoded (not converted) and checked as
+    decode_frames checks it: the worker calls this before dreaming, so a frame of another
+    size or a corrupt one fails the job before any work, not hours in."""
     with av.open(io.BytesIO(data), mode="r") as container:
-        stream = container.streams.video[0]
-        base = stream.time_base
-        stamps = sorted(p.pts for p in checked_packets(container, stream) if p.pts is not None)
-    if not stamps or base is None:
-        return []
-    return [(stamp - stamps[0]) * base for stamp in stamps]
+        stamps = [frame.pts for frame in _checked_frames(container)]
+        base = container.streams.video[0].time_base
+    if not stamps or base is None or None in stamps:
+        return None
+    return [(stamp - stamps[0]) * base for stamp in stamps]  # type: ignore[operator]
+
+
+def _checked_frames(container: av.container.InputContainer) -> Iterator[av.VideoFrame]:
+    stream = container.streams.video[0]
+    codec = stream.codec_context
+    declared = (codec.width, codec.height)
+    # With a margin: decoders check their padded size (an H.264 96x64 is refused at 96 x 64
+    # pixels). A frame within it but not the declared size is refused below.
+    allowed = (declared[0] + DECODER_MARGIN) * (declared[1] + DECODER_MARGIN)
+    codec.options = {"max_pixels": str(allowed)}
+    n = 0
+    try:
+        for packet in checked_packets(container, stream):
+            for frame in packet.decode():
+                n += 1
+                _check_size(n, (frame.width, frame.height), declared)
+                yield frame
+        for frame in codec.decode(None):
+            n += 1
+            _check_size(n, (frame.width, frame.height), declared)
+            yield frame
+    except VideoRejected:
+        raise
+    except (av.FFmpegError, ValueError) as exc:
+        raise VideoRejected(
+            f"frame {n + 1} of the video cannot be decoded ({_reason(exc)}): it is corrupt or "
+            f"larger than the declared {declared[0]}x{declared[1]}"
+        ) from None
 
 
 def video_fps(data: bytes) -> Fraction:
