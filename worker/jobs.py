@@ -379,7 +379,7 @@ def _readable(exc: Exception) -> str:
         | ImageRejected
         | VideoRejected,
     ):
-        return _short(str(exc))
+        return str(exc)
     if isinstance(exc, SoftTimeLimitExceeded):
         return "the render ran past the time limit (ONEIRO_SOFT_TIME_LIMIT) and was stopped"
     first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
