@@ -10,7 +10,6 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections import Counter
 from collections.abc import Iterable, Iterator
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
@@ -313,12 +312,31 @@ def worker_throughput(session: Session, now: datetime | None = None) -> dict[str
         .order_by(Job.finished_at.desc())
         .limit(THROUGHPUT_MAX_JOBS)
     ).all()
-    work: Counter[str] = Counter()
-    seconds: Counter[str] = Counter()
+    jobs: dict[str, list[tuple[float, float]]] = {}
     for worker, width, height, params, frames, started, finished in rows:
-        work[worker] += megapixel_steps(width, height, params, frames)
-        seconds[worker] += (finished - started).total_seconds()
-    return {worker: work[worker] / seconds[worker] for worker in work if seconds[worker] > 0}
+        seconds = (finished - started).total_seconds()
+        if seconds > 0:
+            jobs.setdefault(worker, []).append(
+                (megapixel_steps(width, height, params, frames), seconds)
+            )
+    return {worker: _typical_rate(done) for worker, done in jobs.items()}
+
+
+# A job that ran this many times slower than its worker's median job is left out of the
+# worker's speed: one pathological job (a video whose frames outgrew what it was charged for
+# ran 4 hours for 17 megapixel-steps) would otherwise set the speed every estimate and the
+# autoscaling signal use, as its hours outweigh every other job's seconds.
+OUTLIER_FACTOR = 10.0
+
+
+def _typical_rate(done: list[tuple[float, float]]) -> float:
+    """The speed (work over seconds) of a worker's jobs (work, seconds each), those far slower
+    than its median job's left out."""
+    rates = sorted(work / seconds for work, seconds in done)
+    middle = len(rates) // 2
+    median = rates[middle] if len(rates) % 2 else (rates[middle - 1] + rates[middle]) / 2
+    kept = [(w, s) for w, s in done if w / s * OUTLIER_FACTOR >= median]
+    return sum(w for w, _ in kept) / sum(s for _, s in kept)
 
 
 def _seconds(session: Session, start: Any, end: Any) -> ColumnElement[float]:

@@ -23,7 +23,7 @@ from api.db import get_db, services
 from api.problems import Problem, invalid
 from shared.cost import CostRefused, check_frame_limits, check_limits, render_size
 from shared.estimates import check_memory
-from shared.formats import ANIMATED_FORMATS, OUTPUT_FORMATS
+from shared.formats import ANIMATED_FORMATS, OUTPUT_FORMATS, fps_problem, result_format
 from shared.images import EXTENSIONS, ImageRejected, ImageTooLarge, inspect_image
 from shared.models import Job, Upload, utcnow
 from shared.params import RenderParams, with_frame_defaults
@@ -250,9 +250,15 @@ def _check_frame_params(asked: dict[str, Any], kind: str) -> None:
 
 
 def _check_animated(params: RenderParams, size: tuple[int, int], settings: Settings) -> None:
-    """An animation asked for as an animated GIF or WebP: short and small (an MP4 otherwise),
-    and for a GIF, no faster than browsers play one."""
-    if params.output_format not in ANIMATED_FORMATS or params.animation is None:
+    """An animation's rate, one its format holds (refused now, not after every frame is
+    rendered); asked for as an animated GIF or WebP: short and small (an MP4 otherwise), and for
+    a GIF, no faster than browsers play one."""
+    if params.animation is None:
+        return
+    fps_error = fps_problem(params.animation.fps, result_format("animation", params.output_format))
+    if fps_error is not None:
+        raise invalid([{"field": "params.animation.fps", "message": fps_error}])
+    if params.output_format not in ANIMATED_FORMATS:
         return
     name, animation = params.output_format, params.animation
     errors = []

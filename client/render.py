@@ -282,10 +282,16 @@ def _render_motion(
     source: Path, output: Path, params: RenderParams, weights: str, precision: str
 ) -> None:
     """A zoom animation of an image, or a video dreamed frame by frame, written as an MP4."""
-    from fractions import Fraction
-
+    from shared.formats import frame_rate
     from shared.images import ImageRejected, decode_rgb, fit_within
-    from shared.video import VideoRejected, decode_frames, encode_mp4, inspect_video, video_fps
+    from shared.video import (
+        VideoRejected,
+        decode_frames,
+        encode_mp4,
+        frame_times,
+        inspect_video,
+        video_fps,
+    )
     from worker.engine import WeightsUnavailable, animate, dream_video, load_dream_model
 
     data = source.read_bytes()
@@ -297,8 +303,10 @@ def _render_motion(
             channels=params.channels,
             precision=precision,
         )
+        times = None
         if params.animation is None:
             count = inspect_video(data, 2**40, 10**9, float("inf")).frames
+            times = frame_times(data)  # a variable rate's frames keep their times
         else:
             image = fit_within(decode_rgb(data), params.max_dim)
             count = params.animation.frames
@@ -322,9 +330,13 @@ def _render_motion(
             fps = video_fps(data)
         else:
             animate(image, params, model, on_frame=frames.__setitem__, on_progress=progress)
-            fps = Fraction(params.animation.fps)
+            fps = frame_rate(params.animation.fps)
     audio = data if params.animation is None else None
-    output.write_bytes(encode_mp4((frames[n] for n in sorted(frames)), fps, audio_from=audio))
+    if times is not None and len(times) < len(frames):
+        times = None
+    output.write_bytes(
+        encode_mp4((frames[n] for n in sorted(frames)), fps, audio_from=audio, times=times)
+    )
     click.echo(str(output))
 
 

@@ -13,17 +13,16 @@ from __future__ import annotations
 import logging
 import uuid
 from collections.abc import Iterator
-from fractions import Fraction
 from typing import Any
 
 import numpy as np
 
-from shared.formats import MP4, output_format, result_format
+from shared.formats import MP4, frame_rate, output_format, result_format
 from shared.images import decode_rgb, encode_animation, encode_image, encode_jpeg, fit_within
 from shared.params import Animation, RenderParams
 from shared.storage import ObjectNotFound, StorageError, frame_key, video_result_key
 from shared.transitions import LostJob
-from shared.video import decode_frames, encode_mp4, video_fps
+from shared.video import decode_frames, encode_mp4, frame_times, video_fps
 from worker.outputs import put_fenced, put_preview
 from worker.runtime import Runtime
 from worker.watchers import ProgressReporter, ShouldStop
@@ -53,6 +52,10 @@ def render_frames(
         data = runtime.storage.get(input_key)
     except ObjectNotFound:
         raise StorageError(f"the input of this job is missing from storage ({input_key})") from None
+    # Every packet read before a frame is dreamed: a frame of another size than the job was
+    # charged for, or a corrupt one, fails the job now (VideoRejected), not hours in. The
+    # frames' times are the result's.
+    times = frame_times(data) if kind == "video" else None
     start = _first_missing(runtime, job_id, attempt, frames)
     if start:
         log.info("job %s resumes at frame %d of %d", job_id, start + 1, frames)
@@ -116,8 +119,9 @@ def render_frames(
     else:
         video = encode_mp4(
             stored_frames,
-            Fraction(fps) if kind == "animation" else video_fps(data),
+            frame_rate(fps) if kind == "animation" else video_fps(data),
             audio_from=data if kind == "video" else None,
+            times=times[:done] if times and len(times) >= done else None,
         )
     stored = video_result_key(job_id, attempt, fmt.extension)
     put_fenced(runtime, should_stop, stored, video)

@@ -28,7 +28,14 @@ from shared.changes import publish_change
 from shared.controls import decode_mask
 from shared.cost import GIB
 from shared.formats import output_format, result_format
-from shared.images import as_depth, decode_image, decode_rgb, encode_jpeg, fit_within
+from shared.images import (
+    ImageRejected,
+    as_depth,
+    decode_image,
+    decode_rgb,
+    encode_jpeg,
+    fit_within,
+)
 from shared.logs import log_context
 from shared.models import FRAME_KINDS, Job, JobStatus
 from shared.params import RenderParams
@@ -358,12 +365,21 @@ MAX_ERROR_CHARS = 300
 
 
 def _readable(exc: Exception) -> str:
+    from shared.video import VideoRejected
     from worker.engine import WeightsUnavailable
 
+    # Ours: a sentence on what is wrong, one on what to do (a refused input's says which).
     if isinstance(
-        exc, WeightsUnavailable | StorageError | NoWeights | WeightsMismatch | TooLargeForWorker
+        exc,
+        WeightsUnavailable
+        | StorageError
+        | NoWeights
+        | WeightsMismatch
+        | TooLargeForWorker
+        | ImageRejected
+        | VideoRejected,
     ):
-        return str(exc)  # ours: a sentence on what is wrong, one on what to do
+        return str(exc)
     if isinstance(exc, SoftTimeLimitExceeded):
         return "the render ran past the time limit (ONEIRO_SOFT_TIME_LIMIT) and was stopped"
     first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
