@@ -24,7 +24,7 @@ from shared.estimates import check_memory
 from shared.formats import ANIMATED_FORMATS, OUTPUT_FORMATS
 from shared.images import EXTENSIONS, ImageRejected, ImageTooLarge, inspect_image
 from shared.models import Job, utcnow
-from shared.params import RenderParams, with_frame_defaults
+from shared.params import RenderParams, error_message, with_frame_defaults
 from shared.recipes import RecipeRefused, WeightsMismatch, check_weights, recipe_params
 from shared.recipes import weights_digest as digest_of
 from shared.settings import Settings
@@ -289,7 +289,11 @@ def _form_text(name: str) -> str | None:
 
 def _field_errors(part: str, exc: ValidationError) -> list[dict[str, str]]:
     return [
-        {"field": ".".join([part, *map(str, e["loc"])]), "message": e["msg"]} for e in exc.errors()
+        {
+            "field": ".".join([part, *map(str, e["loc"])]),
+            "message": error_message(e) if part == "params" else e["msg"],
+        }
+        for e in exc.errors()
     ]
 
 

@@ -21,7 +21,7 @@ from client.api import VIDEO_SUFFIXES
 from client.commands import format_eta
 from shared.catalogue import BACKBONES
 from shared.formats import OUTPUT_FORMATS
-from shared.params import RenderParams, with_frame_defaults
+from shared.params import RenderParams, error_message, with_frame_defaults
 from shared.presets import PRESETS
 
 
@@ -205,7 +205,7 @@ def render(
         params = RenderParams.model_validate(chosen)
     except ValidationError as exc:
         problems = "; ".join(
-            f"--{str(e['loc'][0]).replace('_', '-')}: {e['msg']}" for e in exc.errors()
+            f"--{str(e['loc'][0]).replace('_', '-')}: {error_message(e)}" for e in exc.errors()
         )
         raise click.UsageError(problems) from None
 

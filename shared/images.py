@@ -56,7 +56,7 @@ def inspect_image(data: bytes, max_pixels: int) -> tuple[str, int, int]:
             if width * height > max_pixels:
                 raise ImageTooLarge(
                     f"the image has {width * height} pixels ({width}x{height}); "
-                    f"the limit is {max_pixels}"
+                    f"the limit is {max_pixels} (ONEIRO_MAX_PIXELS)"
                 )
             image.load()
             return kind, width, height
@@ -67,7 +67,7 @@ def inspect_image(data: bytes, max_pixels: int) -> tuple[str, int, int]:
         raise ImageRejected(f"the file is not an image Oneiro can read; {SEND}") from None
     except Image.DecompressionBombError as exc:
         raise ImageTooLarge(
-            f"the image has too many pixels: {exc}; the limit is {max_pixels}"
+            f"the image has too many pixels: {exc}; the limit is {max_pixels} (ONEIRO_MAX_PIXELS)"
         ) from None
     except (OSError, SyntaxError, ValueError) as exc:
         raise ImageRejected(f"the file is not a readable image: {exc}") from None

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import difflib
 import secrets
 from datetime import UTC, datetime, timedelta
 from typing import Annotated, Any, Literal
@@ -14,6 +15,7 @@ from pydantic import (
     field_validator,
     model_validator,
 )
+from pydantic_core import ErrorDetails
 
 from shared.catalogue import BACKBONES, DEFAULT_BACKBONE
 from shared.formats import DEFAULT_FORMAT, FORMAT_NAMES
@@ -309,3 +311,16 @@ def _known(layers: dict[str, float], model: str | None) -> dict[str, float]:
             f"{model} has no layer {', '.join(unknown)}; choose from {', '.join(known)}"
         )
     return layers
+
+
+def error_message(error: ErrorDetails) -> str:
+    """A validation error of RenderParams as a person reads it: an unknown name says which
+    known one it was likely meant to be (`stepz`: did you mean `steps`?)."""
+    if error["type"] != "extra_forbidden":
+        return error["msg"]
+    *parents, name = (str(part) for part in error["loc"])
+    model: type[BaseModel] = Animation if parents == ["animation"] else RenderParams
+    close = difflib.get_close_matches(name, list(model.model_fields), n=1, cutoff=0.6)
+    if close:
+        return f"not a parameter; did you mean `{close[0]}`?"
+    return f"not a parameter; the parameters are {', '.join(model.model_fields)}"
