@@ -37,7 +37,9 @@ def connection(command: F) -> F:
     )
     @functools.wraps(command)
     def wrapper(*args: Any, url: str | None, key: str | None, **kwargs: Any) -> Any:
-        config = resolve_config(url, key)
+        # `oneiro --key K status ID`: the group's options, where the command has none of its own.
+        root = click.get_current_context().find_root().params
+        config = resolve_config(url or root.get("url"), key or root.get("key"))
         if not config.key:
             raise click.ClickException(f"no API key: {config_hint()}")
         client = Client(config.url, config.key)
@@ -185,6 +187,8 @@ def submit(
     click.echo(job_id)
     if not (wait or output):
         return
+    if output is not None:
+        _check_extension(job, output, "--output")
     try:
         job = _wait(client, job_id)
     except KeyboardInterrupt:
@@ -262,6 +266,26 @@ def _recipe(value: str | None) -> str | None:
 def _extension(job: dict[str, Any]) -> str:
     """The file extension of the job's result."""
     return result_format(job.get("kind", "image"), job["params"].get("output_format")).extension
+
+
+# Other spellings of an extension that name the same format.
+SAME_EXTENSIONS = {"tif": {"tif", "tiff"}, "jpg": {"jpg", "jpeg"}}
+
+
+def _check_extension(job: dict[str, Any], output: Path, option: str) -> None:
+    """A usage error when `output`'s extension names another format than the job's result:
+    TIFF bytes under `.png` open nowhere (or wrongly) and say nothing of why."""
+    extension = _extension(job)
+    if output.suffix.lower().lstrip(".") in SAME_EXTENSIONS.get(extension, {extension}):
+        return
+    fmt = result_format(job.get("kind", "image"), job["params"].get("output_format"))
+    name = fmt.media_type.split("/")[1].upper()
+    raise click.BadParameter(
+        f"job {job['id']}'s result is a{'n' if name.startswith('MP') else ''} {name}, not "
+        f"{output.suffix or 'a file without an extension'}: write it to "
+        f"{output.with_suffix('.' + extension)}",
+        param_hint=option,
+    )
 
 
 @click.command()
@@ -376,7 +400,10 @@ def retry(client: Client, job_id: str) -> None:
 @connection
 def result(client: Client, job_id: str, output: Path | None) -> None:
     """Download the result image of succeeded job ID."""
-    output = output or Path(f"{job_id}.{_extension(client.job(job_id))}")
+    job = client.job(job_id)
+    if output is None:
+        output = Path(f"{job_id}.{_extension(job)}")
+    _check_extension(job, output, "--output")
     output.write_bytes(client.result(job_id))
     click.echo(str(output))
 

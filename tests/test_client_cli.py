@@ -76,6 +76,20 @@ def test_config_precedence_against_the_api(
     assert flag_url.exit_code == 0, flag_url.output
 
 
+def test_url_and_key_may_come_before_the_command(stack: Stack, no_saved_config: Path) -> None:
+    runner = CliRunner()
+    unknown = "00000000-0000-0000-0000-000000000000"
+    before = runner.invoke(main, ["--url", stack.url, "--key", stack.key, "status", unknown])
+    wrong_before = runner.invoke(main, ["--url", stack.url, "--key", "nope", "status", unknown])
+    after_wins = runner.invoke(
+        main, ["--url", stack.url, "--key", "nope", "status", unknown, "--key", stack.key]
+    )
+
+    assert before.exit_code == 1 and "Job not found" in before.stderr, before.output
+    assert wrong_before.exit_code == 1 and "Unauthorized" in wrong_before.stderr
+    assert after_wins.exit_code == 1 and "Job not found" in after_wins.stderr
+
+
 def test_no_key_anywhere_says_where_to_get_one() -> None:
     result = CliRunner().invoke(main, ["list"])
     assert result.exit_code == 1
@@ -206,6 +220,23 @@ def test_status_list_cancel_retry_and_result(stack: Stack, tmp_path: Path) -> No
     assert unknown.stderr == (
         "Error: Job not found: there is no job 00000000-0000-0000-0000-000000000000\n"
     )
+
+
+def test_result_is_not_written_under_another_formats_extension(
+    stack: Stack, tmp_path: Path
+) -> None:
+    submitted = oneiro(stack, "submit", str(CHELSEA), *SMALL, "--param", "output_format=tiff16")
+    job_id = submitted.stdout.strip()
+    assert stack.wait_until_ended(job_id)["status"] == "succeeded"
+
+    as_png = oneiro(stack, "result", job_id, "-o", str(tmp_path / "dream16.png"))
+    as_tif = oneiro(stack, "result", job_id, "-o", str(tmp_path / "dream16.tiff"))
+
+    assert as_png.exit_code == 2 and not (tmp_path / "dream16.png").exists()
+    assert "a TIFF" in as_png.stderr and "dream16.tif" in as_png.stderr, as_png.stderr
+    assert as_tif.exit_code == 0, as_tif.output
+    with Image.open(tmp_path / "dream16.tiff") as image:
+        assert image.format == "TIFF"
 
 
 def test_a_job_canceled_elsewhere_ends_the_wait_non_zero(stack: Stack, tmp_path: Path) -> None:
