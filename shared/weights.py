@@ -28,9 +28,9 @@ def keras_cache() -> Path:
 def how_to_provide(backbone: Backbone) -> str:
     """One sentence on how to give a deployment the weights of `backbone`."""
     return (
-        f"Put {backbone.weights_file} (the Keras ImageNet {backbone.keras_name} weights without "
-        "the top) in ONEIRO_WEIGHTS_DIR or the Keras cache (~/.keras/models/), or set "
-        "ONEIRO_WEIGHTS=random to run with seeded random weights."
+        f"Set ONEIRO_WEIGHTS=/path/to/{backbone.weights_file} (Keras' ImageNet "
+        f"{backbone.keras_name} weights, no top), put it in ONEIRO_WEIGHTS_DIR or the Keras cache "
+        "(~/.keras/models/), or set ONEIRO_WEIGHTS=random."
     )
 
 

@@ -172,3 +172,5 @@ def test_the_offline_weights_advice_names_the_files_the_readme_names() -> None:
         advice = how_to_provide(backbone)
         assert backbone.weights_file in advice and backbone.weights_file in readme
         assert "ONEIRO_WEIGHTS=random" in advice and "ONEIRO_WEIGHTS_DIR" in readme
+        # The fix that works offline with one file, spelt as it is typed.
+        assert f"ONEIRO_WEIGHTS=/path/to/{backbone.weights_file}" in advice
