@@ -93,7 +93,7 @@ def quiet_tensorflow_without_gpu() -> None:
     metavar="LAYER=I,J,...",
     help="Maximize only these channels of a layer; repeatable.",
 )
-@click.option("--steps", type=int, help="Gradient steps per octave [100].")
+@click.option("--steps", type=int, help="Gradient steps per octave [20].")
 @click.option("--step-size", type=float, help="Gradient-ascent step [0.01].")
 @click.option("--octaves", type=int, help="Number of octaves, centred on the input size [5].")
 @click.option("--octave-scale", type=float, help="Size ratio between octaves [1.3].")

@@ -128,7 +128,7 @@ def test_frame_jobs_default_to_few_steps_a_frame_and_stills_do_not(client: Flask
     zoom = post(client, {"animation": {"frames": 3}}, image=image_bytes()).get_json()
     still = post(client, {}, image=image_bytes()).get_json()
     assert (zoom["params"]["steps"], zoom["params"]["octaves"]) == (10, 3)
-    assert (still["params"]["steps"], still["params"]["octaves"]) == (100, 5)
+    assert (still["params"]["steps"], still["params"]["octaves"]) == (20, 5)
     assert still["kind"] == "image" and still["frames"] is None
     video = post(client, {"steps": 4}, video=clip_bytes()).get_json()
     assert (video["params"]["steps"], video["params"]["octaves"]) == (4, 3)
