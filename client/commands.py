@@ -86,6 +86,8 @@ def format_eta(seconds: float | None) -> str:
 def describe_progress(job: dict[str, Any]) -> str:
     """`octave 2/5 step 3/8 ETA 0:12`, as far as the job has got."""
     p = job.get("progress") or {}
+    if job.get("status") == "queued" and job.get("queue"):
+        return f"queued, {describe_standing(job['queue'])}"
     if job.get("status") != "running":
         return str(job.get("status"))
     frame = f"frame {p.get('frame') or 1}/{p['frames']} " if p.get("frames") else ""
@@ -93,6 +95,15 @@ def describe_progress(job: dict[str, Any]) -> str:
         f"{frame}octave {p.get('octave', 1)}/{p.get('octaves')} step {p.get('step', 0)}/"
         f"{p.get('steps')} ETA {format_eta(p.get('eta_seconds'))}"
     )
+
+
+def describe_standing(queue: dict[str, Any]) -> str:
+    """`position 2; starts in about 1:30` for a queued job's standing (the API's `queue`)."""
+    seconds = queue.get("estimated_start_seconds")
+    start = (
+        "start time not known yet" if seconds is None else f"starts in about {format_eta(seconds)}"
+    )
+    return f"position {queue['position']}; {start}"
 
 
 def _wait(client: Client, job_id: str) -> dict[str, Any]:
@@ -326,6 +337,8 @@ def status(client: Client, job_id: str, as_json: bool) -> None:
         f"created   {job.get('created_at')}",
         f"finished  {job.get('finished_at') or '-'}",
     ]
+    if job.get("queue"):
+        lines.insert(2, f"queue     {describe_standing(job['queue'])}")
     if job.get("error"):
         lines.append(f"error     {job['error']}")
     if job.get("result_url"):

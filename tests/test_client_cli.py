@@ -453,3 +453,26 @@ def test_estimate_says_what_a_submit_would_cost_before_sending(stack: Stack) -> 
     assert job["estimate"]["megapixel_steps"] == work
     refused = oneiro(stack, "estimate", str(CHELSEA), "--param", "steps=0")
     assert refused.exit_code == 1 and refused.stderr.startswith("Error: Invalid request")
+
+
+def test_status_of_a_queued_job_says_where_it_stands(stack: Stack) -> None:
+    # The one worker busy with a long job: the next waits, queued, first in line.
+    long_job = oneiro(stack, "submit", str(CHELSEA), *SMALL, "--param", "steps=1000")
+    waiting = oneiro(stack, "submit", str(CHELSEA), *SMALL)
+    long_id, waiting_id = long_job.stdout.strip(), waiting.stdout.strip()
+    try:
+        wait_for(lambda: stack.job(long_id)["status"] == "running", 60, "the long job to start")
+        shown = oneiro(stack, "status", waiting_id)
+        standing = stack.job(waiting_id)["queue"]
+    finally:
+        with stack.http() as http:
+            for job_id in (waiting_id, long_id):
+                http.post(f"{stack.url}/v1/jobs/{job_id}/cancel", timeout=10)
+
+    assert shown.exit_code == 0, shown.output
+    assert standing is not None and standing["position"] == 1
+    assert re.search(
+        r"^queue +position 1; (starts in about \d+:\d\d|start time not known yet)$",
+        shown.stdout,
+        re.M,
+    ), shown.stdout
