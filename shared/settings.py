@@ -98,8 +98,12 @@ class Settings(BaseSettings):
     # Files of jobs that ended longer ago than this are deleted; the row stays, marked expired.
     retention_seconds: float = Field(30 * 24 * 3600.0, gt=0)
     # Logs go to stderr, one JSON object per line for a log collector, or plain text for a
-    # person at a terminal.
-    log_format: Literal["json", "text"] = "json"
+    # person at a terminal; `auto` chooses by whether stderr is a terminal (`make run`'s is).
+    log_format: Literal["auto", "json", "text"] = Field(
+        "auto",
+        description="Log lines on stderr: json (one object a line, for a collector), text (for "
+        "a person), or auto: text where stderr is a terminal, else json.",
+    )
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"] = "INFO"
     # The longer side of an upload over its shorter: the engine raises every octave's shorter
     # side to what the backbone can see, so a thread-thin image renders huge, useless octaves.
