@@ -20,6 +20,7 @@ from api.controls import ControlParts, read_controls
 from api.db import get_db
 from api.problems import Problem, invalid
 from shared.cost import CostRefused, check_frame_limits, check_limits, render_size
+from shared.download_failures import download_failures
 from shared.estimates import check_memory
 from shared.formats import ANIMATED_FORMATS, OUTPUT_FORMATS
 from shared.images import EXTENSIONS, ImageRejected, ImageTooLarge, inspect_image
@@ -71,7 +72,7 @@ def read_submission(settings: Settings) -> Submission:
     from_recipe = rerun_of is not None and asked.get("model") == rerun_of["params"].get("model")
     field = "recipe" if from_recipe else "params.model"
     try:
-        weights = require_weights(settings, params.model)
+        weights = require_weights(settings, params.model, download_failures(settings))
     except NoWeights as exc:  # accepted, it would fail on the worker: refuse it now
         raise invalid([{"field": field, "message": str(exc)}]) from None
     if rerun_of is not None:
