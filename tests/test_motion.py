@@ -22,6 +22,7 @@ from PIL import Image
 from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
+from shared.images import recipe_of
 from shared.models import Job, JobStatus, utcnow
 from shared.settings import Settings
 from shared.storage import Storage, frame_key
@@ -112,6 +113,9 @@ def test_a_zoom_animation_is_an_mp4_of_its_frames_at_its_rate_served_in_ranges(
     whole = client.get(f"/v1/jobs/{job['id']}/result")
     facts = video_of(whole.data)
     assert len(facts["frames"]) == 4 and facts["fps"] == 8
+    # The MP4 carries its recipe, as a still does (its `comment` tag).
+    recipe = client.get(f"/v1/jobs/{job['id']}").get_json()["recipe"]
+    assert recipe and recipe_of(whole.data) == recipe
     assert facts["size"] == (90, 66) and facts["audio"] == []
     size = len(whole.data)
     # Closed as a WSGI server closes a body: a range stops reading before the file's end.
@@ -520,7 +524,10 @@ def test_a_short_animation_asked_as_gif_or_webp_loops_at_its_rate(
         "durations": [ms] * 3,
     }
     # `oneiro submit --wait` and `oneiro result` save it under the same extension.
-    assert _extension(client.get(f"/v1/jobs/{job['id']}").get_json()) == name
+    shown = client.get(f"/v1/jobs/{job['id']}").get_json()
+    assert _extension(shown) == name
+    # It carries its recipe in its own metadata, as a still does (GIF: a comment; WebP: XMP).
+    assert recipe_of(result.data) == shown["recipe"] and shown["recipe"]["params"]["seed"]
 
 
 def test_a_gif_at_24_fps_keeps_its_rate_in_hundredths() -> None:
