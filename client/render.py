@@ -285,6 +285,7 @@ def _render_motion(
     from fractions import Fraction
 
     from shared.images import ImageRejected, decode_rgb, fit_within
+    from shared.recipes import device_name, make_recipe, recipe_text, weights_digest
     from shared.video import VideoRejected, decode_frames, encode_mp4, inspect_video, video_fps
     from worker.engine import WeightsUnavailable, animate, dream_video, load_dream_model
 
@@ -324,7 +325,18 @@ def _render_motion(
             animate(image, params, model, on_frame=frames.__setitem__, on_progress=progress)
             fps = Fraction(params.animation.fps)
     audio = data if params.animation is None else None
-    output.write_bytes(encode_mp4((frames[n] for n in sorted(frames)), fps, audio_from=audio))
+    recipe = make_recipe(
+        params.model_dump(mode="json"),
+        weights=weights_digest(weights),
+        backend=model.backend,
+        precision=model.precision,
+        device=device_name(model.device),
+    )
+    output.write_bytes(
+        encode_mp4(
+            (frames[n] for n in sorted(frames)), fps, audio_from=audio, recipe=recipe_text(recipe)
+        )
+    )
     click.echo(str(output))
 
 

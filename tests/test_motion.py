@@ -389,6 +389,9 @@ def test_oneiro_render_dreams_a_video_and_an_animation_locally(tmp_path: Path) -
     assert len(dreamed["frames"]) == 4 and dreamed["fps"] == 8 and dreamed["size"] == (64, 48)
     assert dreamed["audio"] == ["opus"]  # the WebM's track, copied as it is
     assert len(zoom["frames"]) == 3 and zoom["fps"] == 24 and zoom["audio"] == []
+    # Each carries its recipe, as a still oneiro render writes does.
+    assert (recipe_of((tmp_path / "zoom.mp4").read_bytes()) or {})["params"]["seed"] == 5
+    assert (recipe_of((tmp_path / "dream.mp4").read_bytes()) or {})["params"]["steps"] == 1
 
 
 @pytest.mark.parametrize(
