@@ -10,6 +10,7 @@ from api.auth import require_key
 from api.openapi import BEARER, job_responses, spec
 from api.schemas import ModelList
 from shared.catalogue import BACKBONES, DEFAULT_BACKBONE
+from shared.download_failures import download_failures
 from shared.recipes import weights_digest
 from shared.weights import renderable_backbones, require_weights
 
@@ -23,6 +24,7 @@ def list_models() -> dict[str, Any]:
     """The backbones this deployment has weights for (a job naming another is refused), each
     with its dreamable layers."""
     settings = current_app.extensions["oneiro"].settings
+    failures = download_failures(settings)
     return {
         "models": [
             {
@@ -33,8 +35,8 @@ def list_models() -> dict[str, Any]:
                     {"name": layer, "channels": channels}
                     for layer, channels in BACKBONES[name].layers.items()
                 ],
-                "weights": weights_digest(require_weights(settings, name)),
+                "weights": weights_digest(require_weights(settings, name, failures)),
             }
-            for name in renderable_backbones(settings)
+            for name in renderable_backbones(settings, failures)
         ]
     }

@@ -74,7 +74,8 @@ def register(app: Flask) -> None:
         if status == 413:
             detail = (
                 f"the request is larger than the upload limit of "
-                f"{app.extensions['oneiro'].settings.max_upload_bytes} bytes"
+                f"{app.extensions['oneiro'].settings.max_upload_bytes} bytes "
+                "(ONEIRO_MAX_UPLOAD_BYTES)"
             )
         response = Problem(status, exc.name, detail).response()
         if status == 405 and exc.get_response().allow:

@@ -22,11 +22,12 @@ from api.controls import ControlParts, read_controls
 from api.db import get_db, services
 from api.problems import Problem, invalid
 from shared.cost import CostRefused, check_frame_limits, check_limits, render_size
+from shared.download_failures import download_failures
 from shared.estimates import check_memory
 from shared.formats import ANIMATED_FORMATS, OUTPUT_FORMATS, fps_problem, result_format
 from shared.images import EXTENSIONS, ImageRejected, ImageTooLarge, inspect_image
 from shared.models import Job, Upload, utcnow
-from shared.params import RenderParams, with_frame_defaults
+from shared.params import RenderParams, error_message, with_frame_defaults
 from shared.recipes import RecipeRefused, WeightsMismatch, check_weights, recipe_params
 from shared.recipes import weights_digest as digest_of
 from shared.settings import Settings
@@ -77,7 +78,7 @@ def read_submission(settings: Settings) -> Submission:
     from_recipe = rerun_of is not None and asked.get("model") == rerun_of["params"].get("model")
     field = "recipe" if from_recipe else "params.model"
     try:
-        weights = require_weights(settings, params.model)
+        weights = require_weights(settings, params.model, download_failures(settings))
     except NoWeights as exc:  # accepted, it would fail on the worker: refuse it now
         raise invalid([{"field": field, "message": str(exc)}]) from None
     if rerun_of is not None:
@@ -349,7 +350,11 @@ def _form_text(name: str) -> str | None:
 
 def _field_errors(part: str, exc: ValidationError) -> list[dict[str, str]]:
     return [
-        {"field": ".".join([part, *map(str, e["loc"])]), "message": e["msg"]} for e in exc.errors()
+        {
+            "field": ".".join([part, *map(str, e["loc"])]),
+            "message": error_message(e) if part == "params" else e["msg"],
+        }
+        for e in exc.errors()
     ]
 
 

@@ -12,8 +12,17 @@ from client.render import recipe, render
 
 
 @click.group()
-def main() -> None:
+@click.option(
+    "--url",
+    metavar="URL",
+    help="The API, for any command after it (as that command's own --url).",
+)
+@click.option(
+    "--key", metavar="KEY", help="API key, for any command after it (as that command's own --key)."
+)
+def main(url: str | None, key: str | None) -> None:
     """Oneiro: asynchronous DeepDream rendering."""
+    # Kept as the group's params, which `connection` reads where a command's own are not given.
 
 
 for command in [render, recipe, keys, *COMMANDS]:

@@ -38,7 +38,9 @@ def connection(command: F) -> F:
     )
     @functools.wraps(command)
     def wrapper(*args: Any, url: str | None, key: str | None, **kwargs: Any) -> Any:
-        config = resolve_config(url, key)
+        # `oneiro --key K status ID`: the group's options, where the command has none of its own.
+        root = click.get_current_context().find_root().params
+        config = resolve_config(url or root.get("url"), key or root.get("key"))
         if not config.key:
             raise click.ClickException(f"no API key: {config_hint()}")
         client = Client(config.url, config.key)
@@ -85,6 +87,8 @@ def format_eta(seconds: float | None) -> str:
 def describe_progress(job: dict[str, Any]) -> str:
     """`octave 2/5 step 3/8 ETA 0:12`, as far as the job has got."""
     p = job.get("progress") or {}
+    if job.get("status") == "queued" and job.get("queue"):
+        return f"queued, {describe_standing(job['queue'])}"
     if job.get("status") != "running":
         return str(job.get("status"))
     frame = f"frame {p.get('frame') or 1}/{p['frames']} " if p.get("frames") else ""
@@ -92,6 +96,15 @@ def describe_progress(job: dict[str, Any]) -> str:
         f"{frame}octave {p.get('octave', 1)}/{p.get('octaves')} step {p.get('step', 0)}/"
         f"{p.get('steps')} ETA {format_eta(p.get('eta_seconds'))}"
     )
+
+
+def describe_standing(queue: dict[str, Any]) -> str:
+    """`position 2; starts in about 1:30` for a queued job's standing (the API's `queue`)."""
+    seconds = queue.get("estimated_start_seconds")
+    start = (
+        "start time not known yet" if seconds is None else f"starts in about {format_eta(seconds)}"
+    )
+    return f"position {queue['position']}; {start}"
 
 
 def _wait(client: Client, job_id: str) -> dict[str, Any]:
@@ -199,6 +212,8 @@ def submit(
     click.echo(job_id)
     if not (wait or output):
         return
+    if output is not None:
+        _check_extension(job, output, "--output")
     try:
         job = _wait(client, job_id)
     except KeyboardInterrupt:
@@ -306,6 +321,26 @@ def _extension(job: dict[str, Any]) -> str:
     return result_format(job.get("kind", "image"), job["params"].get("output_format")).extension
 
 
+# Other spellings of an extension that name the same format.
+SAME_EXTENSIONS = {"tif": {"tif", "tiff"}, "jpg": {"jpg", "jpeg"}}
+
+
+def _check_extension(job: dict[str, Any], output: Path, option: str) -> None:
+    """A usage error when `output`'s extension names another format than the job's result:
+    TIFF bytes under `.png` open nowhere (or wrongly) and say nothing of why."""
+    extension = _extension(job)
+    if output.suffix.lower().lstrip(".") in SAME_EXTENSIONS.get(extension, {extension}):
+        return
+    fmt = result_format(job.get("kind", "image"), job["params"].get("output_format"))
+    name = fmt.media_type.split("/")[1].upper()
+    raise click.BadParameter(
+        f"job {job['id']}'s result is a{'n' if name.startswith('MP') else ''} {name}, not "
+        f"{output.suffix or 'a file without an extension'}: write it to "
+        f"{output.with_suffix('.' + extension)}",
+        param_hint=option,
+    )
+
+
 @click.command()
 @connection
 def presets(client: Client) -> None:
@@ -344,6 +379,8 @@ def status(client: Client, job_id: str, as_json: bool) -> None:
         f"created   {job.get('created_at')}",
         f"finished  {job.get('finished_at') or '-'}",
     ]
+    if job.get("queue"):
+        lines.insert(2, f"queue     {describe_standing(job['queue'])}")
     if job.get("error"):
         lines.append(f"error     {job['error']}")
     if job.get("result_url"):
@@ -418,7 +455,10 @@ def retry(client: Client, job_id: str) -> None:
 @connection
 def result(client: Client, job_id: str, output: Path | None) -> None:
     """Download the result image of succeeded job ID."""
-    output = output or Path(f"{job_id}.{_extension(client.job(job_id))}")
+    job = client.job(job_id)
+    if output is None:
+        output = Path(f"{job_id}.{_extension(job)}")
+    _check_extension(job, output, "--output")
     output.write_bytes(client.result(job_id))
     click.echo(str(output))
 

@@ -21,7 +21,7 @@ from client.api import VIDEO_SUFFIXES
 from client.commands import format_eta
 from shared.catalogue import BACKBONES
 from shared.formats import OUTPUT_FORMATS
-from shared.params import RenderParams, with_frame_defaults
+from shared.params import RenderParams, error_message, with_frame_defaults
 from shared.presets import PRESETS
 
 
@@ -93,7 +93,7 @@ def quiet_tensorflow_without_gpu() -> None:
     metavar="LAYER=I,J,...",
     help="Maximize only these channels of a layer; repeatable.",
 )
-@click.option("--steps", type=int, help="Gradient steps per octave [100].")
+@click.option("--steps", type=int, help="Gradient steps per octave [20].")
 @click.option("--step-size", type=float, help="Gradient-ascent step [0.01].")
 @click.option("--octaves", type=int, help="Number of octaves, centred on the input size [5].")
 @click.option("--octave-scale", type=float, help="Size ratio between octaves [1.3].")
@@ -205,7 +205,7 @@ def render(
         params = RenderParams.model_validate(chosen)
     except ValidationError as exc:
         problems = "; ".join(
-            f"--{str(e['loc'][0]).replace('_', '-')}: {e['msg']}" for e in exc.errors()
+            f"--{str(e['loc'][0]).replace('_', '-')}: {error_message(e)}" for e in exc.errors()
         )
         raise click.UsageError(problems) from None
 
@@ -284,6 +284,7 @@ def _render_motion(
     """A zoom animation of an image, or a video dreamed frame by frame, written as an MP4."""
     from shared.formats import frame_rate
     from shared.images import ImageRejected, decode_rgb, fit_within
+    from shared.recipes import device_name, make_recipe, recipe_text, weights_digest
     from shared.video import (
         VideoRejected,
         decode_frames,
@@ -334,8 +335,21 @@ def _render_motion(
     audio = data if params.animation is None else None
     if times is not None and len(times) < len(frames):
         times = None
+    recipe = make_recipe(
+        params.model_dump(mode="json"),
+        weights=weights_digest(weights),
+        backend=model.backend,
+        precision=model.precision,
+        device=device_name(model.device),
+    )
     output.write_bytes(
-        encode_mp4((frames[n] for n in sorted(frames)), fps, audio_from=audio, times=times)
+        encode_mp4(
+            (frames[n] for n in sorted(frames)),
+            fps,
+            audio_from=audio,
+            times=times,
+            recipe=recipe_text(recipe),
+        )
     )
     click.echo(str(output))
 

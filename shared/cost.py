@@ -35,7 +35,13 @@ def render_size(width: int, height: int, max_dim: int | None) -> tuple[int, int]
 
 def octave_sizes(width: int, height: int, params: RenderParams) -> list[tuple[int, int]]:
     """(width, height) of every octave the engine renders for a width x height input, smallest
-    first: octave n = -(octaves // 2) ... at octave_scale ** n times the size after max_dim.
+    first: octave n = -(octaves // 2) ... at octave_scale ** n times the size after max_dim,
+    those above the input at the input's size.
+
+    Octaves above the input are capped so that a photo is never dreamed larger than itself:
+    uncapped, five octaves at 1.3 render the last at 1.69x a side (2.86x the pixels), which
+    refused any photo above a third of ONEIRO_MAX_PIXELS at default params. Below the input,
+    where a dream's larger shapes form, the classic schedule is unchanged.
 
     An octave whose shorter side would fall below what the backbone can see is raised to it,
     as the engine must, so a tiny or thin input costs what it really renders.
@@ -45,7 +51,7 @@ def octave_sizes(width: int, height: int, params: RenderParams) -> list[tuple[in
     octaves = params.octaves
     sizes = []
     for n in range(-(octaves // 2), octaves - octaves // 2):
-        factor = max(params.octave_scale**n, min_side / min(width, height))
+        factor = max(min(params.octave_scale**n, 1.0), min_side / min(width, height))
         sizes.append((max(1, round(width * factor)), max(1, round(height * factor))))
     return sizes
 

@@ -57,7 +57,7 @@ def inspect_image(data: bytes | IO[bytes], max_pixels: int) -> tuple[str, int, i
             if width * height > max_pixels:
                 raise ImageTooLarge(
                     f"the image has {width * height} pixels ({width}x{height}); "
-                    f"the limit is {max_pixels}"
+                    f"the limit is {max_pixels} (ONEIRO_MAX_PIXELS)"
                 )
             check_layout(image)
             image.load()
@@ -69,7 +69,7 @@ def inspect_image(data: bytes | IO[bytes], max_pixels: int) -> tuple[str, int, i
         raise ImageRejected(f"the file is not an image Oneiro can read; {SEND}") from None
     except Image.DecompressionBombError as exc:
         raise ImageTooLarge(
-            f"the image has too many pixels: {exc}; the limit is {max_pixels}"
+            f"the image has too many pixels: {exc}; the limit is {max_pixels} (ONEIRO_MAX_PIXELS)"
         ) from None
     except (OSError, SyntaxError, ValueError) as exc:
         raise ImageRejected(f"the file is not a readable image: {exc}") from None
@@ -293,8 +293,7 @@ def encode_image(
     else:
         options["quality"] = quality
         if recipe is not None:
-            escaped = recipe.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
-            options["xmp"] = _XMP.format(escaped).encode()
+            options["xmp"] = _xmp(recipe)
     buffer = io.BytesIO()
     Image.fromarray(image).save(
         buffer, format={"jpeg": "JPEG", "webp": "WEBP"}.get(fmt.name, "PNG"), **options
@@ -302,13 +301,31 @@ def encode_image(
     return buffer.getvalue()
 
 
+def _xmp(recipe: str) -> bytes:
+    """An XMP packet holding `recipe`."""
+    escaped = recipe.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+    return _XMP.format(escaped).encode()
+
+
 def encode_animation(
-    frames: Iterable[np.ndarray], count: int, fmt: OutputFormat, fps: float, *, quality: int = 90
+    frames: Iterable[np.ndarray],
+    count: int,
+    fmt: OutputFormat,
+    fps: float,
+    *,
+    quality: int = 90,
+    recipe: str | None = None,
 ) -> bytes:
-    """`count` H x W x 3 uint8 frames as an animated GIF or WebP that loops forever at `fps`."""
+    """`count` H x W x 3 uint8 frames as an animated GIF or WebP that loops forever at `fps`,
+    carrying `recipe` (a GIF in its comment extension, a WebP in XMP, as a still WebP)."""
     images = (Image.fromarray(frame) for frame in frames)
     first = next(images)
     options: dict[str, object] = {"quality": quality} if fmt.name == "webp" else {}
+    if recipe is not None:
+        if fmt.name == "webp":
+            options["xmp"] = _xmp(recipe)
+        else:
+            options["comment"] = recipe.encode()
     buffer = io.BytesIO()
     first.save(
         buffer,
@@ -356,8 +373,15 @@ def read_recipe_text(data: bytes) -> str | None:
             if image.format == "TIFF":
                 text = image.tag_v2.get(270)
                 return str(text) if text else None
+            if image.format == "GIF":
+                comment = image.info.get("comment")
+                return comment.decode("utf-8", errors="replace") if comment else None
             xmp = image.info.get("xmp")
     except (OSError, SyntaxError, ValueError):
+        if data[4:8] == b"ftyp":  # an MP4 (or another ISO media file): its comment tag
+            from shared.video import mp4_comment
+
+            return mp4_comment(data)
         return None
     if not xmp:
         return None

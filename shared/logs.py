@@ -60,9 +60,13 @@ def configure_logging(settings: Settings, stream: TextIO | None = None) -> None:
     Replaces the handler an earlier call installed, so calling it again (an app built twice, a
     worker's signal) never doubles the lines; handlers others added are left alone.
     """
-    handler = logging.StreamHandler(stream or sys.stderr)
+    stream = stream or sys.stderr
+    handler = logging.StreamHandler(stream)
     handler.addFilter(JobContextFilter())
-    if settings.log_format == "json":
+    log_format = settings.log_format
+    if log_format == "auto":
+        log_format = "text" if _is_terminal(stream) else "json"
+    if log_format == "json":
         handler.setFormatter(
             JsonFormatter(
                 ["levelname", "name", "message", *JOB_FIELDS],
@@ -84,3 +88,10 @@ def configure_logging(settings: Settings, stream: TextIO | None = None) -> None:
         old.close()
     root.addHandler(handler)
     root.setLevel(settings.log_level)
+
+
+def _is_terminal(stream: TextIO) -> bool:
+    try:
+        return stream.isatty()
+    except (AttributeError, ValueError):  # a stream without a file, or one already closed
+        return False

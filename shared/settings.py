@@ -200,10 +200,11 @@ class Settings(BaseSettings):
         description="Files of jobs that ended longer ago are deleted; the row stays, marked "
         "expired.",
     )
-    log_format: Literal["json", "text"] = Field(
-        "json",
-        description="Logs on stderr as one JSON object a line (for a log collector), or `text` "
-        "for a person at a terminal.",
+    # `auto` chooses by whether stderr is a terminal (`make run`'s is).
+    log_format: Literal["auto", "json", "text"] = Field(
+        "auto",
+        description="Log lines on stderr: json (one object a line, for a collector), text (for "
+        "a person), or auto: text where stderr is a terminal, else json.",
     )
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"] = Field(
         "INFO", description="The log level of the API and the worker (any case)."

@@ -312,6 +312,15 @@ def video_fps(data: bytes) -> Fraction:
         return Fraction(stream.average_rate or stream.guessed_rate)
 
 
+def mp4_comment(data: bytes) -> str | None:
+    """The `comment` tag of an MP4 (where encode_mp4 writes a recipe); None without one."""
+    try:
+        with av.open(io.BytesIO(data), mode="r") as container:
+            return container.metadata.get("comment") or None
+    except av.FFmpegError:
+        return None
+
+
 # The clock a video's frame times are written in when they are the source's own (MPEG's).
 TIMES_CLOCK = Fraction(1, 90000)
 
@@ -321,11 +330,12 @@ def encode_mp4(
     fps: Fraction,
     audio_from: bytes | None = None,
     times: list[Fraction] | None = None,
+    recipe: str | None = None,
 ) -> bytes:
     """The frames as an MP4: H.264 in yuv420p (which every browser plays) at `fps` (a rational
     of bounded denominator: shared/formats.py frame_rate), or at `times` (each frame's start in
     seconds: a variable rate's), with the first audio track of the video `audio_from`, if it has
-    one, copied unchanged (or encoded as AAC).
+    one, copied unchanged (or encoded as AAC), and `recipe` in its `comment` tag.
 
     yuv420p halves the colour resolution, so a frame of odd width or height loses its last
     column or row. The index goes first (faststart), so a browser can play while downloading.
@@ -333,6 +343,8 @@ def encode_mp4(
     with tempfile.TemporaryDirectory(prefix="oneiro-video-") as folder:
         path = Path(folder, "video.mp4")
         with av.open(str(path), mode="w", options={"movflags": "+faststart"}) as out:
+            if recipe is not None:  # as a still carries it: `oneiro recipe FILE` reads it back
+                out.metadata["comment"] = recipe
             video = out.add_stream("libx264", rate=fps)
             video.pix_fmt = "yuv420p"
             # Near-lossless at a fraction of the frames' size; the dream is mostly fine detail.

@@ -7,6 +7,7 @@ list the ones they can (GET /v1/models); the worker asks the same function where
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -28,9 +29,9 @@ def keras_cache() -> Path:
 def how_to_provide(backbone: Backbone) -> str:
     """One sentence on how to give a deployment the weights of `backbone`."""
     return (
-        f"Put {backbone.weights_file} (the Keras ImageNet {backbone.keras_name} weights without "
-        "the top) in ONEIRO_WEIGHTS_DIR or the Keras cache (~/.keras/models/), or set "
-        "ONEIRO_WEIGHTS=random to run with seeded random weights."
+        f"Set ONEIRO_WEIGHTS=/path/to/{backbone.weights_file} (Keras' ImageNet "
+        f"{backbone.keras_name} weights, no top), put it in ONEIRO_WEIGHTS_DIR or the Keras cache "
+        "(~/.keras/models/), or set ONEIRO_WEIGHTS=random."
     )
 
 
@@ -57,16 +58,33 @@ def weights_source(settings: Settings, model: str) -> str | None:
     return None
 
 
-def renderable_backbones(settings: Settings) -> list[str]:
-    """The backbones this deployment has weights for, in catalogue order."""
-    return [name for name in BACKBONES if weights_source(settings, name) is not None]
-
-
-def require_weights(settings: Settings, model: str) -> str:
-    """`weights_source`, or NoWeights saying what this deployment can render instead."""
+def _usable(settings: Settings, model: str, failures: Mapping[str, str]) -> str | None:
     source = weights_source(settings, model)
+    return None if source == "imagenet" and model in failures else source
+
+
+def renderable_backbones(
+    settings: Settings, failures: Mapping[str, str] | None = None
+) -> list[str]:
+    """The backbones this deployment has weights for, in catalogue order (`failures`: the
+    downloads known to fail, download_failures, whose backbones it cannot render now)."""
+    failures = failures or {}
+    return [name for name in BACKBONES if _usable(settings, name, failures) is not None]
+
+
+def require_weights(
+    settings: Settings, model: str, failures: Mapping[str, str] | None = None
+) -> str:
+    """`weights_source`, or NoWeights saying what this deployment can render instead."""
+    failures = failures or {}
+    source = _usable(settings, model, failures)
+    if source is None and model in failures:
+        raise NoWeights(
+            f"this deployment could not download the ImageNet weights for {model} lately "
+            f"({failures[model]}): it may have no internet. " + how_to_provide(BACKBONES[model])
+        )
     if source is None:
-        others = renderable_backbones(settings)
+        others = renderable_backbones(settings, failures)
         can = f"it can render {', '.join(others)}" if others else "it can render none"
         raise NoWeights(
             f"this deployment has no weights for {model} ({can}). "

@@ -164,6 +164,23 @@ def test_bad_images_are_422_and_change_nothing(
     assert queued_job_ids(settings) == []
 
 
+@pytest.mark.parametrize(
+    ("params", "field", "hint"),
+    [
+        ({"stepz": 10}, "params.stepz", "did you mean `steps`?"),
+        ({"octave_scal": 1.4}, "params.octave_scal", "did you mean `octave_scale`?"),
+        ({"animation": {"frame": 4}}, "params.animation.frame", "did you mean `frames`?"),
+        ({"colour": "blue"}, "params.colour", "not a parameter"),
+    ],
+)
+def test_a_misspelt_param_is_422_suggesting_the_name(
+    client: FlaskClient, params: dict[str, Any], field: str, hint: str
+) -> None:
+    body = assert_problem(submit(client, image_bytes(), params), 422)
+    [error] = [error for error in body["errors"] if error["field"] == field]
+    assert hint in error["message"]
+
+
 def test_unknown_form_parts_are_422(client: FlaskClient) -> None:
     body = assert_problem(submit(client, image_bytes(), None, colour="blue"), 422)
     assert body["errors"][0]["field"] == "colour"
@@ -200,6 +217,7 @@ def test_upload_over_the_limit_is_413(client: FlaskClient, settings: Settings) -
     )
     body = assert_problem(response, 413)
     assert str(settings.max_upload_bytes) in body["detail"]
+    assert "ONEIRO_MAX_UPLOAD_BYTES" in body["detail"]  # the setting, as a 422 names its own
 
 
 def test_status_of_unknown_and_malformed_ids_is_404(client: FlaskClient) -> None:

@@ -80,6 +80,20 @@ def test_config_precedence_against_the_api(
     assert flag_url.exit_code == 0, flag_url.output
 
 
+def test_url_and_key_may_come_before_the_command(stack: Stack, no_saved_config: Path) -> None:
+    runner = CliRunner()
+    unknown = "00000000-0000-0000-0000-000000000000"
+    before = runner.invoke(main, ["--url", stack.url, "--key", stack.key, "status", unknown])
+    wrong_before = runner.invoke(main, ["--url", stack.url, "--key", "nope", "status", unknown])
+    after_wins = runner.invoke(
+        main, ["--url", stack.url, "--key", "nope", "status", unknown, "--key", stack.key]
+    )
+
+    assert before.exit_code == 1 and "Job not found" in before.stderr, before.output
+    assert wrong_before.exit_code == 1 and "Unauthorized" in wrong_before.stderr
+    assert after_wins.exit_code == 1 and "Job not found" in after_wins.stderr
+
+
 def test_no_key_anywhere_says_where_to_get_one() -> None:
     result = CliRunner().invoke(main, ["list"])
     assert result.exit_code == 1
@@ -210,6 +224,23 @@ def test_status_list_cancel_retry_and_result(stack: Stack, tmp_path: Path) -> No
     assert unknown.stderr == (
         "Error: Job not found: there is no job 00000000-0000-0000-0000-000000000000\n"
     )
+
+
+def test_result_is_not_written_under_another_formats_extension(
+    stack: Stack, tmp_path: Path
+) -> None:
+    submitted = oneiro(stack, "submit", str(CHELSEA), *SMALL, "--param", "output_format=tiff16")
+    job_id = submitted.stdout.strip()
+    assert stack.wait_until_ended(job_id)["status"] == "succeeded"
+
+    as_png = oneiro(stack, "result", job_id, "-o", str(tmp_path / "dream16.png"))
+    as_tif = oneiro(stack, "result", job_id, "-o", str(tmp_path / "dream16.tiff"))
+
+    assert as_png.exit_code == 2 and not (tmp_path / "dream16.png").exists()
+    assert "a TIFF" in as_png.stderr and "dream16.tif" in as_png.stderr, as_png.stderr
+    assert as_tif.exit_code == 0, as_tif.output
+    with Image.open(tmp_path / "dream16.tiff") as image:
+        assert image.format == "TIFF"
 
 
 def test_a_job_canceled_elsewhere_ends_the_wait_non_zero(stack: Stack, tmp_path: Path) -> None:
@@ -426,6 +457,29 @@ def test_estimate_says_what_a_submit_would_cost_before_sending(stack: Stack) -> 
     assert job["estimate"]["megapixel_steps"] == work
     refused = oneiro(stack, "estimate", str(CHELSEA), "--param", "steps=0")
     assert refused.exit_code == 1 and refused.stderr.startswith("Error: Invalid request")
+
+
+def test_status_of_a_queued_job_says_where_it_stands(stack: Stack) -> None:
+    # The one worker busy with a long job: the next waits, queued, first in line.
+    long_job = oneiro(stack, "submit", str(CHELSEA), *SMALL, "--param", "steps=1000")
+    waiting = oneiro(stack, "submit", str(CHELSEA), *SMALL)
+    long_id, waiting_id = long_job.stdout.strip(), waiting.stdout.strip()
+    try:
+        wait_for(lambda: stack.job(long_id)["status"] == "running", 60, "the long job to start")
+        shown = oneiro(stack, "status", waiting_id)
+        standing = stack.job(waiting_id)["queue"]
+    finally:
+        with stack.http() as http:
+            for job_id in (waiting_id, long_id):
+                http.post(f"{stack.url}/v1/jobs/{job_id}/cancel", timeout=10)
+
+    assert shown.exit_code == 0, shown.output
+    assert standing is not None and standing["position"] == 1
+    assert re.search(
+        r"^queue +position 1; (starts in about \d+:\d\d|start time not known yet)$",
+        shown.stdout,
+        re.M,
+    ), shown.stdout
 
 
 # -- large inputs as resumable uploads ---------------------------------------------------------

@@ -15,11 +15,25 @@ def unchecked(**fields: object) -> RenderParams:
     return RenderParams.model_construct(**{**defaults, "max_dim": None, **fields})
 
 
-def test_octaves_surround_the_input_smallest_first() -> None:
+def test_octaves_surround_the_input_smallest_first_none_above_it() -> None:
+    # Octaves above the input are rendered at the input's size: a photo is dreamed at its own
+    # size at most, so any photo within the pixel limit fits it at default params.
     sizes = octave_sizes(400, 300, RenderParams(octaves=5))
-    assert sizes == [(237, 178), (308, 231), (400, 300), (520, 390), (676, 507)]
+    assert sizes == [(237, 178), (308, 231), (400, 300), (400, 300), (400, 300)]
     assert work(400, 300, RenderParams(octaves=5, steps=10)) == 10 * sum(w * h for w, h in sizes)
-    assert peak_pixels(400, 300, RenderParams(octaves=5)) == 676 * 507
+    assert peak_pixels(400, 300, RenderParams(octaves=5)) == 400 * 300
+
+
+@pytest.mark.parametrize("size", [(6000, 5232), (8192, 8192), (400, 300), (1, 1)])
+def test_any_photo_within_the_pixel_limit_is_admitted_at_default_params(
+    size: tuple[int, int],
+) -> None:
+    width, height = size
+    settings = Settings()
+    assert width * height <= settings.max_pixels
+    if max(width, height) / min(width, height) <= settings.max_aspect_ratio:
+        check_limits(width, height, RenderParams(), settings)
+    assert peak_pixels(width, height, RenderParams()) <= max(width * height, 75 * 75)
 
 
 def test_octaves_below_the_backbone_minimum_are_raised_as_the_engine_raises_them() -> None:
@@ -35,8 +49,9 @@ def test_max_dim_downscales_before_the_octaves() -> None:
 
 
 def test_the_issues_uploads_have_the_octaves_it_measured() -> None:
-    # A 256 x 256 PNG with 12 octaves at scale 4 (a range now refused) tops out at 262144 a side.
-    assert octave_sizes(256, 256, unchecked(octaves=12, octave_scale=4))[-1] == (262144, 262144)
+    # A 256 x 256 PNG with 12 octaves at scale 4 (a range now refused) topped out at 262144 a
+    # side; octaves above the input are now rendered at its size.
+    assert octave_sizes(256, 256, unchecked(octaves=12, octave_scale=4))[-1] == (256, 256)
     # A 1 x 65536 PNG at default params: five octaves of 75 x 4.9 M.
     assert octave_sizes(1, 65536, RenderParams()) == [(75, 4915200)] * 5
 
@@ -48,17 +63,19 @@ def refusal(width: int, height: int, params: RenderParams, **limits: object) -> 
 
 
 def test_an_octave_over_the_pixel_limit_is_refused_with_a_max_dim_that_fits() -> None:
-    params = RenderParams()  # 5 octaves at 1.3: the top one is 1.69 times the input a side
-    error = refusal(4000, 3000, params, max_pixels=12_000_000)
+    # Only a thin image can: its octaves are raised to what the backbone sees, 75 pixels high.
+    params = RenderParams()
+    error = refusal(40000, 10, params, max_pixels=12_000_000, max_aspect_ratio=10_000)
     assert error.field == "params"
     assert str(error) == (
-        "the largest of its 5 octaves would be 6760x5070 = 34273200 pixels; the limit is "
+        "the largest of its 5 octaves would be 300000x75 = 22500000 pixels; the limit is "
         "12000000 (ONEIRO_MAX_PIXELS): lower octaves or octave_scale, or set max_dim to at most "
-        "2367"
+        "2133"
     )
     fits = int(str(error).rsplit("at most ", 1)[1])
-    check_limits(4000, 3000, params.model_copy(update={"max_dim": fits}), Settings(max_pixels=12e6))
-    assert peak_pixels(4000, 3000, params.model_copy(update={"max_dim": fits + 1})) > 12e6
+    limits = Settings(max_pixels=12_000_000, max_aspect_ratio=10_000)
+    check_limits(40000, 10, params.model_copy(update={"max_dim": fits}), limits)
+    assert peak_pixels(40000, 10, params.model_copy(update={"max_dim": fits + 1})) > 12e6
 
 
 def test_work_over_the_limit_names_the_octaves_and_the_setting() -> None:
@@ -69,17 +86,17 @@ def test_work_over_the_limit_names_the_octaves_and_the_setting() -> None:
     error = refusal(400, 300, RenderParams(octaves=3, steps=10), max_work=1_000_000)
     assert error.field == "params"
     assert str(error) == (
-        "the job would cost 3939480 pixel-steps (the pixels of its 3 octaves, 308x231 to "
-        "520x390, x 10 steps); the limit is 1000000 (ONEIRO_MAX_WORK): lower steps, octaves or "
+        "the job would cost 3111480 pixel-steps (the pixels of its 3 octaves, 308x231 to "
+        "400x300, x 10 steps); the limit is 1000000 (ONEIRO_MAX_WORK): lower steps, octaves or "
         "max_dim"
     )
 
 
 def test_a_job_exactly_at_a_limit_is_admitted() -> None:
-    params = RenderParams(octaves=3, steps=10)  # 3939480 pixel-steps, the top octave 520 x 390
-    check_limits(400, 300, params, Settings(max_work=3_939_480, max_pixels=520 * 390))
-    refusal(400, 300, params, max_work=3_939_479)
-    refusal(400, 300, params, max_pixels=520 * 390 - 1)
+    params = RenderParams(octaves=3, steps=10)  # 3111480 pixel-steps, the top octave 400 x 300
+    check_limits(400, 300, params, Settings(max_work=3_111_480, max_pixels=400 * 300))
+    refusal(400, 300, params, max_work=3_111_479)
+    refusal(400, 300, params, max_pixels=400 * 300 - 1)
 
 
 @pytest.mark.parametrize(("width", "height"), [(800, 40), (40, 800)])
@@ -121,8 +138,8 @@ def test_a_thin_image_is_refused_by_its_aspect_ratio() -> None:
 def test_the_default_limits_admit_the_largest_image_that_fits_at_default_params() -> None:
     # ONEIRO_MAX_WORK's promise: its default never refuses what ONEIRO_MAX_PIXELS lets through.
     settings, params = Settings(), RenderParams()
-    check_limits(5600, 4000, params, settings)  # 22.4 MP: its top octave is 9464 x 6760
-    assert peak_pixels(5600, 4000, params) > 0.95 * settings.max_pixels
+    check_limits(8192, 8192, params, settings)  # 64 MiP: its top octaves are the input's size
+    assert peak_pixels(8192, 8192, params) == settings.max_pixels
 
 
 def test_a_bad_aspect_ratio_setting_names_its_variable(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -133,6 +133,7 @@ def test_too_many_pixels_is_413_with_limit_and_value(
     client = limited(max_pixels=1000)
     body = assert_problem(submit(client, encoded(gradient(size=(50, 40)), "PNG")), 413)
     assert "2000 pixels" in body["detail"] and "1000" in body["detail"]
+    assert "ONEIRO_MAX_PIXELS" in body["detail"]  # the setting, as a 422 names its own
     assert body["limit"] == 1000
     assert_nothing_stored(session, settings)
 

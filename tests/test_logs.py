@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import json
 import logging
+import os
 import re
 from collections.abc import Iterator
 from datetime import timedelta
@@ -210,3 +211,20 @@ def test_json_is_the_default_format_and_info_the_default_level(
 
     (line,) = records(stream.getvalue())
     assert line["level"] == "INFO" and line["message"] == "at the level"
+
+
+def test_the_default_format_is_text_at_a_terminal(
+    monkeypatch: pytest.MonkeyPatch, restored_root_logger: None
+) -> None:
+    # `make run` leaves its children the terminal: a person reads those lines, not a collector.
+    monkeypatch.delenv("ONEIRO_LOG_FORMAT", raising=False)
+    reader, writer = os.openpty()
+    with open(writer, "w", closefd=True) as terminal:
+        configure_logging(load_settings(), terminal)
+        logging.getLogger("oneiro.test").info("at the terminal")
+        terminal.flush()
+        line = os.read(reader, 4096).decode()
+    os.close(reader)
+
+    assert " INFO oneiro.test " in line and line.rstrip().endswith("at the terminal")
+    assert not line.lstrip().startswith("{")

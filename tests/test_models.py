@@ -16,6 +16,7 @@ from werkzeug.test import TestResponse
 
 from api import create_app
 from shared.catalogue import BACKBONES
+from shared.download_failures import forget_download_failure, record_download_failure
 from shared.models import Job, JobStatus
 from shared.settings import Settings
 from shared.storage import Storage
@@ -172,3 +173,32 @@ def test_the_offline_weights_advice_names_the_files_the_manual_names() -> None:
         advice = how_to_provide(backbone)
         assert backbone.weights_file in advice and backbone.weights_file in manual
         assert "ONEIRO_WEIGHTS=random" in advice and "ONEIRO_WEIGHTS_DIR" in manual
+        # The fix that works offline with one file, spelt as it is typed.
+        assert f"ONEIRO_WEIGHTS=/path/to/{backbone.weights_file}" in advice
+
+
+def test_a_failed_download_is_said_at_submit_until_it_is_old(
+    settings: Settings, app_for: Callable[[Settings], Flask]
+) -> None:
+    # Downloads on, nothing cached: the API cannot know the network is down until a worker's
+    # download fails. Then it says so at submit, naming the fix that works offline.
+    online = settings.model_copy(
+        update={"weights": "imagenet", "weights_download": True, "weights_dir": None}
+    )
+    app = app_for(online)
+    before = submit(app, {"steps": 1})
+    listed_before = authed_client(app).get("/v1/models").get_json()["models"]
+    record_download_failure(online, "inception_v3", "URLError")
+    try:
+        refused = submit(app, {"steps": 1})
+        listed = authed_client(app).get("/v1/models").get_json()["models"]
+    finally:
+        forget_download_failure(online, "inception_v3")
+    again = submit(app, {"steps": 1})
+
+    assert before.status_code == 202 and again.status_code == 202
+    assert "inception_v3" in [model["name"] for model in listed_before]
+    body = assert_problem(refused, 422)
+    assert f"ONEIRO_WEIGHTS=/path/to/{INCEPTION_FILE}" in body["detail"]
+    assert "could not download" in body["detail"] and "URLError" in body["detail"]
+    assert "inception_v3" not in [model["name"] for model in listed]

@@ -22,6 +22,7 @@ from PIL import Image
 from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
+from shared.images import recipe_of
 from shared.models import Job, JobStatus, utcnow
 from shared.settings import Settings
 from shared.storage import Storage, frame_key
@@ -112,6 +113,9 @@ def test_a_zoom_animation_is_an_mp4_of_its_frames_at_its_rate_served_in_ranges(
     whole = client.get(f"/v1/jobs/{job['id']}/result")
     facts = video_of(whole.data)
     assert len(facts["frames"]) == 4 and facts["fps"] == 8
+    # The MP4 carries its recipe, as a still does (its `comment` tag).
+    recipe = client.get(f"/v1/jobs/{job['id']}").get_json()["recipe"]
+    assert recipe and recipe_of(whole.data) == recipe
     assert facts["size"] == (90, 66) and facts["audio"] == []
     size = len(whole.data)
     # Closed as a WSGI server closes a body: a range stops reading before the file's end.
@@ -128,7 +132,7 @@ def test_frame_jobs_default_to_few_steps_a_frame_and_stills_do_not(client: Flask
     zoom = post(client, {"animation": {"frames": 3}}, image=image_bytes()).get_json()
     still = post(client, {}, image=image_bytes()).get_json()
     assert (zoom["params"]["steps"], zoom["params"]["octaves"]) == (10, 3)
-    assert (still["params"]["steps"], still["params"]["octaves"]) == (100, 5)
+    assert (still["params"]["steps"], still["params"]["octaves"]) == (20, 5)
     assert still["kind"] == "image" and still["frames"] is None
     video = post(client, {"steps": 4}, video=clip_bytes()).get_json()
     assert (video["params"]["steps"], video["params"]["octaves"]) == (4, 3)
@@ -385,6 +389,9 @@ def test_oneiro_render_dreams_a_video_and_an_animation_locally(tmp_path: Path) -
     assert len(dreamed["frames"]) == 4 and dreamed["fps"] == 8 and dreamed["size"] == (64, 48)
     assert dreamed["audio"] == ["opus"]  # the WebM's track, copied as it is
     assert len(zoom["frames"]) == 3 and zoom["fps"] == 24 and zoom["audio"] == []
+    # Each carries its recipe, as a still oneiro render writes does.
+    assert (recipe_of((tmp_path / "zoom.mp4").read_bytes()) or {})["params"]["seed"] == 5
+    assert (recipe_of((tmp_path / "dream.mp4").read_bytes()) or {})["params"]["steps"] == 1
 
 
 @pytest.mark.parametrize(
@@ -520,7 +527,10 @@ def test_a_short_animation_asked_as_gif_or_webp_loops_at_its_rate(
         "durations": [ms] * 3,
     }
     # `oneiro submit --wait` and `oneiro result` save it under the same extension.
-    assert _extension(client.get(f"/v1/jobs/{job['id']}").get_json()) == name
+    shown = client.get(f"/v1/jobs/{job['id']}").get_json()
+    assert _extension(shown) == name
+    # It carries its recipe in its own metadata, as a still does (GIF: a comment; WebP: XMP).
+    assert recipe_of(result.data) == shown["recipe"] and shown["recipe"]["params"]["seed"]
 
 
 def test_a_gif_at_24_fps_keeps_its_rate_in_hundredths() -> None:

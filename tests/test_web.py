@@ -385,3 +385,42 @@ def test_a_large_video_goes_from_the_page_as_a_resumable_upload(
     assert stack.job(job_id)["kind"] == "video"
     # tus-js-client dropped its note of the upload: it is the job's now.
     assert page.evaluate("Object.keys(localStorage).filter(k => k.startsWith('tus::'))") == []
+
+
+def test_a_zoom_takes_its_frames_and_zoom_and_a_queued_job_shows_where_it_stands(
+    stack: Stack, page: object
+) -> None:
+    from playwright.sync_api import Page, expect
+
+    assert isinstance(page, Page)
+    # The one worker busy with a long job: the page's job waits, queued, first in line.
+    with stack.http() as http, CHELSEA.open("rb") as image:
+        long_id = http.post(
+            f"{stack.url}/v1/jobs",
+            files={"image": image},
+            data={"params": json.dumps({"steps": 1000, "max_dim": 128})},
+            timeout=10,
+        ).json()["id"]
+    wait_for(lambda: stack.job(long_id)["status"] == "running", 60, "the long job to start")
+    _open_with_key(page, stack)
+    for picker in ("guide", "mask"):  # TIFF, as the image's picker takes it
+        accepted = page.get_attribute(f"input[name={picker}]", "accept") or ""
+        assert "image/tiff" in accepted and ".tif" in accepted
+    page.set_input_files("#image-input", str(CHELSEA))
+    page.check("input[name=zoom]")
+    page.fill("input[name=frames]", "3")
+    page.fill("input[name=zoom_factor]", "1.1")
+    page.click("#params summary")
+    page.fill("input[name=max_dim]", "64")
+    page.click("#submit")
+    job_id = ""
+    try:
+        expect(page.locator("#progress-text")).to_contain_text("queued · position 1 · ")
+        job_id = page.get_attribute("#job-id", "title") or ""
+        animation = stack.job(job_id)["params"]["animation"]
+        assert (animation["frames"], animation["zoom"]) == (3, 1.1)
+    finally:
+        with stack.http() as http:
+            for job in (job_id, long_id):
+                if job:
+                    http.post(f"{stack.url}/v1/jobs/{job}/cancel", timeout=10)

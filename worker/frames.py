@@ -20,10 +20,11 @@ import numpy as np
 from shared.formats import MP4, frame_rate, output_format, result_format
 from shared.images import decode_rgb, encode_animation, encode_image, encode_jpeg, fit_within
 from shared.params import Animation, RenderParams
+from shared.recipes import recipe_text
 from shared.storage import ObjectNotFound, StorageError, frame_key, video_result_key
 from shared.transitions import LostJob
 from shared.video import decode_frames, encode_mp4, frame_times, video_fps
-from worker.outputs import put_fenced, put_preview
+from worker.outputs import put_fenced, put_preview, render_recipe
 from worker.runtime import Runtime
 from worker.watchers import ProgressReporter, ShouldStop
 
@@ -44,7 +45,7 @@ def render_frames(
     frames: int,
 ) -> tuple[str, Any]:
     """Dream the job's frames from the first not yet stored, encode them all; the video's key
-    and the model that dreamed (None when every frame was already stored)."""
+    and its recipe (which the file carries too, as a still's does)."""
     # Imported here: TensorFlow loads in the process that renders, never in Celery's parent.
     from worker.engine import Canceled, animate, dream_video
 
@@ -114,18 +115,21 @@ def render_frames(
     stored_frames = (_frame(runtime, job_id, attempt, n) for n in range(done))
     fps = (params.animation or Animation()).fps
     fmt = result_format(kind, params.output_format)
+    recipe = render_recipe(runtime, params, model)
+    text = recipe_text(recipe)
     if fmt is not MP4:  # a short animation asked for as an animated GIF or WebP
-        video = encode_animation(stored_frames, done, fmt, fps, quality=params.quality)
+        video = encode_animation(stored_frames, done, fmt, fps, quality=params.quality, recipe=text)
     else:
         video = encode_mp4(
             stored_frames,
             frame_rate(fps) if kind == "animation" else video_fps(data),
             audio_from=data if kind == "video" else None,
             times=times[:done] if times and len(times) >= done else None,
+            recipe=text,
         )
     stored = video_result_key(job_id, attempt, fmt.extension)
     put_fenced(runtime, should_stop, stored, video)
-    return stored, model
+    return stored, recipe
 
 
 def _skip(frames: Iterator[np.ndarray], index: int) -> np.ndarray:

@@ -194,10 +194,7 @@ def _render(
         from worker.frames import render_frames
 
         stops = ShouldStop(runtime, job_id, attempt, heartbeat)
-        stored, model = render_frames(
-            job_id, attempt, runtime, stops, kind, params, input_key, frames or 1
-        )
-        return stored, render_recipe(runtime, params, model)
+        return render_frames(job_id, attempt, runtime, stops, kind, params, input_key, frames or 1)
     fmt = output_format(params.output_format)
     try:
         decoded = decode_image(runtime.storage.get(input_key))

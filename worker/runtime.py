@@ -14,6 +14,7 @@ from celery import Celery
 from sqlalchemy.orm import Session, sessionmaker
 
 from shared.db import create_db_engine, create_session_factory
+from shared.download_failures import forget_download_failure, record_download_failure
 from shared.params import RenderParams
 from shared.queue import create_celery
 from shared.settings import Settings, get_settings
@@ -40,15 +41,27 @@ class Runtime:
         os.environ["ONEIRO_BACKEND"] = self.settings.backend
         # And whether JAX starts with deterministic GPU kernels (worker/engine/backend.py).
         os.environ["ONEIRO_GPU_DETERMINISM"] = str(self.settings.gpu_determinism).lower()
-        return _dream_model(
-            params.model,
-            tuple(params.layers.items()),
-            tuple((name, tuple(indices)) for name, indices in channels.items()),
-            require_weights(self.settings, params.model),
-            self.settings.weights_download,
-            self.settings.precision,
-            self.settings.gpu_determinism,
-        )
+        from worker.engine import DownloadFailed
+
+        source = require_weights(self.settings, params.model)
+        try:
+            model = _dream_model(
+                params.model,
+                tuple(params.layers.items()),
+                tuple((name, tuple(indices)) for name, indices in channels.items()),
+                source,
+                self.settings.weights_download,
+                self.settings.precision,
+                self.settings.gpu_determinism,
+            )
+        except DownloadFailed as exc:
+            # So that the API refuses the next jobs at submit, naming the fix, instead of
+            # accepting each to fail here (shared/weights.py download_failures).
+            record_download_failure(self.settings, params.model, exc.reason)
+            raise
+        if source == "imagenet":
+            forget_download_failure(self.settings, params.model)
+        return model
 
     def mask_model(self, params: RenderParams) -> DreamModel | None:
         """The dream model of the part a job's mask keeps out, if params.mask_layers names one."""

@@ -15,6 +15,8 @@ const EXTENSIONS = {
   png: "png", png16: "png", tiff16: "tif", jpeg: "jpg", webp: "webp", gif: "gif",
 };
 const PREVIEW_EVERY_MS = 1000;
+// A queued job's standing changes with no event of its own: read it again this often.
+const STANDING_EVERY_MS = 5000;
 const STREAM_RETRIES = 3;
 const JOBS_PAGE = 12;
 
@@ -280,7 +282,12 @@ function params() {
   if (preset) chosen.preset = preset;
   chosen.output_format = form.elements.output_format.value;
   if (form.elements.zoom.checked && !isVideo($("image-input").files[0])) {
-    chosen.animation = ZOOM;
+    chosen.animation = { ...ZOOM };
+    // Frames and zoom as typed, else the zoom preset's.
+    for (const [field, key] of [["frames", "frames"], ["zoom_factor", "zoom"]]) {
+      const text = form.elements[field].value.trim();
+      if (text !== "") chosen.animation[key] = Number(text);
+    }
     // A frame starts from the previous dream: the API's per-frame defaults, unless typed in.
     const shown = (presets.get(preset) || { params: {} }).params;
     for (const field of ["steps", "octaves"]) {
@@ -390,9 +397,39 @@ function formatEta(seconds) {
   return ` · ETA ${Math.floor(s / 60)}:${String(s % 60).padStart(2, "0")}`;
 }
 
+// Where a queued job stands, as `oneiro status` says it.
+function describeStanding(queue) {
+  const seconds = queue.estimated_start_seconds;
+  const start = seconds === null || seconds === undefined
+    ? "start time not known yet"
+    : `starts in about ${Math.floor(Math.round(seconds) / 60)}:${String(Math.round(seconds) % 60).padStart(2, "0")}`;
+  return `position ${queue.position} · ${start}`;
+}
+
+// While the watched job stays queued, show where it stands (the event stream's job has no
+// standing: it costs a look at the whole queue, which GET /v1/jobs/{id} takes).
+let standingFor = null;
+async function watchStanding(jobId, signal, currentStatus) {
+  if (standingFor === jobId) return;
+  standingFor = jobId;
+  try {
+    while (!signal.aborted && currentStatus() === "queued") {
+      const job = await apiJson(`/v1/jobs/${jobId}`, { signal });
+      if (job.status !== "queued" || currentStatus() !== "queued") break;
+      if (job.queue) $("progress-text").textContent = describe(job);
+      await sleep(STANDING_EVERY_MS, signal);
+    }
+  } catch (error) {
+    if (!signal.aborted) console.warn("standing", error);
+  } finally {
+    if (standingFor === jobId) standingFor = null;
+  }
+}
+
 function describe(job) {
   const p = job.progress;
   const percent = `${Math.round(100 * p.fraction)}%`;
+  if (job.status === "queued" && job.queue) return `queued · ${describeStanding(job.queue)}`;
   if (job.status !== "running") return `${job.status} · ${percent}`;
   const frame = p.frames ? `frame ${Math.max(p.frame, 1)}/${p.frames} · ` : "";
   return `${frame}octave ${p.octave}/${p.octaves} · step ${p.step}/${p.steps} · ${percent}${formatEta(p.eta_seconds)}`;
@@ -435,6 +472,7 @@ async function watch(jobId) {
       status = job.status;
       refreshJobs();
     }
+    if (job.status === "queued" && !job.queue) watchStanding(jobId, signal, () => status);
     if (job.status === "running" && previewExists(job) && !previewing &&
         Date.now() - lastPreview > PREVIEW_EVERY_MS) {
       previewing = true;

@@ -10,7 +10,12 @@ BACKEND = choose_backend()
 
 from worker.engine.device import DeviceOutOfMemory  # noqa: E402
 from worker.engine.dream import DreamState, Progress, preview, render  # noqa: E402
-from worker.engine.model import DreamModel, WeightsUnavailable, load_dream_model  # noqa: E402
+from worker.engine.model import (  # noqa: E402
+    DownloadFailed,
+    DreamModel,
+    WeightsUnavailable,
+    load_dream_model,
+)
 from worker.engine.motion import FrameProgress, animate, dream_video  # noqa: E402
 from worker.engine.tiling import Canceled  # noqa: E402
 
@@ -23,6 +28,7 @@ __all__ = [
     "FrameProgress",
     "Progress",
     "WeightsUnavailable",
+    "DownloadFailed",
     "animate",
     "dream_video",
     "load_dream_model",

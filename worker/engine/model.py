@@ -33,6 +33,14 @@ class WeightsUnavailable(RuntimeError):
     """The requested weights cannot be had; the message says how to provide them."""
 
 
+class DownloadFailed(WeightsUnavailable):
+    """The ImageNet weights could not be downloaded (`reason`: the error's name)."""
+
+    def __init__(self, message: str, reason: str) -> None:
+        super().__init__(message)
+        self.reason = reason
+
+
 @dataclass(frozen=True)
 class DreamModel:
     """A backbone that outputs the dreamed layers, with its batched gradient function."""
@@ -275,9 +283,10 @@ def _imagenet_weights(backbone: Backbone, allow_download: bool) -> str:
     try:
         getattr(keras.applications, backbone.keras_name)(include_top=False, weights="imagenet")
     except Exception as exc:
-        raise WeightsUnavailable(
+        raise DownloadFailed(
             f"could not download the ImageNet {backbone.keras_name} weights "
-            f"({type(exc).__name__}). {how_to_provide(backbone)}"
+            f"({type(exc).__name__}). {how_to_provide(backbone)}",
+            reason=type(exc).__name__,
         ) from exc
     finally:
         socket.setdefaulttimeout(previous)
