@@ -24,7 +24,7 @@ from shared.estimates import check_memory
 from shared.formats import ANIMATED_FORMATS, OUTPUT_FORMATS
 from shared.images import EXTENSIONS, ImageRejected, ImageTooLarge, inspect_image
 from shared.models import Job, utcnow
-from shared.params import RenderParams, with_frame_defaults
+from shared.params import RenderParams, look_params, with_frame_defaults
 from shared.recipes import RecipeRefused, WeightsMismatch, check_weights, recipe_params
 from shared.recipes import weights_digest as digest_of
 from shared.settings import Settings
@@ -85,7 +85,7 @@ def read_submission(settings: Settings) -> Submission:
             [{"field": "params.start_by", "message": "start_by has passed: give a later time"}]
         )
     if "video" in request.files:
-        return _read_video_submission(params, asked, settings)
+        return _read_video_submission(params, asked, rerun_of, settings)
     upload = request.files.get("image")
     if upload is None:
         raise invalid(
@@ -122,7 +122,10 @@ def read_submission(settings: Settings) -> Submission:
 
 
 def _read_video_submission(
-    params: RenderParams, asked: dict[str, Any], settings: Settings
+    params: RenderParams,
+    asked: dict[str, Any],
+    rerun_of: dict[str, Any] | None,
+    settings: Settings,
 ) -> Submission:
     """A video job: the `video` part inspected (its header against the limits before a frame
     is decoded), its frame size and count the job's."""
@@ -144,6 +147,7 @@ def _read_video_submission(
         height=info.height,
         webhook=_read_webhook(settings),
         controls=read_controls(asked, (info.width, info.height), settings, EXTENSIONS),
+        rerun_of=rerun_of,
         kind="video",
         frames=info.frames,
     )
@@ -333,7 +337,9 @@ def _read_params() -> tuple[RenderParams, dict[str, Any], dict[str, Any] | None]
                 [{"field": "recipe", "message": "give a recipe or a params.preset, not both"}]
             )
         # The recipe's params, overridden by the ones sent: the same look, on a new image.
-        raw = {**recipe["params"], **raw}
+        # The recipe's look: how its job was queued (priority, start_by, max_run_seconds) is
+        # not carried onto the new one.
+        raw = {**look_params(recipe["params"]), **raw}
         text = json.dumps(raw)
     if "video" in request.files or raw.get("animation") is not None:
         # A frame starts from the previous dream: fewer steps and octaves than a still's. Not

@@ -247,6 +247,30 @@ def test_max_run_seconds_cancels_a_long_render_with_its_reason(
     assert webhook_statuses(settings) == [("canceled", shown["error"])]
 
 
+@pytest.mark.parametrize("kind", ["animation", "video"])
+def test_max_run_seconds_cancels_a_long_animation_or_video_too(
+    client: FlaskClient, session: Session, runtime: Runtime, kind: str
+) -> None:
+    # Frames of 1,000 steps: a frame alone takes far longer than the limit, so only the
+    # limit can stop the job within the test's time.
+    slow = {"steps": 1000, "octaves": 1, "seed": 3, "max_run_seconds": 1}
+    if kind == "animation":
+        response = submit(client, image_bytes((64, 64)), {**slow, "animation": {"frames": 50}})
+    else:
+        video = (io.BytesIO(clip_bytes((64, 64), frames=8, audio=False)), "clip.mp4")
+        response = submit(client, None, slow, video=video)
+    assert response.status_code == 202, response.get_data(as_text=True)
+    job_id = uuid.UUID(response.get_json()["id"])
+
+    started = time.monotonic()
+    assert run_job(job_id, runtime) is None  # stopped: not this attempt's any more
+    assert time.monotonic() - started < 60
+
+    shown = client.get(f"/v1/jobs/{job_id}").get_json()
+    assert shown["kind"] == kind
+    assert shown["status"] == "canceled" and "max_run_seconds" in shown["error"]
+
+
 @pytest.mark.e2e
 def test_a_killed_worker_and_a_lost_queue_lose_nothing_and_run_nothing_twice(
     app: Flask,
