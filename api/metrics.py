@@ -29,7 +29,6 @@ from prometheus_client.utils import floatToGoString
 from sqlalchemy import ColumnElement, case, distinct, extract, func, select
 from sqlalchemy.orm import Session
 
-from shared.cost import megapixel_steps
 from shared.estimates import backlogs, workers_wanted
 from shared.models import Job, JobStatus, utcnow
 from shared.queue import maintenance_queue, queue_keys, render_queues, worker_classes
@@ -293,15 +292,7 @@ def worker_throughput(session: Session, now: datetime | None = None) -> dict[str
     the last THROUGHPUT_WINDOW (the metric, and the render-time estimate of a job)."""
     now = now or utcnow()
     rows = session.execute(
-        select(
-            Job.worker,
-            Job.input_width,
-            Job.input_height,
-            Job.params,
-            Job.frames,
-            Job.started_at,
-            Job.finished_at,
-        )
+        select(Job.worker, Job.work, Job.started_at, Job.finished_at)
         .where(
             Job.status == JobStatus.SUCCEEDED,
             # A resumed attempt renders only what its checkpoint left, from a later
@@ -315,8 +306,8 @@ def worker_throughput(session: Session, now: datetime | None = None) -> dict[str
     ).all()
     work: Counter[str] = Counter()
     seconds: Counter[str] = Counter()
-    for worker, width, height, params, frames, started, finished in rows:
-        work[worker] += megapixel_steps(width, height, params, frames)
+    for worker, job_work, started, finished in rows:
+        work[worker] += job_work  # the stored work: every frame counted
         seconds[worker] += (finished - started).total_seconds()
     return {worker: work[worker] / seconds[worker] for worker in work if seconds[worker] > 0}
 
