@@ -33,8 +33,8 @@ import tempfile
 import time
 import uuid
 from datetime import timedelta
-from typing import Any
 from pathlib import Path
+from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
@@ -47,14 +47,14 @@ sys.path.insert(0, str(ROOT))
 from alembic import command  # noqa: E402
 from alembic.config import Config  # noqa: E402
 
+from shared.cost import megapixel_steps  # noqa: E402
 from shared.db import create_db_engine, create_session_factory  # noqa: E402
 from shared.dispatch import announce_slot, choose, dispatch  # noqa: E402
+from shared.estimates import backlogs  # noqa: E402
 from shared.models import Job, JobStatus, Tenant, utcnow  # noqa: E402
 from shared.params import PRIORITIES, RenderParams  # noqa: E402
 from shared.queue import create_celery, queue_keys, waiting_render_jobs  # noqa: E402
 from shared.settings import load_settings  # noqa: E402
-from shared.cost import megapixel_steps  # noqa: E402
-from shared.estimates import backlogs  # noqa: E402
 from shared.standing import dispatch_order, queue_standings  # noqa: E402
 from shared.transitions import claim_job, succeed  # noqa: E402
 

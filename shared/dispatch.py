@@ -164,7 +164,7 @@ def fair_key(ranked: Any) -> tuple[Any, ...]:
 def ranked_backlog(per_tenant: int | None = None, lateral: bool = True) -> Select[Any]:
     """The backlog's jobs (id, tenant_id, created_at, work) with `share`: their tenant's load
     once the jobs ahead in its own order are running, over its weight (fair_order sorts on
-    it; a queued job's standing counts the rows before its own, shared/standing.py)."""
+    it; shared/standing.py Share does the same arithmetic to count a job's place)."""
     load = (
         select(Job.tenant_id, func.count().label("jobs"))
         .where(IN_FLIGHT)
