@@ -110,6 +110,14 @@ class Settings(BaseSettings):
     # How long /metrics reuses its count of online workers: a Celery broadcast that waits up to a
     # second for answers, which several or frequent scrapers would otherwise each pay.
     metrics_cache_seconds: float = Field(5.0, ge=0)
+    # /metrics tells the backlog, the tenants' load and the farm's size: not for every client
+    # of the API port.
+    metrics_token: str | None = Field(
+        None,
+        min_length=16,
+        description="A bearer token /metrics asks for (Authorization: Bearer TOKEN); unset, "
+        "/metrics answers anyone who reaches the API directly (the proxy never serves it).",
+    )
     # A directory of weights files, one per backbone, each named as Keras names its ImageNet
     # file (shared/catalogue.py `weights_file`): how a deployment offline gets more backbones
     # than the one ONEIRO_WEIGHTS names.
