@@ -23,7 +23,7 @@ from client.api import ApiError, Client
 from client.cli import main
 from client.config import write_client_config
 from client.events import Event
-from tests.utils import CHELSEA, ROOT, Proxy, Stack, running_stack, wait_for
+from tests.utils import CHELSEA, ROOT, Proxy, Stack, clip_bytes, running_stack, wait_for
 
 pytestmark = pytest.mark.e2e
 
@@ -422,3 +422,21 @@ def test_estimate_says_what_a_submit_would_cost_before_sending(stack: Stack) -> 
     assert job["estimate"]["megapixel_steps"] == work
     refused = oneiro(stack, "estimate", str(CHELSEA), "--param", "steps=0")
     assert refused.exit_code == 1 and refused.stderr.startswith("Error: Invalid request")
+
+
+def test_estimate_of_a_clip_says_what_the_video_job_says(stack: Stack, tmp_path: Path) -> None:
+    # Issue 23.5: `oneiro estimate clip.mp4` must say what the job will say once submitted.
+    clip = tmp_path / "clip.mp4"
+    clip.write_bytes(clip_bytes((64, 48), frames=4, audio=False))
+    small = ["--param", "steps=2", "--param", "octaves=1"]
+
+    told = oneiro(stack, "estimate", str(clip), *small, "--json")
+    assert told.exit_code == 0, told.stderr
+    sent = oneiro(stack, "submit", str(clip), *small)
+    assert sent.exit_code == 0, sent.stderr
+    job = Client(stack.url, stack.key).job(sent.stdout.strip())
+
+    estimate = json.loads(told.stdout)
+    assert job["kind"] == "video" and job["frames"] == 4
+    assert job["estimate"]["megapixel_steps"] == estimate["estimate"]["megapixel_steps"]
+    assert estimate["warnings"] == []
