@@ -4,6 +4,8 @@ ONEIRO_PRESIGNED_DOWNLOADS on S3 storage, a redirect to a short-lived URL of the
 
 from __future__ import annotations
 
+from typing import Any
+
 from flask import Response, redirect, request
 from werkzeug.exceptions import RequestedRangeNotSatisfiable
 
@@ -56,7 +58,9 @@ def send_stored(
     response = Response(stored, mimetype=mimetype, headers=headers, direct_passthrough=True)
     response.content_length = stored.size
     try:
-        response.make_conditional(request, accept_ranges=True, complete_length=stored.size)
+        response.make_conditional(
+            _ranges_we_answer(stored.size), accept_ranges=True, complete_length=stored.size
+        )
     except RequestedRangeNotSatisfiable:
         stored.close()
         raise Problem(
@@ -69,6 +73,22 @@ def send_stored(
     if response.status_code == 304:
         stored.close()
     return response
+
+
+def _ranges_we_answer(size: int) -> dict[str, Any]:
+    """The request's WSGI environ, its Range as RFC 9110 reads it where werkzeug would answer
+    416: a Range in a unit other than bytes, of several ranges (no multipart answers here) or
+    that werkzeug cannot parse is ignored (the whole file, 200: section 14.2); a suffix longer
+    than the file asks for the whole file (a 206 of it all: section 14.1.3)."""
+    environ = dict(request.environ)
+    if "HTTP_RANGE" not in environ:
+        return environ
+    asked = request.range  # werkzeug's parse of the header
+    if asked is None or asked.units != "bytes" or len(asked.ranges) != 1:
+        del environ["HTTP_RANGE"]
+    elif asked.ranges[0][0] < 0 and -asked.ranges[0][0] > size:
+        environ["HTTP_RANGE"] = "bytes=0-"
+    return environ
 
 
 def redirect_to(url: str, headers: dict[str, str]) -> Response:

@@ -23,6 +23,7 @@ from shared.estimates import wait_estimate
 from shared.models import Job
 from shared.queue import class_holding
 from shared.serializer import Throughput, render_estimate
+from shared.settings import Settings
 
 blueprint = Blueprint("estimates", __name__, url_prefix="/v1/estimates")
 blueprint.before_request(require_key)
@@ -44,20 +45,43 @@ def estimate_job() -> dict[str, Any]:
     params = submission.params.model_dump(mode="json")
     # A job as it would be recorded, never added to a session: its estimate is the one the
     # job itself would show.
-    job = Job(input_width=submission.width, input_height=submission.height, params=params)
+    job = Job(
+        input_width=submission.width,
+        input_height=submission.height,
+        params=params,
+        kind=submission.kind,
+        frames=submission.frames,
+    )
     throughput = measured_throughput()
+    render = render_estimate(job, throughput)
     memory = peak_memory_bytes(submission.width, submission.height, submission.params)
     worker_class = class_holding(settings, memory)
     return {
         "params": params,
         "input": {"width": submission.width, "height": submission.height},
-        "estimate": render_estimate(job, throughput),
+        "estimate": render,
         "memory": {
             "peak_bytes": memory,
             "worker_class": worker_class.name or None if worker_class else None,
         },
         "wait": _wait(throughput),
+        "warnings": _warnings(render, submission.frames, settings),
     }
+
+
+def _warnings(render: dict[str, Any], frames: int | None, settings: Settings) -> list[str]:
+    """What the client should know before sending: a render longer than the soft time limit
+    stops there, and the job fails with nothing to show for the hours."""
+    seconds = render["render_seconds"]
+    if seconds is None or seconds <= settings.soft_time_limit:
+        return []
+    fewer = "fewer frames, " if frames is not None else ""
+    return [
+        f"the render should take about {seconds:.0f} s at the measured speed, past the soft "
+        f"time limit of {settings.soft_time_limit:.0f} s (ONEIRO_SOFT_TIME_LIMIT), where a "
+        f"worker stops it and the job fails: ask for {fewer}fewer steps or octaves, or a "
+        "smaller max_dim"
+    ]
 
 
 # The work ahead is summed over every queued and running row: once per WAIT_TTL_S in each API

@@ -7,6 +7,7 @@ share: the job rows (the truth: invariant 1, docs/internals/architecture.md) and
 
 from __future__ import annotations
 
+import hmac
 import logging
 import threading
 import time
@@ -15,7 +16,7 @@ from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 import redis
-from flask import Flask, Response
+from flask import Flask, Response, request
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 from prometheus_client.core import (
     CounterMetricFamily,
@@ -28,7 +29,7 @@ from prometheus_client.utils import floatToGoString
 from sqlalchemy import ColumnElement, case, distinct, extract, func, select
 from sqlalchemy.orm import Session
 
-from shared.cost import megapixel_steps
+from api.problems import Problem
 from shared.estimates import backlogs, workers_wanted
 from shared.models import Job, JobStatus, utcnow
 from shared.queue import maintenance_queue, queue_keys, render_queues, worker_classes
@@ -64,14 +65,32 @@ INSPECT_TIMEOUT_S = 1.0
 
 
 def register(app: Flask) -> None:
-    """Serve GET /metrics from a registry of this app's own (no auth: Prometheus scrapes it)."""
+    """Serve GET /metrics from a registry of this app's own, to the holder of
+    ONEIRO_METRICS_TOKEN when one is set (Prometheus's `authorization` credentials)."""
     registry = CollectorRegistry()
     registry.register(OneiroCollector(app.extensions["oneiro"]))
+    token = app.extensions["oneiro"].settings.metrics_token
 
     @app.get("/metrics")
     def metrics() -> Response:
         """Prometheus text exposition of jobs, queues and workers."""
+        if token is not None:
+            _require_token(token)
         return Response(generate_latest(registry), headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+
+def _require_token(token: str) -> None:
+    """401 problem+json unless the request carries `token` as its bearer credentials."""
+    scheme, _, sent = request.headers.get("Authorization", "").partition(" ")
+    # Compared in constant time: the answer's timing must not spell the token out.
+    if scheme.lower() != "bearer" or not hmac.compare_digest(sent.strip(), token):
+        raise Problem(
+            401,
+            "Unauthorized",
+            "/metrics needs the metrics token (ONEIRO_METRICS_TOKEN) as "
+            "'Authorization: Bearer TOKEN'",
+            headers={"WWW-Authenticate": 'Bearer realm="oneiro-metrics"'},
+        )
 
 
 class OneiroCollector(Collector):
@@ -292,15 +311,7 @@ def worker_throughput(session: Session, now: datetime | None = None) -> dict[str
     the last THROUGHPUT_WINDOW (the metric, and the render-time estimate of a job)."""
     now = now or utcnow()
     rows = session.execute(
-        select(
-            Job.worker,
-            Job.input_width,
-            Job.input_height,
-            Job.params,
-            Job.frames,
-            Job.started_at,
-            Job.finished_at,
-        )
+        select(Job.worker, Job.work, Job.started_at, Job.finished_at)
         .where(
             Job.status == JobStatus.SUCCEEDED,
             # A resumed attempt renders only what its checkpoint left, from a later
@@ -313,12 +324,10 @@ def worker_throughput(session: Session, now: datetime | None = None) -> dict[str
         .limit(THROUGHPUT_MAX_JOBS)
     ).all()
     jobs: dict[str, list[tuple[float, float]]] = {}
-    for worker, width, height, params, frames, started, finished in rows:
+    for worker, job_work, started, finished in rows:
         seconds = (finished - started).total_seconds()
-        if seconds > 0:
-            jobs.setdefault(worker, []).append(
-                (megapixel_steps(width, height, params, frames), seconds)
-            )
+        if seconds > 0:  # the stored work: every frame counted
+            jobs.setdefault(worker, []).append((job_work, seconds))
     return {worker: _typical_rate(done) for worker, done in jobs.items()}
 
 

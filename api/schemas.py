@@ -282,6 +282,13 @@ class EstimateOut(BaseModel):
     estimate: RenderEstimate
     memory: MemoryEstimate
     wait: WaitEstimate
+    warnings: Annotated[
+        list[str],
+        Field(
+            description="What to know before sending: a render estimated past the soft time "
+            "limit (ONEIRO_SOFT_TIME_LIMIT), where it would be stopped and fail."
+        ),
+    ]
 
 
 class QueueStanding(BaseModel):

@@ -27,7 +27,7 @@ from shared.estimates import check_memory
 from shared.formats import ANIMATED_FORMATS, OUTPUT_FORMATS, fps_problem, result_format
 from shared.images import EXTENSIONS, ImageRejected, ImageTooLarge, inspect_image
 from shared.models import Job, Upload, utcnow
-from shared.params import RenderParams, error_message, with_frame_defaults
+from shared.params import RenderParams, error_message, look_params, with_frame_defaults
 from shared.recipes import RecipeRefused, WeightsMismatch, check_weights, recipe_params
 from shared.recipes import weights_digest as digest_of
 from shared.settings import Settings
@@ -92,7 +92,7 @@ def read_submission(settings: Settings) -> Submission:
             [{"field": "params.start_by", "message": "start_by has passed: give a later time"}]
         )
     if _sent("video"):
-        return _read_video_submission(params, asked, settings)
+        return _read_video_submission(params, asked, rerun_of, settings)
     if not _sent("image"):
         raise invalid(
             [{"field": "image", "message": "a multipart file part named 'image' is required"}]
@@ -129,7 +129,10 @@ def read_submission(settings: Settings) -> Submission:
 
 
 def _read_video_submission(
-    params: RenderParams, asked: dict[str, Any], settings: Settings
+    params: RenderParams,
+    asked: dict[str, Any],
+    rerun_of: dict[str, Any] | None,
+    settings: Settings,
 ) -> Submission:
     """A video job: the `video` part inspected (its header against the limits before a frame
     is decoded), its frame size and count the job's."""
@@ -151,6 +154,7 @@ def _read_video_submission(
         height=info.height,
         webhook=_read_webhook(settings),
         controls=read_controls(asked, (info.width, info.height), settings, EXTENSIONS),
+        rerun_of=rerun_of,
         kind="video",
         frames=info.frames,
         upload=upload,
@@ -398,7 +402,9 @@ def _read_params() -> tuple[RenderParams, dict[str, Any], dict[str, Any] | None]
                 [{"field": "recipe", "message": "give a recipe or a params.preset, not both"}]
             )
         # The recipe's params, overridden by the ones sent: the same look, on a new image.
-        raw = {**recipe["params"], **raw}
+        # The recipe's look: how its job was queued (priority, start_by, max_run_seconds) is
+        # not carried onto the new one.
+        raw = {**look_params(recipe["params"]), **raw}
         text = json.dumps(raw)
     if _sent("video") or raw.get("animation") is not None:
         # A frame starts from the previous dream: fewer steps and octaves than a still's. Not

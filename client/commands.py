@@ -289,6 +289,8 @@ def estimate(
     click.echo(f"render: {_seconds(render['render_seconds'])} ({render['basis']})")
     click.echo(f"memory: {memory['peak_bytes'] / 2**30:.2f} GiB at most{where}")
     click.echo(f"wait:   {_seconds(wait['seconds'])} ({wait['basis']})")
+    for warning in told.get("warnings", []):
+        click.echo(f"warning: {warning}")
 
 
 def _seconds(seconds: float | None) -> str:

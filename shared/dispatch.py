@@ -8,7 +8,8 @@ again in fair order:
 1. the tenant with the least work in flight (running or dispatched, divided by its `weight`)
    goes first; the n-th waiting job of a tenant counts as if its n - 1 before it were already
    running, so one query orders the whole backlog (weighted fair queuing);
-2. within a tenant, higher `params.priority` first; then the oldest.
+2. within a tenant, higher `params.priority` first; then the oldest. Priority never orders
+   tenants: between jobs of equal share the oldest goes first.
 
 A tenant alone on the farm still takes every slot: the order only decides who goes first.
 
@@ -149,13 +150,28 @@ def fair_order(per_tenant: int | None = None, lateral: bool = True) -> Select[tu
     """The backlog's job ids in dispatch order (see the module's docstring); with
     `per_tenant`, only the first that many of each tenant's are looked at, which is all the
     first `per_tenant` of the order can hold (`lateral`: whether the database has LATERAL)."""
+    ranked = ranked_backlog(per_tenant, lateral).subquery()
+    return select(ranked.c.id).order_by(*fair_key(ranked))
+
+
+def fair_key(ranked: Any) -> tuple[Any, ...]:
+    """The dispatch order's sort key of a ranked_backlog row: its tenant's share, then age.
+    Priority orders a tenant's own jobs (in `nth`) and never one tenant's against another's
+    (README: How the queue chooses): equal shares go oldest first."""
+    return (ranked.c.share, ranked.c.created_at, ranked.c.id)
+
+
+def ranked_backlog(per_tenant: int | None = None, lateral: bool = True) -> Select[Any]:
+    """The backlog's jobs (id, tenant_id, created_at, work) with `share`: their tenant's load
+    once the jobs ahead in its own order are running, over its weight (fair_order sorts on
+    it; shared/standing.py Share does the same arithmetic to count a job's place)."""
     load = (
         select(Job.tenant_id, func.count().label("jobs"))
         .where(IN_FLIGHT)
         .group_by(Job.tenant_id)
         .subquery()
     )
-    columns = (Job.id, Job.tenant_id, Job.priority, Job.created_at)
+    columns = (Job.id, Job.tenant_id, Job.priority, Job.created_at, Job.work)
     own_order = (Job.priority, Job.created_at, Job.id)
     if per_tenant is None:
         candidates = select(*columns).where(IN_BACKLOG).subquery()
@@ -164,8 +180,8 @@ def fair_order(per_tenant: int | None = None, lateral: bool = True) -> Select[tu
     backlog = select(
         candidates.c.id,
         candidates.c.tenant_id,
-        candidates.c.priority,
         candidates.c.created_at,
+        candidates.c.work,
         func.row_number()
         .over(
             partition_by=candidates.c.tenant_id,
@@ -176,10 +192,15 @@ def fair_order(per_tenant: int | None = None, lateral: bool = True) -> Select[tu
     # The tenant's load once the jobs ahead of this one in its own order are running.
     share = (func.coalesce(load.c.jobs, 0) + backlog.c.nth - 1) / func.coalesce(Tenant.weight, 1.0)
     return (
-        select(backlog.c.id)
+        select(
+            backlog.c.id,
+            backlog.c.tenant_id,
+            backlog.c.created_at,
+            backlog.c.work,
+            share.label("share"),
+        )
         .outerjoin(load, load.c.tenant_id == backlog.c.tenant_id)
         .outerjoin(Tenant, Tenant.id == backlog.c.tenant_id)
-        .order_by(share, backlog.c.priority, backlog.c.created_at, backlog.c.id)
     )
 
 

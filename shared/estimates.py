@@ -12,11 +12,12 @@ from __future__ import annotations
 import math
 from collections import Counter
 from dataclasses import dataclass
+from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from shared.cost import GIB, CostRefused, largest_window, megapixel_steps, peak_memory_bytes
+from shared.cost import GIB, CostRefused, largest_window, peak_memory_bytes
 from shared.models import Job, JobStatus
 from shared.params import RenderParams
 from shared.queue import class_holding, render_queue, worker_classes
@@ -35,25 +36,39 @@ class Backlog:
 
 
 def backlogs(session: Session, settings: Settings) -> dict[str, Backlog]:
-    """The backlog of each render queue (worker class), every queue present."""
-    rows = session.execute(
-        select(Job.input_width, Job.input_height, Job.params, Job.status, Job.progress).where(
-            Job.status.in_((JobStatus.QUEUED, JobStatus.RUNNING))
-        )
-    ).all()
+    """The backlog of each render queue (worker class), every queue present: each job's
+    stored work (every frame counted), a running job's by what its progress has left."""
+    classes = worker_classes(settings)
     work: Counter[str] = Counter()
     queued: Counter[str] = Counter()
     running: Counter[str] = Counter()
-    for width, height, params, status, progress in rows:
+    if len(classes) == 1:
+        # A farm of one class: the queued jobs summed by the database, no row read.
+        count, total = session.execute(
+            select(func.count(), func.coalesce(func.sum(Job.work), 0.0)).where(
+                Job.status == JobStatus.QUEUED
+            )
+        ).one()
+        work[classes[0].queue], queued[classes[0].queue] = float(total), count
+        active: tuple[JobStatus, ...] = (JobStatus.RUNNING,)
+    else:
+        active = (JobStatus.QUEUED, JobStatus.RUNNING)
+    rows = session.execute(
+        select(
+            Job.input_width, Job.input_height, Job.params, Job.status, Job.progress, Job.work
+        ).where(Job.status.in_(active))
+    ).all()
+    for width, height, params, status, progress, job_work in rows:
         queue = render_queue(settings, Job(input_width=width, input_height=height, params=params))
         is_running = status == JobStatus.RUNNING
-        done = float((progress or {}).get("fraction") or 0.0) if is_running else 0.0
-        work[queue] += megapixel_steps(width, height, params) * (1.0 - min(1.0, done))
+        work[queue] += job_work * (1.0 - done_fraction(progress) if is_running else 1.0)
         (running if is_running else queued)[queue] += 1
-    return {
-        c.queue: Backlog(work[c.queue], queued[c.queue], running[c.queue])
-        for c in worker_classes(settings)
-    }
+    return {c.queue: Backlog(work[c.queue], queued[c.queue], running[c.queue]) for c in classes}
+
+
+def done_fraction(progress: dict[str, Any] | None) -> float:
+    """The share of its work a running job has done, by its progress (0 to 1)."""
+    return min(1.0, max(0.0, float((progress or {}).get("fraction") or 0.0)))
 
 
 def expected_wait(work_ahead: float, throughput: Throughput) -> float | None:

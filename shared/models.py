@@ -25,6 +25,7 @@ from sqlalchemy import (
     text,
 )
 from sqlalchemy.engine import Dialect
+from sqlalchemy.engine.default import DefaultExecutionContext
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 # Named constraints let Alembic create and drop them the same way on every database.
@@ -64,6 +65,17 @@ def _in_utc(moment: datetime | None) -> datetime | None:
     if moment is None:
         return None
     return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment.astimezone(UTC)
+
+
+def _stored_work(context: DefaultExecutionContext) -> float:
+    """A new row's work in megapixel-steps, every frame counted (shared/cost.py): computed on
+    every insert, so no writer of a job row can leave it out or count it otherwise."""
+    from shared.cost import megapixel_steps  # cost imports params; models stays at the root
+
+    row = context.get_current_parameters()
+    return megapixel_steps(
+        row["input_width"], row["input_height"], row["params"], row.get("frames")
+    )
 
 
 class Base(DeclarativeBase):
@@ -136,6 +148,8 @@ class Job(Base):
             "priority",
             "created_at",
             "id",
+            # A queued job's standing sums the work of each tenant's first jobs from it.
+            postgresql_include=["work"],
             postgresql_where=text("status = 'queued' AND enqueued_at IS NULL"),
             sqlite_where=text("status = 'queued' AND enqueued_at IS NULL"),
         ),
@@ -199,6 +213,10 @@ class Job(Base):
     # first), and params.start_by as a moment it can compare in SQL; copies made at submit.
     priority: Mapped[int] = mapped_column(Integer, default=1, server_default="1")
     start_by: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    # The job's work in megapixel-steps (every octave's pixels x steps x passes, x frames),
+    # fixed at submit: the estimates, the queue's standing and wait, and the autoscaling
+    # signal sum this column instead of costing every queued job's params again.
+    work: Mapped[float] = mapped_column(Float, default=_stored_work, server_default="0")
 
 
 JOB_KINDS = ("image", "animation", "video")

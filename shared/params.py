@@ -27,6 +27,13 @@ LayerWeight = Annotated[float, Field(gt=0, le=100)]
 # at once on this machine, has no options for them.
 QUEUE_FIELDS = ("priority", "start_by", "max_run_seconds")
 
+
+def look_params(params: dict[str, Any]) -> dict[str, Any]:
+    """`params` without QUEUE_FIELDS: what makes a render's look, which a recipe carries on
+    (a re-run months later is not refused for a start_by long passed)."""
+    return {name: value for name, value in params.items() if name not in QUEUE_FIELDS}
+
+
 # params.priority, and the rank the dispatcher sorts a tenant's jobs by (lower first).
 PRIORITIES = {"high": 0, "normal": 1, "low": 2}
 
@@ -76,6 +83,13 @@ class Animation(BaseModel):
         tuple[float, float],
         Field(description="Pixels per frame the picture moves, x (right) and y (down)."),
     ] = (0.0, 0.0)
+
+    @field_validator("translate", mode="before")
+    @classmethod
+    def _pair_from_list(cls, value: Any) -> Any:
+        # JSON has no tuple, and the strict parse of a submission refused every list sent for
+        # it (so no translate could ever be set): a list of two is the pair.
+        return tuple(value) if isinstance(value, list) else value
 
 
 # What a frame of an animation or a video is dreamed with unless the client says otherwise: a
@@ -212,7 +226,13 @@ class RenderParams(BaseModel):
             try:
                 return _seconds_from_now(float(value))
             except ValueError:
-                return value
+                pass
+            # An ISO 8601 time, parsed here: the strict parse of a submission takes no string
+            # for a datetime, so the documented form was always refused.
+            try:
+                return datetime.fromisoformat(value)
+            except ValueError:
+                return value  # the field's own error names what it takes
         return value
 
     @field_validator("start_by")

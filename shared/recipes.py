@@ -18,7 +18,7 @@ import numpy as np
 
 from shared.formats import output_format
 from shared.images import encode_image
-from shared.params import RenderParams
+from shared.params import RenderParams, look_params
 
 RECIPE_VERSION = 1
 
@@ -116,7 +116,7 @@ def rerun_verdict(asked: dict[str, Any], made: dict[str, Any]) -> dict[str, Any]
     when nothing differs and nothing is unknown: the identical image from the same input."""
     differs: dict[str, list[Any]] = {}
     unknown: list[str] = []
-    for name, value in asked.get("params", {}).items():
+    for name, value in look_params(asked.get("params", {})).items():
         if made["params"].get(name) != value:
             differs[f"params.{name}"] = [value, made["params"].get(name)]
     for fact in MACHINE_FACTS:

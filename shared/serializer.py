@@ -82,8 +82,7 @@ def _fields(job: Job) -> dict[str, Any]:
 
 def render_estimate(job: Job, throughput: Throughput) -> dict[str, Any]:
     """How long the job's render should take at the workers' measured speed, or why unknown."""
-    # The cost measure of ONEIRO_MAX_WORK and of the throughput metric, in megapixels.
-    work = megapixel_steps(job.input_width, job.input_height, job.params, job.frames)
+    work = job_work(job)
     if throughput.rate is None:
         return {
             "render_seconds": None,
@@ -96,6 +95,15 @@ def render_estimate(job: Job, throughput: Throughput) -> dict[str, Any]:
         "basis": f"at {throughput.rate:.3g} megapixel-steps per second, the mean speed of "
         f"{throughput.workers} worker(s) over the last hour",
     }
+
+
+def job_work(job: Job) -> float:
+    """The job's work in megapixel-steps, every frame counted: its stored column, or for a
+    job not yet stored (POST /v1/estimates) what the column will hold (shared/models.py)."""
+    if job.work is not None:
+        return job.work
+    # The cost measure of ONEIRO_MAX_WORK and of the throughput metric, in megapixels.
+    return megapixel_steps(job.input_width, job.input_height, job.params, job.frames)
 
 
 def iso(moment: datetime | None) -> str | None:

@@ -229,6 +229,14 @@ class Settings(BaseSettings):
     metrics_cache_seconds: float = Field(
         5.0, ge=0, description="How long `/metrics` reuses its count of online workers."
     )
+    # /metrics tells the backlog, the tenants' load and the farm's size: not for every client
+    # of the API port.
+    metrics_token: str | None = Field(
+        None,
+        min_length=16,
+        description="A bearer token /metrics asks for (Authorization: Bearer TOKEN); unset, "
+        "/metrics answers anyone who reaches the API directly (the proxy never serves it).",
+    )
     weights_dir: Path | None = Field(
         None,
         description="A directory of weights files, one per backbone, each named as Keras names "

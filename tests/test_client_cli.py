@@ -27,7 +27,16 @@ from client.cli import main
 from client.config import write_client_config
 from client.events import Event
 from shared.models import Upload
-from tests.utils import CHELSEA, ROOT, Proxy, Stack, running_stack, wait_for, write_padded_clip
+from tests.utils import (
+    CHELSEA,
+    ROOT,
+    Proxy,
+    Stack,
+    clip_bytes,
+    running_stack,
+    wait_for,
+    write_padded_clip,
+)
 
 pytestmark = pytest.mark.e2e
 
@@ -546,3 +555,21 @@ def test_an_upload_goes_on_when_a_late_patch_moved_its_offset(
     assert late == [0]
     stored = Path(stack.settings.storage_url) / "uploads" / upload / "data"
     assert stored.read_bytes() == data
+
+
+def test_estimate_of_a_clip_says_what_the_video_job_says(stack: Stack, tmp_path: Path) -> None:
+    # Issue 23.5: `oneiro estimate clip.mp4` must say what the job will say once submitted.
+    clip = tmp_path / "clip.mp4"
+    clip.write_bytes(clip_bytes((64, 48), frames=4, audio=False))
+    small = ["--param", "steps=2", "--param", "octaves=1"]
+
+    told = oneiro(stack, "estimate", str(clip), *small, "--json")
+    assert told.exit_code == 0, told.stderr
+    sent = oneiro(stack, "submit", str(clip), *small)
+    assert sent.exit_code == 0, sent.stderr
+    job = Client(stack.url, stack.key).job(sent.stdout.strip())
+
+    estimate = json.loads(told.stdout)
+    assert job["kind"] == "video" and job["frames"] == 4
+    assert job["estimate"]["megapixel_steps"] == estimate["estimate"]["megapixel_steps"]
+    assert estimate["warnings"] == []

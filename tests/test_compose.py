@@ -218,6 +218,18 @@ def test_a_buffering_proxy_with_client_timeouts_fronts_the_api(tmp_path: Path) -
     uploads = nginx_directives(locations["/v1/uploads"])
     assert uploads["proxy_request_buffering"] == ["off"]
     assert uploads["client_max_body_size"] == ["0"]
+    # /metrics is never served on the public port (issue 23.10).
+    assert nginx_directives(locations["/metrics"])["return"] == ["404"]
+
+
+def test_prometheus_scrapes_the_api_service_with_the_metrics_token() -> None:
+    scrape = yaml.safe_load((ROOT / "deploy/prometheus.yml").read_text())["scrape_configs"][0]
+    api_port = service("api")["command"][service("api")["command"].index("--bind") + 1]
+    assert scrape["static_configs"][0]["targets"] == [f"api:{api_port.split(':')[1]}"]
+    assert scrape["metrics_path"] == "/metrics"
+    assert scrape["authorization"]["type"] == "Bearer"
+    env = service("api")["environment"]
+    assert env["ONEIRO_METRICS_TOKEN"].startswith("${ONEIRO_METRICS_TOKEN:-")
 
 
 # -- the images ---------------------------------------------------------------------------------

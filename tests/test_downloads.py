@@ -117,6 +117,33 @@ def test_an_unsatisfiable_range_is_a_416_saying_the_size(
     assert str(len(DATA)) in body["detail"]
 
 
+# Issue 23.13: these were 416s; RFC 9110 14.1.3 and 14.2 ask for the whole file instead.
+WHOLE = [
+    # A suffix longer than the file is the whole file, as a 206.
+    (f"bytes=-{len(DATA) + 500}", 206),
+    # A unit the server does not know, and several ranges (no multipart answers): ignored.
+    ("items=0-5", 200),
+    ("bytes=0-1,5-6", 200),
+]
+
+
+@pytest.mark.parametrize(("asked", "status"), WHOLE)
+def test_a_long_suffix_another_unit_or_several_ranges_get_the_whole_file(
+    served: tuple[FlaskClient, Storage], session: Session, asked: str, status: int
+) -> None:
+    client, storage = served
+    job = finished(session, storage)
+
+    with client.get(f"/v1/jobs/{job.id}/result", headers={"Range": asked}) as answer:
+        assert answer.status_code == status, answer.data[:200]
+        assert answer.data == DATA
+        assert int(answer.headers["Content-Length"]) == len(DATA)
+        if status == 206:
+            assert answer.headers["Content-Range"] == f"bytes 0-{len(DATA) - 1}/{len(DATA)}"
+        else:
+            assert "Content-Range" not in answer.headers
+
+
 def test_with_s3_and_presigned_downloads_the_api_redirects_to_the_object(
     settings: Settings, session: Session, s3_url: str
 ) -> None:

@@ -23,6 +23,7 @@ from shared.storage import Storage
 from tests.utils import (
     assert_problem,
     authed_client,
+    clip_bytes,
     image_bytes,
     make_job,
     queued_job_ids,
@@ -200,3 +201,57 @@ def test_a_worker_fails_a_job_larger_than_it_holds_saying_why(
     assert run_job(job.id, small) == JobStatus.FAILED
     session.refresh(job)
     assert job.error and "this worker holds 0.5 GiB" in job.error
+
+
+def test_an_estimate_counts_every_frame_and_agrees_with_the_submitted_job(
+    client: FlaskClient,
+) -> None:
+    # Issue 23.5: an estimate of 100 frames answered the work of one.
+    animation = {**PARAMS, "animation": {"frames": 100}}
+    told = estimate(client, (96, 64), animation).get_json()
+    job = submit(client, (96, 64), animation).get_json()
+
+    one = work(96, 64, RenderParams.model_validate(PARAMS)) / 1e6
+    assert told["estimate"]["megapixel_steps"] == pytest.approx(100 * one, abs=1e-3)
+    assert job["estimate"]["megapixel_steps"] == told["estimate"]["megapixel_steps"]
+
+
+def test_a_video_estimate_is_what_the_video_job_says(client: FlaskClient) -> None:
+    def sent(route: str) -> Any:
+        video = clip_bytes((64, 48), frames=5, audio=False)
+        data = {"video": (io.BytesIO(video), "clip.mp4"), "params": json.dumps(PARAMS)}
+        return client.post(route, data=data, content_type="multipart/form-data").get_json()
+
+    told, job = sent("/v1/estimates"), sent("/v1/jobs")
+
+    one = work(64, 48, RenderParams.model_validate({**PARAMS, "seed": 1})) / 1e6
+    assert told["estimate"]["megapixel_steps"] == pytest.approx(5 * one, abs=1e-3)
+    assert job["estimate"]["megapixel_steps"] == told["estimate"]["megapixel_steps"]
+
+
+def test_an_estimate_past_the_soft_time_limit_warns(
+    settings: Settings, session: Session, storage: Storage
+) -> None:
+    app = create_app(settings.model_copy(update={"soft_time_limit": 2.0}))
+    client = authed_client(app)
+    # A worker measured at one still (96x64, 2 steps, 2 octaves) in 0.5 s.
+    end = utcnow() - timedelta(minutes=1)
+    make_job(
+        session,
+        storage,
+        status=JobStatus.SUCCEEDED,
+        worker="w1",
+        attempt=1,
+        started_at=end - timedelta(seconds=0.5),
+        finished_at=end,
+    )
+    short = estimate(client, (96, 64), {**PARAMS, "seed": 7}).get_json()
+    assert short["warnings"] == []
+
+    # 0.5 s a frame: 10 frames pass the 2 s limit.
+    long = estimate(client, (96, 64), {**PARAMS, "animation": {"frames": 10}}).get_json()
+
+    assert long["estimate"]["render_seconds"] == pytest.approx(5.0, abs=0.1)
+    (warning,) = long["warnings"]
+    assert "ONEIRO_SOFT_TIME_LIMIT" in warning and "fewer frames" in warning
+    app.extensions["oneiro"].engine.dispose()

@@ -6,6 +6,7 @@ from __future__ import annotations
 import base64
 import io
 import json
+import random
 import time
 import uuid
 from datetime import timedelta
@@ -23,6 +24,7 @@ from shared.dispatch import announce_slot, dispatch, slots_key
 from shared.models import Job, JobStatus, utcnow
 from shared.queue import create_celery, queue_keys, webhook_queue
 from shared.settings import Settings
+from shared.standing import dispatch_order, queue_standings
 from shared.storage import Storage
 from shared.tenants import set_weight
 from shared.transitions import claim_job
@@ -185,6 +187,103 @@ def test_a_video_ahead_counts_every_frame_in_the_start_estimate(
     assert shown["queue"]["estimated_start_seconds"] == pytest.approx(3 * one, abs=0.1)
 
 
+def test_a_running_video_counts_every_frame_it_has_left_in_the_start_estimate(
+    client: FlaskClient, app: Flask, settings: Settings, session: Session
+) -> None:
+    # Issue 23.5: while a frame job ran, another tenant's job was told it starts when one
+    # frame's work is done.
+    one_worker_at_one_megapixel_step_a_second(client, settings, session)
+    answer = client.post(
+        "/v1/jobs",
+        data={
+            "video": (io.BytesIO(clip_bytes((32, 32), frames=3, audio=False)), "clip.mp4"),
+            "params": json.dumps(TINY),
+        },
+        content_type="multipart/form-data",
+    )
+    assert answer.status_code == 202, answer.get_json()
+    video_id = uuid.UUID(answer.get_json()["id"])
+    assert claim_job(session, video_id, "w:1") == 1
+    video = session.get_one(Job, video_id)
+    video.progress = {"fraction": 1 / 3}  # one frame of three rendered
+    session.commit()
+    other = authed_client(app, "another-tenant")
+    behind = submit_as(other)
+
+    shown = other.get(f"/v1/jobs/{behind}").get_json()
+
+    one = megapixel_steps(video.input_width, video.input_height, video.params)
+    assert shown["queue"]["estimated_start_seconds"] == pytest.approx(2 * one, abs=0.1)
+
+
+def test_priority_never_orders_one_tenant_against_another(
+    session: Session, storage: Storage
+) -> None:
+    # Issue 23.13: at equal shares a newer high-priority job of one tenant went before an
+    # older normal one of another; README: priority never orders tenants.
+    a, b = tenant_named(session, "tenant-a"), tenant_named(session, "tenant-b")
+    older = make_job(session, storage, tenant_id=a.id, priority=1)
+    newer_high = make_job(session, storage, tenant_id=b.id, priority=0)
+    a_low = make_job(session, storage, tenant_id=a.id, priority=2)
+    a_high = make_job(session, storage, tenant_id=a.id, priority=0)
+
+    # Tenant a's own jobs by priority: a_high, older, a_low. Between the tenants, equal
+    # shares go oldest first: b's one job (older than a_high) first, then a's in turn.
+    assert dispatch_order(session) == [newer_high.id, a_high.id, older.id, a_low.id]
+    # Alone, each tenant's first: the older normal job goes before the newer high one.
+    session.delete(a_high)
+    session.commit()
+    assert dispatch_order(session) == [older.id, newer_high.id, a_low.id]
+    assert [
+        queue_standings(session, [job.id], None, 0)[job.id]["position"]
+        for job in (older, newer_high, a_low)
+    ] == [1, 2, 3]
+
+
+def test_each_standing_is_its_place_and_the_work_before_it_in_dispatch_order(
+    session: Session, storage: Storage
+) -> None:
+    # The one-query standing against the dispatcher's own order read whole: tenants of
+    # weights 1 to 3, some with work in flight, mixed priorities, stills and animations.
+    rng = random.Random(23)
+    tenants = [tenant_named(session, f"tenant-{n}") for n in range(4)]
+    for n, tenant in enumerate(tenants):
+        set_weight(session, tenant.name, 1.0 + n % 3)
+    session.commit()
+    jobs = []
+    for n in range(40):
+        frames = rng.choice([None, 2, 5])
+        params = {"steps": rng.randint(1, 4), "octaves": 1, "seed": n}
+        if frames:
+            params["animation"] = {"frames": frames}
+        status = JobStatus.RUNNING if n % 9 == 0 else JobStatus.QUEUED
+        jobs.append(
+            make_job(
+                session,
+                storage,
+                tenant_id=rng.choice(tenants).id,
+                priority=rng.randint(0, 2),
+                params=params,
+                kind="animation" if frames else "image",
+                frames=frames,
+                status=status,
+                progress={"fraction": 0.25} if status == JobStatus.RUNNING else {},
+            )
+        )
+    running_left = sum(0.75 * job.work for job in jobs if job.status == JobStatus.RUNNING)
+    assert all(job.work > 0 for job in jobs)
+
+    order = dispatch_order(session)
+    standings = queue_standings(session, order, 1.0, 1)
+
+    works = {job.id: job.work for job in jobs}
+    ahead = running_left
+    for n, job_id in enumerate(order, 1):
+        assert standings[job_id]["position"] == n
+        assert standings[job_id]["estimated_start_seconds"] == pytest.approx(ahead, abs=0.06)
+        ahead += works[job_id]
+
+
 def test_a_job_not_started_by_start_by_expires(
     client: FlaskClient,
     settings: Settings,
@@ -245,6 +344,30 @@ def test_max_run_seconds_cancels_a_long_render_with_its_reason(
     shown = client.get(f"/v1/jobs/{job.id}").get_json()
     assert shown["status"] == "canceled" and "max_run_seconds" in shown["error"]
     assert webhook_statuses(settings) == [("canceled", shown["error"])]
+
+
+@pytest.mark.parametrize("kind", ["animation", "video"])
+def test_max_run_seconds_cancels_a_long_animation_or_video_too(
+    client: FlaskClient, session: Session, runtime: Runtime, kind: str
+) -> None:
+    # Frames of 1,000 steps: a frame alone takes far longer than the limit, so only the
+    # limit can stop the job within the test's time.
+    slow = {"steps": 1000, "octaves": 1, "seed": 3, "max_run_seconds": 1}
+    if kind == "animation":
+        response = submit(client, image_bytes((64, 64)), {**slow, "animation": {"frames": 50}})
+    else:
+        video = (io.BytesIO(clip_bytes((64, 64), frames=8, audio=False)), "clip.mp4")
+        response = submit(client, None, slow, video=video)
+    assert response.status_code == 202, response.get_data(as_text=True)
+    job_id = uuid.UUID(response.get_json()["id"])
+
+    started = time.monotonic()
+    assert run_job(job_id, runtime) is None  # stopped: not this attempt's any more
+    assert time.monotonic() - started < 60
+
+    shown = client.get(f"/v1/jobs/{job_id}").get_json()
+    assert shown["kind"] == kind
+    assert shown["status"] == "canceled" and "max_run_seconds" in shown["error"]
 
 
 @pytest.mark.e2e

@@ -277,3 +277,24 @@ def test_scrapes_share_one_worker_broadcast_until_the_cache_expires(
     finally:
         app.extensions["oneiro"].engine.dispose()
         app.extensions["oneiro"].celery.close()
+
+
+def test_with_a_metrics_token_only_its_holder_scrapes(settings: Settings) -> None:
+    # Issue 23.10: /metrics answered anyone on the API port.
+    token = "a-metrics-token-of-some-length"
+    app = create_app(settings.model_copy(update={"metrics_token": token}))
+    client = app.test_client()
+
+    for headers in (
+        {},
+        {"Authorization": "Bearer wrong-token-of-some-length"},
+        {"Authorization": token},
+    ):
+        answer = client.get("/metrics", headers=headers)
+        assert answer.status_code == 401, headers
+        assert answer.content_type == "application/problem+json"
+        assert answer.headers["WWW-Authenticate"].startswith("Bearer")
+        assert "ONEIRO_METRICS_TOKEN" in answer.get_json()["detail"]
+    answer = client.get("/metrics", headers={"Authorization": f"Bearer {token}"})
+    assert answer.status_code == 200 and b"oneiro_jobs" in answer.data
+    app.extensions["oneiro"].engine.dispose()

@@ -76,3 +76,23 @@ def test_previews_are_written_at_most_every_preview_interval(
     assert run_job(job.id, runtime) == JobStatus.SUCCEEDED
     # Twelve steps: one preview after the first, none for an hour, then the result's.
     assert writes.count(preview_key(job.id, 1)) == 2
+
+
+def test_an_animation_writes_its_preview_at_most_every_preview_interval_too(
+    runtime: Runtime,
+    session: Session,
+    storage: Storage,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Issue 23.13: a frame job rewrote its preview after every frame.
+    params = {"steps": 1, "octaves": 1, "seed": 3, "animation": {"frames": 6}}
+    job = make_job(session, storage, params=params, kind="animation", frames=6)
+    writes: list[str] = []
+    put = type(storage).put
+    monkeypatch.setattr(
+        type(storage), "put", lambda self, key, data: writes.append(key) or put(self, key, data)
+    )
+    runtime = with_settings(runtime, preview_interval=3600.0)
+    assert run_job(job.id, runtime) == JobStatus.SUCCEEDED
+    # Six frames: the first frame's preview, none for an hour, then the last frame's.
+    assert writes.count(preview_key(job.id, 1)) == 2

@@ -238,3 +238,56 @@ def test_a_worker_with_other_weights_fails_the_rerun_saying_why(
     assert ended.error is not None
     assert f"rendered with inception_v3 weights {SOMEONE_ELSES}" in ended.error
     assert "the ones here are random" in ended.error
+
+
+# -- every param a job can take, rendered again ------------------------------------------------
+
+IN_A_YEAR = "2099-01-01T12:00:00Z"
+
+
+@pytest.mark.parametrize(
+    "extra",
+    [
+        pytest.param({"start_by": IN_A_YEAR}, id="start_by as an ISO 8601 time"),
+        pytest.param({"start_by": "2099-01-01T12:00:00+02:00"}, id="start_by with an offset"),
+        pytest.param(
+            {"animation": {"frames": 2, "fps": 4, "zoom": 1.0, "translate": [3, -2]}},
+            id="an animation with translate",
+        ),
+        pytest.param({"animation": {"frames": 2, "fps": 4}}, id="an animation"),
+    ],
+)
+def test_translate_iso_start_by_and_animations_are_accepted_and_rerun_by_recipe(
+    client: FlaskClient, session: Session, runtime: Runtime, extra: dict[str, Any]
+) -> None:
+    photo = image_bytes((64, 48))
+    sent = submit(client, photo, {**LOOK, **extra})
+    assert sent.status_code == 202, sent.get_data(as_text=True)
+    first = rendered(session, runtime, sent.get_json()["id"])
+    assert first.status == JobStatus.SUCCEEDED, first.error
+    if "animation" in extra:
+        assert first.params["animation"]["translate"] == extra["animation"].get("translate", [0, 0])
+    else:
+        assert first.params["start_by"].startswith(("2099-01-01T12:00:00", "2099-01-01T10:00:00"))
+
+    again_sent = submit(client, photo, recipe=str(first.id))
+    assert again_sent.status_code == 202, again_sent.get_data(as_text=True)
+    again = rendered(session, runtime, again_sent.get_json()["id"])
+
+    assert again.status == JobStatus.SUCCEEDED, again.error
+    assert again.recipe is not None and again.recipe["rerun"]["faithful"] is True
+    assert again.params.get("animation") == first.params.get("animation")
+
+
+def test_a_recipe_whose_start_by_has_passed_renders_again_without_it(
+    client: FlaskClient, session: Session, storage: Storage, runtime: Runtime
+) -> None:
+    # The deadline was the first job's queueing, not its look: a re-run months later keeps
+    # the look and is not refused for a time long gone.
+    asked = recipe(params={**LOOK, "start_by": "2020-01-01T00:00:00Z", "priority": "low"})
+
+    response = submit(client, image_bytes((64, 48)), recipe=json.dumps(asked))
+
+    assert response.status_code == 202, response.get_data(as_text=True)
+    shown = response.get_json()["params"]
+    assert shown["start_by"] is None and shown["priority"] == "normal"

@@ -95,3 +95,28 @@ def test_each_worker_class_has_its_own_count(
     need = math.ceil(megapixel_steps(900, 600, large.params) / (2 * each))
     assert counts[(f"{settings.queue}-large", "large")] == need > 1
     app.extensions["oneiro"].engine.dispose()
+
+
+def test_the_workers_wanted_count_every_frame_of_queued_and_running_frame_jobs(
+    settings: Settings, session: Session, storage: Storage
+) -> None:
+    # Issue 23.5: a backlog of frame jobs wanted one worker, whatever its frames.
+    app = create_app(settings.model_copy(update={"target_wait_seconds": 1.0}))
+    client = authed_client(app)
+    measured_worker(session, storage, 0.5)  # two stills' work a second a worker
+    still = {"steps": 2, "octaves": 2, "seed": 7}
+    animation = {**still, "animation": {"frames": 10}}
+    make_job(session, storage, params=animation, kind="animation", frames=10)
+    make_job(
+        session,
+        storage,
+        params=animation,
+        kind="animation",
+        frames=10,
+        status=JobStatus.RUNNING,
+        progress={"fraction": 0.5},
+    )
+
+    # 10 frames queued and 5 left of the running one: 15 stills' work, 2 a second a worker.
+    assert wanted(client) == {(settings.queue, ""): 8}
+    app.extensions["oneiro"].engine.dispose()

@@ -26,6 +26,7 @@ from shared.transitions import LostJob
 from shared.video import decode_frames, encode_mp4, frame_times, video_fps
 from worker.outputs import put_fenced, put_preview, render_recipe
 from worker.runtime import Runtime
+from worker.throttle import Throttle
 from worker.watchers import ProgressReporter, ShouldStop
 
 # Frames are stored as 8-bit PNG: lossless, so a resumed job goes on from the very pixels.
@@ -61,13 +62,16 @@ def render_frames(
     if start:
         log.info("job %s resumes at frame %d of %d", job_id, start + 1, frames)
     size = runtime.settings.preview_size
+    # At most every preview_interval seconds, as a still's (it was rewritten every frame);
+    # the last frame's always, so a finished job's preview is its end.
+    previews = Throttle(runtime.settings.preview_interval)
 
     def store(n: int, frame: np.ndarray) -> None:
         put_fenced(
             runtime, should_stop, frame_key(job_id, attempt, n), encode_image(frame, FRAME_FORMAT)
         )
-        # The preview is the latest finished frame.
-        put_preview(runtime, should_stop, encode_jpeg(fit_within(frame, size)))
+        if previews.take() or n == frames - 1:  # the preview is the latest finished frame
+            put_preview(runtime, should_stop, encode_jpeg(fit_within(frame, size)))
 
     model = runtime.dream_model(params) if start < frames else None
     reporter = ProgressReporter(runtime, job_id, attempt)

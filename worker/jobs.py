@@ -190,11 +190,19 @@ def _render(
         controls = job.guide_key, job.mask_key
         rerun_of = job.rerun_of
         kind, frames = job.kind, job.frames
+    # Every kind stops at its max_run_seconds (frame jobs once ran past it unchecked).
+    should_stop = ShouldStop(runtime, job_id, attempt, heartbeat, params.max_run_seconds)
+    if rerun_of is not None:
+        # Before the render: a recipe's look cannot be had on other weights (the API refused
+        # what it could know; a worker given other weights than the API's finds it here).
+        check_weights(rerun_of, params.model, weights_of(runtime, params))
     if kind in FRAME_KINDS:  # an animation or a video: frame by frame (worker/frames.py)
         from worker.frames import render_frames
 
-        stops = ShouldStop(runtime, job_id, attempt, heartbeat)
-        return render_frames(job_id, attempt, runtime, stops, kind, params, input_key, frames or 1)
+        stored, recipe = render_frames(
+            job_id, attempt, runtime, should_stop, kind, params, input_key, frames or 1
+        )
+        return stored, _judged(recipe, rerun_of)
     fmt = output_format(params.output_format)
     try:
         decoded = decode_image(runtime.storage.get(input_key))
@@ -206,12 +214,7 @@ def _render(
             f"the input image of this job is missing from storage ({input_key})"
         ) from None
     guide, mask = (_control(runtime, key) for key in controls)
-    should_stop = ShouldStop(runtime, job_id, attempt, heartbeat, params.max_run_seconds)
     model = None if runtime.settings.dry_run else runtime.dream_model(params)
-    if rerun_of is not None:
-        # Before the render: a recipe's look cannot be had on other weights (the API refused
-        # what it could know; a worker given other weights than the API's finds it here).
-        check_weights(rerun_of, params.model, weights_of(runtime, params))
     dreamed = (
         image
         if model is None
@@ -228,11 +231,7 @@ def _render(
             mask,
         )
     )
-    recipe = render_recipe(runtime, params, model, guide, mask)
-    if rerun_of is not None:
-        # Rendered on another backend, precision, engine or device, or with params changed,
-        # it is the recipe's look but not its pixels: the result says so, in its file too.
-        recipe["rerun"] = rerun_verdict(rerun_of, recipe)
+    recipe = _judged(render_recipe(runtime, params, model, guide, mask), rerun_of)
     size = runtime.settings.preview_size
     stored = result_key(job_id, attempt, fmt.extension)
     put_fenced(
@@ -241,6 +240,15 @@ def _render(
     preview_image = encode_jpeg(fit_within(as_depth(dreamed, 8), size))
     put_fenced(runtime, should_stop, preview_key(job_id, attempt), preview_image)
     return stored, recipe
+
+
+def _judged(recipe: dict[str, Any], rerun_of: dict[str, Any] | None) -> dict[str, Any]:
+    """The recipe, with how faithfully it re-ran `rerun_of` when it was a re-run."""
+    if rerun_of is not None:
+        # Rendered on another backend, precision, engine or device, or with params changed,
+        # it is the recipe's look but not its pixels: the result says so, in its file too.
+        recipe["rerun"] = rerun_verdict(rerun_of, recipe)
+    return recipe
 
 
 class TooLargeForWorker(RuntimeError):
