@@ -3,7 +3,6 @@ Redis what free slots can start, in fair order; positions; start_by and max_run_
 
 from __future__ import annotations
 
-import base64
 import io
 import json
 import time
@@ -21,7 +20,7 @@ from sqlalchemy.orm import Session
 from shared.cost import megapixel_steps
 from shared.dispatch import announce_slot, dispatch, slots_key
 from shared.models import Job, JobStatus, utcnow
-from shared.queue import create_celery, queue_keys, webhook_queue
+from shared.queue import create_celery, queue_keys
 from shared.settings import Settings
 from shared.storage import Storage
 from shared.tenants import set_weight
@@ -38,6 +37,7 @@ from tests.utils import (
     submit,
     tenant_named,
     wait_for,
+    webhook_statuses,
     with_settings,
 )
 from worker.jobs import run_job
@@ -213,17 +213,6 @@ def test_a_start_by_that_has_passed_is_refused(client: FlaskClient, session: Ses
     assert response.status_code == 422
     assert response.get_json()["errors"][0]["field"] == "params.start_by"
     assert session.scalar(select(Job.id)) is None
-
-
-def webhook_statuses(settings: Settings) -> list[tuple[str, str | None]]:
-    """(status, error) of the job in each webhook event waiting to be delivered."""
-    with redis.Redis.from_url(settings.redis_url) as client:
-        messages = client.lrange(webhook_queue(settings), 0, -1)
-        client.delete(webhook_queue(settings))
-    bodies = [
-        json.loads(json.loads(base64.b64decode(json.loads(m)["body"]))[0][2]) for m in messages
-    ]
-    return [(body["job"]["status"], body["job"]["error"]) for body in reversed(bodies)]
 
 
 def test_max_run_seconds_cancels_a_long_render_with_its_reason(

@@ -104,6 +104,18 @@ def test_every_input_decodes_exactly_at_its_own_depth(name: str) -> None:
     assert np.array_equal(decoded.pixels, expected)
 
 
+def test_eight_bits_widen_to_the_whole_sixteen_bit_range_and_back() -> None:
+    every = np.arange(256, dtype=np.uint8).reshape(16, 16, 1).repeat(3, axis=2)
+    wide = as_depth(every, 16)
+    # White stays white (65535, not 65280), black black, each level evenly spaced (x 257).
+    assert wide.dtype == np.uint16 and wide.max() == 65535 and wide.min() == 0
+    assert np.array_equal(wide, every.astype(np.uint16) * 257)
+    assert np.array_equal(as_depth(wide, 8), every)
+    assert as_depth(every, 8) is every and as_depth(wide, 16) is wide
+    # Sixteen to eight rounds to the nearest level.
+    assert as_depth(np.array([128, 129, 65406, 65407], np.uint16), 8).tolist() == [0, 1, 254, 255]
+
+
 def test_a_jpeg_decodes_to_eight_bits_close_to_its_pixels() -> None:
     decoded = decode_image(pillow(EIGHT, "JPEG", quality=95))
 
