@@ -13,6 +13,7 @@ from typing import Any
 import pytest
 from sqlalchemy.orm import Session
 
+from shared import standing
 from shared.cost import megapixel_steps
 from shared.dispatch import choose, expire_overdue, fair_order
 from shared.models import JobStatus, utcnow
@@ -87,6 +88,67 @@ def test_a_running_jobs_progress_shortens_the_wait_behind_it(
     # A rate that makes the work of one tiny job 1000 s: the figure is rounded to 0.1 s.
     rate = work / 1000
     assert start_estimate(session, queued.id, rate) == pytest.approx(250, abs=0.2)
+
+
+def test_standing_sent_jobs_first_then_the_backlog_each_waiting_for_the_work_ahead(
+    session: Session, storage: Storage
+) -> None:
+    later = make_job(session, storage, params=TINY)  # in the backlog, though older
+    sent = make_job(session, storage, params=TINY, enqueued_at=utcnow())
+    big = make_job(session, storage, params=TINY, frames=3)  # every frame counted
+    running = make_job(session, storage, params=TINY, status=JobStatus.RUNNING)
+    unit = megapixel_steps(sent.input_width, sent.input_height, sent.params)
+    ids = [later.id, sent.id, big.id, running.id, uuid.uuid4()]
+
+    shown = queue_standings(session, ids, rate=unit / 100, slots=2)
+
+    # Only queued jobs stand; Redis's jobs go first, then the backlog in fair order.
+    assert {job_id: s["position"] for job_id, s in shown.items()} == {
+        sent.id: 1,
+        later.id: 2,
+        big.id: 3,
+    }
+    # Two slots of 100 s a unit: the running job's unit, then each job ahead, over 2 slots.
+    starts = {job_id: s["estimated_start_seconds"] for job_id, s in shown.items()}
+    assert starts == {
+        sent.id: pytest.approx(50, abs=0.2),
+        later.id: pytest.approx(100, abs=0.2),
+        big.id: pytest.approx(150, abs=0.2),
+    }
+    # The estimate of a later job counts the work of the one ahead of it: three frames.
+    behind = make_job(session, storage, params=TINY)
+    ahead_of_behind = queue_standings(session, [behind.id], rate=unit / 100, slots=1)
+    assert ahead_of_behind[behind.id] == {
+        "position": 4,
+        "estimated_start_seconds": pytest.approx(100 * (1 + 1 + 1 + 3), abs=0.2),
+    }
+    # No measured speed, or no worker: positions only, the start unknown (null).
+    for rate, slots in ((None, 2), (0.0, 2), (unit, 0)):
+        unknown = queue_standings(session, [big.id], rate=rate, slots=slots)
+        assert unknown == {big.id: {"position": 3, "estimated_start_seconds": None}}
+    assert queue_standings(session, [], rate=unit, slots=1) == {}
+    assert queue_standings(session, [running.id], rate=unit, slots=1) == {}
+
+
+def test_standing_costs_each_job_once_and_forgets_when_full(
+    session: Session, storage: Storage, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    first, second = (make_job(session, storage, params=TINY) for _ in range(2))
+    unit = megapixel_steps(first.input_width, first.input_height, first.params)
+    monkeypatch.setattr(standing, "_WORK_MEMO", {})
+    monkeypatch.setattr(standing, "_WORK_MEMO_MAX", 2)
+    monkeypatch.setattr(standing, "MEMO_BATCH", 1)  # one id a query: every batch is read
+    assert standing._queued_work(session, [first.id, second.id]) == {
+        first.id: pytest.approx(unit),
+        second.id: pytest.approx(unit),
+    }
+    third = make_job(session, storage, params=TINY)
+    # Full (2): cleared, then every job asked for is costed again, the third included.
+    assert standing._queued_work(session, [second.id, third.id]) == {
+        second.id: pytest.approx(unit),
+        third.id: pytest.approx(unit),
+    }
+    assert set(standing._WORK_MEMO) == {second.id, third.id}
 
 
 @pytest.mark.xfail(strict=True, reason="fixed by #23 point 5")
