@@ -133,22 +133,21 @@ def test_standing_sent_jobs_first_then_the_backlog_each_waiting_for_the_work_ahe
 def test_standing_costs_each_job_once_and_forgets_when_full(
     session: Session, storage: Storage, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    first, second = (make_job(session, storage, params=TINY) for _ in range(2))
-    unit = megapixel_steps(first.input_width, first.input_height, first.params)
+    a, b, c, d, e = (make_job(session, storage, params=TINY) for _ in range(5))
+    unit = megapixel_steps(a.input_width, a.input_height, a.params)
     monkeypatch.setattr(standing, "_WORK_MEMO", {})
-    monkeypatch.setattr(standing, "_WORK_MEMO_MAX", 2)
+    monkeypatch.setattr(standing, "_WORK_MEMO_MAX", 4)
     monkeypatch.setattr(standing, "MEMO_BATCH", 1)  # one id a query: every batch is read
-    assert standing._queued_work(session, [first.id, second.id]) == {
-        first.id: pytest.approx(unit),
-        second.id: pytest.approx(unit),
-    }
-    third = make_job(session, storage, params=TINY)
-    # Full (2): cleared, then every job asked for is costed again, the third included.
-    assert standing._queued_work(session, [second.id, third.id]) == {
-        second.id: pytest.approx(unit),
-        third.id: pytest.approx(unit),
-    }
-    assert set(standing._WORK_MEMO) == {second.id, third.id}
+    # (jobs asked for, the memo after): kept while it holds at most 4, else cleared first.
+    for asked, memo in (
+        ([a, b], {a, b}),
+        ([b, c], {a, b, c}),
+        ([d], {a, b, c, d}),
+        ([a, e], {a, e}),
+    ):
+        work = standing._queued_work(session, [job.id for job in asked])
+        assert work == {job.id: pytest.approx(unit) for job in asked}
+        assert set(standing._WORK_MEMO) == {job.id for job in memo}
 
 
 @pytest.mark.xfail(strict=True, reason="fixed by #23 point 5")
