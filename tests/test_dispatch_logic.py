@@ -96,9 +96,15 @@ def test_standing_sent_jobs_first_then_the_backlog_each_waiting_for_the_work_ahe
     later = make_job(session, storage, params=TINY)  # in the backlog, though older
     sent = make_job(session, storage, params=TINY, enqueued_at=utcnow())
     big = make_job(session, storage, params=TINY, frames=3)  # every frame counted
-    running = make_job(session, storage, params=TINY, status=JobStatus.RUNNING)
+    # Jobs that were sent too, and have started or ended since: no longer standing in line.
+    running = make_job(
+        session, storage, params=TINY, status=JobStatus.RUNNING, enqueued_at=utcnow()
+    )
+    ended = make_job(
+        session, storage, params=TINY, status=JobStatus.SUCCEEDED, enqueued_at=utcnow()
+    )
     unit = megapixel_steps(sent.input_width, sent.input_height, sent.params)
-    ids = [later.id, sent.id, big.id, running.id, uuid.uuid4()]
+    ids = [later.id, sent.id, big.id, running.id, ended.id, uuid.uuid4()]
 
     shown = queue_standings(session, ids, rate=unit / 100, slots=2)
 
