@@ -103,8 +103,11 @@ def test_standing_sent_jobs_first_then_the_backlog_each_waiting_for_the_work_ahe
     ended = make_job(
         session, storage, params=TINY, status=JobStatus.SUCCEEDED, enqueued_at=utcnow()
     )
+    canceled = make_job(
+        session, storage, params=TINY, status=JobStatus.CANCELED, enqueued_at=utcnow()
+    )
     unit = megapixel_steps(sent.input_width, sent.input_height, sent.params)
-    ids = [later.id, sent.id, big.id, running.id, ended.id, uuid.uuid4()]
+    ids = [later.id, sent.id, big.id, running.id, ended.id, canceled.id, uuid.uuid4()]
 
     shown = queue_standings(session, ids, rate=unit / 100, slots=2)
 
@@ -129,7 +132,7 @@ def test_standing_sent_jobs_first_then_the_backlog_each_waiting_for_the_work_ahe
         "estimated_start_seconds": pytest.approx(100 * (1 + 1 + 1 + 3), abs=0.2),
     }
     # No measured speed, or no worker: positions only, the start unknown (null).
-    for rate, slots in ((None, 2), (0.0, 2), (unit, 0)):
+    for rate, slots in ((None, 2), (0.0, 2), (unit, 0), (unit, -1)):
         unknown = queue_standings(session, [big.id], rate=rate, slots=slots)
         assert unknown == {big.id: {"position": 3, "estimated_start_seconds": None}}
     assert queue_standings(session, [], rate=unit, slots=1) == {}
@@ -154,6 +157,9 @@ def test_standing_costs_each_job_once_and_forgets_when_full(
         work = standing._queued_work(session, [job.id for job in asked])
         assert work == {job.id: pytest.approx(unit) for job in asked}
         assert set(standing._WORK_MEMO) == {job.id for job in memo}
+    # A job gone from the table meanwhile (deleted) weighs nothing.
+    gone = uuid.uuid4()
+    assert standing._queued_work(session, [gone]) == {gone: 0.0}
 
 
 @pytest.mark.xfail(strict=True, reason="fixed by #23 point 5")

@@ -140,6 +140,8 @@ def test_weights_never_hashed_are_unknown_not_the_same() -> None:
 def test_only_other_known_weights_of_the_same_backbone_are_a_mismatch() -> None:
     with pytest.raises(WeightsMismatch, match="the same look needs the same weights"):
         check_weights(recipe(), "inception_v3", SOMEONE_ELSES)
+    with pytest.raises(WeightsMismatch):  # and the other way round
+        check_weights(recipe(weights=SOMEONE_ELSES), "inception_v3", "random")
     check_weights(recipe(), "inception_v3", "random")
     check_weights(recipe(), "vgg19", SOMEONE_ELSES)  # the model was changed: not its weights
     check_weights(recipe(weights="imagenet"), "inception_v3", SOMEONE_ELSES)
