@@ -124,6 +124,9 @@ def test_standing_sent_jobs_first_then_the_backlog_each_waiting_for_the_work_ahe
         later.id: pytest.approx(100, abs=0.2),
         big.id: pytest.approx(150, abs=0.2),
     }
+    # Said to a tenth of a second: the running unit over 3 slots.
+    thirds = queue_standings(session, [sent.id], rate=unit / 100, slots=3)
+    assert thirds[sent.id]["estimated_start_seconds"] == 33.3
     # The estimate of a later job counts the work of the one ahead of it: three frames.
     behind = make_job(session, storage, params=TINY)
     ahead_of_behind = queue_standings(session, [behind.id], rate=unit / 100, slots=1)
