@@ -104,6 +104,12 @@ def test_another_mask_either_way_round_is_another_look() -> None:
         assert rerun_verdict(asked, made)["differs"] == {"mask": [asked["mask"], made["mask"]]}
 
 
+def test_a_param_sent_over_the_recipe_differs_whichever_is_larger() -> None:
+    for asked, made in ((2, 1), (1, 2)):
+        verdict = rerun_verdict(recipe(params={"seed": asked}), recipe(params={"seed": made}))
+        assert verdict["differs"] == {"params.seed": [asked, made]}
+
+
 def test_device_name_is_cpu_or_gpu_and_its_compute_capability() -> None:
     def named(kind: str, capability: tuple[int, int] | None) -> str:
         return device_name(SimpleNamespace(kind=kind, compute_capability=capability))
@@ -144,6 +150,7 @@ def test_only_other_known_weights_of_the_same_backbone_are_a_mismatch() -> None:
         check_weights(recipe(weights=SOMEONE_ELSES), "inception_v3", "random")
     check_weights(recipe(), "inception_v3", "random")
     check_weights(recipe(), "vgg19", SOMEONE_ELSES)  # the model was changed: not its weights
+    check_weights(recipe(backbone="vgg19"), "inception_v3", SOMEONE_ELSES)  # either way
     check_weights(recipe(weights="imagenet"), "inception_v3", SOMEONE_ELSES)
 
 
