@@ -108,6 +108,9 @@ def test_a_param_sent_over_the_recipe_differs_whichever_is_larger() -> None:
     for asked, made in ((2, 1), (1, 2)):
         verdict = rerun_verdict(recipe(params={"seed": asked}), recipe(params={"seed": made}))
         assert verdict["differs"] == {"params.seed": [asked, made]}
+    for theirs, ours in (("jax", "tensorflow"), ("tensorflow", "jax")):
+        verdict = rerun_verdict(recipe(backend=theirs), recipe(backend=ours))
+        assert verdict["differs"] == {"backend": [theirs, ours]}
 
 
 def test_device_name_is_cpu_or_gpu_and_its_compute_capability() -> None:
