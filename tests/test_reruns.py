@@ -33,6 +33,7 @@ from shared.recipes import (
     device_name,
     make_recipe,
     recipe_params,
+    recipe_text,
     rerun_verdict,
 )
 from shared.settings import Settings
@@ -111,6 +112,13 @@ def test_a_param_sent_over_the_recipe_differs_whichever_is_larger() -> None:
     for theirs, ours in (("jax", "tensorflow"), ("tensorflow", "jax")):
         verdict = rerun_verdict(recipe(backend=theirs), recipe(backend=ours))
         assert verdict["differs"] == {"backend": [theirs, ours]}
+
+
+def test_a_recipe_text_is_one_line_of_sorted_compact_json() -> None:
+    # Sorted: the same recipe is the same bytes in every file, whatever order it was built in.
+    assert recipe_text({"seed": 1, "params": {"b": 1, "a": [1, 2]}}) == (
+        '{"params":{"a":[1,2],"b":1},"seed":1}'
+    )
 
 
 def test_device_name_is_cpu_or_gpu_and_its_compute_capability() -> None:
