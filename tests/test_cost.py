@@ -4,8 +4,19 @@ from __future__ import annotations
 
 import pytest
 
-from shared.cost import CostRefused, check_limits, octave_sizes, peak_pixels, render_size, work
+from shared.catalogue import BACKBONES
+from shared.cost import (
+    CostRefused,
+    check_limits,
+    octave_sizes,
+    peak_memory_bytes,
+    peak_pixels,
+    render_size,
+    work,
+)
+from shared.models import Job
 from shared.params import RenderParams
+from shared.serializer import NO_THROUGHPUT, Throughput, render_estimate
 from shared.settings import Settings, SettingsError, load_settings
 
 
@@ -146,3 +157,25 @@ def test_a_bad_aspect_ratio_setting_names_its_variable(monkeypatch: pytest.Monke
     monkeypatch.setenv("ONEIRO_MAX_ASPECT_RATIO", "0.5")
     with pytest.raises(SettingsError, match="ONEIRO_MAX_ASPECT_RATIO"):
         load_settings()
+
+
+def test_a_mask_with_layers_of_its_own_needs_the_memory_of_a_second_model() -> None:
+    plain = RenderParams(octaves=2, steps=2)
+    masked = unchecked(octaves=2, steps=2, mask_layers={"mixed2": 1.0})
+    weights = BACKBONES["inception_v3"].parameters * 4 * 2  # float32, held twice
+    assert peak_memory_bytes(400, 300, masked) - peak_memory_bytes(400, 300, plain) == weights
+    # and the work of both passes
+    assert work(400, 300, masked) == 2 * work(400, 300, plain)
+
+
+def test_a_frame_jobs_render_estimate_counts_every_frame() -> None:
+    params = RenderParams(octaves=2, steps=2).model_dump(mode="json")
+    still = Job(input_width=400, input_height=300, params=params, frames=None)
+    clip = Job(input_width=400, input_height=300, params=params, frames=12)
+    measured = Throughput(rate=0.01, workers=1)
+    one, twelve = render_estimate(still, measured), render_estimate(clip, measured)
+    assert twelve["megapixel_steps"] == pytest.approx(12 * one["megapixel_steps"], rel=1e-3)
+    assert twelve["render_seconds"] == pytest.approx(12 * one["render_seconds"], rel=1e-2)
+    unmeasured = render_estimate(clip, NO_THROUGHPUT)
+    assert unmeasured["render_seconds"] is None
+    assert unmeasured["megapixel_steps"] == twelve["megapixel_steps"]

@@ -22,10 +22,10 @@ from sqlalchemy.orm import Session
 from shared.cost import megapixel_steps
 from shared.dispatch import announce_slot, dispatch, slots_key
 from shared.models import Job, JobStatus, utcnow
-from shared.queue import create_celery, queue_keys, webhook_queue
+from shared.queue import create_celery, queue_keys
 from shared.settings import Settings
 from shared.standing import dispatch_order, queue_standings
-from shared.storage import Storage
+from shared.storage import Storage, result_key
 from shared.tenants import set_weight
 from shared.transitions import claim_job
 from tests.utils import (
@@ -37,9 +37,11 @@ from tests.utils import (
     make_job,
     queued_job_ids,
     running_worker,
+    stored_files,
     submit,
     tenant_named,
     wait_for,
+    webhook_statuses,
     with_settings,
 )
 from worker.jobs import run_job
@@ -97,25 +99,43 @@ def test_a_second_tenant_goes_before_the_first_ones_backlog_and_priority_orders_
     assert all(job.attempt == 1 for job in session.scalars(select(Job)))
 
 
-@pytest.mark.e2e
 def test_weights_share_a_two_slot_farm_in_proportion(
-    app: Flask, settings: Settings, session: Session, tmp_path: Path
+    app: Flask, settings: Settings, session: Session
 ) -> None:
-    heavy, light = authed_client(app, "heavy"), authed_client(app, "light")
+    light, heavy = authed_client(app, "light"), authed_client(app, "heavy")
     set_weight(session, "heavy", 2)
-    jobs_heavy = [submit_as(heavy) for _ in range(12)]
+    # The light tenant submits first: where the shares tie, its older jobs go first, so the
+    # heavy tenant's lead comes from its weight alone (equal weights give it at most 6 of 12).
     jobs_light = [submit_as(light) for _ in range(12)]
+    jobs_heavy = [submit_as(heavy) for _ in range(12)]
 
-    # Every job whose start is compared has ended: the light tenant's sixth can still be
-    # waiting when the heavy one's twelfth ends.
-    compared = [*jobs_heavy, *jobs_light[:6]]
-    with running_worker(settings, tmp_path / "worker.log", concurrency=2, env=QUICK_WORKER):
-        wait_for(lambda: all_ended(session, compared), 90, "the jobs")
+    # A worker of two slots played by the test, one step at a time, so no timing decides the
+    # order: it takes the oldest message Redis holds while a slot is free, then its oldest
+    # render ends, and each end dispatches, as a worker's does.
+    celery = create_celery(settings)
+    started: list[uuid.UUID] = []
+    running: list[uuid.UUID] = []
+    with redis.Redis.from_url(settings.redis_url) as client_redis:
+        while len(started) < 12:
+            announce_slot(settings, "w:1", slots=2)
+            dispatch(session, celery, settings)
+            while len(running) < 2:
+                message = client_redis.rpop(settings.queue)  # kombu's consumer end
+                assert message is not None, "a free slot and nothing dispatched to it"
+                job_id = uuid.UUID(json.loads(base64.b64decode(json.loads(message)["body"]))[0][0])
+                assert claim_job(session, job_id, "w:1") == 1
+                session.commit()
+                started.append(job_id)
+                running.append(job_id)
+            done = session.get_one(Job, running.pop(0))
+            done.status, done.finished_at = JobStatus.SUCCEEDED, utcnow()
+            session.commit()
+    celery.close()
 
-    first = start_order(session, compared)[:12]
-    # Weight 2 against 1: two of every three starts while both wait (FIFO would give all 12,
-    # equal weights 6).
-    assert 7 <= len(set(first) & set(jobs_heavy)) <= 9
+    first = started[:12]
+    # Weight 2 against 1: two of every three starts while both wait (equal weights: 6 or fewer).
+    assert len(set(first) & set(jobs_heavy)) == 8
+    assert set(first) <= {*jobs_heavy, *jobs_light}
 
 
 def test_positions_count_down_as_jobs_start(
@@ -314,17 +334,6 @@ def test_a_start_by_that_has_passed_is_refused(client: FlaskClient, session: Ses
     assert session.scalar(select(Job.id)) is None
 
 
-def webhook_statuses(settings: Settings) -> list[tuple[str, str | None]]:
-    """(status, error) of the job in each webhook event waiting to be delivered."""
-    with redis.Redis.from_url(settings.redis_url) as client:
-        messages = client.lrange(webhook_queue(settings), 0, -1)
-        client.delete(webhook_queue(settings))
-    bodies = [
-        json.loads(json.loads(base64.b64decode(json.loads(m)["body"]))[0][2]) for m in messages
-    ]
-    return [(body["job"]["status"], body["job"]["error"]) for body in reversed(bodies)]
-
-
 def test_max_run_seconds_cancels_a_long_render_with_its_reason(
     client: FlaskClient, settings: Settings, session: Session, storage: Storage, runtime: Runtime
 ) -> None:
@@ -376,6 +385,7 @@ def test_a_killed_worker_and_a_lost_queue_lose_nothing_and_run_nothing_twice(
     settings: Settings,
     session: Session,
     runtime: Runtime,
+    storage: Storage,
     tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
@@ -408,12 +418,17 @@ def test_a_killed_worker_and_a_lost_queue_lose_nothing_and_run_nothing_twice(
         wait_for(repaired, 90, "every job to end")
 
     assert statuses(session, jobs) == [JobStatus.SUCCEEDED] * len(jobs)
-    logged = log.read_text()
-    # Each job rendered to the end exactly once (a second finish would log a second success).
-    assert all(logged.count(f"job {job_id} succeeded") == 1 for job_id in jobs)
+    # Counted from the rows and the stored files, not the log: a worker killed just after
+    # committing a success never logs it. Each attempt stores its result under its own
+    # number: one result a job, and one more at most, of the attempt killed mid-render.
     session.expire_all()
-    attempts = sum(job.attempt for job in session.scalars(select(Job)))
-    assert attempts <= len(jobs) + 1  # at most the one killed mid-render was claimed again
+    done = session.scalars(select(Job).where(Job.id.in_(jobs))).all()
+    for job in done:
+        assert job.result_key == result_key(job.id, job.attempt) and storage.exists(job.result_key)
+    results = [path for path in stored_files(settings) if path.name.startswith("result.")]
+    assert len(results) <= len(jobs) + 1, results
+    # At most the one killed mid-render was claimed again.
+    assert sum(job.attempt for job in done) <= len(jobs) + 1
 
 
 def statuses(session: Session, job_ids: list[uuid.UUID]) -> list[JobStatus]:

@@ -18,7 +18,7 @@ from PIL import Image, ImageCms
 from sqlalchemy.orm import Session, sessionmaker
 
 from client.cli import main
-from shared.formats import OUTPUT_FORMATS
+from shared.formats import ANIMATED_FORMATS, MP4, OUTPUT_FORMATS, output_format, result_format
 from shared.images import as_depth, decode_image, encode_image, recipe_of
 from shared.models import Job, JobStatus
 from shared.presets import PRESETS
@@ -102,6 +102,30 @@ def test_every_input_decodes_exactly_at_its_own_depth(name: str) -> None:
 
     assert decoded.pixels.dtype == expected.dtype
     assert np.array_equal(decoded.pixels, expected)
+
+
+def test_eight_bits_widen_to_the_whole_sixteen_bit_range_and_back() -> None:
+    every = np.arange(256, dtype=np.uint8).reshape(16, 16, 1).repeat(3, axis=2)
+    wide = as_depth(every, 16)
+    # White stays white (65535, not 65280), black black, each level evenly spaced (x 257).
+    assert wide.dtype == np.uint16 and wide.max() == 65535 and wide.min() == 0
+    assert np.array_equal(wide, every.astype(np.uint16) * 257)
+    assert np.array_equal(as_depth(wide, 8), every)
+    assert as_depth(every, 8) is every and as_depth(wide, 16) is wide
+    # Sixteen to eight rounds to the nearest level.
+    assert as_depth(np.array([128, 129, 65406, 65407], np.uint16), 8).tolist() == [0, 1, 254, 255]
+
+
+def test_each_kind_of_job_gets_its_result_format() -> None:
+    assert output_format(None) is OUTPUT_FORMATS["png"]  # jobs from before formats
+    assert result_format("image", None) is OUTPUT_FORMATS["png"]
+    assert result_format("image", "tiff16") is OUTPUT_FORMATS["tiff16"]
+    # A short animation as a looping GIF or WebP; any other animation, and every video, an MP4.
+    assert result_format("animation", "gif") is ANIMATED_FORMATS["gif"]
+    assert result_format("animation", "webp") is ANIMATED_FORMATS["webp"]
+    assert result_format("animation", None) is MP4
+    assert result_format("animation", "png") is MP4
+    assert result_format("video", "gif") is MP4
 
 
 def test_a_jpeg_decodes_to_eight_bits_close_to_its_pixels() -> None:

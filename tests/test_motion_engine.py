@@ -93,6 +93,21 @@ def test_carry_takes_the_new_frame_where_flow_fails_and_blends_elsewhere(cat: np
     assert np.array_equal(carry(first, dream, second, 0.0), second)
 
 
+def test_carry_starts_every_pixel_the_flow_cannot_carry_from_the_new_frame_exactly() -> None:
+    # A bright square moves 8 pixels right over a textured background: the strip it uncovers
+    # was hidden in the previous frame, so no dream there can be carried onto it.
+    rng = np.random.default_rng(5)
+    background = rng.integers(0, 256, (64, 96, 3), dtype=np.uint8)
+    first, second = background.copy(), background.copy()
+    first[20:44, 20:44] = 250
+    second[20:44, 28:52] = 250
+    dream = 255 - first  # a dream unlike either frame
+    start = carry(first, dream, second, 1.0)  # all dream wherever it can be carried
+    hidden = occluded(dense_flow(second, first), dense_flow(first, second))
+    assert hidden.sum() > 50  # the uncovered strip, at least
+    assert np.array_equal(start[hidden], second[hidden])
+
+
 def test_an_animation_dreams_each_frame_from_the_previous_and_resumes_identically(
     cat: np.ndarray,
 ) -> None:

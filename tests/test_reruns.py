@@ -11,6 +11,7 @@ import json
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import numpy as np
@@ -25,9 +26,14 @@ from shared.images import decode_image, recipe_of
 from shared.models import Job, JobStatus
 from shared.recipes import (
     MACHINE_FACTS,
+    RECIPE_VERSION,
+    RecipeRefused,
     WeightsMismatch,
     check_weights,
+    device_name,
     make_recipe,
+    recipe_params,
+    recipe_text,
     rerun_verdict,
 )
 from shared.settings import Settings
@@ -90,6 +96,58 @@ def test_another_guide_or_none_is_another_look() -> None:
     assert "guide" in unknown and "mask" in unknown
 
 
+def test_another_mask_either_way_round_is_another_look() -> None:
+    masks = [
+        make_recipe({"seed": 1}, weights="random", backend="tf", precision="f", mask=data)
+        for data in (b"one mask", b"another mask")
+    ]
+    for asked, made in (masks, masks[::-1]):
+        assert rerun_verdict(asked, made)["differs"] == {"mask": [asked["mask"], made["mask"]]}
+
+
+def test_a_param_sent_over_the_recipe_differs_whichever_is_larger() -> None:
+    for asked, made in ((2, 1), (1, 2)):
+        verdict = rerun_verdict(recipe(params={"seed": asked}), recipe(params={"seed": made}))
+        assert verdict["differs"] == {"params.seed": [asked, made]}
+    for theirs, ours in (("jax", "tensorflow"), ("tensorflow", "jax")):
+        verdict = rerun_verdict(recipe(backend=theirs), recipe(backend=ours))
+        assert verdict["differs"] == {"backend": [theirs, ours]}
+
+
+def test_a_recipe_text_is_one_line_of_sorted_compact_json() -> None:
+    # Sorted: the same recipe is the same bytes in every file, whatever order it was built in.
+    assert recipe_text({"seed": 1, "params": {"b": 1, "a": [1, 2]}}) == (
+        '{"params":{"a":[1,2],"b":1},"seed":1}'
+    )
+
+
+def test_device_name_is_cpu_or_gpu_and_its_compute_capability() -> None:
+    def named(kind: str, capability: tuple[int, int] | None) -> str:
+        return device_name(SimpleNamespace(kind=kind, compute_capability=capability))
+
+    assert named("cpu", None) == "cpu"
+    assert named("gpu", (8, 6)) == "gpu 8.6"
+    assert named("gpu", None) == "gpu"  # capability unknown: the kind alone
+    assert named("cpu", (8, 6)) == "cpu"  # only a GPU has one that counts
+    assert named("tpu", (1, 0)) == "tpu"
+
+
+def test_recipe_params_wants_an_object_with_params_of_a_version_it_reads() -> None:
+    good = {"oneiro_recipe": RECIPE_VERSION, "params": {"seed": 1}}
+    assert recipe_params(good) == {"seed": 1}
+    assert recipe_params(good) is not good["params"]  # a copy: the caller may change it
+    for bad in (
+        "a string",
+        [good],
+        {"oneiro_recipe": RECIPE_VERSION},
+        {"oneiro_recipe": RECIPE_VERSION, "params": [["seed", 1]]},
+        {"oneiro_recipe": RECIPE_VERSION + 1, "params": {"seed": 1}},
+        {"params": {"seed": 1}},
+    ):
+        with pytest.raises(RecipeRefused):
+            recipe_params(bad)
+
+
 def test_weights_never_hashed_are_unknown_not_the_same() -> None:
     verdict = rerun_verdict(recipe(weights="imagenet"), recipe(weights="sha256:ab"))
 
@@ -99,8 +157,11 @@ def test_weights_never_hashed_are_unknown_not_the_same() -> None:
 def test_only_other_known_weights_of_the_same_backbone_are_a_mismatch() -> None:
     with pytest.raises(WeightsMismatch, match="the same look needs the same weights"):
         check_weights(recipe(), "inception_v3", SOMEONE_ELSES)
+    with pytest.raises(WeightsMismatch):  # and the other way round
+        check_weights(recipe(weights=SOMEONE_ELSES), "inception_v3", "random")
     check_weights(recipe(), "inception_v3", "random")
     check_weights(recipe(), "vgg19", SOMEONE_ELSES)  # the model was changed: not its weights
+    check_weights(recipe(backbone="vgg19"), "inception_v3", SOMEONE_ELSES)  # either way
     check_weights(recipe(weights="imagenet"), "inception_v3", SOMEONE_ELSES)
 
 

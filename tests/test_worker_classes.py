@@ -23,6 +23,7 @@ from shared.models import JobStatus, utcnow
 from shared.params import RenderParams
 from shared.queue import create_celery, render_queues, waiting_render_jobs, worker_queue
 from shared.settings import Settings, load_settings
+from shared.transitions import claim_job
 from tests.utils import (
     authed_client,
     drop_queues,
@@ -129,6 +130,23 @@ def test_a_free_slot_of_one_class_is_not_spent_on_a_job_of_another(
     assert queued_job_ids(farm) == [small]
     for name in ("large-worker", "gpu-worker"):
         withdraw_slot(farm, name)
+    app.extensions["oneiro"].engine.dispose()
+
+
+def test_a_job_in_flight_holds_its_class_slot(farm: Settings, session: Session) -> None:
+    farm = farm.model_copy(update={"dispatch_lookahead": 0})
+    app = create_app(farm)
+    client = authed_client(app)
+    announce_slot(farm, "gpu-worker")  # one slot of the small class
+    first, _waiting = send(client, SMALL), send(client, SMALL)
+    assert queued_job_ids(farm) == [first]  # sent at its submit; the second waits
+    # The first is sent, not yet claimed, then running: either way the slot is taken.
+    assert dispatch(session, create_celery(farm), farm).sent == []
+    with session.begin():
+        assert claim_job(session, uuid.UUID(first), "gpu-worker") == 1
+    assert dispatch(session, create_celery(farm), farm).sent == []
+    assert queued_job_ids(farm) == [first]
+    withdraw_slot(farm, "gpu-worker")
     app.extensions["oneiro"].engine.dispose()
 
 

@@ -39,7 +39,7 @@ from tests.utils.processes import (
     start_worker,
     stop_process,
 )
-from tests.utils.queue import drop_queues, queued_job_ids
+from tests.utils.queue import drop_queues, queued_job_ids, webhook_statuses
 from tests.utils.runtime import (
     before_each_gradient,
     engine_progress,
@@ -93,6 +93,7 @@ __all__ = [
     "submit_with_key",
     "tenant_named",
     "wait_for",
+    "webhook_statuses",
     "with_settings",
     "write_padded_clip",
 ]
