@@ -228,6 +228,15 @@ def record_checkpoint(session: Session, job_id: uuid.UUID, attempt: int, key: st
     update_running(session, job_id, attempt, checkpoint_key=key)
 
 
+def hand_back(session: Session, job_id: uuid.UUID, attempt: int) -> None:
+    """Put the attempt's job back in the backlog because its worker is shutting down: queued
+    again as the reaper puts back a dead worker's job (worker/maintenance.py), its checkpoint
+    kept for the next attempt to resume from, at once rather than after the lease."""
+    update_running(
+        session, job_id, attempt, status=JobStatus.QUEUED, worker=None, enqueued_at=None, error=None
+    )
+
+
 def is_current(session: Session, job_id: uuid.UUID, attempt: int) -> bool:
     """Whether the job is still running as this attempt (not canceled, not taken away)."""
     row = session.execute(select(Job.status, Job.attempt).where(Job.id == job_id)).one_or_none()

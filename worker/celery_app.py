@@ -9,7 +9,7 @@ from shared.queue import create_celery
 from shared.settings import get_settings
 
 app = create_celery(get_settings())
-app.conf.include = ["worker.tasks", "worker.slots"]
+app.conf.include = ["worker.tasks", "worker.slots", "worker.shutdown"]
 
 
 @setup_logging.connect

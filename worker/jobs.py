@@ -60,6 +60,7 @@ from shared.transitions import LostJob, claim_job
 from shared.weights import NoWeights
 from worker.outputs import put_fenced, put_preview, render_recipe, weights_of
 from worker.runtime import Runtime
+from worker.shutdown import shutting_down
 from worker.throttle import Throttle
 from worker.watchers import DATABASE_DOWN, Heartbeat, ProgressReporter, ShouldStop, job_event
 
@@ -101,6 +102,8 @@ def _run_claimed(job_id: uuid.UUID, attempt: int, runtime: Runtime) -> JobStatus
         with Heartbeat(runtime, job_id, attempt) as heartbeat:
             stored, recipe = _render(job_id, attempt, runtime, heartbeat)
     except LostJob as exc:
+        if shutting_down.is_set() and _hand_back(runtime, job_id, attempt):
+            return None
         return _lost(runtime, job_id, attempt, exc)
     except Exception as exc:
         log.exception("job %s failed", job_id)
@@ -141,6 +144,25 @@ def _lost(runtime: Runtime, job_id: uuid.UUID, attempt: int, exc: LostJob) -> No
         _drop_checkpoints(runtime, job_id, attempt)
     else:
         log.warning("%s", exc)
+
+
+def _hand_back(runtime: Runtime, job_id: uuid.UUID, attempt: int) -> bool:
+    """Put the job of a worker that is shutting down back in the backlog (its checkpoints kept);
+    whether it was still this attempt's to put back (not canceled or taken meanwhile).
+
+    render_job's dispatch after the task then sends it to the next free slot at once."""
+
+    def put_back() -> None:
+        with runtime.sessions.begin() as session:
+            transitions.hand_back(session, job_id, attempt)
+
+    try:
+        wait_for_database(put_back)()
+    except LostJob:
+        return False
+    publish_change(runtime.settings.redis_url, job_id)
+    log.info("job %s attempt %d handed back: this worker is shutting down", job_id, attempt)
+    return True
 
 
 def _drop_checkpoints(runtime: Runtime, job_id: uuid.UUID, attempt: int) -> None:

@@ -18,6 +18,7 @@ from shared.changes import publish_change
 from shared.transitions import LostJob
 from shared.webhooks import Event, send_event
 from worker.runtime import Runtime
+from worker.shutdown import shutting_down
 from worker.throttle import Throttle
 
 log = logging.getLogger(__name__)
@@ -38,7 +39,9 @@ def job_event(runtime: Runtime, job_id: uuid.UUID, event: Event) -> None:
 
 class ShouldStop:
     """Asked by the engine before every tile batch: should the render stop, because the job was
-    canceled or is no longer this attempt's? (Then `_put_fenced` writes nothing either.)
+    canceled or is no longer this attempt's, or because the worker is shutting down
+    (worker/shutdown.py; worker/jobs.py then hands the job back)? (Then `_put_fenced` writes
+    nothing either.)
 
     One indexed read per batch, so a cancel stops the render within one batch. A job whose
     params.max_run_seconds has passed since this attempt started is canceled here, with that
@@ -60,7 +63,7 @@ class ShouldStop:
         self.started = time.monotonic()
 
     def __call__(self) -> bool:
-        if self.heartbeat.lost.is_set():
+        if shutting_down.is_set() or self.heartbeat.lost.is_set():
             return True
         if self._overran():
             return True
