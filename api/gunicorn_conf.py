@@ -56,10 +56,18 @@ def post_worker_init(worker: Any) -> None:
         graceful_exit(sig, frame)
         # Open event streams wait for job changes, not for the process to stop: left alone they
         # would hold it for graceful_timeout. Ended, their clients reconnect with Last-Event-ID.
-        # In a thread (a greenlet under gevent): a signal handler must not block.
+        # Elsewhere, for a signal handler must not block. Under gevent the handler runs in the
+        # event loop, where even starting a thread (which waits for it to start) raised
+        # BlockingSwitchOutError and crashed every API process on Ctrl-C ('exited with code
+        # 255'): a greenlet is spawned without waiting, as gunicorn's own gevent worker does.
         from api.streams import end_streams
 
-        threading.Thread(target=end_streams, args=(worker.wsgi,), daemon=True).start()
+        if worker_class == "gevent":
+            import gevent
+
+            gevent.spawn(end_streams, worker.wsgi)
+        else:
+            threading.Thread(target=end_streams, args=(worker.wsgi,), daemon=True).start()
 
     signal.signal(signal.SIGTERM, handle_exit)
 
