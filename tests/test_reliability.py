@@ -384,3 +384,30 @@ def test_the_relay_waits_relay_after_seconds_exactly(
     celery.close()
 
     assert sent == [due.id]
+
+
+def test_a_hand_back_puts_back_only_the_attempt_still_running(
+    session: Session, storage: Storage
+) -> None:
+    from shared import transitions
+
+    job = make_job(session, storage, image=image_bytes((64, 48)), params=PARAMS)
+    first = transitions.claim_job(session, job.id, "w1")
+    session.commit()
+    transitions.record_checkpoint(session, job.id, first or 0, "jobs/x/attempt-1/checkpoint.npz")
+    transitions.hand_back(session, job.id, first or 0)
+    session.commit()
+    back = reload(session, job.id)
+    assert (back.status, back.worker, back.enqueued_at) == (JobStatus.QUEUED, None, None)
+    assert back.checkpoint_key == "jobs/x/attempt-1/checkpoint.npz"
+
+    # A worker whose job was canceled, or taken by a newer attempt, puts back nothing.
+    second = transitions.claim_job(session, job.id, "w2")
+    session.commit()
+    with pytest.raises(transitions.LostJob):
+        transitions.hand_back(session, job.id, first or 0)
+    assert transitions.cancel(session, job.id)
+    session.commit()
+    with pytest.raises(transitions.LostJob):
+        transitions.hand_back(session, job.id, second or 0)
+    assert reload(session, job.id).status == JobStatus.CANCELED
