@@ -6,7 +6,6 @@ from __future__ import annotations
 import io
 import json
 import uuid
-from datetime import timedelta
 from typing import Any
 
 import pytest
@@ -16,7 +15,7 @@ from sqlalchemy.orm import Session
 
 from api import create_app
 from shared.cost import peak_memory_bytes, work
-from shared.models import IdempotencyKey, Job, JobStatus, utcnow
+from shared.models import IdempotencyKey, Job, JobStatus
 from shared.params import RenderParams
 from shared.settings import Settings
 from shared.storage import Storage
@@ -26,6 +25,7 @@ from tests.utils import (
     clip_bytes,
     image_bytes,
     make_job,
+    measured_worker,
     queued_job_ids,
     stored_files,
     with_settings,
@@ -109,16 +109,7 @@ def test_an_estimate_predicts_render_time_and_wait_from_measured_throughput(
 ) -> None:
     # One worker measured at 0.5 s for its job, and three jobs queued ahead.
     each = work(96, 64, RenderParams(steps=2, octaves=2, seed=7)) / 1e6
-    end = utcnow() - timedelta(minutes=1)
-    make_job(
-        session,
-        storage,
-        status=JobStatus.SUCCEEDED,
-        worker="w1",
-        attempt=1,
-        started_at=end - timedelta(seconds=0.5),
-        finished_at=end,
-    )
+    measured_worker(session, storage, 0.5)
     for _ in range(3):
         make_job(session, storage)
     told = estimate(client, (96, 64), {"steps": 2, "octaves": 2, "seed": 7}).get_json()
@@ -235,16 +226,7 @@ def test_an_estimate_past_the_soft_time_limit_warns(
     app = create_app(settings.model_copy(update={"soft_time_limit": 2.0}))
     client = authed_client(app)
     # A worker measured at one still (96x64, 2 steps, 2 octaves) in 0.5 s.
-    end = utcnow() - timedelta(minutes=1)
-    make_job(
-        session,
-        storage,
-        status=JobStatus.SUCCEEDED,
-        worker="w1",
-        attempt=1,
-        started_at=end - timedelta(seconds=0.5),
-        finished_at=end,
-    )
+    measured_worker(session, storage, 0.5)
     short = estimate(client, (96, 64), {**PARAMS, "seed": 7}).get_json()
     assert short["warnings"] == []
 

@@ -21,7 +21,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from shared.models import Job, JobStatus, utcnow
 from shared.settings import Settings
 from shared.storage import Storage
-from tests.utils import clip_bytes, image_bytes, make_job, stored_files, submit
+from tests.utils import clip_bytes, image_bytes, measured_worker, stored_files, submit
 from tests.utils.hostile import (
     corrupt_later_packet_mov,
     growing_png_mov,
@@ -289,17 +289,7 @@ def test_one_pathological_job_does_not_set_its_workers_measured_speed(
     params = {"steps": 2, "octaves": 2, "seed": 7}
 
     def finished(seconds: float, minutes_ago: int) -> None:
-        end = now - timedelta(minutes=minutes_ago)
-        make_job(
-            session,
-            storage,
-            status=JobStatus.SUCCEEDED,
-            worker="w1",
-            attempt=1,
-            started_at=end - timedelta(seconds=seconds),
-            finished_at=end,
-            params=params,
-        )
+        measured_worker(session, storage, seconds, minutes_ago, params=params)
 
     for minutes in (1, 2, 3):
         finished(2.0, minutes)

@@ -5,7 +5,6 @@ than the workers rendering now."""
 from __future__ import annotations
 
 import math
-from datetime import timedelta
 
 from flask.testing import FlaskClient
 from prometheus_client.parser import text_string_to_metric_families
@@ -14,11 +13,11 @@ from sqlalchemy.orm import Session
 
 from api import create_app
 from shared.cost import megapixel_steps, peak_memory_bytes
-from shared.models import Job, JobStatus, utcnow
+from shared.models import Job, JobStatus
 from shared.params import RenderParams
 from shared.settings import Settings
 from shared.storage import Storage
-from tests.utils import authed_client, image_bytes, make_job
+from tests.utils import authed_client, image_bytes, make_job, measured_worker
 
 
 def wanted(client: FlaskClient) -> dict[tuple[str, str], float]:
@@ -29,20 +28,6 @@ def wanted(client: FlaskClient) -> dict[tuple[str, str], float]:
         if family.name == "oneiro_workers_wanted"
         for sample in family.samples
     }
-
-
-def measured_worker(session: Session, storage: Storage, seconds: float) -> None:
-    """A worker that rendered one default make_job job in `seconds`, a minute ago."""
-    end = utcnow() - timedelta(minutes=1)
-    make_job(
-        session,
-        storage,
-        status=JobStatus.SUCCEEDED,
-        worker="w1",
-        attempt=1,
-        started_at=end - timedelta(seconds=seconds),
-        finished_at=end,
-    )
 
 
 def test_the_workers_wanted_follow_the_backlog(

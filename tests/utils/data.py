@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import uuid
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -12,7 +13,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from shared.db import create_db_engine, create_session_factory
-from shared.models import Job, JobStatus, Tenant
+from shared.models import Job, JobStatus, Tenant, utcnow
 from shared.params import RenderParams
 from shared.settings import Settings
 from shared.storage import Storage, input_key
@@ -73,6 +74,24 @@ def make_job(session: Session, storage: Storage, **fields: Any) -> Job:
     session.add(job)
     session.commit()
     return job
+
+
+def measured_worker(
+    session: Session, storage: Storage, seconds: float, minutes_ago: float = 1.0, **fields: Any
+) -> Job:
+    """A job (make_job's, or with `fields`) that worker w1 rendered in `seconds`, finished
+    `minutes_ago`: what the workers' measured speed is made of."""
+    end = utcnow() - timedelta(minutes=minutes_ago)
+    return make_job(
+        session,
+        storage,
+        status=JobStatus.SUCCEEDED,
+        worker="w1",
+        attempt=1,
+        started_at=end - timedelta(seconds=seconds),
+        finished_at=end,
+        **fields,
+    )
 
 
 def stored_files(settings: Settings) -> list[Path]:
