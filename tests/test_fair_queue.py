@@ -18,6 +18,7 @@ from flask import Flask
 from flask.testing import FlaskClient
 from sqlalchemy import select
 from sqlalchemy.orm import Session
+from werkzeug.test import TestResponse
 
 from shared.cost import megapixel_steps
 from shared.dispatch import announce_slot, dispatch, slots_key
@@ -183,11 +184,8 @@ def test_the_start_estimate_is_the_work_ahead_over_the_farms_speed(
     assert client.get(f"/v1/jobs/{first}").get_json()["queue"]["estimated_start_seconds"] == 0
 
 
-def test_a_video_ahead_counts_every_frame_in_the_start_estimate(
-    client: FlaskClient, settings: Settings, session: Session
-) -> None:
-    one_worker_at_one_megapixel_step_a_second(client, settings, session)
-    # A video's frame count is the job's (read from the upload), not in its params.
+def submit_clip(client: FlaskClient) -> TestResponse:
+    """A 3-frame 32x32 video job at TINY params, accepted."""
     answer = client.post(
         "/v1/jobs",
         data={
@@ -197,6 +195,15 @@ def test_a_video_ahead_counts_every_frame_in_the_start_estimate(
         content_type="multipart/form-data",
     )
     assert answer.status_code == 202, answer.get_json()
+    return answer
+
+
+def test_a_video_ahead_counts_every_frame_in_the_start_estimate(
+    client: FlaskClient, settings: Settings, session: Session
+) -> None:
+    one_worker_at_one_megapixel_step_a_second(client, settings, session)
+    # A video's frame count is the job's (read from the upload), not in its params.
+    answer = submit_clip(client)
     video = session.get_one(Job, uuid.UUID(answer.get_json()["id"]))
     behind = submit_as(client)
 
@@ -213,15 +220,7 @@ def test_a_running_video_counts_every_frame_it_has_left_in_the_start_estimate(
     # Issue 23.5: while a frame job ran, another tenant's job was told it starts when one
     # frame's work is done.
     one_worker_at_one_megapixel_step_a_second(client, settings, session)
-    answer = client.post(
-        "/v1/jobs",
-        data={
-            "video": (io.BytesIO(clip_bytes((32, 32), frames=3, audio=False)), "clip.mp4"),
-            "params": json.dumps(TINY),
-        },
-        content_type="multipart/form-data",
-    )
-    assert answer.status_code == 202, answer.get_json()
+    answer = submit_clip(client)
     video_id = uuid.UUID(answer.get_json()["id"])
     assert claim_job(session, video_id, "w:1") == 1
     video = session.get_one(Job, video_id)

@@ -24,6 +24,16 @@ def jpeg_size(data: bytes) -> tuple[int, int]:
         return image.size
 
 
+def recorded_puts(storage: Storage, monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """The keys `storage` is asked to put from now on, in order."""
+    writes: list[str] = []
+    put = type(storage).put
+    monkeypatch.setattr(
+        type(storage), "put", lambda self, key, data: writes.append(key) or put(self, key, data)
+    )
+    return writes
+
+
 def test_the_preview_follows_the_render_and_ends_as_the_result(
     client: FlaskClient,
     runtime: Runtime,
@@ -67,11 +77,7 @@ def test_previews_are_written_at_most_every_preview_interval(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     job = make_job(session, storage, params={"steps": 6, "octaves": 2})
-    writes: list[str] = []
-    put = type(storage).put
-    monkeypatch.setattr(
-        type(storage), "put", lambda self, key, data: writes.append(key) or put(self, key, data)
-    )
+    writes = recorded_puts(storage, monkeypatch)
     runtime = with_settings(runtime, preview_interval=3600.0)
     assert run_job(job.id, runtime) == JobStatus.SUCCEEDED
     # Twelve steps: one preview after the first, none for an hour, then the result's.
@@ -87,11 +93,7 @@ def test_an_animation_writes_its_preview_at_most_every_preview_interval_too(
     # Issue 23.13: a frame job rewrote its preview after every frame.
     params = {"steps": 1, "octaves": 1, "seed": 3, "animation": {"frames": 6}}
     job = make_job(session, storage, params=params, kind="animation", frames=6)
-    writes: list[str] = []
-    put = type(storage).put
-    monkeypatch.setattr(
-        type(storage), "put", lambda self, key, data: writes.append(key) or put(self, key, data)
-    )
+    writes = recorded_puts(storage, monkeypatch)
     runtime = with_settings(runtime, preview_interval=3600.0)
     assert run_job(job.id, runtime) == JobStatus.SUCCEEDED
     # Six frames: the first frame's preview, none for an hour, then the last frame's.
