@@ -257,6 +257,31 @@ def test_resuming_from_any_checkpoint_gives_the_uninterrupted_image(cat: np.ndar
         assert np.array_equal(render(cat, run, model, resume=state), uninterrupted)
 
 
+@pytest.mark.backends
+def test_a_render_stopped_mid_step_hands_over_a_state_that_resumes_to_the_same_image(
+    cat: np.ndarray,
+) -> None:
+    # A worker shutting down saves the state of the last whole step (worker/jobs.py), so the
+    # next worker resumes where it stopped, not at the last periodic checkpoint.
+    model, calls = counting(dream_model())
+    run = params(steps=4, octaves=3, seed=9)
+    uninterrupted = render(cat, run, model)
+    per_render = len(calls)
+    stopped: list[DreamState] = []
+
+    def keep(state: DreamState) -> None:
+        stopped.append(dataclasses.replace(state, image=state.image.copy()))
+
+    calls.clear()
+    with pytest.raises(Canceled):
+        # Stopped before the 7th batch: mid-way through octave 2 (4 steps an octave, one batch
+        # a step at this size), long after any checkpoint it was asked for.
+        render(cat, run, model, should_stop=lambda: len(calls) >= 6, on_stop=keep)
+    assert per_render == 12 and len(stopped) == 1
+    assert (stopped[0].octave, stopped[0].step) == (1, 2)
+    assert np.array_equal(render(cat, run, model, resume=stopped[0]), uninterrupted)
+
+
 @pytest.mark.parametrize("name", list(BACKBONES))
 @pytest.mark.parametrize(
     "options",

@@ -1,5 +1,5 @@
-"""A worker asked to stop (SIGTERM) mid-render hands its job back at once, checkpoint kept, and
-the next worker finishes it to the same image (worker/shutdown.py)."""
+"""A worker asked to stop (SIGTERM) mid-render hands its job back at once, with a checkpoint of
+where it stopped, and the next worker finishes it to the same image (worker/shutdown.py)."""
 
 from __future__ import annotations
 
@@ -18,12 +18,14 @@ from shared.queue import create_celery, enqueue_render
 from shared.settings import Settings
 from shared.storage import Storage
 from tests.utils import CHELSEA, make_job, start_worker, stop_process, wait_for
+from worker.engine import DreamState
 
 pytestmark = pytest.mark.chaos
 
 PARAMS = {"steps": 14, "octaves": 3, "seed": 11, "max_dim": 200, "tile_size": 128}
 WORKER_ENV = {
-    "ONEIRO_CHECKPOINT_EVERY": "1",
+    # Periodic checkpoints at octave ends only: the one a hand-back leaves is taken at the stop.
+    "ONEIRO_CHECKPOINT_EVERY": "1000",
     "ONEIRO_HEARTBEAT_INTERVAL": "0.2",
     "ONEIRO_PROGRESS_INTERVAL": "0.1",
     # Far longer than the test waits: only the hand-back can put the job back in time.
@@ -94,6 +96,9 @@ def test_a_sigterm_mid_render_hands_the_job_back_and_the_next_worker_finishes_it
     handed_back_s = time.monotonic() - asked
     assert back.attempt == 1 and back.worker is None
     assert back.checkpoint_key is not None and storage.exists(back.checkpoint_key)
+    # Saved where the render stopped, not the last octave end's periodic checkpoint.
+    state = DreamState.from_bytes(storage.get(back.checkpoint_key))
+    assert state.step < PARAMS["steps"], (state.octave, state.step)
     assert first.wait(timeout=HAND_BACK_S) == 0, "the worker did not exit on its own"
 
     start(f"second-{uuid.uuid4().hex[:6]}")

@@ -332,6 +332,19 @@ def _dream(
         except DATABASE_DOWN:
             log.warning("job %s: checkpoint saved, database away; not recorded", job_id)
 
+    def save_at_stop(state: DreamState) -> None:
+        # Only for a worker shutting down, whose job is still this attempt's until it is handed
+        # back (put_fenced would refuse: should_stop says stop). A canceled or taken job's
+        # state is never resumed.
+        if not shutting_down.is_set():
+            return
+        runtime.storage.put(own, state.to_bytes())
+        try:
+            with runtime.sessions.begin() as session:
+                transitions.record_checkpoint(session, job_id, attempt, own)
+        except DATABASE_DOWN:
+            log.warning("job %s: checkpoint saved at the stop, database away", job_id)
+
     size = runtime.settings.preview_size
     # At most every preview_interval seconds: a JPEG of a few tens of kB, overwritten.
     previews = Throttle(runtime.settings.preview_interval)
@@ -352,6 +365,7 @@ def _dream(
             checkpoint_every=runtime.settings.checkpoint_every,
             resume=resume,
             on_step=show,
+            on_stop=save_at_stop,
             controls=Controls(
                 guide=None if guide is None else decode_rgb(guide),
                 mask=None if mask is None else decode_mask(mask),

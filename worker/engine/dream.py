@@ -16,7 +16,7 @@ from shared.params import RenderParams
 from worker.engine import imaging
 from worker.engine.controls import Controls, composite, guide_features, mask_weights
 from worker.engine.model import DreamModel
-from worker.engine.tiling import Tile, TilePlan, tiled_gradient
+from worker.engine.tiling import Canceled, Tile, TilePlan, tiled_gradient
 
 
 @dataclass(frozen=True)
@@ -71,6 +71,7 @@ def render(
     resume: DreamState | None = None,
     on_step: Callable[[np.ndarray], None] | None = None,
     controls: Controls | None = None,
+    on_stop: Callable[[DreamState], None] | None = None,
 ) -> np.ndarray:
     """Dream on `image` (H x W x 3 uint8 or uint16); return the dreamed image, same size and
     dtype (a uint16 result is made from the float dream, so it has all 16 bits).
@@ -80,7 +81,9 @@ def render(
     `checkpoint_every` steps (its image is only valid during the call); `resume` continues
     from such a state and gives the same image as a render that never stopped. `on_step`
     receives the image in progress (3 x h x w float32, valid only during the call; see
-    `preview`) after every step. `controls` steer it with a guide image and a mask.
+    `preview`) after every step. `controls` steer it with a guide image and a mask. `on_stop`
+    receives the state of the last whole step when `should_stop` stops the render, before
+    Canceled is raised: a worker that is shutting down saves it, so the next one resumes there.
     """
     height, width = image.shape[:2]
     # The schedule the API charged for (shared/cost.py), so price and render never disagree.
@@ -117,7 +120,17 @@ def render(
 
     while True:
         for step in range(done, params.steps):
-            run.step(dream, step)
+            # The generator before this step's shift is drawn: a state saved at a stop must
+            # draw the same shift again, or the resumed render would not be the same.
+            before = run.rng.bit_generator.state
+            try:
+                run.step(dream, step)
+            except Canceled:
+                # A step is stopped before it updates the image: `dream` is the last whole
+                # step's.
+                if on_stop is not None:
+                    on_stop(DreamState(run.octave, step, dream, before))
+                raise
             if on_step is not None:
                 on_step(dream)
             ended = step + 1 == params.steps
