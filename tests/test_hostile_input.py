@@ -168,30 +168,31 @@ def test_the_work_is_charged_after_max_dim(limited: Callable[..., FlaskClient]) 
 
 
 def test_the_work_counts_every_octave_at_its_own_size(limited: Callable[..., FlaskClient]) -> None:
-    # 5 octaves of a 100 x 100 image at 1.3: 75, 77, 100, 130 and 169 a side, 67015 pixels a
-    # step, not 5 x 10000: the cheap count would pass a limit of 60000.
-    client = limited(max_work=60_000)
-    body = assert_problem(
-        submit(client, encoded(gradient(size=(100, 100)), "PNG"), {"steps": 1}), 422
-    )
-    assert "67015 pixel-steps" in body["detail"]
+    # 5 octaves of a 100 x 100 image at 1.3: 75, 77, then 100 a side three times (octaves above
+    # the input render at its size), 41554 pixels a step, not 5 x 10000: the cheap count would
+    # refuse under a limit of 45000 what the engine renders within it.
+    image = encoded(gradient(size=(100, 100)), "PNG")
+    body = assert_problem(submit(limited(max_work=41_000), image, {"steps": 1}), 422)
+    assert "41554 pixel-steps" in body["detail"]
+    assert submit(limited(max_work=45_000), image, {"steps": 1}).status_code == 202
 
 
-def test_the_issues_tiny_png_with_huge_octaves_is_refused(
+def test_the_issues_tiny_png_with_huge_octaves_is_refused_or_rendered_at_its_size(
     client: FlaskClient, session: Session, settings: Settings
 ) -> None:
     image = encoded(gradient(size=(256, 256)), "PNG")
     body = assert_problem(submit(client, image, {"octaves": 12, "octave_scale": 4}), 422)
     assert [e["field"] for e in body["errors"]] == ["params.octave_scale"]
-    # Within the ranges, 12 octaves at 2 put a 300 x 300 image's top octave (2 ** 5 times the
-    # input a side) over the pixel limit; the 256 x 256 one's is 8192 a side, just within it.
-    bigger = encoded(gradient(size=(300, 300)), "PNG")
-    body = assert_problem(submit(client, bigger, {"octaves": 12, "octave_scale": 2}), 422)
-    assert body["errors"][0]["field"] == "params"
-    assert "9600x9600 = 92160000 pixels" in body["detail"]
-    assert f"{settings.max_pixels} (ONEIRO_MAX_PIXELS)" in body["detail"]
-    assert "set max_dim to at most 256" in body["detail"]
     assert_nothing_stored(session, settings)
+    # Within the ranges, 12 octaves at 2 once put a 300 x 300 image's top octave at 9600 a
+    # side, over the pixel limit. Octaves above the input now render at its size: the job is
+    # taken, and charged what it renders (five at 75, 150, then six at 300 a side).
+    bigger = encoded(gradient(size=(300, 300)), "PNG")
+    params = {"octaves": 12, "octave_scale": 2, "steps": 20}
+    answer = submit(client, bigger, params)
+    assert answer.status_code == 202, answer.get_data(as_text=True)
+    charged = answer.get_json()["estimate"]["megapixel_steps"]
+    assert charged == pytest.approx((5 * 75**2 + 150**2 + 6 * 300**2) * 20 / 1e6, abs=1e-3)
 
 
 def test_the_issues_thin_png_is_refused(
