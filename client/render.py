@@ -221,7 +221,7 @@ def render(
         decode_rgb,
         fit_within,
     )
-    from shared.recipes import device_name, encode_result, make_recipe, weights_digest
+    from shared.recipes import encode_result
 
     os.environ["ONEIRO_BACKEND"] = backend
     from worker.engine import WeightsUnavailable, load_dream_model
@@ -265,12 +265,10 @@ def render(
         )
     ) as progress:
         result = dream(image, params, model, on_progress=progress, controls=controls)
-    recipe = make_recipe(
-        params.model_dump(mode="json"),
-        weights=weights_digest(weights),
-        backend=model.backend,
-        precision=model.precision,
-        device=device_name(model.device),
+    recipe = _recipe(
+        params,
+        weights,
+        model,
         guide=Path(guide).read_bytes() if guide else None,
         mask=Path(mask).read_bytes() if mask else None,
     )
@@ -284,7 +282,7 @@ def _render_motion(
     """A zoom animation of an image, or a video dreamed frame by frame, written as an MP4."""
     from shared.formats import frame_rate
     from shared.images import ImageRejected, decode_rgb, fit_within
-    from shared.recipes import device_name, make_recipe, recipe_text, weights_digest
+    from shared.recipes import recipe_text
     from shared.video import (
         VideoRejected,
         decode_frames,
@@ -335,13 +333,7 @@ def _render_motion(
     audio = data if params.animation is None else None
     if times is not None and len(times) < len(frames):
         times = None
-    recipe = make_recipe(
-        params.model_dump(mode="json"),
-        weights=weights_digest(weights),
-        backend=model.backend,
-        precision=model.precision,
-        device=device_name(model.device),
-    )
+    recipe = _recipe(params, weights, model)
     output.write_bytes(
         encode_mp4(
             (frames[n] for n in sorted(frames)),
@@ -396,3 +388,24 @@ def progress_bar(describe: Callable[[Any], str]) -> Iterator[Callable[[Any], Non
             bar.update(p.fraction - bar.n)
 
         yield progress
+
+
+def _recipe(
+    params: RenderParams,
+    weights: str,
+    model: Any,
+    guide: bytes | None = None,
+    mask: bytes | None = None,
+) -> dict[str, Any]:
+    """The recipe a local render's file carries, as a worker's result carries its own."""
+    from shared.recipes import device_name, make_recipe, weights_digest
+
+    return make_recipe(
+        params.model_dump(mode="json"),
+        weights=weights_digest(weights),
+        backend=model.backend,
+        precision=model.precision,
+        device=device_name(model.device),
+        guide=guide,
+        mask=mask,
+    )
