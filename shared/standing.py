@@ -84,7 +84,10 @@ def queue_standings(
         before += work
     shares = tenant_shares(session) if backlog else {}
     for job_id in backlog:
-        count, work = backlog_ahead(session, job_id, shares)
+        placed = backlog_ahead(session, job_id, shares)
+        # None: the dispatcher sent it between these reads (each sees what is committed when it
+        # runs); it stands last of the jobs in Redis.
+        count, work = placed if placed is not None else (0, 0.0)
         ahead[job_id] = (len(sent) + count, before + work)
     return {
         job_id: {
@@ -151,8 +154,9 @@ OWN_ORDER = (Job.priority, Job.created_at, Job.id)
 
 def backlog_ahead(
     session: Session, job_id: uuid.UUID, shares: dict[uuid.UUID | None, Share]
-) -> tuple[int, float]:
-    """The backlog jobs before `job_id` (a backlog job) in fair order, and their work.
+) -> tuple[int, float] | None:
+    """The backlog jobs before `job_id` (a backlog job) in fair order, and their work; None
+    when its tenant has no backlog in `shares` (read before the job was sent).
 
     Without sorting the backlog: the job's share is its tenant's load with its place in its
     tenant's own order (one indexed count); every other tenant has ahead of it its jobs of a
@@ -162,6 +166,8 @@ def backlog_ahead(
     me = session.execute(select(*OWN_ORDER, Job.tenant_id).where(Job.id == job_id)).one()
     mine = tuple_(*OWN_ORDER) < tuple_(me.priority, me.created_at, me.id)
     nth = 1 + (session.scalar(select(func.count()).where(IN_BACKLOG, _of(me.tenant_id), mine)) or 0)
+    if me.tenant_id not in shares:
+        return None
     share = shares[me.tenant_id].share(nth)
     firsts = {me.tenant_id: nth - 1}
     tied = []

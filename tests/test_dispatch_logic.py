@@ -11,11 +11,13 @@ from datetime import timedelta
 from typing import Any
 
 import pytest
-from sqlalchemy.orm import Session
+from sqlalchemy import update
+from sqlalchemy.orm import Session, sessionmaker
 
+from shared import standing
 from shared.cost import megapixel_steps
 from shared.dispatch import choose, expire_overdue, fair_order
-from shared.models import JobStatus, utcnow
+from shared.models import Job, JobStatus, utcnow
 from shared.queue import create_celery
 from shared.settings import Settings
 from shared.standing import queue_standings
@@ -139,6 +141,32 @@ def test_standing_sent_jobs_first_then_the_backlog_each_waiting_for_the_work_ahe
         assert unknown == {big.id: {"position": 3, "estimated_start_seconds": None}}
     assert queue_standings(session, [], rate=unit, slots=1) == {}
     assert queue_standings(session, [running.id], rate=unit, slots=1) == {}
+
+
+def test_a_job_sent_while_its_standing_is_read_stands_last_of_the_sent(
+    session: Session,
+    storage: Storage,
+    sessions: sessionmaker[Session],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # The race seen under concurrent submits with one Idempotency-Key: the loser read the
+    # winner's job in the backlog, the winner's dispatch sent it, then the tenants' shares were
+    # read without it (a KeyError, a 500). Here the dispatcher acts between the same two reads.
+    sent = make_job(session, storage, params=TINY, enqueued_at=utcnow())
+    job = jobs_of(session, storage, "solo", 1)[0]
+    read_shares = standing.tenant_shares
+
+    def dispatched_meanwhile(reader: Session) -> dict[uuid.UUID | None, standing.Share]:
+        with sessions() as dispatcher:
+            dispatcher.execute(update(Job).where(Job.id == job).values(enqueued_at=utcnow()))
+            dispatcher.commit()
+        return read_shares(reader)
+
+    monkeypatch.setattr(standing, "tenant_shares", dispatched_meanwhile)
+    unit = megapixel_steps(sent.input_width, sent.input_height, sent.params)
+    shown = queue_standings(session, [sent.id, job], rate=unit / 100, slots=1)
+    assert shown[sent.id]["position"] == 1
+    assert shown[job] == {"position": 2, "estimated_start_seconds": pytest.approx(100, abs=0.2)}
 
 
 def test_a_running_video_counts_every_frame_left_in_the_wait_behind_it(
