@@ -2,32 +2,17 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
-from celery import Celery
 from flask import Flask
-from sqlalchemy import Engine
-from sqlalchemy.orm import Session, sessionmaker
 
+from api.db import Services
 from shared.db import create_db_engine, create_session_factory
 from shared.logs import configure_logging
 from shared.queue import create_celery
 from shared.settings import Settings, get_settings
-from shared.storage import Storage, open_storage
+from shared.storage import open_storage
 
 # Multipart framing around the image: boundaries, part headers and the params part.
 MULTIPART_OVERHEAD = 64 * 1024
-
-
-@dataclass(frozen=True)
-class Services:
-    """What every request handler reaches: settings, database, storage, queue."""
-
-    settings: Settings
-    engine: Engine
-    sessions: sessionmaker[Session]
-    storage: Storage
-    celery: Celery
 
 
 def create_app(settings: Settings | None = None) -> Flask:

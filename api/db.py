@@ -1,12 +1,30 @@
-"""The per-request database session (flaskr's `db.py`): opened on first use in a request,
-closed when the request ends. Routes import it from here, so no blueprint imports another."""
+"""What every request reaches (`Services`, made once by `create_app`) and the per-request
+database session (flaskr's `db.py`): opened on first use in a request, closed when the request
+ends. Routes import both from here, so no blueprint imports another and none imports upward
+from `api/__init__`."""
 
 from __future__ import annotations
 
-from flask import Flask, current_app, g
-from sqlalchemy.orm import Session
+from dataclasses import dataclass
 
-from api import Services
+from celery import Celery
+from flask import Flask, current_app, g
+from sqlalchemy import Engine
+from sqlalchemy.orm import Session, sessionmaker
+
+from shared.settings import Settings
+from shared.storage import Storage
+
+
+@dataclass(frozen=True)
+class Services:
+    """What every request handler reaches: settings, database, storage, queue."""
+
+    settings: Settings
+    engine: Engine
+    sessions: sessionmaker[Session]
+    storage: Storage
+    celery: Celery
 
 
 def services() -> Services:

@@ -35,7 +35,7 @@ from shared.models import Job, JobStatus, utcnow
 from shared.queue import maintenance_queue, queue_keys, render_queues, worker_classes
 
 if TYPE_CHECKING:
-    from api import Services
+    from api.db import Services
 
 log = logging.getLogger(__name__)
 

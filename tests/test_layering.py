@@ -119,3 +119,24 @@ def test_no_blueprint_imports_another() -> None:
             if path.name not in allowed and (names & blueprints) - {own}:
                 found[path.name] = sorted(names & blueprints)
     assert found == {}
+
+
+def test_no_api_module_imports_upward_from_the_package() -> None:
+    # `from api import Services` in api/db.py made the package's __init__ (the factory, which
+    # imports every blueprint) a dependency of the module every blueprint imports: what a request
+    # reaches is defined in api/db.py, beside the session, and only the server's hooks (which
+    # make the app) import the factory.
+    allowed = {"__init__.py", "gunicorn_conf.py"}
+    found = {}
+    for path in sorted((ROOT / "api").glob("*.py")):
+        if path.name in allowed:
+            continue
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom) and node.module == "api" and not node.level:
+                # `from api import schemas` names a sibling module, not the package's own code.
+                upward = [
+                    a.name for a in node.names if not (ROOT / "api" / f"{a.name}.py").exists()
+                ]
+                if upward:
+                    found[path.name] = upward
+    assert found == {}
