@@ -8,13 +8,16 @@ import hashlib
 import json
 import uuid
 from datetime import timedelta
+from typing import TYPE_CHECKING
 
 from flask import request
 from sqlalchemy.orm import Session
 
 from api.problems import invalid
-from api.submission import Submission
 from shared.models import IDEMPOTENCY_WINDOW, IdempotencyKey, utcnow
+
+if TYPE_CHECKING:  # only a type here: the schemas import this module's constants
+    from api.submission import Submission
 
 HEADER = "Idempotency-Key"
 MAX_KEY_LENGTH = 255

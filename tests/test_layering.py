@@ -140,3 +140,15 @@ def test_no_api_module_imports_upward_from_the_package() -> None:
                 if upward:
                     found[path.name] = upward
     assert found == {}
+
+
+def test_loading_the_schemas_does_not_load_the_request_reader() -> None:
+    # The OpenAPI schemas are read by tools and the docs hooks without a request in sight; they
+    # took the request reader (api/submission.py, with the image and video decoding behind it)
+    # along through the Idempotency-Key's constants.
+    code = "import sys, api.schemas; print('\\n'.join(sys.modules))"
+    out = subprocess.run(
+        [sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True
+    ).stdout.split()
+    assert "api.schemas" in out
+    assert "api.submission" not in out
