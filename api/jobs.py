@@ -1,8 +1,8 @@
 """The /v1/jobs routes: submit, list, status, events, result, preview, cancel, retry.
 
-What a submission holds is read in api/submission.py, its Idempotency-Key in
-api/idempotency.py; every change of a job's state is a function of shared/transitions.py; a job
-is shown by shared/serializer.py."""
+What a submission holds is read in api/submission.py and recorded (files, row, commit) by
+api/intake.py, its Idempotency-Key in api/idempotency.py; every change of a job's state is a
+function of shared/transitions.py; a job is shown by shared/serializer.py."""
 
 from __future__ import annotations
 
@@ -14,13 +14,13 @@ from typing import Any
 import redis
 from flask import Blueprint, Response, request
 from sqlalchemy import select, tuple_
-from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from api.auth import require_key, tenant_id
 from api.db import get_db, services
 from api.downloads import ANSWERS, HEADERS, send_stored
 from api.idempotency import fingerprint, original_job
+from api.intake import KeyTaken, record_job
 from api.openapi import BEARER, BINARY, job_responses, spec
 from api.problems import Problem
 from api.schemas import JobListQuery, JobOut, JobPage, JobSubmission, SubmitHeaders, encode_cursor
@@ -37,11 +37,7 @@ from shared.standing import queue_standings
 from shared.storage import (
     ObjectNotFound,
     StoredObject,
-    guide_key,
-    input_key,
-    job_prefix,
     legacy_keys,
-    mask_key,
     preview_key,
 )
 from shared.webhooks import send_event
@@ -78,64 +74,15 @@ def submit_job() -> Answer:
         if original is not None:
             return original
 
-    job_id = uuid.uuid4()
-    upload = submission.upload
-    if upload is not None:  # the upload's bytes stay where they are: the job takes them
-        stored_input = upload.key
-    else:
-        stored_input = input_key(job_id, submission.extension)
-        svc.storage.put(stored_input, submission.image)
-    stored_guide = stored_mask = None
-    controls = submission.controls
-    if controls.guide is not None:
-        stored_guide = guide_key(job_id, controls.guide.extension)
-        svc.storage.put(stored_guide, controls.guide.data)
-    if controls.mask is not None:
-        stored_mask = mask_key(job_id, controls.mask.extension)
-        svc.storage.put(stored_mask, controls.mask.data)
-    webhook = submission.webhook
-    job = Job(
-        id=job_id,
-        tenant_id=tenant_id(),
-        params=submission.params.model_dump(mode="json"),
-        input_key=stored_input,
-        input_width=submission.width,
-        input_height=submission.height,
-        progress={},
-        webhook_url=str(webhook.url) if webhook else None,
-        webhook_events=list(webhook.events) if webhook else None,
-        guide_key=stored_guide,
-        mask_key=stored_mask,
-        rerun_of=submission.rerun_of,
-        kind=submission.kind,
-        frames=submission.frames,
-    )
     session = get_db()
     try:
-        # Counted last, just before the insert, so it sees as many committed jobs as it can.
-        check_active_cap(session, tenant_id(), svc.settings.max_active_jobs)
-        transitions.add_job(session, job, idempotency)
-        if upload is not None:
-            session.flush()  # the job row first: the upload refers to it
-            if not transitions.take_upload(session, upload.id, job_id):
-                raise Problem(
-                    409,
-                    "Upload taken",
-                    f"upload {upload.id} is already the input of another job, or expired",
-                )
-        session.commit()
-    except IntegrityError:
+        job = record_job(svc, session, submission, tenant_id(), idempotency)
+    except KeyTaken:
         # Another request with the same key won the race; answer as its replay.
-        session.rollback()
-        svc.storage.delete_prefix(job_prefix(job_id))
         original = _replay(*idempotency) if idempotency is not None else None
         if original is None:
             raise
         return original
-    except Exception:
-        session.rollback()
-        svc.storage.delete_prefix(job_prefix(job_id))  # a refused request leaves nothing behind
-        raise
     # The job waits in the backlog; the dispatcher sends it now if a slot is free and its turn
     # has come (shared/dispatch.py).
     safely_dispatch(session, svc.celery, svc.settings)
