@@ -191,6 +191,13 @@ class Settings(BaseSettings):
         gt=0,
         description="The first wait before a delivery is retried, doubling each time, at most 1 h.",
     )
+    webhook_tenant_deliveries: int = Field(
+        8,
+        ge=1,
+        description="The most webhook deliveries of one tenant in flight at once, over all "
+        "webhooks workers (each has 32 threads): a tenant's slow receiver holds no more, and "
+        "its other events wait their turn.",
+    )
     webhook_progress_interval: float = Field(
         10.0, ge=0, description="The least time between two progress webhooks of a job."
     )

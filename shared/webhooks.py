@@ -36,6 +36,7 @@ from pydantic import AnyHttpUrl, BaseModel, ConfigDict, Field, UrlConstraints
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
+from shared.delivery_limits import mark_up, tenant_slot
 from shared.models import Job, Tenant, utcnow
 from shared.pinned_http import Target, post_event
 from shared.queue import WEBHOOK_TASK
@@ -181,6 +182,15 @@ def verify_signature(secret: str, body: bytes, header: str, tolerance: float = 3
 class DeliveryFailed(RuntimeError):
     """The target did not take the event (no answer, or not a 2xx); it is retried."""
 
+    def __init__(self, url: str, reason: str) -> None:
+        super().__init__(f"{url}{reason}")
+        self.url = url
+
+
+class DeliveryDeferred(RuntimeError):
+    """The job's tenant has its share of deliveries in flight (shared/delivery_limits.py): the
+    event waits a moment, and this is no failed attempt."""
+
 
 def job_event(job: Job, event: Event) -> tuple[str, str] | None:
     """The (event id, JSON body) of `event` for `job`, or None when the job asks for no such
@@ -226,12 +236,13 @@ def deliver(
 
     Returns False when the event is dropped for good (the job is gone, or its target now
     resolves to an address we refuse: DNS may have changed since submit). Raises
-    DeliveryFailed when the target should be tried again.
+    DeliveryFailed when the target should be tried again, DeliveryDeferred when the tenant has
+    its share of deliveries in flight.
     """
     # A short read: no database connection is held while the target takes its time.
     with sessions() as session:
         row = session.execute(
-            select(Job.webhook_url, Tenant.webhook_secret)
+            select(Job.webhook_url, Job.tenant_id, Tenant.webhook_secret)
             .join(Tenant, Tenant.id == Job.tenant_id)
             .where(Job.id == uuid.UUID(job_id))
         ).one_or_none()
@@ -250,17 +261,23 @@ def deliver(
         EVENT_HEADER: json.loads(body)["type"],
         SIGNATURE_HEADER: sign(row.webhook_secret, data),
     }
-    try:
-        status, head = post_event(target, data, headers, settings.webhook_timeout)
-    except TimeoutError as exc:
-        # Raised by the deadline itself or by a socket wait it armed with the time left.
-        raise DeliveryFailed(
-            f"{row.webhook_url}: no complete answer within {settings.webhook_timeout:g}s"
-        ) from exc
-    except (OSError, http.client.HTTPException) as exc:
-        raise DeliveryFailed(f"{row.webhook_url}: {type(exc).__name__}: {exc}") from exc
+    url = row.webhook_url
+    with tenant_slot(settings, row.tenant_id) as admitted:
+        if not admitted:
+            raise DeliveryDeferred(f"tenant {row.tenant_id} has its share of deliveries in flight")
+        try:
+            status, head = post_event(target, data, headers, settings.webhook_timeout)
+        except TimeoutError as exc:
+            # Raised by the deadline itself or by a socket wait it armed with the time left.
+            raise DeliveryFailed(
+                url, f": no complete answer within {settings.webhook_timeout:g}s"
+            ) from exc
+        except (OSError, http.client.HTTPException) as exc:
+            raise DeliveryFailed(url, f": {type(exc).__name__}: {exc}") from exc
     if not 200 <= status < 300:
-        raise DeliveryFailed(f"{row.webhook_url} answered {status}: {head[:200]!r}")
+        raise DeliveryFailed(url, f" answered {status}: {head[:200]!r}")
+    if mark_up(settings, url):
+        log.info("webhook target %s answers again: its events are reported as before", url)
     return True
 
 

@@ -24,6 +24,7 @@ from typing import Any
 
 import pytest
 import trustme
+from celery import Celery
 from flask import Flask
 from flask.testing import FlaskClient
 from sqlalchemy import func, select, update
@@ -31,7 +32,8 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from api import create_app
 from dev.launcher import WEBHOOK_THREADS, maintenance_command, webhooks_command
-from shared import pinned_http
+from shared import delivery_limits, pinned_http
+from shared.delivery_limits import is_down, tenant_slot
 from shared.models import Job, JobStatus, utcnow
 from shared.queue import create_celery, maintenance_queue, webhook_queue
 from shared.settings import Settings
@@ -481,6 +483,7 @@ class RawTarget(socketserver.ThreadingTCPServer):
     def __init__(self, answer: Callable[[socket.socket, RawTarget], None]) -> None:
         self.answer = answer
         self.open = 0
+        self.most = 0  # the most connections open at once
         self.sent = 0
         self.stop = threading.Event()
         self.lock = threading.Lock()
@@ -491,6 +494,7 @@ class RawTarget(socketserver.ThreadingTCPServer):
     def finish_request(self, request: Any, client_address: Any) -> None:
         with self.lock:
             self.open += 1
+            self.most = max(self.most, self.open)
         try:
             request.recv(65536)  # the request; small enough to come in one piece
             self.answer(request, self)
@@ -615,6 +619,16 @@ def test_https_to_the_pinned_address_keeps_the_name_for_sni_and_verification(
         server.server_close()
 
 
+def hold(for_s: float) -> Any:
+    """An answer that keeps the request waiting `for_s` seconds, then answers 204."""
+
+    def answer(connection: socket.socket, server: RawTarget) -> None:
+        if not server.stop.wait(for_s):
+            server.send(connection, b"HTTP/1.1 204 No Content\r\nContent-Length: 0\r\n\r\n")
+
+    return answer
+
+
 def job_status(sessions: sessionmaker[Session], job_id: uuid.UUID) -> JobStatus:
     with sessions() as session:
         return session.get_one(Job, job_id).status
@@ -635,11 +649,13 @@ def test_slow_webhook_targets_do_not_delay_the_reaper(
             # The maintenance worker is up once it has put back a first dead worker's job.
             warm = make_job(session, storage, heartbeat_at=utcnow() - timedelta(hours=1), **dead)
             wait_for(lambda: job_status(sessions, warm.id) == JobStatus.QUEUED, 60, "the reaper")
-            # More slow deliveries than the webhooks worker has threads, all waiting.
-            for _ in range(WEBHOOK_THREADS + 8):
+            # More slow deliveries than the webhooks worker has threads, all waiting; each of
+            # a tenant of its own, as one tenant's take at most its share of the threads.
+            for n in range(WEBHOOK_THREADS + 8):
                 job = make_job(
                     session,
                     storage,
+                    tenant_id=tenant_named(session, f"tenant-{n}").id,
                     status=JobStatus.CANCELED,
                     finished_at=utcnow(),
                     webhook_url=slow.url,
@@ -754,3 +770,104 @@ def test_progress_events_are_spaced_by_the_progress_interval(
     gaps = [(b - a).total_seconds() for a, b in zip(made, made[1:], strict=False)]
     # (A millisecond for the wall clock of created_at against the monotonic clock of the worker.)
     assert min(gaps) >= interval - 0.001
+
+
+def ended_with_webhook(
+    session: Session, storage: Storage, tenant: str, url: str, celery: Celery
+) -> uuid.UUID:
+    """A canceled job of `tenant` whose webhook, `url`, asks for `completed`; that event sent."""
+    job = make_job(
+        session,
+        storage,
+        tenant_id=tenant_named(session, tenant).id,
+        status=JobStatus.CANCELED,
+        finished_at=utcnow(),
+        webhook_url=url,
+        webhook_events=["completed"],
+    )
+    send_event(celery, session, job.id, "completed")
+    return job.id
+
+
+def test_one_tenants_slow_receiver_leaves_the_other_tenants_events_a_thread(
+    settings: Settings,
+    sessions: sessionmaker[Session],
+    storage: Storage,
+    receivers: Any,
+    tmp_path: Path,
+) -> None:
+    # Measured before: 40 jobs to a receiver holding each request 30 s took every thread, and
+    # another tenant's events waited 16 s. More held deliveries than the worker has threads:
+    # without a share, the other tenant's event would wait the whole hold.
+    share = 4
+    hooked, env = worker_settings(settings, webhook_timeout=120.0, webhook_tenant_deliveries=share)
+    celery = create_celery(hooked)
+    fast = receivers(failures=0)
+    with background_workers(hooked, env, tmp_path), RawTarget(hold(60)) as slow:
+        with sessions() as session:
+            for _ in range(WEBHOOK_THREADS + 8):
+                ended_with_webhook(session, storage, "slow", slow.url, celery)
+            wait_for(lambda: slow.open >= share, 60, "the slow tenant's share of deliveries")
+            ended_with_webhook(session, storage, "other", fast.url, celery)
+            wait_for(fast.delivered, 40, "the other tenant's event")
+        # Delivered while the slow receiver still held every request it was sent, and never
+        # more than the share of them at once.
+        assert slow.sent == 0
+        assert slow.most == share
+    celery.close()
+
+
+def test_a_receiver_that_fails_every_event_is_reported_once_until_it_answers_again(
+    settings: Settings,
+    sessions: sessionmaker[Session],
+    storage: Storage,
+    receivers: Any,
+    tmp_path: Path,
+) -> None:
+    hooked, env = worker_settings(settings, webhook_backoff=0.2, webhook_max_attempts=2)
+    celery = create_celery(hooked)
+    receiver = receivers(failures=2)  # every event fails both its attempts
+    events = 6
+    with background_workers(hooked, env, tmp_path) as log_path, sessions() as session:
+        for _ in range(events):
+            ended_with_webhook(session, storage, "t", receiver.url, celery)
+        wait_for(lambda: len(receiver.deliveries) == 2 * events, 60, "every attempt")
+        wait_for(lambda: "given up after 2 attempts" in log_path.read_text(), 30, "a give-up")
+        assert is_down(hooked, receiver.url)
+        # The receiver answers again: the next event is delivered, and the target is up.
+        receiver.failures = 0
+        ended_with_webhook(session, storage, "t", receiver.url, celery)
+        wait_for(receiver.delivered, 30, "the event after the receiver came back")
+        wait_for(lambda: not is_down(hooked, receiver.url), 10, "the target marked up")
+        wait_for(lambda: "answers again" in log_path.read_text(), 10, "the recovery's line")
+        log = log_path.read_text()
+    celery.close()
+    assert len(receiver.deliveries) == 2 * events + 1  # nothing given up was tried again
+    # Six events given up, one line: the first; the rest at debug level.
+    assert log.count("given up") == 1
+
+
+def test_a_tenants_delivery_slots_are_shared_by_every_worker_given_back_and_expire(
+    settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    limited = settings.model_copy(update={"webhook_tenant_deliveries": 2, "webhook_timeout": 0.5})
+    monkeypatch.setattr(delivery_limits, "SLOT_GRACE_S", 0.0)
+    tenant = uuid.uuid4()
+    with (
+        tenant_slot(limited, tenant) as first,
+        tenant_slot(limited, tenant) as second,
+        tenant_slot(limited, tenant) as third,
+        tenant_slot(limited, None) as others,
+    ):
+        assert (first, second, third, others) == (True, True, False, True)
+    with tenant_slot(limited, tenant) as again:
+        assert again  # given back when their deliveries ended
+    # Slots whose holders died (never given back) free themselves after the deadline.
+    held = [tenant_slot(limited, tenant) for _ in range(2)]
+    assert [slot.__enter__() for slot in held] == [True, True]
+    with tenant_slot(limited, tenant) as full:
+        assert not full
+    time.sleep(limited.webhook_timeout + 0.2)
+    with tenant_slot(limited, tenant) as expired:
+        assert expired
+    assert len(held) == 2  # still referenced: their finally never ran

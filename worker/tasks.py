@@ -4,14 +4,16 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import random
 import uuid
 
 import redis
 from celery import Task
 
+from shared.delivery_limits import is_down, mark_down
 from shared.dispatch import safely_dispatch
 from shared.queue import MAINTAIN_TASK, RENDER_TASK, WEBHOOK_TASK
-from shared.webhooks import DeliveryFailed, backoff, deliver, send_event
+from shared.webhooks import DeliveryDeferred, DeliveryFailed, backoff, deliver, send_event
 from worker.celery_app import app
 from worker.jobs import run_job
 from worker.maintenance import (
@@ -25,6 +27,9 @@ from worker.maintenance import (
 from worker.runtime import get_runtime
 
 log = logging.getLogger(__name__)
+
+# A deferred delivery (its tenant's share in flight) is tried again after 1-2 of these seconds.
+DEFER_S = 1.0
 
 # One per process: it remembers when this process last swept.
 sweep_temporary_files = TemporarySweeper()
@@ -76,25 +81,43 @@ def maintain() -> None:
 
 
 @app.task(name=WEBHOOK_TASK, bind=True, ignore_result=True)
-def deliver_webhook(self: Task, job_id: str, event_id: str, body: str) -> None:
-    """POST one webhook event; retried with back-off while the target fails."""
+def deliver_webhook(self: Task, job_id: str, event_id: str, body: str, failures: int = 0) -> None:
+    """POST one event to the job's webhook; retried with back-off while the target fails
+    (`failures`: the attempts that failed so far; a deferral is none), deferred a moment while
+    the tenant has its share of deliveries in flight."""
     runtime = get_runtime()
+    settings = runtime.settings
     try:
-        deliver(runtime.sessions, runtime.settings, job_id, event_id, body)
+        deliver(runtime.sessions, settings, job_id, event_id, body)
+    except DeliveryDeferred:
+        # Back in the queue behind other tenants' events; jittered, so the deferred events of
+        # one tenant do not all come back at one moment.
+        countdown = DEFER_S * (1 + random.random())
+        raise self.retry(countdown=countdown, max_retries=None) from None
     except DeliveryFailed as exc:
-        attempts = self.request.retries + 1
-        if attempts >= runtime.settings.webhook_max_attempts:
-            log.error(
-                "job %s: webhook %s given up after %d attempts: %s", job_id, event_id, attempts, exc
-            )
+        failures += 1
+        if failures >= settings.webhook_max_attempts:
+            if mark_down(settings, exc.url):  # its first give-up: the one line an operator reads
+                log.error(
+                    "job %s: webhook %s given up after %d attempts: %s; until a delivery to "
+                    "this target works, its other events' failures are logged at debug level",
+                    job_id,
+                    event_id,
+                    failures,
+                    exc,
+                )
+            else:
+                log.debug("job %s: webhook %s given up (target down): %s", job_id, event_id, exc)
             return
-        delay = backoff(runtime.settings, self.request.retries)
-        log.warning(
+        delay = backoff(settings, failures - 1)
+        level = logging.DEBUG if is_down(settings, exc.url) else logging.WARNING
+        log.log(
+            level,
             "job %s: webhook %s attempt %d failed (%s); again in %gs",
             job_id,
             event_id,
-            attempts,
+            failures,
             exc,
             delay,
         )
-        raise self.retry(countdown=delay, max_retries=None) from None
+        raise self.retry(countdown=delay, max_retries=None, kwargs={"failures": failures}) from None
