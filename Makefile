@@ -32,7 +32,7 @@ docs: install
 
 # PostgreSQL is started when it is installed but stopped (Debian's pg_ctlcluster); without it the
 # PostgreSQL-parametrized tests skip, saying so. Redis is started by the tests when none answers.
-# Debian's chromium, which tests/test_web.py drives, is installed with apt where missing
+# Debian's chromium, which tests/e2e/test_web.py drives, is installed with apt where missing
 # (Playwright never downloads a browser here); without it that test skips, saying so.
 test: install lint
 	@pg_isready -q -h 127.0.0.1 2>/dev/null || ! command -v pg_ctlcluster >/dev/null || \
@@ -40,7 +40,7 @@ test: install lint
 		echo "note: could not start PostgreSQL; its tests will be skipped"
 	@command -v chromium >/dev/null || DEBIAN_FRONTEND=noninteractive apt-get install -y chromium || \
 		(apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y chromium) || \
-		echo "note: could not install chromium; tests/test_web.py will be skipped"
+		echo "note: could not install chromium; tests/e2e/test_web.py will be skipped"
 	$(BIN)/python -m pytest -n $(TEST_WORKERS) $(PYTEST_ARGS)
 
 # The OpenAPI fuzz on new random cases (make test runs one fixed draw), 500 a route by default;
@@ -48,7 +48,7 @@ test: install lint
 fuzz: install
 	@seed=$${FUZZ_SEED:-$$(od -An -N4 -tu4 /dev/urandom | tr -d ' ')}; echo "FUZZ_SEED=$$seed"; \
 		FUZZ_SEED=$$seed FUZZ_EXAMPLES=$${FUZZ_EXAMPLES:-500} \
-		$(BIN)/python -m pytest tests/test_openapi.py -k fuzz $(PYTEST_ARGS)
+		$(BIN)/python -m pytest tests/api/test_openapi.py -k fuzz $(PYTEST_ARGS)
 
 # Mutation testing (cosmic-ray) of the code where a silent bug costs most, each target against
 # its own fast tests (mutation/targets.toml); slow, so not part of `make test`.

@@ -169,7 +169,7 @@ class _Plugin(FlaskPlugin):
     """spectree's Flask plugin, with responses left as the route made them. Stock, it reads the
     whole body of a Response to validate it, which would hold an event stream open until the
     job ends; and a response that did not match its model would become a 500. The document is
-    checked against real answers by the fuzz test (tests/test_openapi.py) instead."""
+    checked against real answers by the fuzz test (tests/api/test_openapi.py) instead."""
 
     def validate_response(
         self, resp: Any, resp_model: Any, skip_validation: bool, force_resp_serialize: bool
@@ -186,7 +186,7 @@ spec = SpecTree(
     "`Authorization: Bearer <key>`; every error is application/problem+json.",
     version="1",
     path=DOCS_PREFIX,
-    # Only routes declared with spec.validate; tests/test_openapi.py fails on an undeclared one.
+    # Only routes declared with spec.validate; tests/api/test_openapi.py fails on an undeclared one.
     mode="strict",
     page_templates={"redoc": REDOC_PAGE},
     security_schemes=[

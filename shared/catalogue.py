@@ -1,7 +1,7 @@
 """The backbones Oneiro can dream with, and their layers: a static list the API checks against.
 
 Kept free of TensorFlow so the API can validate a job without importing it; a test checks every
-entry against Keras (tests/test_catalogue.py).
+entry against Keras (tests/engine/test_catalogue.py).
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ class Backbone:
     size_step: int
     size_residues: tuple[int, ...]
     # What a worker's memory needs for it (shared/cost.py peak_memory_bytes): its weights
-    # (Keras count_params without the top, checked by tests/test_catalogue.py), and the bytes
+    # (Keras count_params without the top, checked by tests/engine/test_catalogue.py), and the bytes
     # the gradient through it keeps per input pixel of a tile (activations and their
     # gradients). InceptionV3's is measured (XLA's memory analysis, worker/engine/device.py);
     # the others are scaled from it by the activations per input pixel their first blocks keep

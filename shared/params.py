@@ -126,7 +126,7 @@ class RenderParams(BaseModel):
     ] = None
     # 20, not the 100 of before nor the seed's 50: at 100 a first dream of a photo was an even
     # grid of eyes where the photo had been; 20 over five octaves dreams plainly and keeps the
-    # photo (docs/guide/defaults.md shows the three; tests/test_defaults.py measures it).
+    # photo (docs/guide/defaults.md shows the three; tests/engine/test_defaults.py measures it).
     steps: Annotated[int, Field(ge=1, le=1000, description="Gradient steps per octave.")] = 20
     step_size: Annotated[float, Field(gt=0, le=1, description="Gradient-ascent step.")] = 0.01
     octaves: Annotated[

@@ -11,7 +11,7 @@ import pytest
 from tests.utils import ROOT
 
 # One PostgreSQL-parametrized test, run in a pytest of its own.
-ONE_TEST = "tests/test_idempotency.py::test_keys_expire_after_a_day[postgresql]"
+ONE_TEST = "tests/api/test_idempotency.py::test_keys_expire_after_a_day[postgresql]"
 
 
 def run_one_postgres_test(ci: str | None, port: int) -> subprocess.CompletedProcess[str]:

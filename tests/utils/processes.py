@@ -187,7 +187,7 @@ def serving_api(settings: Settings, log: Path, *options: str, **extra: str) -> I
     try:
         url = f"http://127.0.0.1:{listening_port(log, api)}"
         # Its workers import the app after they fork: half a minute and more on a loaded
-        # machine (30 s here failed tests/test_streams.py on a shared 2-core one).
+        # machine (30 s here failed tests/api/test_streams.py on a shared 2-core one).
         wait_for(lambda: http_answers(f"{url}/healthz"), API_START_TIMEOUT_S, "the API")
         yield url
     finally:

@@ -95,5 +95,5 @@ def deterministic(device: Device, wanted: bool) -> bool:
     only. A GPU's atomic reductions and cuDNN's fastest convolution algorithms add in whatever
     order they run, so two renders of one recipe could differ in the last bits, and the dream
     amplifies those; deterministic kernels cost some speed there. A CPU already renders the
-    identical image (tests/test_recipes_e2e.py), and stays as it was."""
+    identical image (tests/e2e/test_recipes_e2e.py), and stays as it was."""
     return wanted and device.kind == "gpu"

@@ -17,13 +17,12 @@ from shared.controls import decode_mask
 from shared.images import ImageRejected, decode_rgb, fit_within
 from shared.params import RenderParams
 from tests.utils import CHELSEA, oneiro_render
+from tests.utils.paths import OFFLINE_WEIGHTS
 from worker.engine import DreamModel, DreamState, load_dream_model, render
 from worker.engine.controls import Controls, guide_features, mask_weights
 
 _MODELS: dict[Any, DreamModel] = {}
-SHARED_WEIGHTS = (
-    Path(__file__).resolve().parents[2] / "shared/models/inception_v3_notop_nsfwjs.weights.h5"
-)
+SHARED_WEIGHTS = OFFLINE_WEIGHTS
 
 
 # With random weights a deep layer's features are alike everywhere (InceptionV3's mixed3 rows

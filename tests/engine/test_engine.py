@@ -25,6 +25,7 @@ from shared.cost import octave_sizes
 from shared.images import decode_rgb, fit_within
 from shared.params import RenderParams
 from tests.utils import CHELSEA, ROOT, image_bytes
+from tests.utils.paths import OFFLINE_WEIGHTS
 from worker.engine import (
     BACKEND,
     Canceled,
@@ -41,9 +42,7 @@ from worker.engine.device import loss_scale, should_compile
 from worker.engine.model import Gradient, backend_module, dream_loss
 from worker.engine.tiling import TilePlan, split, tiled_gradient
 
-SHARED_WEIGHTS = (
-    Path(__file__).resolve().parents[2] / "shared/models/inception_v3_notop_nsfwjs.weights.h5"
-)
+SHARED_WEIGHTS = OFFLINE_WEIGHTS
 _MODELS: dict[Any, DreamModel] = {}
 
 

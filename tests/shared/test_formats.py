@@ -25,7 +25,7 @@ from shared.presets import PRESETS
 from shared.settings import Settings
 from shared.storage import Storage
 from shared.tenants import create_key
-from tests.utils import CHELSEA, image_bytes, make_job, tenant_named
+from tests.utils import CHELSEA, ROOT, image_bytes, make_job, tenant_named
 from worker.jobs import run_job
 from worker.runtime import Runtime
 
@@ -431,8 +431,6 @@ def test_chelsea_is_the_photo_of_the_thumbnails() -> None:
     # The thumbnails are chelsea.png in each look (docs/guide/presets.md): same aspect ratio.
     with (
         Image.open(CHELSEA) as photo,
-        Image.open(
-            Path(__file__).parents[1] / "api" / "static" / "presets" / "classic.jpg"
-        ) as thumb,
+        Image.open(ROOT / "api" / "static" / "presets" / "classic.jpg") as thumb,
     ):
         assert abs(photo.width / photo.height - thumb.width / thumb.height) < 0.02
