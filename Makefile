@@ -7,7 +7,9 @@ BIN := $(VENV)/bin
 
 # pytest-xdist processes for `make test`: one per core (`auto`). Every test already has its own
 # database, queue names, ports and files, so they share nothing but the servers; on 2 cores this
-# took the suite from about 25 to 14 minutes. TEST_WORKERS=0 runs it in one process.
+# took the suite from about 25 to 14 minutes. A process that runs out of tests takes some of
+# another's (worksteal), and the slowest start first (tests/conftest.py). TEST_WORKERS=0 runs
+# it in one process.
 TEST_WORKERS ?= auto
 
 install: $(VENV)/.installed
@@ -41,7 +43,7 @@ test: install lint
 	@command -v chromium >/dev/null || DEBIAN_FRONTEND=noninteractive apt-get install -y chromium || \
 		(apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y chromium) || \
 		echo "note: could not install chromium; tests/e2e/test_web.py will be skipped"
-	$(BIN)/python -m pytest -n $(TEST_WORKERS) $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist worksteal $(PYTEST_ARGS)
 
 # The OpenAPI fuzz on new random cases (make test runs one fixed draw), 500 a route by default;
 # it prints its seed: `make fuzz FUZZ_SEED=n` replays that draw, FUZZ_EXAMPLES sets the count.

@@ -34,6 +34,21 @@ from tests.utils import (
 )
 from worker.runtime import Runtime
 
+# Started first: the tests that take a minute or so, and the ones that start real processes. With
+# one pytest process per core (make test), a long test started last keeps one process busy
+# while the others have nothing left to do; started first, the short ones fill in around it.
+FIRST = ("slow", "chaos", "e2e")
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """The slow tests first, then the chaos and e2e ones, the rest in their order (stable)."""
+
+    def rank(item: pytest.Item) -> int:
+        marked = [n for n, name in enumerate(FIRST) if item.get_closest_marker(name)]
+        return min(marked, default=len(FIRST))
+
+    items.sort(key=rank)
+
 
 @pytest.fixture(scope="session")
 def dead_port() -> Iterator[int]:

@@ -125,6 +125,7 @@ def _start_and_interrupt(settings: Settings, port: int, log: Path) -> list[int]:
     return children
 
 
+@pytest.mark.slow
 def test_ctrl_c_stops_every_child_and_frees_the_port_five_times(
     launcher_settings: Settings, tmp_path: Path
 ) -> None:

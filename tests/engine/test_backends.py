@@ -34,6 +34,7 @@ def pixels(path: Path) -> np.ndarray:
         return np.asarray(image.convert("RGB")).astype(int)
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(2400)
 def test_both_backends_dream_the_same_and_each_repeats_itself_bit_for_bit(tmp_path: Path) -> None:
     images = {}

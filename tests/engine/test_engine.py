@@ -491,6 +491,7 @@ def test_a_device_out_of_memory_is_a_clear_engine_error() -> None:
     assert not module.is_out_of_memory(ValueError("RESOURCE_EXHAUSTED"))
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(BACKEND != "tensorflow", reason="the JAX pass is started from the default one")
 @pytest.mark.timeout(1800)
 def test_the_engine_logic_holds_on_jax_too() -> None:

@@ -13,6 +13,7 @@ import pytest
 from tests.utils import ROOT
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(1800)
 def test_the_gpu_benchmark_runs_and_reports(tmp_path: Path) -> None:
     result = subprocess.run(
