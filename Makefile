@@ -23,9 +23,11 @@ $(VENV)/.installed: pyproject.toml
 run: install
 	$(BIN)/python -m dev.launcher
 
+# ruff, then mypy over every package (shared/ and the engine under strict's rules; pyproject.toml).
 lint: install
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+	$(BIN)/mypy
 
 # The manual (docs/, mkdocs.yml) into site/; --strict: a broken link, a page left out of the nav or a
 # setting without a description fails. `make test` builds it too (tests/test_docs.py).

@@ -37,6 +37,7 @@ def create_app(settings: Settings | None = None) -> Flask:
     configure_logging(settings)
     app = Flask(__name__)
     app.config["MAX_CONTENT_LENGTH"] = settings.max_upload_bytes + MULTIPART_OVERHEAD
+    # The default provider's setting; JSONProvider, the type Flask declares, has none.
     app.json.sort_keys = False  # type: ignore[attr-defined]
     engine = create_db_engine(settings.database_url, pre_ping=False)
     app.extensions["oneiro"] = Services(

@@ -94,7 +94,7 @@ def _tenant_or_none() -> Caller | None:
         key = bearer_key()
         keys: KeyCache = current_app.extensions["oneiro-keys"]
         g.tenant = keys.caller(key) if key else None
-    return g.tenant  # type: ignore[no-any-return]
+    return g.tenant
 
 
 def _rate_key() -> str:

@@ -29,14 +29,16 @@ class Services:
 
 def services() -> Services:
     """This app's settings, database, storage and queue."""
-    return current_app.extensions["oneiro"]  # type: ignore[no-any-return]
+    services: Services = current_app.extensions["oneiro"]
+    return services
 
 
 def get_db() -> Session:
     """This request's session, closed when the request ends."""
     if "db" not in g:
         g.db = services().sessions()
-    return g.db  # type: ignore[no-any-return]
+    session: Session = g.db
+    return session
 
 
 def close_db(_exc: BaseException | None = None) -> None:

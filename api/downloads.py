@@ -8,6 +8,7 @@ from typing import Any
 
 from flask import Response, redirect, request
 from werkzeug.exceptions import RequestedRangeNotSatisfiable
+from werkzeug.wrappers import Response as BaseResponse
 
 from api.db import services
 from api.problems import Problem
@@ -39,7 +40,7 @@ CACHE_CONTROL = "private, no-cache"
 
 def send_stored(
     key: str, stored: StoredObject, mimetype: str, disposition: str | None = None
-) -> Response:
+) -> BaseResponse:
     """A stored object sent a chunk at a time (a large result or a stalled download holds one
     chunk in memory, not the whole file), with its ETag, answering If-None-Match (304) and a
     Range (206; 416 when unsatisfiable) by werkzeug's conditional handling. With
@@ -91,7 +92,7 @@ def _ranges_we_answer(size: int) -> dict[str, Any]:
     return environ
 
 
-def redirect_to(url: str, headers: dict[str, str]) -> Response:
+def redirect_to(url: str, headers: dict[str, str]) -> BaseResponse:
     """A 307 to `url`: the client GETs the object there."""
     response = redirect(url, 307)
     response.headers.update(headers)

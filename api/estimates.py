@@ -97,4 +97,4 @@ def _wait(throughput: Throughput) -> dict[str, Any]:
     if cache.get("until", 0.0) < now or cache.get("throughput") != throughput:
         wait = wait_estimate(get_db(), services().settings, throughput)
         cache.update(until=now + WAIT_TTL_S, throughput=throughput, value=wait)
-    return cache["value"]  # type: ignore[no-any-return]
+    return cache["value"]

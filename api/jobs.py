@@ -15,6 +15,7 @@ import redis
 from flask import Blueprint, Response, request
 from sqlalchemy import select, tuple_
 from sqlalchemy.orm import Session
+from werkzeug.wrappers import Response as BaseResponse
 
 from api.auth import require_key, tenant_id
 from api.db import get_db, services
@@ -197,7 +198,7 @@ def job_events(job_id: uuid.UUID) -> Response:
     ),
     security=BEARER,
 )
-def get_result(job_id: uuid.UUID) -> Response:
+def get_result(job_id: uuid.UUID) -> BaseResponse:
     """The rendered image, once the job has succeeded: PNG unless params.output_format asked
     for another format; an animation or video job's MP4 (H.264), or the animated GIF or WebP
     an animation asked for."""
@@ -228,7 +229,7 @@ def get_result(job_id: uuid.UUID) -> Response:
     ),
     security=BEARER,
 )
-def get_preview(job_id: uuid.UUID) -> Response:
+def get_preview(job_id: uuid.UUID) -> BaseResponse:
     """A small JPEG of the render in progress (rewritten every few seconds by the worker), or of
     the result once the job has succeeded."""
     job = _find(job_id)

@@ -26,7 +26,7 @@ from prometheus_client.core import (
 )
 from prometheus_client.registry import Collector
 from prometheus_client.utils import floatToGoString
-from sqlalchemy import ColumnElement, case, distinct, extract, func, select
+from sqlalchemy import ColumnElement, Float, case, distinct, extract, func, select, type_coerce
 from sqlalchemy.orm import Session
 
 from api.problems import Problem
@@ -325,6 +325,8 @@ def worker_throughput(session: Session, now: datetime | None = None) -> dict[str
     ).all()
     jobs: dict[str, list[tuple[float, float]]] = {}
     for worker, job_work, started, finished in rows:
+        if worker is None or started is None or finished is None:
+            continue  # the query leaves none such out; the columns may hold them
         seconds = (finished - started).total_seconds()
         if seconds > 0:  # the stored work: every frame counted
             jobs.setdefault(worker, []).append((job_work, seconds))
@@ -353,7 +355,7 @@ def _seconds(session: Session, start: Any, end: Any) -> ColumnElement[float]:
     if session.get_bind().dialect.name == "sqlite":
         # SQLite keeps timestamps as text; julianday reads it as (fractional) days.
         return (func.julianday(end) - func.julianday(start)) * 86400.0
-    return extract("epoch", end - start)
+    return type_coerce(extract("epoch", end - start), Float)
 
 
 def _histogram(
@@ -368,7 +370,7 @@ def _histogram(
     One aggregate query: no job row leaves the database, however many there are.
     """
     bounds = list(bounds)
-    columns = [
+    columns: list[ColumnElement[Any]] = [
         func.count(),
         func.coalesce(func.sum(seconds), 0.0),
         *(func.coalesce(func.sum(case((seconds <= bound, 1), else_=0)), 0) for bound in bounds),

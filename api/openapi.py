@@ -12,13 +12,14 @@ import flask
 from flask import Flask, redirect
 from pydantic import BaseModel, ValidationError
 from spectree import Response, SecurityScheme, SecuritySchemeData, SpecTree
+from spectree.models import SecureType
 from spectree.plugins.flask_plugin import FlaskPlugin
 
 from api import schemas
 from api.problems import PROBLEM_JSON, invalid
 from api.schemas import ProblemOut
 
-BEARER = {"bearerAuth": []}
+BEARER: dict[str, list[str]] = {"bearerAuth": []}
 DOCS_PREFIX = "v1/docs"
 SPEC_URL = "/v1/openapi.json"
 
@@ -192,7 +193,9 @@ spec = SpecTree(
     security_schemes=[
         SecurityScheme(
             name="bearerAuth",
-            data=SecuritySchemeData(type="http", scheme="bearer", description="An Oneiro API key."),
+            data=SecuritySchemeData(
+                type=SecureType.HTTP, scheme="bearer", description="An Oneiro API key."
+            ),
         )
     ],
     naming_strategy=component_name,

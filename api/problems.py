@@ -63,6 +63,7 @@ def register(app: Flask) -> None:
     @app.errorhandler(HTTPException)
     def _http(exc: HTTPException) -> Response:
         if exc.response is not None:  # already answered (the rate limiter's problem+json)
+            # werkzeug's base Response, which Flask's subclasses; what the handler hands back.
             return exc.response  # type: ignore[return-value]
         status = exc.code or 500
         detail = exc.description or exc.name

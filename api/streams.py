@@ -30,7 +30,7 @@ def change_feed() -> ChangeFeed:
         feed = current_app.extensions.setdefault(
             "oneiro-changes", ChangeFeed(services().settings.redis_url)
         )
-    return feed  # type: ignore[no-any-return]
+    return feed
 
 
 def end_streams(app: Flask) -> None:

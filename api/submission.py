@@ -208,7 +208,7 @@ def _named_upload(part: str) -> Upload:
     return upload
 
 
-def _inspect_video(data: bytes, settings: Settings) -> VideoInfo:
+def _inspect_video(data: bytes | IO[bytes], settings: Settings) -> VideoInfo:
     """413 naming the limit a frame size, frame count or duration breaks (from the header,
     before a frame is decoded); 422 for a file that is no video we can decode."""
     # Imported when a video arrives: FFmpeg's libraries need not load at every API start.

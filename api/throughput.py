@@ -25,4 +25,4 @@ def measured_throughput() -> Throughput:
         rates = worker_throughput(get_db())
         mean = sum(rates.values()) / len(rates) if rates else None
         cache.update(until=now + THROUGHPUT_TTL_S, value=Throughput(mean, len(rates)))
-    return cache["value"]  # type: ignore[no-any-return]
+    return cache["value"]

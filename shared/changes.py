@@ -114,7 +114,8 @@ class ChangeFeed:
                 self.redis_url, socket_connect_timeout=5, socket_keepalive=True
             )
             try:
-                with client.pubsub(ignore_subscribe_messages=True) as pubsub:
+                # redis-py's pubsub() has no annotations.
+                with client.pubsub(ignore_subscribe_messages=True) as pubsub:  # type: ignore[no-untyped-call]
                     pubsub.subscribe(CHANNEL)
                     # Changes made while no subscription was open were not heard.
                     self.subscribed.set()

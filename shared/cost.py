@@ -107,14 +107,12 @@ def largest_window(width: int, height: int, params: RenderParams) -> tuple[int, 
     axis cut into as few parts as keep a part within tile_size, the window the smallest side the
     backbone fully covers that holds a part (worker/engine/tiling.py TilePlan)."""
     backbone = BACKBONES[params.model]
-    windows = [
-        tuple(
-            backbone.window(math.ceil(length / math.ceil(length / params.tile_size)))
-            for length in (h, w)
-        )
-        for w, h in octave_sizes(width, height, params)
-    ]
-    return max(windows, key=lambda window: window[0] * window[1])  # type: ignore[return-value]
+
+    def side(length: int) -> int:
+        return backbone.window(math.ceil(length / math.ceil(length / params.tile_size)))
+
+    windows = [(side(h), side(w)) for w, h in octave_sizes(width, height, params)]
+    return max(windows, key=lambda window: window[0] * window[1])
 
 
 def peak_memory_bytes(

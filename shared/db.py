@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Engine, create_engine, event
+from sqlalchemy import CursorResult, Engine, Result, create_engine, event
 from sqlalchemy.engine import make_url
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -44,3 +44,10 @@ def _configure_sqlite(dbapi_connection: Any, _record: Any) -> None:
 def create_session_factory(engine: Engine) -> sessionmaker[Session]:
     """The sessionmaker for `engine`; callers own each session's lifetime."""
     return sessionmaker(bind=engine, expire_on_commit=False)
+
+
+def changed_rows(result: Result[Any]) -> int:
+    """How many rows an UPDATE or DELETE changed: its cursor's count. Session.execute is typed
+    as returning the base Result, which has none; a DML statement's result is a CursorResult."""
+    assert isinstance(result, CursorResult)
+    return result.rowcount

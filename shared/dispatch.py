@@ -33,7 +33,7 @@ import time
 import uuid
 from collections import Counter
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 import redis
 from celery import Celery
@@ -110,7 +110,8 @@ def slots_by_queue(settings: Settings, client: redis.Redis | None = None) -> Cou
         with _redis(settings) as own:
             return slots_by_queue(settings, own)
     now, default = time.time(), render_queues(settings)[0]
-    entries = client.hgetall(slots_key(settings))
+    # A sync client: a dict of bytes (redis-py types its answers sync-or-async, its keys str).
+    entries = cast("dict[Any, bytes]", client.hgetall(slots_key(settings)))
     found: Counter[str] = Counter()
     lapsed = []
     for name, raw in entries.items():
@@ -146,7 +147,7 @@ def in_flight(session: Session) -> int:
     return running + (sent or 0)
 
 
-def fair_order(per_tenant: int | None = None, lateral: bool = True) -> Select[tuple[uuid.UUID]]:
+def fair_order(per_tenant: int | None = None, lateral: bool = True) -> Select[uuid.UUID]:
     """The backlog's job ids in dispatch order (see the module's docstring); with
     `per_tenant`, only the first that many of each tenant's are looked at, which is all the
     first `per_tenant` of the order can hold (`lateral`: whether the database has LATERAL)."""
@@ -364,8 +365,11 @@ def expire_overdue(session: Session, celery: Celery, settings: Settings) -> list
     overdue = session.execute(
         select(Job.id, Job.start_by).where(Job.status == JobStatus.QUEUED, Job.start_by < now)
     ).all()
+    # start_by is set on every row the query found (NULL < now is not true).
     expired = [
-        job_id for job_id, start_by in overdue if transitions.expire(session, job_id, start_by)
+        job_id
+        for job_id, start_by in overdue
+        if start_by is not None and transitions.expire(session, job_id, start_by)
     ]
     session.commit()
     for job_id in expired:

@@ -10,7 +10,7 @@ image coding, so a farm of small jobs looks slower than its GPUs are.
 from __future__ import annotations
 
 import math
-from collections import Counter
+from collections import Counter, defaultdict
 from dataclasses import dataclass
 from typing import Any
 
@@ -39,7 +39,7 @@ def backlogs(session: Session, settings: Settings) -> dict[str, Backlog]:
     """The backlog of each render queue (worker class), every queue present: each job's
     stored work (every frame counted), a running job's by what its progress has left."""
     classes = worker_classes(settings)
-    work: Counter[str] = Counter()
+    work: defaultdict[str, float] = defaultdict(float)
     queued: Counter[str] = Counter()
     running: Counter[str] = Counter()
     if len(classes) == 1:

@@ -13,7 +13,7 @@ from typing import IO
 from xml.etree import ElementTree
 
 import numpy as np
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import Image, ImageOps, PngImagePlugin, TiffImagePlugin, UnidentifiedImageError
 from PIL.PngImagePlugin import PngInfo
 
 from shared.cost import render_size
@@ -85,9 +85,9 @@ def check_layout(image: Image.Image) -> None:
     """Refuse (ImageRejected) a TIFF whose tiles outgrow its image, read from its tags before
     anything is decoded. Strips need no bound: libtiff and tifffile read no more of a strip than
     the image's rows, and only the first page of a multi-page file is ever read."""
-    if image.format != "TIFF":
+    if not isinstance(image, TiffImagePlugin.TiffImageFile):
         return
-    tags = image.tag_v2  # type: ignore[attr-defined]
+    tags = image.tag_v2
     tile = tags.get(322), tags.get(323)  # TileWidth, TileLength
     if tile[0] is None and tile[1] is None:
         return
@@ -149,7 +149,7 @@ def _sixteen_bit(image: Image.Image, data: bytes) -> bool:
     """Whether the file holds 16-bit colour, which Pillow would read as 8-bit."""
     if image.format == "PNG":
         return data[24] == 16 and image.mode not in ("I", "I;16", "I;16B", "I;16L")  # IHDR
-    if image.format == "TIFF":
+    if isinstance(image, TiffImagePlugin.TiffImageFile):
         bits = image.tag_v2.get(258, (8,))
         bits = bits if isinstance(bits, tuple) else (bits,)
         return max(bits) == 16 and image.tag_v2.get(262) in (1, 2)  # grey or RGB
@@ -223,7 +223,8 @@ def fit_within(image: np.ndarray, max_dim: int | None) -> np.ndarray:
         )
         for c in range(image.shape[2])
     ]
-    return np.clip(np.rint(np.stack(planes, axis=-1)), 0, 65535).astype(np.uint16)
+    resized: np.ndarray = np.clip(np.rint(np.stack(planes, axis=-1)), 0, 65535).astype(np.uint16)
+    return resized
 
 
 def encode_jpeg(image: np.ndarray, quality: int = 80) -> bytes:
@@ -351,7 +352,7 @@ def frame_durations(count: int, fps: float, fmt: OutputFormat) -> list[int]:
     return [start(n + 1) - start(n) for n in range(count)]
 
 
-def _with_chunks(png: bytes, chunks: list[tuple[bytes, bytes]]) -> bytes:
+def _with_chunks(png: bytes | bytearray, chunks: list[tuple[bytes, bytes]]) -> bytes:
     """`png` with `chunks` (type, data) inserted after its header chunk (PNG spec 5.3, 5.6:
     iCCP and iTXt may stand before the image data). imagecodecs writes pixels only."""
     header_end = 8 + 8 + 13 + 4  # signature, then IHDR: length and type, 13 bytes, CRC
@@ -359,18 +360,18 @@ def _with_chunks(png: bytes, chunks: list[tuple[bytes, bytes]]) -> bytes:
         struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
         for kind, data in chunks
     )
-    return png[:header_end] + made + png[header_end:]
+    return bytes(png[:header_end]) + made + bytes(png[header_end:])
 
 
 def read_recipe_text(data: bytes) -> str | None:
     """The recipe text an Oneiro output carries in its metadata; None when it has none."""
     try:
         with Image.open(io.BytesIO(data)) as image:
-            if image.format == "PNG":
+            if isinstance(image, PngImagePlugin.PngImageFile):
                 image.load()  # text chunks after the image data are read with it
                 text = image.text.get(RECIPE_KEYWORD)
                 return str(text) if text is not None else None
-            if image.format == "TIFF":
+            if isinstance(image, TiffImagePlugin.TiffImageFile):
                 text = image.tag_v2.get(270)
                 return str(text) if text else None
             if image.format == "GIF":

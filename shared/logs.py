@@ -81,7 +81,7 @@ def configure_logging(settings: Settings, stream: TextIO | None = None) -> None:
                 "worker=%(worker)s] %(message)s"
             )
         )
-    handler._oneiro = True  # type: ignore[attr-defined]
+    handler._oneiro = True  # type: ignore[attr-defined]  # our mark on a stdlib handler
     root = logging.getLogger()
     for old in [h for h in root.handlers if getattr(h, "_oneiro", False)]:
         root.removeHandler(old)

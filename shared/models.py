@@ -72,7 +72,7 @@ def _stored_work(context: DefaultExecutionContext) -> float:
     every insert, so no writer of a job row can leave it out or count it otherwise."""
     from shared.cost import megapixel_steps  # cost imports params; models stays at the root
 
-    row = context.get_current_parameters()
+    row = context.get_current_parameters()  # type: ignore[no-untyped-call]  # SQLAlchemy's own
     return megapixel_steps(
         row["input_width"], row["input_height"], row["params"], row.get("frames")
     )

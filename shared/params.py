@@ -107,6 +107,8 @@ class RenderParams(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
+    # `Literal[tuple(NAMES)]` (valid-type ignored below): the allowed names are read from one
+    # catalogue at import, so they are written once; mypy reads no Literal made at runtime.
     model: Annotated[
         Literal[tuple(BACKBONES)],  # type: ignore[valid-type]
         Field(description="Backbone network."),
@@ -119,7 +121,7 @@ class RenderParams(BaseModel):
             "backbone's default layers, equally weighted.",
             json_schema_extra=_layers_schema,
         ),
-    ] = None  # type: ignore[assignment]
+    ] = None  # type: ignore[assignment]  # None: the validator fills in the backbone's layers
     channels: Annotated[
         dict[str, list[int]] | None,
         Field(description="Per layer, channel indices to maximize instead of the whole layer."),

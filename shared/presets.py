@@ -117,7 +117,8 @@ PRESETS: dict[str, Preset] = {
 def with_preset(raw: dict[str, Any]) -> dict[str, Any]:
     """Params as sent, over the values of the preset they name (if they name a known one: an
     unknown name is left for the params' own validation to refuse)."""
-    preset = PRESETS.get(raw.get("preset")) if isinstance(raw.get("preset"), str) else None
+    name = raw.get("preset")
+    preset = PRESETS.get(name) if isinstance(name, str) else None
     return raw if preset is None else {**preset.params, **raw}
 
 

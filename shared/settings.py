@@ -467,6 +467,7 @@ _ENV_NAMES = {"database_url": "DATABASE_URL", "redis_url": "REDIS_URL"}
 def load_settings(**overrides: object) -> Settings:
     """Build settings from the environment (and overrides), naming the variable on error."""
     try:
+        # Overrides are checked by Settings itself, which names the variable on error.
         return Settings(**overrides)  # type: ignore[arg-type]
     except ValidationError as exc:
         problems = []

@@ -225,4 +225,4 @@ def _running_work_left(session: Session) -> float:
     """The megapixel-steps the running renders have still to do: each one's stored work
     (every frame counted) by what its progress has left."""
     rows = session.execute(select(Job.work, Job.progress).where(Job.status == JobStatus.RUNNING))
-    return sum(work * (1.0 - done_fraction(progress)) for work, progress in rows)
+    return float(sum(work * (1.0 - done_fraction(progress)) for work, progress in rows))

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
+from shared.db import changed_rows
 from shared.models import ApiKey, Tenant, utcnow
 
 KEY_PREFIX = "oneiro_"
@@ -64,12 +65,14 @@ def revoke_key(session: Session, key_or_prefix: str) -> int:
         if len(key_or_prefix) > SHOWN_PREFIX_LENGTH
         else ApiKey.prefix == key_or_prefix
     )
-    revoked = session.execute(
-        update(ApiKey)
-        .where(match, ApiKey.revoked_at.is_(None))
-        .values(revoked_at=utcnow())
-        .execution_options(synchronize_session=False)
-    ).rowcount
+    revoked = changed_rows(
+        session.execute(
+            update(ApiKey)
+            .where(match, ApiKey.revoked_at.is_(None))
+            .values(revoked_at=utcnow())
+            .execution_options(synchronize_session=False)
+        )
+    )
     session.commit()
     return revoked
 
@@ -87,9 +90,9 @@ def set_weight(session: Session, tenant_name: str, weight: float) -> None:
     """Set the tenant's share of the farm (shared/dispatch.py weighs its running jobs by it)."""
     if not 0 < weight <= 1000:
         raise TenantError("a weight is a number above 0, at most 1000")
-    changed = session.execute(
-        update(Tenant).where(Tenant.name == tenant_name).values(weight=weight)
-    ).rowcount
+    changed = changed_rows(
+        session.execute(update(Tenant).where(Tenant.name == tenant_name).values(weight=weight))
+    )
     if not changed:
         raise TenantError(f"there is no tenant {tenant_name!r}")
     session.commit()

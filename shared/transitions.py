@@ -19,6 +19,7 @@ from celery import Celery
 from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
 
+from shared.db import changed_rows
 from shared.models import IdempotencyKey, Job, JobStatus, Upload, shown_progress, utcnow
 from shared.params import PRIORITIES
 from shared.queue import enqueue_render
@@ -76,17 +77,19 @@ def take_upload(session: Session, upload_id: uuid.UUID, job_id: uuid.UUID) -> bo
     in the caller's transaction; False when it is not such an upload any more (another job
     took it, or it expired: maintenance deletes only what no job took)."""
     return bool(
-        session.execute(
-            update(Upload)
-            .where(
-                Upload.id == upload_id,
-                Upload.job_id.is_(None),
-                Upload.completed_at.is_not(None),
-                Upload.expires_at > utcnow(),
+        changed_rows(
+            session.execute(
+                update(Upload)
+                .where(
+                    Upload.id == upload_id,
+                    Upload.job_id.is_(None),
+                    Upload.completed_at.is_not(None),
+                    Upload.expires_at > utcnow(),
+                )
+                .values(job_id=job_id)
+                .execution_options(synchronize_session=False)
             )
-            .values(job_id=job_id)
-            .execution_options(synchronize_session=False)
-        ).rowcount
+        )
     )
 
 
@@ -125,7 +128,7 @@ def _change(
         .values(**values)
         .execution_options(synchronize_session=False)
     )
-    return changed.rowcount == 1
+    return changed_rows(changed) == 1
 
 
 def mark_dispatched(session: Session, job_id: uuid.UUID, now: datetime) -> bool:
@@ -136,7 +139,7 @@ def mark_dispatched(session: Session, job_id: uuid.UUID, now: datetime) -> bool:
         .values(enqueued_at=now)
         .execution_options(synchronize_session=False)
     )
-    return changed.rowcount == 1
+    return changed_rows(changed) == 1
 
 
 def unmark_dispatched(session: Session, job_ids: list[uuid.UUID]) -> None:
@@ -193,7 +196,7 @@ def claim_job(session: Session, job_id: uuid.UUID, worker: str) -> int | None:
         )
         .execution_options(synchronize_session=False)
     )
-    if claimed.rowcount != 1:
+    if changed_rows(claimed) != 1:
         return None
     return session.get_one(Job, job_id, populate_existing=True).attempt
 
@@ -207,7 +210,7 @@ def update_running(session: Session, job_id: uuid.UUID, attempt: int, **values: 
         .values(**values)
         .execution_options(synchronize_session=False)
     )
-    if changed.rowcount != 1:
+    if changed_rows(changed) != 1:
         raise LostJob(f"job {job_id} attempt {attempt} is no longer running here")
 
 

@@ -219,7 +219,8 @@ class _S3Reader(io.RawIOBase):
 
     def __init__(self, storage: S3Storage, key: str, size: int) -> None:
         self.storage, self.key, self.size = storage, key, size
-        self.position, self.body = 0, None
+        self.position = 0
+        self.body: Any = None  # boto3's streaming body, opened at the first read
 
     def readable(self) -> bool:
         return True

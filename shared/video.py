@@ -19,7 +19,7 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
-from typing import IO
+from typing import IO, Any
 
 import av
 import numpy as np
@@ -113,17 +113,19 @@ def inspect_video(
         return VideoInfo(extension, width, height, frames, Fraction(rate), audio is not None)
 
 
-def _header_frames(container: av.container.InputContainer, stream: object, rate: Fraction) -> int:
+def _header_frames(
+    container: av.container.InputContainer, stream: av.VideoStream, rate: Fraction
+) -> int:
     """The frame count the header promises: the stream's, else its duration times its rate."""
-    if stream.frames:  # type: ignore[attr-defined]
-        return int(stream.frames)  # type: ignore[attr-defined]
-    if stream.duration and stream.time_base:  # type: ignore[attr-defined]
-        seconds = stream.duration * stream.time_base  # type: ignore[attr-defined]
+    if stream.frames:
+        return int(stream.frames)
+    if stream.duration and stream.time_base:
+        seconds = stream.duration * stream.time_base
     elif container.duration:
         seconds = Fraction(container.duration, av.time_base)
     else:
         return 0
-    return round(seconds * rate)
+    return int(round(seconds * rate))
 
 
 def _check_length(frames: int, rate: Fraction, max_frames: int, max_seconds: float) -> None:
@@ -144,7 +146,7 @@ def _check_length(frames: int, rate: Fraction, max_frames: int, max_seconds: flo
         )
 
 
-def _audio_probe(container: av.container.InputContainer) -> object | None:
+def _audio_probe(container: av.container.InputContainer) -> av.AudioStream | None:
     """The audio track the result will carry (its first), checked to be one the MP4 can copy
     or FFmpeg can decode (to encode as AAC); None when there is none."""
     if not container.streams.audio:
@@ -168,15 +170,18 @@ def _decodes(name: str) -> bool:
 
 
 def _count_frames(
-    container: av.container.InputContainer, stream: object, audio: object | None, max_frames: int
+    container: av.container.InputContainer,
+    stream: av.VideoStream,
+    audio: av.AudioStream | None,
+    max_frames: int,
 ) -> tuple[int, int]:
     """(packets of the video stream, the rotation of its first frame): demuxing reads the whole
     file (the audio track's packets too) without decoding it, so a truncated file shows, and
     costs little. One video frame is decoded, and the audio's first packets when they are to
     be encoded again; VideoRejected when one cannot be."""
     count, turn, sound = 0, None, False
-    copied = audio is None or audio.codec_context.name in MP4_AUDIO  # type: ignore[attr-defined]
-    streams = [stream] if audio is None else [stream, audio]
+    copied = audio is None or audio.codec_context.name in MP4_AUDIO
+    streams: list[av.VideoStream | av.AudioStream] = [stream] if audio is None else [stream, audio]
     try:
         for packet in checked_packets(container, stream, streams):
             if packet.stream is audio:
@@ -190,7 +195,7 @@ def _count_frames(
                 turn = next((frame.rotation for frame in packet.decode()), None)
         if turn is None and count:
             turn = next(
-                (f.rotation for f in stream.codec_context.decode(None)),  # type: ignore[attr-defined]
+                (f.rotation for f in stream.codec_context.decode(None)),
                 None,
             )
     except VideoRejected:
@@ -200,7 +205,7 @@ def _count_frames(
             f"the video is corrupt or truncated after {count} frames ({_reason(exc)})"
         ) from None
     if turn is None:
-        name = stream.codec_context.name  # type: ignore[attr-defined]
+        name = stream.codec_context.name
         raise VideoRejected(
             f"no frame of the video stream ({name}) could be decoded: the file is corrupt or "
             "its codec unsupported"
@@ -211,16 +216,18 @@ def _count_frames(
 
 
 def checked_packets(
-    container: av.container.InputContainer, stream: object, streams: list[object] | None = None
-) -> Iterator[av.Packet]:
+    container: av.container.InputContainer,
+    stream: av.VideoStream,
+    streams: list[av.VideoStream | av.AudioStream] | None = None,
+) -> Iterator[av.Packet[Any]]:
     """The packets of `streams` (default: the video `stream`) in file order, end markers left
     out; VideoRejected at the first video packet that is a picture of another size than the
     stream declares (read from its header: PNG and JPEG frames carry their own)."""
-    codec = stream.codec_context  # type: ignore[attr-defined]
+    codec = stream.codec_context
     pictures = codec.name in PICTURE_CODECS
     declared = (codec.width, codec.height)
     n = 0
-    for packet in container.demux(*(streams or [stream])):  # type: ignore[arg-type]
+    for packet in container.demux(*(streams or [stream])):
         if packet.size == 0:  # the demuxer's end-of-stream marker
             continue
         if packet.stream is stream:
@@ -272,9 +279,10 @@ def frame_times(data: bytes) -> list[Fraction] | None:
     with av.open(io.BytesIO(data), mode="r") as container:
         stamps = [frame.pts for frame in _checked_frames(container)]
         base = container.streams.video[0].time_base
-    if not stamps or base is None or None in stamps:
+    known = [stamp for stamp in stamps if stamp is not None]
+    if not known or base is None or len(known) < len(stamps):
         return None
-    return [(stamp - stamps[0]) * base for stamp in stamps]  # type: ignore[operator]
+    return [(stamp - known[0]) * base for stamp in known]
 
 
 def _checked_frames(container: av.container.InputContainer) -> Iterator[av.VideoFrame]:
@@ -309,7 +317,10 @@ def video_fps(data: bytes) -> Fraction:
     """The average frame rate of the video's first video stream."""
     with av.open(io.BytesIO(data), mode="r") as container:
         stream = container.streams.video[0]
-        return Fraction(stream.average_rate or stream.guessed_rate)
+        rate = stream.average_rate or stream.guessed_rate
+        if rate is None:  # checked at submit (inspect_video); a file changed since is no video
+            raise VideoRejected("the video has no frame rate")
+        return Fraction(rate)
 
 
 def mp4_comment(data: bytes) -> str | None:
@@ -383,7 +394,7 @@ def encode_mp4(
 
 def _audio_track(
     out: av.container.OutputContainer, source: av.container.InputContainer | None
-) -> object | None:
+) -> av.AudioStream | None:
     if source is None or not source.streams.audio:
         return None
     track = source.streams.audio[0]
@@ -393,7 +404,7 @@ def _audio_track(
 
 
 def _copy_audio(
-    source: av.container.InputContainer, out: av.container.OutputContainer, audio: object
+    source: av.container.InputContainer, out: av.container.OutputContainer, audio: av.AudioStream
 ) -> None:
     """The source's first audio track into `audio`: its packets as they are when the MP4 can
     hold its codec, else decoded and encoded again as AAC (WebM's Vorbis, say)."""
@@ -403,14 +414,14 @@ def _copy_audio(
         if packet.dts is None:
             continue
         if copy:
-            packet.stream = audio  # type: ignore[assignment]
+            packet.stream = audio
             out.mux(packet)
         else:
             for frame in packet.decode():
                 frame.pts = None
-                out.mux(audio.encode(frame))  # type: ignore[attr-defined]
+                out.mux(audio.encode(frame))
     if not copy:
-        out.mux(audio.encode(None))  # type: ignore[attr-defined]
+        out.mux(audio.encode(None))
 
 
 def _reason(exc: Exception) -> str:

@@ -52,8 +52,8 @@ log = logging.getLogger(__name__)
 # claimed it) are two events with two ids.
 EVENT_NAMESPACE = uuid.UUID("5f0c7a4e-43a4-4d0b-9a51-0a8f3c2f6e11")
 
-EVENTS = ("started", "progress", "completed")
 Event = Literal["started", "progress", "completed"]
+EVENTS: tuple[Event, ...] = ("started", "progress", "completed")
 SIGNATURE_HEADER = "Oneiro-Signature"
 EVENT_ID_HEADER = "Oneiro-Event-Id"
 EVENT_HEADER = "Oneiro-Event"

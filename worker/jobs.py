@@ -104,7 +104,8 @@ def _run_claimed(job_id: uuid.UUID, attempt: int, runtime: Runtime) -> JobStatus
     except LostJob as exc:
         if shutting_down.is_set() and _hand_back(runtime, job_id, attempt):
             return None
-        return _lost(runtime, job_id, attempt, exc)
+        _lost(runtime, job_id, attempt, exc)
+        return None
     except Exception as exc:
         log.exception("job %s failed", job_id)
         return _fail(runtime, job_id, attempt, _readable(exc))
@@ -117,7 +118,8 @@ def _run_claimed(job_id: uuid.UUID, attempt: int, runtime: Runtime) -> JobStatus
         )
     except LostJob as exc:
         # Canceled (or taken) between the result's write and this record.
-        return _lost(runtime, job_id, attempt, exc)
+        _lost(runtime, job_id, attempt, exc)
+        return None
     log.info("job %s succeeded", job_id)
     return JobStatus.SUCCEEDED
 

@@ -14,6 +14,7 @@ from celery import Celery
 from sqlalchemy import delete, select, update
 from sqlalchemy.orm import Session
 
+from shared.db import changed_rows
 from shared.models import (
     IDEMPOTENCY_WINDOW,
     TERMINAL,
@@ -65,7 +66,8 @@ def reap_stale_jobs(
             Job.status == JobStatus.RUNNING, Job.heartbeat_at < deadline
         )
     ).all()
-    requeued, failed = [], []
+    requeued: list[uuid.UUID] = []
+    failed: list[uuid.UUID] = []
     for job_id, attempt, worker in stale:
         silent = f"worker {worker} stopped answering (no heartbeat for {settings.lease_seconds:g}s)"
         if attempt >= settings.max_attempts:
@@ -87,7 +89,7 @@ def reap_stale_jobs(
             .values(**values)
             .execution_options(synchronize_session=False)
         )
-        if changed.rowcount == 1:
+        if changed_rows(changed) == 1:
             (failed if attempt >= settings.max_attempts else requeued).append(job_id)
             log.warning(
                 "job %s: %s; %s",
@@ -163,8 +165,9 @@ def expire_old_files(
             for key in {input_key, result_key, checkpoint, *legacy_keys(job_id)}:
                 if key and not key.startswith(job_prefix(job_id)):
                     storage.delete(key)
-            if upload_of(input_key) is not None:  # its input was an upload: all of its folder
-                storage.delete_prefix(upload_prefix(upload_of(input_key)))
+            upload = upload_of(input_key)
+            if upload is not None:  # its input was an upload: all of its folder
+                storage.delete_prefix(upload_prefix(upload))
         except StorageError:
             # Not marked: the next run tries this job again, and one job's trouble does not
             # hold up the others'.
@@ -178,7 +181,7 @@ def expire_old_files(
             .execution_options(synchronize_session=False)
         )
         session.commit()
-        if changed.rowcount == 1:
+        if changed_rows(changed) == 1:
             expired.append(job_id)
     session.execute(
         delete(IdempotencyKey).where(IdempotencyKey.created_at < now - IDEMPOTENCY_WINDOW)
@@ -200,11 +203,13 @@ def expire_uploads(
     deleted = []
     for upload in expired_uploads(session, now, EXPIRE_BATCH):
         session.expunge(upload)  # read as it is: its row is deleted next
-        gone = session.execute(
-            delete(Upload)
-            .where(Upload.id == upload.id, Upload.job_id.is_(None), Upload.expires_at <= now)
-            .execution_options(synchronize_session=False)
-        ).rowcount
+        gone = changed_rows(
+            session.execute(
+                delete(Upload)
+                .where(Upload.id == upload.id, Upload.job_id.is_(None), Upload.expires_at <= now)
+                .execution_options(synchronize_session=False)
+            )
+        )
         session.commit()
         if not gone:
             continue

@@ -48,7 +48,10 @@ def guide_features(model: DreamModel, guide: np.ndarray) -> list[np.ndarray]:
         raise ValueError("this dream model cannot compute features for a guide")
     height, width = guide.shape[:2]
     scale = GUIDE_SIDE / max(height, width)
-    shape = tuple(model.backbone.window(max(1, round(side * scale))) for side in (height, width))
+    shape = (
+        model.backbone.window(max(1, round(height * scale))),
+        model.backbone.window(max(1, round(width * scale))),
+    )
     pixels = np.stack(
         [imaging.resize_plane(imaging.to_plane(guide[..., c]), shape) for c in range(3)], axis=-1
     )
@@ -68,7 +71,8 @@ def mask_weights(mask: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
     resized = Image.fromarray(mask).resize((shape[1], shape[0]), Image.Resampling.BILINEAR)
     radius = max(1.0, FEATHER * min(shape))
     blurred = resized.filter(ImageFilter.GaussianBlur(radius))
-    return np.asarray(blurred, dtype=np.float32) / 255.0
+    weights: np.ndarray = np.asarray(blurred, dtype=np.float32) / 255.0
+    return weights
 
 
 def composite(dreamed: np.ndarray, image: np.ndarray, weights: np.ndarray) -> np.ndarray:
@@ -76,4 +80,5 @@ def composite(dreamed: np.ndarray, image: np.ndarray, weights: np.ndarray) -> np
     between: pixels that were not to dream are the input's own, not its resampled copy."""
     blend = image + weights[..., None] * (dreamed.astype(np.float32) - image)
     top = np.iinfo(image.dtype).max  # 255, or 65535 for a 16-bit render
-    return np.clip(np.rint(blend), 0, top).astype(image.dtype)
+    composed: np.ndarray = np.clip(np.rint(blend), 0, top).astype(image.dtype)
+    return composed

@@ -129,7 +129,7 @@ def render(
                 # A step is stopped before it updates the image: `dream` is the last whole
                 # step's.
                 if on_stop is not None:
-                    on_stop(DreamState(run.octave, step, dream, before))
+                    on_stop(DreamState(run.octave, step, dream, dict(before)))
                 raise
             if on_step is not None:
                 on_step(dream)
@@ -137,7 +137,8 @@ def render(
             if on_checkpoint and (
                 ended or (checkpoint_every and (step + 1) % checkpoint_every == 0)
             ):
-                on_checkpoint(DreamState(run.octave, step + 1, dream, run.rng.bit_generator.state))
+                state = dict(run.rng.bit_generator.state)
+                on_checkpoint(DreamState(run.octave, step + 1, dream, state))
         if run.octave + 1 == len(shapes):
             break
         dream = _next_octave(

@@ -15,7 +15,7 @@ CHUNK_ROWS = 256
 
 def to_plane(channel: np.ndarray) -> np.ndarray:
     """One H x W uint8 or uint16 channel as float32 in [-1, 1]."""
-    plane = np.multiply(channel, 2 / np.iinfo(channel.dtype).max, dtype=np.float32)
+    plane: np.ndarray = np.multiply(channel, 2 / np.iinfo(channel.dtype).max, dtype=np.float32)
     plane -= 1.0
     return plane
 

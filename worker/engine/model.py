@@ -353,7 +353,7 @@ def _fold(
     return [kernel.astype(np.float32), (bias + shift).astype(np.float32)]
 
 
-def _inbound(layer_config: dict) -> list[str]:
+def _inbound(layer_config: dict[str, Any]) -> list[str]:
     names: list[str] = []
 
     def walk(node: object) -> None:
@@ -371,7 +371,7 @@ def _inbound(layer_config: dict) -> list[str]:
     return names
 
 
-class Folded(keras.layers.Layer):
+class Folded(keras.layers.Layer):  # type: ignore[misc]  # Keras has no types
     """Stands where a batch norm was folded into the convolution before it."""
 
     def call(self, inputs: object, mask: object = None) -> object:

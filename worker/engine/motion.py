@@ -41,7 +41,7 @@ def transform(
     by `translate` (x, y) pixels; the same size, edges filled by reflection."""
     height, width = frame.shape[:2]
     matrix = cv2.getRotationMatrix2D((width / 2, height / 2), rotate, zoom)
-    matrix[:, 2] += translate
+    matrix[:, 2] += np.asarray(translate)
     # Reflected edges: a zoom out or a shift brings no black border into the dream.
     return cv2.warpAffine(
         frame, matrix, (width, height), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REFLECT_101
@@ -50,8 +50,9 @@ def transform(
 
 def dense_flow(source: np.ndarray, target: np.ndarray) -> np.ndarray:
     """Where each pixel of `source` moved to in `target` (H x W x 2 float32, x then y)."""
-    dis = cv2.DISOpticalFlow_create(cv2.DISOPTICAL_FLOW_PRESET_MEDIUM)
-    return dis.calc(_gray(source), _gray(target), None)
+    dis = cv2.DISOpticalFlow_create(cv2.DISOPTICAL_FLOW_PRESET_MEDIUM)  # type: ignore[attr-defined]  # not in OpenCV's stubs
+    flow: np.ndarray = dis.calc(_gray(source), _gray(target), None)
+    return flow
 
 
 def warp(image: np.ndarray, flow: np.ndarray) -> np.ndarray:
@@ -60,13 +61,14 @@ def warp(image: np.ndarray, flow: np.ndarray) -> np.ndarray:
     grid_x, grid_y = np.meshgrid(
         np.arange(width, dtype=np.float32), np.arange(height, dtype=np.float32)
     )
-    return cv2.remap(
+    warped: np.ndarray = cv2.remap(
         image,
         grid_x + flow[..., 0],
         grid_y + flow[..., 1],
         interpolation=cv2.INTER_LINEAR,
         borderMode=cv2.BORDER_REPLICATE,
     )
+    return warped
 
 
 def occluded(backward: np.ndarray, forward: np.ndarray) -> np.ndarray:
@@ -80,7 +82,8 @@ def occluded(backward: np.ndarray, forward: np.ndarray) -> np.ndarray:
     round_trip = forward_there + backward
     error = np.sum(round_trip**2, axis=-1)
     scale = np.sum(forward_there**2, axis=-1) + np.sum(backward**2, axis=-1)
-    return error > 0.01 * scale + 0.5
+    hidden: np.ndarray = error > 0.01 * scale + 0.5
+    return hidden
 
 
 def carry(

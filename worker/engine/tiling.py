@@ -47,9 +47,9 @@ class TilePlan:
     def __init__(self, shape: tuple[int, int], tile_size: int, model: DreamModel) -> None:
         self.shape = shape
         counts = [math.ceil(length / tile_size) for length in shape]
-        self.window = tuple(
-            model.backbone.window(math.ceil(length / count))
-            for length, count in zip(shape, counts, strict=True)
+        self.window = (
+            model.backbone.window(math.ceil(shape[0] / counts[0])),
+            model.backbone.window(math.ceil(shape[1] / counts[1])),
         )
         self.tiles = [
             Tile((a, b), (c, d), (wy, wx))
