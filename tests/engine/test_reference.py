@@ -1,0 +1,169 @@
+"""Reference dreams: short float32 renders from the engine as it was on 2026-12-07, pinned as PNGs
+(tests/data/reference/), one set per backend, that any later engine must still draw.
+
+The engine is about to move onto the device (issue 22): its steps will be compiled programs that
+gather tiles, normalize and update in other orders than numpy does. These images say what "the
+same dream" means while it moves: each case within REFERENCE_MAD on average and REFERENCE_MAX at
+any value (8-bit units) of its backend's reference. The engine that wrote them matches them
+exactly; the two backends differ from each other by about as much (tests/engine/test_backends.py).
+
+Random weights with a fixed seed, small images, on the CPU. To write them again after a change
+meant to alter the dream (say so in the commit):
+    python -m tests.engine.test_reference --write
+    ONEIRO_BACKEND=jax python -m tests.engine.test_reference --write
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from shared.images import decode_rgb, fit_within
+from shared.params import RenderParams
+from shared.presets import PRESETS
+from tests.utils import CHELSEA, ROOT
+from tests.utils.paths import DATA
+from worker.engine import BACKEND, DreamModel, load_dream_model, render
+from worker.engine.controls import Controls
+
+REFERENCE = DATA / "reference"
+# Bounds a later engine must keep to, in 8-bit units: what separates the two backends' float32
+# dreams today (convolutions summed in another order round a few values the other way).
+REFERENCE_MAD, REFERENCE_MAX = 0.05, 2
+
+_MODELS: dict[tuple[str, tuple[tuple[str, float], ...]], DreamModel] = {}
+
+
+def model(name: str, layers: dict[str, float]) -> DreamModel:
+    key = (name, tuple(layers.items()))
+    if key not in _MODELS:
+        _MODELS[key] = load_dream_model("random", layers, model=name, precision="float32")
+    return _MODELS[key]
+
+
+def cat(longest: int = 120) -> np.ndarray:
+    return fit_within(decode_rgb(CHELSEA.read_bytes()), longest)
+
+
+def stripes(size: tuple[int, int] = (90, 90)) -> np.ndarray:
+    y, x = np.mgrid[: size[1], : size[0]]
+    band = ((x + y) // 6) % 3
+    return np.stack([band == 0, band == 1, band == 2], axis=-1).astype(np.uint8) * 255
+
+
+def left_half(image: np.ndarray) -> np.ndarray:
+    mask = np.zeros(image.shape[:2], dtype=np.uint8)
+    mask[:, : image.shape[1] // 2] = 255
+    return mask
+
+
+SHORT = {"steps": 3, "octaves": 2, "seed": 1, "tile_size": 64}
+VGG = {"model": "vgg19", "layers": ["block2_conv2"]}
+
+
+def plain() -> np.ndarray:
+    image, run = cat(), RenderParams(**SHORT)
+    return render(image, run, model("inception_v3", run.layers))
+
+
+def laplacian() -> np.ndarray:
+    image = cat()
+    run = RenderParams(**SHORT, grad_norm="laplacian", tv_weight=5.0)
+    return render(image, run, model("inception_v3", run.layers))
+
+
+def classic() -> np.ndarray:
+    """The seed's octave recipe (the classic preset: five octaves 1.3 apart, mixed3 and mixed5),
+    fewer steps at a small size."""
+    recipe = {**PRESETS["classic"].params, "steps": 3, "max_dim": 200, "seed": 1}
+    image, run = cat(200), RenderParams(**recipe)
+    return render(image, run, model("inception_v3", run.layers))
+
+
+def mask() -> np.ndarray:
+    """A mask whose masked-out part dreams another layer (the second objective)."""
+    image = cat()
+    run = RenderParams(**SHORT, **VGG, mask_layers={"block4_conv1": 1.0})
+    controls = Controls(mask=left_half(image), mask_model=model("vgg19", {"block4_conv1": 1.0}))
+    return render(image, run, model("vgg19", run.layers), controls=controls)
+
+
+def guide() -> np.ndarray:
+    image = cat()
+    run = RenderParams(**SHORT, **VGG, guide_weight=0.5)
+    models = model("vgg19", run.layers)
+    return render(image, run, models, controls=Controls(guide=stripes()))
+
+
+CASES: dict[str, Callable[[], np.ndarray]] = {
+    f.__name__: f for f in (plain, laplacian, classic, mask, guide)
+}
+
+
+def reference(case: str) -> Path:
+    return REFERENCE / f"{BACKEND}-{case}.png"
+
+
+@pytest.mark.backends
+@pytest.mark.parametrize("case", CASES)
+def test_the_engine_still_draws_its_reference_dream(case: str) -> None:
+    dreamed = CASES[case]()
+    with Image.open(reference(case)) as stored:
+        pinned = np.asarray(stored)
+    assert dreamed.shape == pinned.shape
+    difference = np.abs(dreamed.astype(int) - pinned)
+    assert difference.mean() <= REFERENCE_MAD, f"{case}: off by {difference.mean():.4f} on average"
+    assert difference.max() <= REFERENCE_MAX, f"{case}: a value off by {difference.max()}"
+    # The same render again is the same, bit for bit: a backend repeats itself.
+    assert np.array_equal(CASES[case](), dreamed)
+
+
+def test_the_references_are_dreams_each_unlike_the_others() -> None:
+    """A pinned image must be a dream of its case: not the input, not another case's."""
+    images: dict[str, Any] = {}
+    for path in sorted(REFERENCE.glob("*.png")):
+        with Image.open(path) as stored:
+            images[path.stem] = np.asarray(stored).astype(int)
+    assert sorted(images) == sorted(f"{b}-{c}" for b in ("tensorflow", "jax") for c in CASES)
+    for name, image in images.items():
+        source = cat(max(image.shape[:2]))
+        assert image.shape == source.shape, name
+        assert np.abs(image - source).mean() > 1.0, f"{name} is the input, not a dream"
+    for backend in ("tensorflow", "jax"):
+        for a in CASES:
+            for b in CASES:
+                if a < b and images[f"{backend}-{a}"].shape == images[f"{backend}-{b}"].shape:
+                    same = np.abs(images[f"{backend}-{a}"] - images[f"{backend}-{b}"]).mean()
+                    assert same > 0.5, f"{backend}: {a} and {b} are the same dream"
+
+
+@pytest.mark.skipif(BACKEND != "tensorflow", reason="the JAX pass is started from the default one")
+@pytest.mark.timeout(900)
+def test_jax_still_draws_its_reference_dreams() -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "pytest", __file__, "-m", "backends", "-q"]
+        + ["-p", "no:cacheprovider"],
+        cwd=ROOT,
+        env={**os.environ, "ONEIRO_BACKEND": "jax"},
+        capture_output=True,
+        text=True,
+    )
+    assert result.returncode == 0, result.stdout[-6000:] + result.stderr[-3000:]
+    assert f"{len(CASES)} passed" in result.stdout, result.stdout[-2000:]
+
+
+if __name__ == "__main__":
+    if sys.argv[1:] != ["--write"]:
+        sys.exit("usage: [ONEIRO_BACKEND=jax] python -m tests.engine.test_reference --write")
+    REFERENCE.mkdir(exist_ok=True)
+    for name, case in CASES.items():
+        Image.fromarray(case()).save(reference(name), optimize=True)
+        print(reference(name).relative_to(ROOT))
