@@ -110,6 +110,9 @@ def quiet_tensorflow_without_gpu() -> None:
     default=None,
     help="Keep the input's colours, dream in luminance only [off].",
 )
+@click.option(
+    "--max-loss", type=float, help="Stop an octave's steps once its loss passes this [none]."
+)
 @click.option("--seed", type=int, help="Random seed [random]; the same seed, the same image.")
 @click.option("--max-dim", type=int, help="Downscale the input so its longer side fits.")
 @click.option(

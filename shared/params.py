@@ -155,6 +155,15 @@ class RenderParams(BaseModel):
     preserve_colors: Annotated[
         bool, Field(description="Keep the input's colours: dream only in luminance.")
     ] = False
+    max_loss: Annotated[
+        float | None,
+        Field(
+            allow_inf_nan=False,
+            description="Stop an octave's steps once the loss (the mean activation the layers "
+            "are maximizing, as progress shows it) passes this, as the Keras DeepDream example "
+            "does. Default: every step runs. The job costs its full steps either way.",
+        ),
+    ] = None
     seed: Annotated[
         int, Field(ge=0, lt=2**31, description="Random seed; the same seed gives the same image.")
     ] = Field(default_factory=_random_seed)

@@ -55,6 +55,7 @@ def test_submit_stores_commits_and_enqueues(
         "tile_size": 512,
         "tv_weight": 0.0,
         "preserve_colors": False,
+        "max_loss": None,
         "seed": 5,
         "max_dim": 128,
         "guide_weight": 1.0,
@@ -83,6 +84,18 @@ def test_submit_resolves_a_seed_when_none_is_given(client: FlaskClient) -> None:
     first = submit(client, image_bytes()).get_json()["params"]["seed"]
     second = submit(client, image_bytes()).get_json()["params"]["seed"]
     assert isinstance(first, int) and isinstance(second, int) and first != second
+
+
+def test_max_loss_is_recorded_and_the_job_costs_its_full_steps(
+    client: FlaskClient, session: Session
+) -> None:
+    # The octave may stop early, but that is only known once rendering: the price is the same.
+    plain = submit(client, image_bytes(), {"steps": 6, "seed": 1}).get_json()
+    stopping = submit(client, image_bytes(), {"steps": 6, "seed": 1, "max_loss": 0.5}).get_json()
+    assert stopping["params"]["max_loss"] == 0.5 and plain["params"]["max_loss"] is None
+    jobs = [session.get_one(Job, uuid.UUID(body["id"])) for body in (plain, stopping)]
+    assert jobs[0].work == jobs[1].work > 0
+    assert jobs[1].params["max_loss"] == 0.5  # and so the result's recipe carries it
 
 
 def test_params_may_come_as_a_json_file_part(client: FlaskClient) -> None:
@@ -123,6 +136,7 @@ def test_accepts_jpeg_png_webp(client: FlaskClient, fmt: str) -> None:
         ({"grad_norm": "l2"}, "params.grad_norm"),
         ({"detail": "yes"}, "params.detail"),
         ({"tv_weight": -0.1}, "params.tv_weight"),
+        ({"max_loss": "lots"}, "params.max_loss"),
         ({"tile_size": 32}, "params.tile_size"),
         ("{not json", "params"),
         ("[1, 2]", "params"),

@@ -257,6 +257,37 @@ def test_resuming_from_any_checkpoint_gives_the_uninterrupted_image(cat: np.ndar
 
 
 @pytest.mark.backends
+def test_max_loss_stops_an_octave_once_its_loss_passes_it(cat: np.ndarray) -> None:
+    model = dream_model()
+    # Any loss passes the lowest threshold: each octave stops after its first step, and since a
+    # step's shift is its octave's next draw, that is exactly the one-step render.
+    first_only = render(cat, params(steps=4, max_loss=-1e9), model)
+    assert np.array_equal(first_only, render(cat, params(steps=1), model))
+
+    # A threshold between the losses of the first octave's steps stops it there: the loss rises
+    # step by step, and the steps after the one that passed it are not rendered.
+    seen: list[Progress] = []
+    full = render(cat, params(steps=4, octaves=1), model, on_progress=seen.append)
+    losses = [max(p.loss for p in seen if p.step == n) for n in (1, 2, 3, 4)]
+    assert losses == sorted(losses) and losses[1] < losses[2]
+    threshold = (losses[1] + losses[2]) / 2
+    seen.clear()
+    states: list[DreamState] = []
+
+    def keep(state: DreamState) -> None:
+        states.append(dataclasses.replace(state, image=state.image.copy()))
+
+    run = params(steps=4, octaves=1, max_loss=threshold)
+    stopped = render(cat, run, model, on_progress=seen.append, on_checkpoint=keep)
+    assert max(p.step for p in seen) == 3  # passed at step 3: step 4 never ran
+    assert np.array_equal(stopped, render(cat, params(steps=3, octaves=1), model))
+    assert not np.array_equal(stopped, full)
+    # The octave counts as done: its checkpoint is its end, from which a resume renders nothing.
+    assert [(s.octave, s.step) for s in states] == [(0, 4)]
+    assert np.array_equal(render(cat, run, model, resume=states[0]), stopped)
+
+
+@pytest.mark.backends
 def test_a_render_stopped_mid_step_hands_over_a_state_that_resumes_to_the_same_image(
     cat: np.ndarray,
 ) -> None:

@@ -124,7 +124,7 @@ def render(
             # draw the same shift again, or the resumed render would not be the same.
             before = run.rng.bit_generator.state
             try:
-                run.step(dream, step)
+                loss = run.step(dream, step)
             except Canceled:
                 # A step is stopped before it updates the image: `dream` is the last whole
                 # step's.
@@ -133,12 +133,21 @@ def render(
                 raise
             if on_step is not None:
                 on_step(dream)
-            ended = step + 1 == params.steps
+            # The Keras DeepDream example's max_loss: past it the octave's steps stop. The rest
+            # of the octave counts as done, for progress and for a resumed render alike.
+            stopped = params.max_loss is not None and loss > params.max_loss
+            if stopped:
+                run.clock.skip(run.octave, params.steps - step - 1)
+            ended = stopped or step + 1 == params.steps
             if on_checkpoint and (
                 ended or (checkpoint_every and (step + 1) % checkpoint_every == 0)
             ):
                 state = dict(run.rng.bit_generator.state)
-                on_checkpoint(DreamState(run.octave, step + 1, dream, state))
+                on_checkpoint(
+                    DreamState(run.octave, params.steps if ended else step + 1, dream, state)
+                )
+            if stopped:
+                break
         if run.octave + 1 == len(shapes):
             break
         dream = _next_octave(
@@ -215,12 +224,15 @@ class _Render:
             self._weights = (shape, mask_weights(self.mask, shape))
         return self._weights[1]
 
-    def step(self, dream: np.ndarray, step: int) -> None:
-        """One gradient-ascent step over the whole image, in place."""
+    def step(self, dream: np.ndarray, step: int) -> float:
+        """One gradient-ascent step over the whole image, in place; its loss (the mean of its
+        tiles')."""
         params, plan = self.params, self.plans[self.octave]
         shift = (int(self.rng.integers(plan.shape[0])), int(self.rng.integers(plan.shape[1])))
+        total = [0.0]
 
         def batch_done(batch: list[Tile], losses: np.ndarray) -> None:
+            total[0] += float(np.sum(losses))
             if self.on_progress is not None:
                 loss = float(np.mean(losses))
                 self.on_progress(self.clock.advance(batch, self.octave, step, loss))
@@ -246,6 +258,7 @@ class _Render:
             if smoothing:
                 plane -= imaging.tv_gradient(plane) * smoothing
             np.clip(plane, -1.0, 1.0, out=plane)
+        return total[0] / len(plan.tiles)
 
     def normalized(self, gradient: np.ndarray) -> np.ndarray:
         """`gradient` scaled as params.grad_norm says (in place where it can be)."""
@@ -265,7 +278,7 @@ class _Clock:
         params: RenderParams,
         resume: DreamState | None,
     ) -> None:
-        self.params, self.octaves = params, len(shapes)
+        self.params, self.plans, self.octaves = params, plans, len(shapes)
         self.total_work = float(sum(h * w for h, w in shapes) * params.steps)
         self.total_tiles = sum(len(plan.tiles) for plan in plans) * params.steps
         self.work = self.tiles = 0.0
@@ -282,6 +295,14 @@ class _Clock:
         self.measured_time = self.measured_fraction = 0.0
         self.last_time, self.last_fraction = time.monotonic(), self.work / self.total_work
         self.last_octave: int | None = None
+
+    def skip(self, octave: int, steps: int) -> None:
+        """Count `steps` of `octave` as done without rendering them (max_loss stopped it)."""
+        plan = self.plans[octave]
+        self.work += plan.shape[0] * plan.shape[1] * steps
+        self.tiles += len(plan.tiles) * steps
+        # Not a rate: the next batch measures from here.
+        self.last_time, self.last_fraction = time.monotonic(), self.work / self.total_work
 
     def advance(self, batch: list[Tile], octave: int, step: int, loss: float) -> Progress:
         self.tiles += len(batch)
