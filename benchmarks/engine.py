@@ -4,6 +4,13 @@
     .venv/bin/python benchmarks/engine.py --huge     # also one step of a 16384 x 16384 render
     .venv/bin/python benchmarks/engine.py --backend jax   # the same on Keras's JAX backend
     .venv/bin/python benchmarks/engine.py --no-scaling    # the comparison only
+    .venv/bin/python benchmarks/engine.py --host     # the host's work per step (JAX), 1-16 MP
+
+`--host` measures what a GPU would feel: with JAX the compiled programs run on JAX's own threads,
+so the CPU time of the thread that calls `render` is the host's own work (numpy, Python, the
+transfers' copies). It is the difference between a 6-step and a 2-step render of one shape
+(set-up and tracing cancel out) over 4 steps' megapixels, at 1, 4 and 16 MP, each in a fresh
+process; a GPU cannot render faster than 1 / that MP-steps per second, whatever its speed.
 
 Megapixel-steps per second: pixels x gradient steps / seconds, one octave at the input size,
 after a warm-up step (tracing) for each. Each scaling row runs in a fresh process so its peak
@@ -186,8 +193,32 @@ def scaling_row(image: np.ndarray, precision: str) -> dict[str, float]:
     }
 
 
-def child(megapixels: float, precision: str, side: int | None = None) -> dict[str, float]:
+def host_row(image: np.ndarray) -> dict[str, float]:
+    """Run in a child process on JAX: the main thread's CPU seconds per megapixel-step."""
+    from shared.params import RenderParams
+    from worker.engine import load_dream_model, render
+
+    model = load_dream_model("random", LAYERS, precision="float32")
+    spent = {}
+    for steps in (2, 2, 6):  # the first traces every shape; the other two are timed
+        params = RenderParams(steps=steps, octaves=1, seed=0, tile_size=TILE, detail=False)
+        started, wall = time.thread_time(), time.perf_counter()
+        render(image, params, model)
+        spent[steps] = (time.thread_time() - started, time.perf_counter() - wall)
+    megapixel_steps = image.shape[0] * image.shape[1] / 1e6 * 4
+    return {
+        "megapixels": image.shape[0] * image.shape[1] / 1e6,
+        "host_ms_per_mp_step": (spent[6][0] - spent[2][0]) / megapixel_steps * 1e3,
+        "wall_ms_per_mp_step": (spent[6][1] - spent[2][1]) / megapixel_steps * 1e3,
+    }
+
+
+def child(
+    megapixels: float, precision: str, side: int | None = None, host: bool = False
+) -> dict[str, float]:
     args = [sys.executable, __file__, "--row", str(megapixels), "--precision", precision]
+    if host:
+        args += ["--host", "--backend", "jax"]
     if side:
         args += ["--side", str(side)]
     out = subprocess.run(
@@ -213,6 +244,10 @@ def main() -> None:
     parser.add_argument("--side", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--precision", default="auto")
     parser.add_argument("--backend", choices=("tensorflow", "jax"), default="tensorflow")
+    parser.add_argument(
+        "--host", action="store_true", help="the host's work per MP-step of a JAX render"
+    )
+    parser.add_argument("--sizes", default="1,4,16", help="--host: megapixels, comma-separated")
     args = parser.parse_args()
     # Before the engine is imported: Keras reads its backend once. Child processes inherit it.
     os.environ["ONEIRO_BACKEND"] = args.backend
@@ -222,7 +257,23 @@ def main() -> None:
             image = np.asarray(Image.fromarray(photo(1.0)).resize((args.side, args.side)))
         else:
             image = photo(args.row)
-        print(json.dumps(scaling_row(image, args.precision)))
+        print(json.dumps(host_row(image) if args.host else scaling_row(image, args.precision)))
+        return
+    if args.host:
+        print(
+            f"host work per megapixel-step, JAX, float32, random weights, tile {TILE}, layers "
+            f"{'+'.join(LAYERS)}: main-thread CPU time, 6-step render minus 2-step, fresh process "
+            "each; target at most 1 ms (1,000 MP-steps/s)"
+        )
+        header = f"{'host ms':>8} {'wall ms':>8} {'host share':>10} {'MP-steps/s cap':>14}"
+        print(f"  {'MP':>6} {header}")
+        for size in (float(s) for s in args.sizes.split(",")):
+            row = child(size, "float32", host=True)
+            host, wall = row["host_ms_per_mp_step"], row["wall_ms_per_mp_step"]
+            print(
+                f"  {row['megapixels']:6.1f} {host:8.1f} {wall:8.1f} {host / wall:10.1%} "
+                f"{1e3 / host:14.0f}"
+            )
         return
 
     from worker.engine.model import best_precision

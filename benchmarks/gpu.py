@@ -4,6 +4,10 @@ Megapixel-steps per second at 1, 4, 16, 64 and 256 MP in each precision, against
 straightforward JAX loop (float32, one tile at a time) on the same image in the same run, with
 the ratio; the process's peak device memory; the wall time of a 3840 x 2160 render at default
 params. Prints a table; writes gpu.json to $OUT when set. `--smoke`: tiny sizes, on any device.
+
+`--predict` runs on any machine (a CPU here): XLA's cost analysis of the compiled gradient step
+at 16 MP, turned into a roofline figure for an H100 and an H200, printing the peak figures it
+assumed, with and without the host's work per step and the bus crossings of today's engine.
 """
 
 from __future__ import annotations
@@ -49,7 +53,19 @@ def main() -> None:
     parser.add_argument(
         "--budget", type=float, default=300.0, help="seconds; rows past it skip (not with --smoke)"
     )
+    parser.add_argument(
+        "--predict", action="store_true", help="a roofline from XLA's cost analysis, any device"
+    )
+    parser.add_argument(
+        "--host-ms",
+        type=float,
+        default=HOST_MS_PER_MP_STEP,
+        help="--predict: the host's work per MP-step (benchmarks/engine.py --host)",
+    )
     args = parser.parse_args()
+    if args.predict:
+        predict(args.host_ms)
+        return
     started = time.monotonic()
 
     import jax
@@ -123,8 +139,81 @@ def main() -> None:
         print(f"wrote {out}")
 
 
+# Peak figures the roofline assumes (NVIDIA's data sheets, SXM parts): dense bfloat16 tensor-core
+# and plain float32 FLOP/s, memory bandwidth, and the host link (PCIe 5.0 x16, one direction).
+PEAKS = {
+    "H100 SXM": {"bfloat16": 989e12, "float32": 67e12, "memory": 3.35e12, "link": 64e9},
+    "H200 SXM": {"bfloat16": 989e12, "float32": 67e12, "memory": 4.8e12, "link": 64e9},
+}
+# The host's work per megapixel-step of the engine at 16 MP as benchmarks/engine.py --host measured
+# it on the 2-core development machine, 2026-12-07, while it tiled, normalized and updated in numpy.
+HOST_MS_PER_MP_STEP = 26.6
+
+
+def predict(host_ms: float) -> None:
+    """What a GPU could do with the compiled gradient step at 16 MP: its FLOPs and bytes (XLA's
+    cost analysis, compiled here for the CPU: the same program, counted before any GPU kernel
+    choice) against each card's peaks, the bound of each; then with today's engine around it."""
+    from shared.cost import work
+    from shared.params import RenderParams
+    from worker.engine import load_dream_model
+    from worker.engine.device import GPU_MAX_BATCH
+    from worker.engine.tiling import TilePlan
+
+    side = 4096
+    megapixels = side * side / 1e6
+    four_k = work(3840, 2160, RenderParams(seed=0)) / 1e6  # MP-steps of a default 4K render
+    print(
+        f"roofline at {side}x{side} ({megapixels:.1f} MP), InceptionV3 {'+'.join(LAYERS)}, tile "
+        f"512; XLA cost analysis of the compiled gradient (jax {__import__('jax').__version__})"
+    )
+    for name, peak in PEAKS.items():
+        figures = ", ".join(
+            f"{key} {value / 1e12:g} T{'FLOP' if key in ('bfloat16', 'float32') else 'B'}/s"
+            for key, value in peak.items()
+        )
+        print(f"  assumed {name}: {figures}")
+    print(f"  assumed host work of today's engine: {host_ms:g} ms per MP-step (--host-ms)")
+    print(f"  a 3840x2160 render at default params: {four_k:.0f} MP-steps ('4K s')")
+    for precision in ("bfloat16", "float32"):
+        model = load_dream_model("random", LAYERS, precision=precision)
+        plan = TilePlan((side, side), 512, model)
+        batch = min(len(plan.tiles), GPU_MAX_BATCH)
+        batches = -(-len(plan.tiles) // batch)
+        cost = model.gradient.compiled.cost((batch, *plan.window, 3))  # type: ignore[attr-defined]
+        flops, accessed = cost["flops"] * batches, cost["bytes"] * batches
+        # Today each batch crosses the bus twice: float32 tiles in, their gradients out.
+        crossing = 2 * 4 * 3 * batch * batches * plan.window[0] * plan.window[1]
+        print(
+            f"\n  {precision}: {len(plan.tiles)} tiles of {plan.window[0]}x{plan.window[1]} in "
+            f"{batches} batch(es) of {batch}; per step {flops / 1e12:.2f} TFLOP, "
+            f"{accessed / 1e9:.1f} GB accessed, {crossing / 1e9:.2f} GB over the bus today"
+        )
+        print(
+            f"  {'card':>9} {'compute ms':>10} {'memory ms':>9} {'bound':>7} {'MP-steps/s':>10} "
+            f"{'4K s':>6} {'today MP-steps/s':>16} {'today 4K s':>10}"
+        )
+        for name, peak in PEAKS.items():
+            compute, memory = flops / peak[precision], accessed / peak["memory"]
+            device = max(compute, memory)
+            rate = megapixels / device
+            # Today's engine: the host's work, then the bus, then the device, one after another.
+            today = device + crossing / peak["link"] + host_ms * megapixels / 1e3
+            print(
+                f"  {name:>9} {compute * 1e3:10.1f} {memory * 1e3:9.1f} "
+                f"{'compute' if compute >= memory else 'memory':>7} {rate:10.0f} "
+                f"{four_k / rate:6.1f} {megapixels / today:16.0f} "
+                f"{four_k * today / megapixels:10.1f}"
+            )
+    print(
+        "\n  a roofline is a ceiling: real kernels reach perhaps half of it. The bytes are the "
+        "CPU program's, which fuses less than a GPU's:\n  the memory bound is pessimistic. "
+        "'today' adds the host's work and the bus crossings of the engine as it is."
+    )
+
+
 def time_render(smoke: bool, models: dict[str, Any]) -> dict[str, Any]:
-    """Wall time of a 3840 x 2160 render at default params (5 octaves x 100 steps), in the
+    """Wall time of a 3840 x 2160 render at default params (5 octaves x 20 steps), in the
     precision `auto` picks, after a 1-step render of the same shapes (compiling them)."""
     from shared.params import RenderParams
     from worker.engine import render

@@ -159,6 +159,17 @@ def test_the_same_seed_gives_the_same_image_bit_for_bit(cat: np.ndarray) -> None
 
 
 @pytest.mark.backends
+@pytest.mark.skipif(BACKEND != "jax", reason="XLA's cost analysis is read through JAX")
+def test_the_compiled_gradient_reports_its_cost_for_the_roofline() -> None:
+    # benchmarks/gpu.py --predict turns these into a bound for a GPU: they must grow with the
+    # work (twice the tiles, about twice the FLOPs) and must not come from running it.
+    compiled = dream_model().gradient.compiled
+    one, two = compiled.cost((1, 75, 75, 3)), compiled.cost((2, 75, 75, 3))
+    assert one["flops"] > 1e8 and one["bytes"] > 0
+    assert 1.9 < two["flops"] / one["flops"] < 2.1
+
+
+@pytest.mark.backends
 def test_tiles_go_in_batches_through_one_trace_per_shape() -> None:
     image = np.random.default_rng(3).integers(0, 255, (300, 400, 3), dtype=np.uint8)
     model, calls = counting(dream_model(layers=("mixed2",)))

@@ -58,8 +58,20 @@ def make_gradient_fn(
         (_, losses), grads = step(tiles, jnp.float32(scale), trainable, fixed, extra)
         return np.asarray(grads / scale), np.asarray(losses)
 
-    # The gradient function carries its trace counter (tests read it): a function attribute.
+    def cost(shape: tuple[int, ...]) -> dict[str, float]:
+        """XLA's cost analysis of the program compiled for a tile batch of `shape` (with no
+        extra arrays): its FLOPs and bytes accessed, for a roofline (benchmarks/gpu.py)."""
+        tiles = jax.ShapeDtypeStruct(shape, jnp.float32)  # type: ignore[no-untyped-call]  # JAX has no types for it
+        compiled = step.lower(tiles, jnp.float32(1.0), trainable, fixed, ()).compile()
+        analysis: Any = compiled.cost_analysis()
+        # A list of one dict per program in older JAX releases, a dict in newer ones.
+        found = analysis[0] if isinstance(analysis, list) else analysis
+        return {"flops": float(found["flops"]), "bytes": float(found["bytes accessed"])}
+
+    # The gradient function carries its trace counter (tests read it) and its cost analysis:
+    # function attributes.
     run.traces = lambda: traces[0]  # type: ignore[attr-defined]
+    run.cost = cost  # type: ignore[attr-defined]
     return run
 
 
