@@ -93,9 +93,12 @@ def peak_pixels(width: int, height: int, params: RenderParams) -> int:
 RUNTIME_BYTES = 1 << 30
 # The backbone's weights, float32, held twice: as loaded, and folded into the model that runs.
 WEIGHT_COPIES = 2
-# Per pixel of the largest octave: the dream (3 float32 planes), its gradient, the gradient's
-# normalization and smoothing temporaries and the next octave's start (3 planes each).
-OCTAVE_BYTES_PER_PIXEL = 60
+# Per pixel of the largest octave, on the device: the dream (3 float32 planes), the batches'
+# gradients and the gradient put together from them, the normalization's temporaries (a
+# Laplacian pyramid's levels), the next dream and the next octave's start (3 planes each). The
+# engine on the device measured about 100 on a CPU with TensorFlow's graph (a 16.8 MP step,
+# Laplacian, benchmarks/peak_memory.py), where the numpy engine had needed about 36.
+OCTAVE_BYTES_PER_PIXEL = 120
 # Per pixel of the input: the decoded image (up to 16 bits a channel), the dream scaled back to
 # it (3 float32 planes) and the result.
 INPUT_BYTES_PER_PIXEL = 24

@@ -159,6 +159,32 @@ def test_the_same_seed_gives_the_same_image_bit_for_bit(cat: np.ndarray) -> None
 
 
 @pytest.mark.backends
+@pytest.mark.skipif(BACKEND != "jax", reason="JAX's transfer guard watches JAX's transfers")
+@pytest.mark.parametrize("grad_norm", ["std", "laplacian"])
+def test_an_octave_runs_on_the_device_with_no_transfer_it_did_not_ask_for(
+    cat: np.ndarray, grad_norm: str
+) -> None:
+    import jax
+
+    from worker.engine.controls import Controls
+
+    mask = np.zeros(cat.shape[:2], dtype=np.uint8)
+    mask[:, :60] = 255
+    run = params(steps=3, octaves=2, tv_weight=1.0, max_loss=1e9, grad_norm=grad_norm)
+    expected = render(cat, run, dream_model(), controls=Controls(mask=mask))
+    seen: list[Progress] = []
+    # "disallow" refuses every implicit transfer (a numpy array handed to a compiled function,
+    # an array read by numpy): the image, the shift, the scalars and the losses the engine moves
+    # are each an explicit device_put or device_get, and nothing else crosses.
+    with jax.transfer_guard("disallow"):
+        dreamed = render(
+            cat, run, dream_model(), controls=Controls(mask=mask), on_progress=seen.append
+        )
+    assert np.array_equal(dreamed, expected)
+    assert len(seen) > 0 and all(np.isfinite(p.loss) for p in seen)
+
+
+@pytest.mark.backends
 @pytest.mark.skipif(BACKEND != "jax", reason="XLA's cost analysis is read through JAX")
 def test_the_compiled_gradient_reports_its_cost_for_the_roofline() -> None:
     # benchmarks/gpu.py --predict turns these into a bound for a GPU: they must grow with the
@@ -498,8 +524,11 @@ def test_float16_loss_scaling_keeps_gradients_that_would_underflow() -> None:
     tiles = np.random.default_rng(0).uniform(-1, 1, (1, 256, 256, 3)).astype(np.float32)
     exact = np.broadcast_to(4 * np.arange(1, 4) * 1e-4 / (256 * 256 * 4), tiles.shape)
 
-    unscaled, _ = Gradient(compiled, 1.0, module.is_out_of_memory)(tiles)
-    scaled, _ = Gradient(compiled, loss_scale("float16"), module.is_out_of_memory)(tiles)
+    # The gradients stay on the device: read back here to check them.
+    unscaled = np.asarray(Gradient(compiled, 1.0, module.is_out_of_memory)(tiles)[0])
+    scaled = np.asarray(
+        Gradient(compiled, loss_scale("float16"), module.is_out_of_memory)(tiles)[0]
+    )
 
     assert not unscaled.any(), "the unscaled float16 gradient should have flushed to zero"
     assert scaled.dtype == np.float32

@@ -16,6 +16,7 @@ from shared.params import RenderParams
 from worker.engine import imaging
 from worker.engine.controls import Controls, composite, guide_features, mask_weights
 from worker.engine.model import DreamModel
+from worker.engine.ondevice import device_steps, to_device, to_host
 from worker.engine.tiling import Canceled, Tile, TilePlan, tiled_gradient
 
 
@@ -102,7 +103,8 @@ def render(
     if controls.guide is not None and params.guide_weight > 0:
         # Once per job, at a size suited to the model: every octave and tile seeks the same
         # features, and the traced gradient takes them as arguments, not constants.
-        extra = (np.float32(params.guide_weight), *guide_features(model, controls.guide))
+        features = (np.float32(params.guide_weight), *guide_features(model, controls.guide))
+        extra = tuple(to_device(np.asarray(value)) for value in features)
         guided = model.guided
         assert guided is not None
         run.objective = lambda tiles: guided(tiles, *extra)
@@ -110,13 +112,17 @@ def render(
 
     if resume is None:
         done = 0
-        dream = np.stack(
+        start = np.stack(
             [imaging.resize_plane(imaging.to_plane(image[..., c]), shapes[0]) for c in range(3)]
         )
     else:
         run.octave, done = resume.octave, resume.step
-        dream = resume.image.copy()
+        start = resume.image
         run.rng.bit_generator.state = resume.rng_state
+    # The octave's image lives on the backend's device from its first step to its last; the
+    # host sees it only when a checkpoint, a preview or a stop asks (ondevice.py).
+    dream = to_device(start)
+    del start  # on a CPU the device's memory is the host's: no second copy through the octave
 
     while True:
         for step in range(done, params.steps):
@@ -124,18 +130,18 @@ def render(
             # draw the same shift again, or the resumed render would not be the same.
             before = run.rng.bit_generator.state
             try:
-                loss = run.step(dream, step)
+                dream, loss = run.step(dream, step)
             except Canceled:
                 # A step is stopped before it updates the image: `dream` is the last whole
                 # step's.
                 if on_stop is not None:
-                    on_stop(DreamState(run.octave, step, dream, dict(before)))
+                    on_stop(DreamState(run.octave, step, to_host(dream), dict(before)))
                 raise
             if on_step is not None:
                 on_step(dream)
             # The Keras DeepDream example's max_loss: past it the octave's steps stop. The rest
             # of the octave counts as done, for progress and for a resumed render alike.
-            stopped = params.max_loss is not None and loss > params.max_loss
+            stopped = params.max_loss is not None and loss is not None and loss > params.max_loss
             if stopped:
                 run.clock.skip(run.octave, params.steps - step - 1)
             ended = stopped or step + 1 == params.steps
@@ -143,19 +149,20 @@ def render(
                 ended or (checkpoint_every and (step + 1) % checkpoint_every == 0)
             ):
                 state = dict(run.rng.bit_generator.state)
-                on_checkpoint(
-                    DreamState(run.octave, params.steps if ended else step + 1, dream, state)
-                )
+                at = params.steps if ended else step + 1
+                on_checkpoint(DreamState(run.octave, at, to_host(dream), state))
             if stopped:
                 break
         if run.octave + 1 == len(shapes):
             break
-        dream = _next_octave(
-            dream, image, shapes[run.octave], shapes[run.octave + 1], params.detail
+        dream = to_device(
+            _next_octave(
+                to_host(dream), image, shapes[run.octave], shapes[run.octave + 1], params.detail
+            )
         )
         run.octave, done = run.octave + 1, 0
 
-    dreamed = imaging.to_image(imaging.resize(dream, (height, width)), image.dtype)
+    dreamed = imaging.to_image(imaging.resize(to_host(dream), (height, width)), image.dtype)
     if params.preserve_colors:
         dreamed = imaging.keep_colors(dreamed, image)
     if controls.mask is not None and controls.mask_model is None:
@@ -164,9 +171,11 @@ def render(
 
 
 def preview(planar: np.ndarray, longest: int) -> np.ndarray:
-    """A small H x W x 3 uint8 view of an image in progress, its longer side at most `longest`.
+    """A small H x W x 3 uint8 view of an image in progress (numpy or on the device), its
+    longer side at most `longest`.
 
     Scaled down first, so a preview of a 16k render costs a small image's conversion."""
+    planar = to_host(planar)
     height, width = planar.shape[1:]
     scale = min(1.0, longest / max(height, width))
     shape = (max(1, round(height * scale)), max(1, round(width * scale)))
@@ -212,60 +221,55 @@ class _Render:
     should_stop: Callable[[], bool] | None
     octave: int = 0
     # tiles -> (gradients, losses); None: the model's plain objective
-    objective: Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]] | None = None
+    objective: Callable[[Any], tuple[Any, Any]] | None = None
     mask: np.ndarray | None = None  # uint8, any size: how strongly each pixel dreams
     mask_model: DreamModel | None = None  # the masked-out part's objective, if it dreams
-    _weights: tuple[tuple[int, int], np.ndarray] | None = None  # the mask at the octave's shape
+    _weights: tuple[tuple[int, int], Any] | None = None  # the mask at the octave's shape
 
-    def mask_at(self, shape: tuple[int, int]) -> np.ndarray:
-        """The mask's weights at `shape`, made once per octave."""
+    def mask_at(self, shape: tuple[int, int]) -> Any:
+        """The mask's weights at `shape`, on the device, made once per octave."""
         assert self.mask is not None
         if self._weights is None or self._weights[0] != shape:
-            self._weights = (shape, mask_weights(self.mask, shape))
+            self._weights = (shape, to_device(mask_weights(self.mask, shape)))
         return self._weights[1]
 
-    def step(self, dream: np.ndarray, step: int) -> float:
-        """One gradient-ascent step over the whole image, in place; its loss (the mean of its
-        tiles')."""
+    def step(self, dream: Any, step: int) -> tuple[Any, float | None]:
+        """One gradient-ascent step over the whole image: the next image (on the device) and
+        the step's loss (the mean of its tiles'), read only when progress or max_loss wants it.
+        """
         params, plan = self.params, self.plans[self.octave]
         shift = (int(self.rng.integers(plan.shape[0])), int(self.rng.integers(plan.shape[1])))
         total = [0.0]
+        batch_done = None
+        if self.on_progress is not None or params.max_loss is not None:
 
-        def batch_done(batch: list[Tile], losses: np.ndarray) -> None:
-            total[0] += float(np.sum(losses))
-            if self.on_progress is not None:
-                loss = float(np.mean(losses))
-                self.on_progress(self.clock.advance(batch, self.octave, step, loss))
+            def batch_done(batch: list[Tile], losses: np.ndarray) -> None:
+                total[0] += float(np.sum(losses))
+                if self.on_progress is not None:
+                    loss = float(np.mean(losses))
+                    self.on_progress(self.clock.advance(batch, self.octave, step, loss))
 
-        gradient = self.normalized(
-            tiled_gradient(
-                dream, plan, self.model, shift, batch_done, self.should_stop, self.objective
-            )
+        gradient = tiled_gradient(
+            dream, plan, self.model, shift, batch_done, self.should_stop, self.objective
         )
+        blend = []
         if self.mask is not None:
-            # Each objective's gradient is normalized over the whole image before the mask
-            # weighs it: a small dreaming region steps as far as the whole image would.
-            weights = self.mask_at(plan.shape)
-            gradient *= weights
+            blend.append(self.mask_at(plan.shape))
             if self.mask_model is not None:
-                other = tiled_gradient(dream, plan, self.mask_model, shift, None, self.should_stop)
-                gradient += self.normalized(other) * (1.0 - weights)
+                blend.append(
+                    tiled_gradient(dream, plan, self.mask_model, shift, None, self.should_stop)
+                )
         # Smoothing stronger than 1/4 per step would overshoot the neighbours' mean and ring.
         smoothing = min(params.tv_weight * params.step_size, 0.25)
-        for c in range(3):
-            plane = dream[c]
-            plane += gradient[c] * params.step_size
-            if smoothing:
-                plane -= imaging.tv_gradient(plane) * smoothing
-            np.clip(plane, -1.0, 1.0, out=plane)
-        return total[0] / len(plan.tiles)
-
-    def normalized(self, gradient: np.ndarray) -> np.ndarray:
-        """`gradient` scaled as params.grad_norm says (in place where it can be)."""
-        if self.params.grad_norm == "laplacian":
-            return imaging.laplacian_normalize(gradient)
-        gradient /= imaging.std(gradient) + 1e-8
-        return gradient
+        dream = device_steps(self.model).update(
+            dream,
+            gradient,
+            blend,
+            pyramid=plan.pyramid() if params.grad_norm == "laplacian" else None,
+            step_size=params.step_size,
+            smoothing=smoothing,
+        )
+        return dream, (total[0] / len(plan.tiles) if batch_done is not None else None)
 
 
 class _Clock:

@@ -24,9 +24,9 @@ def make_gradient_fn(
     tile_losses: Callable[[Any], Any],
     *,
     jit: bool = True,
-) -> Callable[..., tuple[np.ndarray, np.ndarray]]:
+) -> Callable[..., tuple[Any, Any]]:
     """A compiled function: (tiles (B x H x W x 3), loss scale, *extra) -> (d loss_b / d tile_b,
-    loss_b).
+    loss_b), the backend's arrays, left on its device.
 
     `tile_losses` maps the model's outputs (and the `extra` arrays) to one float32 loss per
     tile. The gradient is taken of the scaled sum (tiles are independent, so each gets its own)
@@ -50,13 +50,30 @@ def make_gradient_fn(
         losses = tile_losses(outputs, *extra)
         return jnp.sum(losses) * scale, losses
 
+    gradient = jax.value_and_grad(scaled_loss, has_aux=True)
+
+    def unscaled(
+        tiles: jax.Array, scale: jax.Array, trainable: list[Any], fixed: list[Any], extra: Any
+    ) -> tuple[jax.Array, jax.Array]:
+        (_, losses), grads = gradient(tiles, scale, trainable, fixed, extra)
+        return grads / scale, losses
+
     # The weights go in as arguments, not captured constants: XLA would fold megabytes of
     # constants into every compiled shape.
-    step = jax.jit(jax.value_and_grad(scaled_loss, has_aux=True))
+    step = jax.jit(unscaled)
 
-    def run(tiles: np.ndarray, scale: float, *extra: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        (_, losses), grads = step(tiles, jnp.float32(scale), trainable, fixed, extra)
-        return np.asarray(grads / scale), np.asarray(losses)
+    # On a GPU the call waits for its result, so that running out of device memory raises here,
+    # where the engine turns it into DeviceOutOfMemory, and not at some later read. On a CPU it
+    # need not wait (host memory), and waiting costs the calling thread a spin.
+    wait = jax.devices()[0].platform == "gpu"
+
+    scales: dict[float, jax.Array] = {}  # the loss scale on the device, put there once
+
+    def run(tiles: Any, scale: float, *extra: Any) -> tuple[jax.Array, jax.Array]:
+        if scale not in scales:
+            scales[scale] = jax.device_put(np.float32(scale))
+        grads, losses = step(to_device(tiles), scales[scale], trainable, fixed, extra)
+        return (grads.block_until_ready() if wait else grads), losses
 
     def cost(shape: tuple[int, ...]) -> dict[str, float]:
         """XLA's cost analysis of the program compiled for a tile batch of `shape` (with no
@@ -73,6 +90,23 @@ def make_gradient_fn(
     run.traces = lambda: traces[0]  # type: ignore[attr-defined]
     run.cost = cost  # type: ignore[attr-defined]
     return run
+
+
+def to_device(array: Any) -> jax.Array:
+    """`array` on the device, an explicit transfer (none where it is there already), so that a
+    render runs under jax.transfer_guard("disallow"): nothing crosses unasked."""
+    return array if isinstance(array, jax.Array) else jax.device_put(array)
+
+
+def to_host(array: Any) -> np.ndarray:
+    """`array` as numpy on the host, an explicit transfer."""
+    return np.asarray(jax.device_get(array))
+
+
+def compile(fn: Callable[..., Any], *, jit: bool) -> Callable[..., Any]:  # noqa: A001
+    """`fn`, written in Keras ops, as one XLA program (JAX always compiles: see above)."""
+    del jit
+    return jax.jit(fn)
 
 
 def is_out_of_memory(error: BaseException) -> bool:

@@ -21,9 +21,9 @@ def make_gradient_fn(
     tile_losses: Callable[[Any], Any],
     *,
     jit: bool,
-) -> Callable[..., tuple[np.ndarray, np.ndarray]]:
+) -> Callable[..., tuple[Any, Any]]:
     """A compiled function: (tiles (B x H x W x 3), loss scale, *extra) -> (d loss_b / d tile_b,
-    loss_b).
+    loss_b), the backend's arrays, left on its device.
 
     `tile_losses` maps the model's outputs (and the `extra` arrays) to one float32 loss per
     tile. The gradient is taken of the scaled sum (tiles are independent, so each gets its own)
@@ -39,14 +39,31 @@ def make_gradient_fn(
             total = tf.reduce_sum(losses) * scale
         return tape.gradient(total, tiles) / scale, losses
 
-    def run(tiles: np.ndarray, scale: float, *extra: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        constants = [tf.constant(value) for value in extra]
-        grads, losses = gradient(tf.constant(tiles), tf.constant(scale, tf.float32), *constants)
-        return grads.numpy(), losses.numpy()
+    def run(tiles: Any, scale: float, *extra: Any) -> tuple[tf.Tensor, tf.Tensor]:
+        # Tensors stay where they are (the device): only numpy arrays are converted.
+        constants = [tf.convert_to_tensor(value) for value in extra]
+        scaled = tf.constant(scale, tf.float32)
+        return gradient(tf.convert_to_tensor(tiles, tf.float32), scaled, *constants)  # type: ignore[no-any-return]
 
     # The gradient function carries its trace counter (tests read it): a function attribute.
     run.traces = gradient.experimental_get_tracing_count  # type: ignore[attr-defined]
     return run
+
+
+def to_device(array: Any) -> tf.Tensor:
+    """`array` as a tensor (on the GPU when there is one: TensorFlow places it there)."""
+    return tf.convert_to_tensor(array)
+
+
+def to_host(array: Any) -> np.ndarray:
+    """`array` as numpy on the host."""
+    return array.numpy() if isinstance(array, tf.Tensor) else np.asarray(array)
+
+
+def compile(fn: Callable[..., Any], *, jit: bool) -> Callable[..., Any]:  # noqa: A001
+    """`fn`, written in Keras ops, as one graph (one XLA program where `jit`); traced once per
+    shape of its arguments, as the gradient is."""
+    return tf.function(fn, jit_compile=jit)  # type: ignore[no-any-return]
 
 
 def is_out_of_memory(error: BaseException) -> bool:

@@ -65,7 +65,8 @@ class DreamModel:
 class Gradient:
     """A backend's compiled gradient with float16 loss scaling and a clear out-of-memory error.
 
-    tiles -> (gradient of each tile's loss, losses); `traces()` counts the model's tracings.
+    tiles -> (gradient of each tile's loss, losses), the backend's arrays on its device;
+    `traces()` counts the model's tracings.
     """
 
     def __init__(self, compiled: Any, scale: float, is_out_of_memory: Any) -> None:
@@ -80,7 +81,7 @@ class Gradient:
                     raise
                 raise DeviceOutOfMemory(out_of_memory_message(tiles.shape)) from exc
             # A scaled float16 gradient that overflowed is worthless: scale less, do it again.
-            if self.scale > 1.0 and not np.isfinite(grads).all():
+            if self.scale > 1.0 and not bool(keras.ops.all(keras.ops.isfinite(grads))):
                 self.scale /= 4.0
                 continue
             return grads, losses

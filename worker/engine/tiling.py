@@ -6,10 +6,20 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
 from worker.engine.model import DreamModel
+from worker.engine.ondevice import (
+    Pyramid,
+    Tables,
+    device_steps,
+    pyramid,
+    tables,
+    to_device,
+    to_host,
+)
 
 
 class Canceled(Exception):
@@ -60,80 +70,55 @@ class TilePlan:
         # wastes as little as possible.
         most = model.batch_size(self.window)
         self.batch = math.ceil(len(self.tiles) / math.ceil(len(self.tiles) / most))
+        self._tables: Tables | None = None
+        self._pyramid: Pyramid | None = None
 
     def batches(self) -> Iterator[list[Tile]]:
         for start in range(0, len(self.tiles), self.batch):
             yield self.tiles[start : start + self.batch]
 
+    def pyramid(self) -> Pyramid:
+        """The Laplacian pyramid's taps over the octave, on the device, made on first use."""
+        if self._pyramid is None:
+            self._pyramid = pyramid(self.shape)
+        return self._pyramid
+
+    def tables(self) -> Tables:
+        """The plan's tables on the device (worker/engine/ondevice.py), made on first use."""
+        if self._tables is None:
+            self._tables = tables(self.shape, self.window, self.batch, self.tiles)
+        return self._tables
+
 
 def tiled_gradient(
-    dream: np.ndarray,
+    dream: Any,
     plan: TilePlan,
     model: DreamModel,
     shift: tuple[int, int],
     batch_done: Callable[[list[Tile], np.ndarray], None] | None = None,
     should_stop: Callable[[], bool] | None = None,
-    objective: Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]] | None = None,
-) -> np.ndarray:
-    """The dream loss's gradient for every pixel of `dream`, tile batch by tile batch (the loss
-    of `objective`, by default the model's own).
+    objective: Callable[[Any], tuple[Any, Any]] | None = None,
+) -> Any:
+    """The dream loss's gradient for every pixel of `dream` (3 x h x w float32, a backend array
+    on its device or a numpy one), tile batch by tile batch (the loss of `objective`, by default
+    the model's own); a backend array on the device, as `dream`'s shape.
 
     The tiles lie on the image rolled by `shift`, so their seams fall elsewhere at every step.
-    The roll is never materialized: windows index the image through the shift, wrapping around.
+    The roll is never materialized: the windows index the image through the shift, wrapping
+    around, on the device (worker/engine/ondevice.py). `batch_done` receives each batch's losses,
+    the one thing read back to the host, only when it is given.
     """
-    gradient = np.empty_like(dream)
-    tiles = np.zeros((plan.batch, *plan.window, 3), dtype=np.float32)
-    for batch in plan.batches():
+    steps = device_steps(model)
+    tables = plan.tables()
+    at = to_device(np.array(shift, dtype=np.int32))
+    image = to_device(dream) if isinstance(dream, np.ndarray) else dream
+    gradients = []
+    for batch, rows, cols in zip(plan.batches(), tables.rows, tables.cols, strict=True):
         if should_stop is not None and should_stop():
             raise Canceled
-        places = []
-        for k, tile in enumerate(batch):
-            rows = _wrapped(tile.window[0] - shift[0], plan.window[0], plan.shape[0])
-            cols = _wrapped(tile.window[1] - shift[1], plan.window[1], plan.shape[1])
-            tiles[k] = _take(dream, rows, cols).transpose(1, 2, 0)
-            places.append((rows, cols))
-        tiles[len(batch) :] = 0.0  # the padding of a short last batch
+        tiles = steps.gather(image, rows, cols, tables.offsets, at)
         grads, losses = (objective or model.gradient)(tiles)
-        for k, (tile, (rows, cols)) in enumerate(zip(batch, places, strict=True)):
-            own_r = slice(tile.rows[0] - tile.window[0], tile.rows[1] - tile.window[0])
-            own_c = slice(tile.cols[0] - tile.window[1], tile.cols[1] - tile.window[1])
-            _put(
-                gradient,
-                _part(rows, own_r),
-                _part(cols, own_c),
-                grads[k, own_r, own_c].transpose(2, 0, 1),
-            )
+        gradients.append(grads)
         if batch_done is not None:
-            batch_done(batch, losses[: len(batch)])
-    return gradient
-
-
-Index = slice | np.ndarray
-
-
-def _wrapped(start: int, size: int, length: int) -> Index:
-    """Indices start .. start + size modulo `length`: a slice when they do not wrap around."""
-    start %= length
-    if start + size <= length:
-        return slice(start, start + size)
-    return np.arange(start, start + size) % length
-
-
-def _part(index: Index, part: slice) -> Index:
-    if isinstance(index, slice):
-        return slice(index.start + part.start, index.start + part.stop)
-    return index[part]
-
-
-def _take(planar: np.ndarray, rows: Index, cols: Index) -> np.ndarray:
-    # Slices are views; only windows that wrap around the image edge pay for fancy indexing.
-    if isinstance(rows, slice) or isinstance(cols, slice):
-        return planar[:, rows][:, :, cols] if isinstance(rows, slice) else planar[:, rows, cols]
-    return planar[:, rows[:, None], cols[None, :]]
-
-
-def _put(planar: np.ndarray, rows: Index, cols: Index, values: np.ndarray) -> None:
-    if isinstance(rows, slice) or isinstance(cols, slice):
-        planar[:, rows, cols] = values
-    else:
-        planar[:, rows[:, None], cols[None, :]] = values
+            batch_done(batch, to_host(losses)[: len(batch)])
+    return steps.scatter(gradients, tables.owners, at)
