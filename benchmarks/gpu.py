@@ -145,15 +145,18 @@ PEAKS = {
     "H100 SXM": {"bfloat16": 989e12, "float32": 67e12, "memory": 3.35e12, "link": 64e9},
     "H200 SXM": {"bfloat16": 989e12, "float32": 67e12, "memory": 4.8e12, "link": 64e9},
 }
-# The host's work per megapixel-step of the engine at 16 MP as benchmarks/engine.py --host measured
-# it on the 2-core development machine, 2026-12-07, while it tiled, normalized and updated in numpy.
-HOST_MS_PER_MP_STEP = 26.6
+# The host's work per megapixel-step at 16 MP as benchmarks/engine.py --host measured it on the
+# 2-core development machine, 2026-12-07: while the engine tiled, normalized and updated in numpy
+# between batches, and since it does all that on the device (the default of --host-ms).
+NUMPY_HOST_MS_PER_MP_STEP = 42.0
+HOST_MS_PER_MP_STEP = 1.1
 
 
 def predict(host_ms: float) -> None:
     """What a GPU could do with the compiled gradient step at 16 MP: its FLOPs and bytes (XLA's
     cost analysis, compiled here for the CPU: the same program, counted before any GPU kernel
-    choice) against each card's peaks, the bound of each; then with today's engine around it."""
+    choice) against each card's peaks, the bound of each; then with each engine's host work (and
+    the numpy engine's bus crossings) around it."""
     from shared.cost import work
     from shared.params import RenderParams
     from worker.engine import load_dream_model
@@ -173,7 +176,10 @@ def predict(host_ms: float) -> None:
             for key, value in peak.items()
         )
         print(f"  assumed {name}: {figures}")
-    print(f"  assumed host work of today's engine: {host_ms:g} ms per MP-step (--host-ms)")
+    print(
+        f"  assumed host work per MP-step: {host_ms:g} ms on the device engine (--host-ms), "
+        f"{NUMPY_HOST_MS_PER_MP_STEP:g} ms on the numpy engine before it"
+    )
     print(f"  a 3840x2160 render at default params: {four_k:.0f} MP-steps ('4K s')")
     for precision in ("bfloat16", "float32"):
         model = load_dream_model("random", LAYERS, precision=precision)
@@ -182,33 +188,35 @@ def predict(host_ms: float) -> None:
         batches = -(-len(plan.tiles) // batch)
         cost = model.gradient.compiled.cost((batch, *plan.window, 3))  # type: ignore[attr-defined]
         flops, accessed = cost["flops"] * batches, cost["bytes"] * batches
-        # Today each batch crosses the bus twice: float32 tiles in, their gradients out.
+        # The numpy engine sent each batch over the bus twice: float32 tiles in, gradients out.
         crossing = 2 * 4 * 3 * batch * batches * plan.window[0] * plan.window[1]
         print(
             f"\n  {precision}: {len(plan.tiles)} tiles of {plan.window[0]}x{plan.window[1]} in "
             f"{batches} batch(es) of {batch}; per step {flops / 1e12:.2f} TFLOP, "
-            f"{accessed / 1e9:.1f} GB accessed, {crossing / 1e9:.2f} GB over the bus today"
+            f"{accessed / 1e9:.1f} GB accessed; the numpy engine sent {crossing / 1e9:.2f} GB "
+            "over the bus"
         )
         print(
             f"  {'card':>9} {'compute ms':>10} {'memory ms':>9} {'bound':>7} {'MP-steps/s':>10} "
-            f"{'4K s':>6} {'today MP-steps/s':>16} {'today 4K s':>10}"
+            f"{'4K s':>6} {'device engine':>13} {'4K s':>6} {'numpy engine':>12} {'4K s':>6}"
         )
         for name, peak in PEAKS.items():
             compute, memory = flops / peak[precision], accessed / peak["memory"]
             device = max(compute, memory)
-            rate = megapixels / device
-            # Today's engine: the host's work, then the bus, then the device, one after another.
-            today = device + crossing / peak["link"] + host_ms * megapixels / 1e3
+            # Each engine: the host's work, then (numpy) the bus, then the device, in turn.
+            ondevice = device + host_ms * megapixels / 1e3
+            numpy = device + crossing / peak["link"] + NUMPY_HOST_MS_PER_MP_STEP * megapixels / 1e3
+            cells = [
+                f"{megapixels / t:{w}.0f} {four_k * t / megapixels:6.1f}"
+                for t, w in ((device, 10), (ondevice, 13), (numpy, 12))
+            ]
             print(
                 f"  {name:>9} {compute * 1e3:10.1f} {memory * 1e3:9.1f} "
-                f"{'compute' if compute >= memory else 'memory':>7} {rate:10.0f} "
-                f"{four_k / rate:6.1f} {megapixels / today:16.0f} "
-                f"{four_k * today / megapixels:10.1f}"
+                f"{'compute' if compute >= memory else 'memory':>7} {' '.join(cells)}"
             )
     print(
         "\n  a roofline is a ceiling: real kernels reach perhaps half of it. The bytes are the "
-        "CPU program's, which fuses less than a GPU's:\n  the memory bound is pessimistic. "
-        "'today' adds the host's work and the bus crossings of the engine as it is."
+        "CPU program's, which fuses less than a GPU's:\n  the memory bound is pessimistic."
     )
 
 
