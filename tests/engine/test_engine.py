@@ -9,7 +9,6 @@ its backend once per process).
 from __future__ import annotations
 
 import dataclasses
-import os
 import subprocess
 import sys
 import time
@@ -24,7 +23,7 @@ from shared.catalogue import BACKBONES
 from shared.cost import octave_sizes
 from shared.images import decode_rgb, fit_within
 from shared.params import RenderParams
-from tests.utils import CHELSEA, ROOT, image_bytes
+from tests.utils import CHELSEA, ROOT, backends_on_jax, image_bytes
 from tests.utils.paths import OFFLINE_WEIGHTS
 from worker.engine import (
     BACKEND,
@@ -574,23 +573,7 @@ def test_the_engine_logic_holds_on_jax_too() -> None:
     ).stdout
     expected = sum(1 for line in marked.splitlines() if "::" in line)
 
-    result = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "pytest",
-            __file__,
-            "-m",
-            "backends",
-            "-q",
-            "-p",
-            "no:cacheprovider",
-        ],
-        cwd=ROOT,
-        env={**os.environ, "ONEIRO_BACKEND": "jax"},
-        capture_output=True,
-        text=True,
-    )
+    result = backends_on_jax(__file__)
 
     assert result.returncode == 0, result.stdout[-6000:] + result.stderr[-3000:]
     assert f"{expected} passed" in result.stdout, result.stdout[-2000:]

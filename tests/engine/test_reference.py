@@ -17,8 +17,6 @@ meant to alter the dream (say so in the commit):
 
 from __future__ import annotations
 
-import os
-import subprocess
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -31,7 +29,7 @@ from PIL import Image
 from shared.images import decode_rgb, fit_within
 from shared.params import RenderParams
 from shared.presets import PRESETS
-from tests.utils import CHELSEA, ROOT
+from tests.utils import CHELSEA, ROOT, backends_on_jax
 from tests.utils.paths import DATA
 from worker.engine import BACKEND, DreamModel, load_dream_model, render
 from worker.engine.controls import Controls
@@ -160,14 +158,7 @@ def test_the_references_are_dreams_each_unlike_the_others() -> None:
 @pytest.mark.skipif(BACKEND != "tensorflow", reason="the JAX pass is started from the default one")
 @pytest.mark.timeout(900)
 def test_jax_still_draws_its_reference_dreams() -> None:
-    result = subprocess.run(
-        [sys.executable, "-m", "pytest", __file__, "-m", "backends", "-q"]
-        + ["-p", "no:cacheprovider"],
-        cwd=ROOT,
-        env={**os.environ, "ONEIRO_BACKEND": "jax"},
-        capture_output=True,
-        text=True,
-    )
+    result = backends_on_jax(__file__)
     assert result.returncode == 0, result.stdout[-6000:] + result.stderr[-3000:]
     assert f"{len(CASES)} passed" in result.stdout, result.stdout[-2000:]
 

@@ -28,6 +28,7 @@ from tests.utils.paths import CHELSEA, DATA, ROOT, chromium_path
 from tests.utils.processes import (
     GUNICORN_LISTENING,
     WERKZEUG_LISTENING,
+    backends_on_jax,
     free_port,
     http_answers,
     kill_process,
@@ -79,6 +80,7 @@ __all__ = [
     "make_job",
     "measured_worker",
     "new_key",
+    "backends_on_jax",
     "oneiro_render",
     "postgres_database",
     "process_env",

@@ -225,3 +225,16 @@ def oneiro_render(
         text=True,
         timeout=1200,
     )
+
+
+def backends_on_jax(test_file: str) -> subprocess.CompletedProcess[str]:
+    """The tests of `test_file` marked `backends`, run again in a child process on JAX (Keras
+    picks its backend once per process)."""
+    return subprocess.run(
+        [sys.executable, "-m", "pytest", test_file, "-m", "backends", "-q"]
+        + ["-p", "no:cacheprovider"],
+        cwd=ROOT,
+        env={**os.environ, "ONEIRO_BACKEND": "jax"},
+        capture_output=True,
+        text=True,
+    )
