@@ -348,6 +348,25 @@ def test_a_render_stopped_mid_step_hands_over_a_state_that_resumes_to_the_same_i
     assert np.array_equal(render(cat, run, model, resume=stopped[0]), uninterrupted)
 
 
+@pytest.mark.backends
+@pytest.mark.parametrize("shape", [(64, 64), (79, 118), (133, 200), (7, 5), (1, 3)])
+def test_the_device_normalizes_and_smooths_as_the_host_reference_does(
+    shape: tuple[int, int],
+) -> None:
+    # imaging.py keeps the host's numpy versions as the reference the device programs repeat:
+    # Pillow's bilinear halvings and doublings tap for tap, the pyramid level by level, the
+    # smoothing neighbour by neighbour (float32 sums in another order: a few ulps).
+    from worker.engine.ondevice import _laplacian, _tv_gradient, pyramid, to_device, to_host
+
+    gradient = np.random.default_rng(1).normal(size=(3, *shape)).astype(np.float32)
+    expected = imaging.laplacian_normalize(gradient.copy())
+    got = to_host(_laplacian(to_device(gradient), pyramid(shape).levels))
+    np.testing.assert_allclose(got, expected, atol=2e-5 * np.abs(expected).max())
+    for plane in gradient:
+        smoothed = to_host(_tv_gradient(to_device(plane)))
+        np.testing.assert_allclose(smoothed, imaging.tv_gradient(plane), atol=1e-5)
+
+
 @pytest.mark.parametrize("name", list(BACKBONES))
 @pytest.mark.parametrize(
     "options",

@@ -68,6 +68,8 @@ def std(array: np.ndarray) -> float:
 
 def laplacian_normalize(gradient: np.ndarray, levels: int = 4) -> np.ndarray:
     """`gradient` split into a Laplacian pyramid, each level scaled to unit std, merged again.
+    The host's reference: renders run it on the device (worker/engine/ondevice.py), held to it by
+    a test.
 
     Low and high spatial frequencies then weigh alike, so large structures grow as readily as
     fine texture (the Laplacian normalization of the original DeepDream notebook).
@@ -87,7 +89,8 @@ def laplacian_normalize(gradient: np.ndarray, levels: int = 4) -> np.ndarray:
 
 
 def tv_gradient(plane: np.ndarray) -> np.ndarray:
-    """The gradient of one plane's total variation, in its squared-difference form.
+    """The gradient of one plane's total variation, in its squared-difference form (the host's
+    reference of ondevice._tv_gradient).
 
     That is 4x minus the four neighbours (edges replicated): a step against it pulls each pixel
     toward its neighbours' mean and is stable for coefficients up to 1/4, unlike the sign of the
