@@ -92,6 +92,13 @@ def test_a_second_tenant_goes_before_the_first_ones_backlog_and_priority_orders_
     assert position(b, job_b) == 2
     assert position(a, jobs_a[-1]) == 3  # high priority: first of A's backlog
 
+    # The slot a worker announces, dispatched for here while A's first job is still in flight:
+    # had the worker's own first dispatch come after it rendered that job (a dry run takes
+    # milliseconds), both tenants would have had nothing in flight, their shares tied and A's
+    # older high-priority job rightly gone first (1 run in about 40 under load).
+    announce_slot(settings, "w:first", slots=1)
+    dispatch(session, create_celery(settings), settings)
+    assert queued_job_ids(settings) == [str(job_b), str(jobs_a[0])]  # the list's head: newest
     with running_worker(settings, tmp_path / "worker.log", env=QUICK_WORKER):
         wait_for(lambda: all_ended(session, [*jobs_a, job_b]), 90, "the jobs to end")
 
