@@ -111,7 +111,7 @@ def tiled_gradient(
     steps = device_steps(model)
     tables = plan.tables()
     at = to_device(np.array(shift, dtype=np.int32))
-    image = to_device(dream) if isinstance(dream, np.ndarray) else dream
+    image = to_device(dream)  # a device array as it is
     gradients = []
     for batch, rows, cols in zip(plan.batches(), tables.rows, tables.cols, strict=True):
         if should_stop is not None and should_stop():
