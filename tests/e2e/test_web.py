@@ -82,8 +82,12 @@ def test_dream_in_the_browser(stack: Stack, page: object) -> None:
     expect(page.locator("input[name=steps]")).to_have_value("50")
     thumbs = page.locator("#presets img.preset-thumb")
     expect(thumbs).to_have_count(len(PRESETS))
-    assert page.eval_on_selector(
-        "#presets img[src$='/deep.jpg']", "e => e.complete && e.naturalWidth"
+    # The thumbnail loads after its <img> is counted: wait for it (a loaded image has a width;
+    # one the server refused never gets one, and the wait fails).
+    page.wait_for_function(
+        "() => { const e = document.querySelector(\"#presets img[src$='/deep.jpg']\");"
+        " return e && e.complete && e.naturalWidth > 0; }",
+        timeout=10_000,
     )
     page.check("input[name=preset][value=subtle]")
     expect(page.locator("input[name=steps]")).to_have_value("20")
