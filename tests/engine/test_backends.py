@@ -22,11 +22,13 @@ from worker.engine.device import (
     tiles_per_call,
 )
 
-# Mean absolute difference, in 8-bit units, allowed between the two backends' float32 dreams of
-# the same image, params and seed. The convolutions sum in different orders (oneDNN against
-# XLA), so a few pixels round the other way: measured 0.004 (0.4% of values off by 1, none by
-# more); the dream itself moves pixels by about 3 on average.
-AGREEMENT_MAD = 0.05
+# Mean and largest absolute difference, in 8-bit units, allowed between the two backends' float32
+# dreams of the same image, params and seed. The convolutions sum in different orders (oneDNN
+# against XLA), and each compiles for the CPU it runs on, so some pixels round the other way:
+# measured 0.004 (none off by more than 1) on the machine this test was written on, 0.088 (9% of
+# values off, by 3 at most) on an AVX2 AMD EPYC (7 December 2026). The bound is about twice the
+# larger; the dream itself moves pixels by about 3 on average.
+AGREEMENT_MAD, AGREEMENT_MAX = 0.2, 6
 
 
 def pixels(path: Path) -> np.ndarray:
@@ -53,7 +55,7 @@ def test_both_backends_dream_the_same_and_each_repeats_itself_bit_for_bit(tmp_pa
     with Image.open(CHELSEA) as source:
         cat = np.asarray(source.convert("RGB").resize(images["jax"].shape[1::-1])).astype(int)
     assert difference.mean() <= AGREEMENT_MAD, f"backends differ by {difference.mean():.3f}"
-    assert difference.max() <= 2
+    assert difference.max() <= AGREEMENT_MAX, f"a value differs by {difference.max()}"
     assert np.abs(images["jax"] - cat).mean() > 1.0  # they did dream
 
 

@@ -7,7 +7,8 @@ dream" means while it moves. A dream amplifies the last bit of a float (a gradie
 its spread turns a rounding into a step), so two correct engines part slowly over the steps, as
 the two backends do today; the bound is that distance: each case within what separates its two
 backends' references (the mean and the largest difference, in 8-bit units, at least
-REFERENCE_MAD and REFERENCE_MAX), and bit for bit the same on a second run.
+REFERENCE_MAD and REFERENCE_MAX), twice over for a CPU of another kind (OTHER_CPU), and bit for
+bit the same on a second run.
 
 Random weights with a fixed seed, small images, on the CPU. To write them again after a change
 meant to alter the dream (say so in the commit):
@@ -37,6 +38,13 @@ from worker.engine.controls import Controls
 REFERENCE = DATA / "reference"
 # The least bounds, in 8-bit units, where the two backends' references are closer still.
 REFERENCE_MAD, REFERENCE_MAX = 0.05, 2
+# XLA and oneDNN compile for the CPU they run on (AVX-512 or AVX2, FMA or not), so the same engine
+# on another kind of CPU rounds otherwise and its dream parts from the pinned one as the other
+# backend's does. Measured on 7 December 2026 on an AVX2 AMD EPYC, against references written on
+# another machine: up to 1.7 times the backends' distance (JAX, classic: 0.886 against 0.517;
+# TensorFlow, plain: 0.230 against 0.230). So a case is held to twice that distance, which still
+# tells a changed dream: one step more or fewer moves the plain case by 1.8 (its bound 0.46).
+OTHER_CPU = 2
 BACKENDS = ("tensorflow", "jax")
 
 _MODELS: dict[tuple[str, tuple[tuple[str, float], ...]], DreamModel] = {}
@@ -120,7 +128,8 @@ def pinned(case: str, backend: str = BACKEND) -> np.ndarray:
 def bounds(case: str) -> tuple[float, int]:
     """What separates the two backends' references of `case`: (mean, largest) difference."""
     apart = np.abs(pinned(case, BACKENDS[0]) - pinned(case, BACKENDS[1]))
-    return max(REFERENCE_MAD, float(apart.mean())), max(REFERENCE_MAX, int(apart.max()))
+    mean, largest = max(REFERENCE_MAD, float(apart.mean())), max(REFERENCE_MAX, int(apart.max()))
+    return OTHER_CPU * mean, OTHER_CPU * largest
 
 
 @pytest.mark.backends
