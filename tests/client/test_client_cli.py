@@ -376,6 +376,10 @@ def _interrupt_at_the_question(
         stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
+        # Ctrl-C as at a terminal, even where the suite itself runs in the background (`make test
+        # &` in a script ignores SIGINT, the child inherits that, and Python then never raises
+        # KeyboardInterrupt).
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     ) as process:
         assert process.stdout and process.stdin and process.stderr
         reader = threading.Thread(target=_drain, args=(process.stderr, err), daemon=True)
