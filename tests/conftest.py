@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -11,6 +12,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import sqlalchemy as sa
 from alembic import command
 from flask import Flask
 from flask.testing import FlaskClient
@@ -93,19 +95,50 @@ def queue_name(redis_url: str) -> Iterator[str]:
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])
-def empty_database_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+def database_kind(request: pytest.FixtureRequest) -> str:
+    """Each database the service runs on: a test that takes a database runs on both."""
+    return str(request.param)
+
+
+@pytest.fixture
+def empty_database_url(database_kind: str, tmp_path: Path) -> Iterator[str]:
     """The URL of a new, empty database of each kind."""
-    if request.param == "sqlite":
+    if database_kind == "sqlite":
         yield f"sqlite:///{tmp_path / 'oneiro.db'}"
     else:
         yield from postgres_database()
 
 
+@pytest.fixture(scope="session")
+def migrated_sqlite(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A SQLite file migrated to head by Alembic once per test process, for tests to copy."""
+    path = tmp_path_factory.mktemp("migrated") / "oneiro.db"
+    command.upgrade(alembic_config(f"sqlite:///{path}"), "head")
+    return path
+
+
+@pytest.fixture(scope="session")
+def migrated_postgres() -> Iterator[str]:
+    """The name of a PostgreSQL database migrated to head by Alembic once per test process,
+    which tests copy (CREATE DATABASE ... TEMPLATE); its migration leaves no connection open."""
+    for url in postgres_database():
+        command.upgrade(alembic_config(url), "head")
+        yield str(sa.engine.make_url(url).database)
+
+
 @pytest.fixture
-def database_url(empty_database_url: str) -> str:
-    """A new database, migrated to head by Alembic (the only way the schema is made)."""
-    command.upgrade(alembic_config(empty_database_url), "head")
-    return empty_database_url
+def database_url(
+    database_kind: str, tmp_path: Path, request: pytest.FixtureRequest
+) -> Iterator[str]:
+    """A new database migrated to head by Alembic (the only way the schema is made): a copy of
+    the test process's migrated one, which is the same schema at a fiftieth of the time (a
+    migration from empty costs 0.1 to 0.2 s, and 1,200 tests take a database)."""
+    if database_kind == "sqlite":
+        path = tmp_path / "oneiro.db"
+        shutil.copyfile(request.getfixturevalue("migrated_sqlite"), path)
+        yield f"sqlite:///{path}"
+    else:
+        yield from postgres_database(template=request.getfixturevalue("migrated_postgres"))
 
 
 @pytest.fixture

@@ -123,7 +123,7 @@ def test_the_reaper_logs_with_the_job_it_puts_back(
 
 
 @pytest.mark.e2e
-@pytest.mark.parametrize("empty_database_url", ["sqlite"], indirect=True)
+@pytest.mark.parametrize("database_kind", ["sqlite"], indirect=True)
 def test_a_celery_worker_process_logs_json_lines_with_the_job(
     settings: Settings, session: Session, storage: Storage, client: FlaskClient, tmp_path: Path
 ) -> None:

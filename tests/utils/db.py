@@ -29,14 +29,16 @@ def running_on_ci() -> bool:
     return os.environ.get("CI", "").strip().lower() in ("1", "true", "yes")
 
 
-def postgres_database() -> Iterator[str]:
-    """Yields the URL of a new, empty PostgreSQL database, dropped afterwards; skips the test
+def postgres_database(template: str | None = None) -> Iterator[str]:
+    """Yields the URL of a new PostgreSQL database, dropped afterwards: empty, or a copy of the
+    database named `template` (which nothing may be connected to meanwhile). Skips the test
     (fails it on CI) when no PostgreSQL answers at ONEIRO_TEST_POSTGRES_URL."""
     admin = sa.create_engine(POSTGRES_ADMIN_URL, isolation_level="AUTOCOMMIT")
+    copy_of = f' TEMPLATE "{template}"' if template else ""
     try:
         with admin.connect() as connection:
             name = f"oneiro_test_{uuid.uuid4().hex[:12]}"
-            connection.execute(sa.text(f'CREATE DATABASE "{name}"'))
+            connection.execute(sa.text(f'CREATE DATABASE "{name}"{copy_of}'))
     except sa.exc.OperationalError as exc:
         admin.dispose()
         unreachable = (

@@ -150,7 +150,7 @@ def test_a_job_in_flight_holds_its_class_slot(farm: Settings, session: Session) 
     app.extensions["oneiro"].engine.dispose()
 
 
-@pytest.mark.parametrize("empty_database_url", ["sqlite"], indirect=True)
+@pytest.mark.parametrize("database_kind", ["sqlite"], indirect=True)
 def test_a_worker_of_the_class_renders_the_job_sent_to_it(farm: Settings, tmp_path: Path) -> None:
     app = create_app(farm)
     client = authed_client(app)
