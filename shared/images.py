@@ -107,6 +107,10 @@ def _upright_size(image: Image.Image) -> tuple[int, int]:
     # EXIF orientations 5-8 turn the image a quarter turn.
     orientation = image.getexif().get(0x0112, 1)
     width, height = image.size
+    if isinstance(image, TiffImagePlugin.TiffImageFile):
+        # Pillow (13) gives a TIFF's size already turned by its orientation, other formats'
+        # as stored: the stored size is in the TIFF's own tags (ImageWidth, ImageLength).
+        width, height = image.tag_v2.get(256, width), image.tag_v2.get(257, height)
     return (height, width) if orientation in (5, 6, 7, 8) else (width, height)
 
 

@@ -14,12 +14,20 @@ import pytest
 import tifffile
 from click.testing import CliRunner
 from flask.testing import FlaskClient
-from PIL import Image, ImageCms
+from PIL import Image, ImageCms, ImageOps
 from sqlalchemy.orm import Session, sessionmaker
 
 from client.cli import main
 from shared.formats import ANIMATED_FORMATS, MP4, OUTPUT_FORMATS, output_format, result_format
-from shared.images import as_depth, decode_image, encode_image, recipe_of
+from shared.images import (
+    as_depth,
+    decode_image,
+    encode_image,
+    fit_within,
+    frame_durations,
+    inspect_image,
+    recipe_of,
+)
 from shared.models import Job, JobStatus
 from shared.presets import PRESETS
 from shared.settings import Settings
@@ -143,6 +151,74 @@ def test_exif_orientation_turns_sixteen_bit_pixels_upright() -> None:
 
     assert pixels.shape == (60, 40, 3)
     assert np.array_equal(pixels, np.rot90(SIXTEEN, -1))
+
+
+@pytest.mark.parametrize("orientation", range(1, 9))
+def test_every_exif_orientation_turns_pixels_upright_as_pillow_turns_them(orientation: int) -> None:
+    """Each of EXIF's eight orientations, on a 16-bit TIFF (turned by shared.images.orient) and
+    on an 8-bit PNG (turned by Pillow): the same upright picture, of the size inspect_image
+    reports. An asymmetric picture, so every flip and turn shows."""
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    eight = pillow(EIGHT, "PNG", exif=exif)
+    with Image.open(io.BytesIO(eight)) as opened:
+        upright = np.asarray(ImageOps.exif_transpose(opened).convert("RGB"))
+    sixteen = tiff(SIXTEEN, photometric="rgb", extratags=[(274, "H", 1, orientation, True)])
+
+    assert np.array_equal(decode_image(eight).pixels, upright)
+    assert np.array_equal(as_depth(decode_image(sixteen).pixels, 8), upright)
+    height, width = upright.shape[:2]
+    assert (height, width) == ((60, 40) if orientation >= 5 else (40, 60))
+    assert inspect_image(eight, 10**6)[1:] == (width, height)
+    assert inspect_image(sixteen, 10**6)[1:] == (width, height)
+
+
+def test_sixteen_bit_grey_and_rgba_decode_whole_as_rgb() -> None:
+    """A 16-bit grey TIFF (one plane) and an RGBA one: every level kept, grey made RGB, alpha
+    dropped; a 16-bit grey PNG (which Pillow reads whole) keeps 0 and 65535."""
+    grey = SIXTEEN[..., 0]
+    decoded = decode_image(tiff(grey, photometric="minisblack")).pixels
+    assert np.array_equal(decoded, np.stack([grey] * 3, -1))
+    rgba = np.concatenate([SIXTEEN, SIXTEEN[..., :1]], axis=-1)
+    decoded = decode_image(tiff(rgba, photometric="rgb", extrasamples=[2])).pixels
+    assert np.array_equal(decoded, SIXTEEN)
+    ends = grey.copy()
+    ends[0, :2] = (0, 65535)
+    png = io.BytesIO()
+    Image.fromarray(ends).save(png, format="PNG")
+    decoded = decode_image(png.getvalue()).pixels
+    assert decoded.dtype == np.uint16
+    assert np.array_equal(decoded, np.stack([ends] * 3, -1))
+    # Eight bits in a TIFF are not sixteen.
+    assert decode_image(tiff(EIGHT, photometric="rgb")).pixels.dtype == np.uint8
+
+
+def test_sixteen_bits_scale_down_as_eight_do_at_their_own_depth() -> None:
+    """fit_within at 16 bits: the size of the 8-bit path, each sample within one 8-bit level of
+    its 8-bit resize, never scaled up, the same array when it already fits."""
+    small16, small8 = fit_within(SIXTEEN, 30), fit_within(EIGHT, 30)
+
+    assert small16.dtype == np.uint16 and small8.dtype == np.uint8
+    assert small16.shape == small8.shape == (20, 30, 3)
+    assert np.abs(as_depth(small16, 8).astype(int) - small8).max() <= 1
+    assert int(small16.max()) > 255  # still 16-bit levels, not 8-bit ones widened
+    for fits in (60, 100, None):
+        assert fit_within(SIXTEEN, fits) is SIXTEEN
+        assert fit_within(EIGHT, fits) is EIGHT
+
+
+def test_frame_durations_keep_every_frame_on_its_time_in_what_each_format_holds() -> None:
+    """Frame n starts at n / fps, rounded to the format's tick (a GIF's 10 ms, a WebP's 1 ms)."""
+    gif, webp = ANIMATED_FORMATS["gif"], ANIMATED_FORMATS["webp"]
+    assert frame_durations(5, 24, gif) == [40, 40, 40, 50, 40]
+    assert frame_durations(4, 30, webp) == [33, 34, 33, 33]
+    assert frame_durations(3, 2.5, gif) == [400, 400, 400]
+    for fmt, fps, tick in ((gif, 24, 10), (gif, 29.97, 10), (webp, 24, 1), (webp, 12.5, 1)):
+        durations = frame_durations(100, fps, fmt)
+        assert len(durations) == 100
+        assert all(d % tick == 0 and d > 0 for d in durations)
+        starts = np.cumsum(durations)
+        assert np.abs(starts - np.arange(1, 101) * 1000 / fps).max() <= tick / 2
 
 
 def test_the_icc_profile_of_the_input_is_read() -> None:
