@@ -69,6 +69,9 @@ def test_an_unchanged_file_answers_304_to_its_etag_and_a_new_one_200(
     assert etag.startswith('"') and first.headers["Cache-Control"] == "private, no-cache"
     assert first.headers["Accept-Ranges"] == "bytes"
     assert int(first.headers["Content-Length"]) == len(DATA)
+    # A result is named for saving (its job and its format's extension); a preview is not.
+    named = f'inline; filename="{job.id}.png"' if route == "result" else None
+    assert first.headers.get("Content-Disposition") == named
     again = client.get(url, headers={"If-None-Match": etag})
     assert again.status_code == 304 and again.data == b""
     assert again.headers["ETag"] == etag

@@ -202,6 +202,13 @@ def test_sixteen_bits_scale_down_as_eight_do_at_their_own_depth() -> None:
     assert small16.shape == small8.shape == (20, 30, 3)
     assert np.abs(as_depth(small16, 8).astype(int) - small8).max() <= 1
     assert int(small16.max()) > 255  # still 16-bit levels, not 8-bit ones widened
+    # Lanczos rings past black and white at a hard edge: the samples are clipped to the 16-bit
+    # range, as Pillow clips the 8-bit path's, not wrapped around it.
+    edge = np.zeros_like(SIXTEEN)
+    edge[:, 30:] = 65535
+    small = fit_within(edge, 30)
+    assert (int(small.min()), int(small.max())) == (0, 65535)
+    assert np.abs(as_depth(small, 8).astype(int) - fit_within(as_depth(edge, 8), 30)).max() <= 1
     for fits in (60, 100, None):
         assert fit_within(SIXTEEN, fits) is SIXTEEN
         assert fit_within(EIGHT, fits) is EIGHT
