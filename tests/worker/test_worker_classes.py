@@ -6,28 +6,39 @@ from __future__ import annotations
 import io
 import json
 import re
+import time
 import uuid
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
 import pytest
+import redis
 from flask.testing import FlaskClient
 from sqlalchemy.orm import Session
 
 from api import create_app
 from dev.launcher import render_workers
 from shared.cost import peak_memory_bytes
-from shared.dispatch import announce_slot, dispatch, withdraw_slot
+from shared.dispatch import (
+    CANDIDATES_PER_SLOT,
+    announce_slot,
+    dispatch,
+    slots_by_queue,
+    slots_key,
+    withdraw_slot,
+)
 from shared.models import JobStatus, utcnow
 from shared.params import RenderParams
 from shared.queue import create_celery, render_queues, waiting_render_jobs, worker_queue
 from shared.settings import Settings, load_settings
+from shared.storage import Storage
 from shared.transitions import claim_job
 from tests.utils import (
     authed_client,
     drop_queues,
     image_bytes,
+    make_job,
     queued_job_ids,
     running_worker,
     wait_for,
@@ -148,6 +159,81 @@ def test_a_job_in_flight_holds_its_class_slot(farm: Settings, session: Session) 
     assert queued_job_ids(farm) == [first]
     withdraw_slot(farm, "gpu-worker")
     app.extensions["oneiro"].engine.dispose()
+
+
+def test_each_class_gets_as_many_jobs_as_its_free_slots_and_the_look_ahead_only_with_a_worker(
+    farm: Settings, session: Session
+) -> None:
+    farm = farm.model_copy(update={"dispatch_lookahead": 1})
+    app = create_app(farm)
+    client = authed_client(app)
+    smalls = [send(client, SMALL) for _ in range(4)]  # no slot yet: all wait
+    larges = [send(client, LARGE) for _ in range(2)]
+    # Two slots of the small class, none of the large: the small class gets its two and the
+    # look-ahead's one; the large class, with no worker to take a job, none (a message there
+    # would wait in Redis, out of the fair order).
+    announce_slot(farm, "gpu-worker", slots=2)
+    sent = dispatch(session, create_celery(farm), farm).sent
+    assert [str(job) for job in sent] == smalls[:3]
+    assert sorted(queued_job_ids(farm)) == sorted(smalls[:3])
+    assert queued_job_ids(farm, f"{farm.queue}-large") == []
+    assert {client.get(f"/v1/jobs/{job}").get_json()["status"] for job in larges} == {"queued"}
+    withdraw_slot(farm, "gpu-worker")
+    app.extensions["oneiro"].engine.dispose()
+
+
+def backlog_job(
+    session: Session, storage: Storage, job: tuple[tuple[int, int], dict[str, Any]], **fields: Any
+) -> uuid.UUID:
+    size, params = job
+    return make_job(session, storage, image=image_bytes(size), params=params, **fields).id
+
+
+def test_a_class_with_more_in_flight_than_slots_takes_nothing_and_holds_no_other_back(
+    farm: Settings, session: Session, storage: Storage
+) -> None:
+    farm = farm.model_copy(update={"dispatch_lookahead": 0})
+    # The large class lost its worker while its job runs: it is one over (free -1).
+    backlog_job(session, storage, LARGE, status=JobStatus.RUNNING, enqueued_at=utcnow())
+    backlog_job(session, storage, LARGE)  # first in fair order, but its class is full
+    small = backlog_job(session, storage, SMALL)
+    announce_slot(farm, "gpu-worker")
+    assert dispatch(session, create_celery(farm), farm).sent == [small]
+    withdraw_slot(farm, "gpu-worker")
+
+
+def test_a_dispatch_weighs_a_bounded_number_of_backlog_jobs_per_free_slot(
+    farm: Settings, session: Session, storage: Storage
+) -> None:
+    farm = farm.model_copy(update={"dispatch_lookahead": 0})
+    for _ in range(CANDIDATES_PER_SLOT - 1):
+        backlog_job(session, storage, LARGE)  # no large worker: these wait
+    first = backlog_job(session, storage, SMALL)
+    announce_slot(farm, "gpu-worker")
+    # The small job is the CANDIDATES_PER_SLOT-th in fair order: within what one free slot
+    # weighs, so it goes.
+    assert dispatch(session, create_celery(farm), farm).sent == [first]
+    backlog_job(session, storage, LARGE)
+    backlog_job(session, storage, SMALL)
+    # One more large job ahead pushes the next small one past it: a dispatch reads at most
+    # CANDIDATES_PER_SLOT a free slot (the next dispatch, as large jobs go, reaches it).
+    announce_slot(farm, "gpu-worker", slots=2)  # one free: the first small one is in flight
+    assert dispatch(session, create_celery(farm), farm).sent == []
+    withdraw_slot(farm, "gpu-worker")
+
+
+def test_an_older_workers_announcement_counts_for_the_smallest_class_and_a_garbled_one_lapses(
+    farm: Settings,
+) -> None:
+    client = redis.Redis.from_url(farm.redis_url)
+    until = time.time() + 60
+    # A worker from before classes says no queue: it consumes the default (smallest) queue.
+    client.hset(slots_key(farm), "old-worker", json.dumps({"slots": 2, "until": until}))
+    client.hset(slots_key(farm), "garbled", json.dumps({"slots": 1, "until": "soon"}))
+    assert slots_by_queue(farm, client) == {render_queues(farm)[0]: 2}
+    assert client.hkeys(slots_key(farm)) == [b"old-worker"]  # the garbled one removed
+    client.delete(slots_key(farm))
+    client.close()
 
 
 @pytest.mark.parametrize("database_kind", ["sqlite"], indirect=True)
