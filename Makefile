@@ -6,10 +6,10 @@ BIN := $(VENV)/bin
 .PHONY: install run test lint docs fuzz mutate
 
 # pytest-xdist processes for `make test`: one per core (`auto`). Every test already has its own
-# database, queue names, ports and files, so they share nothing but the servers; on 2 cores this
-# took the suite from about 25 to 14 minutes. A process that runs out of tests takes some of
-# another's (worksteal), and the slowest start first (tests/conftest.py). TEST_WORKERS=0 runs
-# it in one process.
+# database, queue names, ports and files, so they share nothing but the servers; two processes
+# on 2 cores take the tests from about 25 minutes to 16-18 (docs/internals/tests.md). A process
+# that runs out of tests takes some of another's (worksteal), and the slowest start first
+# (tests/conftest.py). TEST_WORKERS=0 runs it in one process.
 TEST_WORKERS ?= auto
 
 install: $(VENV)/.installed

@@ -164,6 +164,36 @@ def test_the_readme_links_and_picture_are_there() -> None:
     assert len(readme.splitlines()) <= 150, "README.md is a front page: the rest goes in docs/"
 
 
+def test_the_front_page_says_what_a_newcomer_needs_first() -> None:
+    readme = (ROOT / "README.md").read_text()
+    needed = {
+        "the data flow in one diagram": "```mermaid",
+        "make run": "make run",
+        "make test": "make test",
+        "try it with curl": "curl -s",
+        "try it with oneiro": "oneiro submit",
+        "try it on the web page": "http://127.0.0.1:8000/",
+        "offline weights": "ONEIRO_WEIGHTS=../shared/models/",
+        "how long the tests take": "minutes",
+        "which Redis database they use": "database 0",
+        "that they may install Chromium": "Chromium",
+        "how to run a part": "PYTEST_ARGS=",
+    }
+    missing = [what for what, text in needed.items() if text not in readme]
+    assert not missing, f"README.md does not say: {missing}"
+    manual = re.findall(r"\]\((docs/[^)#\s]+)", readme)
+    assert len(set(manual)) >= 8, "the front page links into the manual"
+
+
+def test_the_strict_build_fails_on_a_broken_link_a_bad_anchor_or_an_unlisted_page() -> None:
+    # What makes `mkdocs build --strict` (make docs, the site fixture) fail on each: a warning.
+    config = (ROOT / "mkdocs.yml").read_text()
+    validation = config.split("validation:", 1)[1].split("\n\n", 1)[0]
+    for check in ("omitted_files", "unrecognized_links", "anchors", "absolute_links"):
+        assert re.search(rf"^  {check}: warn$", validation, re.M), check
+    assert re.search(r"^strict: true$", config, re.M)
+
+
 def test_no_code_cites_a_design_file_the_repo_does_not_have() -> None:
     citing = [
         str(path.relative_to(ROOT))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import uuid
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -143,7 +144,22 @@ def test_a_decompression_bomb_is_refused_before_decoding(client: FlaskClient) ->
     bomb = encoded(Image.new("1", (40000, 40000)), "PNG")
     assert len(bomb) < 300_000
     body = assert_problem(submit(client, bomb), 413)
-    assert "1600000000" in body["detail"] or "too many pixels" in body["detail"]
+    assert "1600000000" in body["detail"] and "ONEIRO_MAX_PIXELS" in body["detail"]
+
+
+@pytest.mark.parametrize("database_kind", ["sqlite"], indirect=True)  # no query differs
+def test_a_large_photo_within_the_default_pixel_limit_is_taken_at_default_params(
+    limited: Callable[..., FlaskClient], session: Session
+) -> None:
+    # The photo a newcomer's 6000x5232 camera file was refused at (its top octave was 1.69x a
+    # side); the service's own limits, whatever the test settings lower.
+    defaults = Settings()
+    client = limited(max_pixels=defaults.max_pixels, max_work=defaults.max_work)
+    photo = encoded(Image.new("RGB", (6000, 5232), (90, 120, 60)), "JPEG")
+    answer = submit(client, photo)
+    assert answer.status_code == 202, answer.get_data(as_text=True)
+    job = session.get(Job, uuid.UUID(answer.get_json()["id"]))
+    assert job is not None and (job.input_width, job.input_height) == (6000, 5232)
 
 
 def test_a_job_over_the_work_budget_is_422_with_limit_and_value(

@@ -127,6 +127,24 @@ def test_a_backbone_without_weights_is_refused_at_submit(
     assert response.status_code == 202, response.get_data(as_text=True)
 
 
+def test_a_deployment_with_no_weights_at_all_refuses_the_default_model_naming_the_fix(
+    settings: Settings,
+    session: Session,
+    tmp_path: Path,
+    app_for: Callable[[Settings], Flask],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # A plain offline `make run` with ONEIRO_WEIGHTS=imagenet and nothing anywhere (not even
+    # in this machine's own Keras cache): refused at submit, not failed by a worker later.
+    monkeypatch.setenv("KERAS_HOME", str(tmp_path / "keras"))
+    app = app_for(offline(settings, tmp_path / "weights"))
+    body = assert_problem(submit(app, {"steps": 2}), 422)
+    [error] = body["errors"]
+    assert f"ONEIRO_WEIGHTS=/path/to/{INCEPTION_FILE}" in error["message"]
+    assert session.query(Job).count() == 0
+    assert authed_client(app).get("/v1/models").get_json()["models"] == []
+
+
 def test_one_weights_file_is_the_default_backbones_or_the_one_it_is_named_for(
     settings: Settings, tmp_path: Path
 ) -> None:

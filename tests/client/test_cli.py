@@ -12,6 +12,7 @@ from click.testing import CliRunner
 from PIL import Image
 
 from client.cli import main
+from client.commands import describe_progress, describe_standing
 from client.config import write_client_config
 from client.render import GPU_DEVICE_NODES
 from shared.params import QUEUE_FIELDS, RenderParams
@@ -113,3 +114,18 @@ def test_config_prints_the_saved_key_and_url(no_saved_config: Path, tmp_path: Pa
     moved = runner.invoke(main, ["config", "key"], env={"ONEIRO_CLIENT_CONFIG": str(elsewhere)})
     assert moved.stdout == "oneiro_elsewhere\n"
     assert runner.invoke(main, ["config", "key"], env={"ONEIRO_API_KEY": "k"}).stdout == "k\n"
+
+
+def test_a_queued_jobs_standing_reads_as_the_api_gives_it() -> None:
+    # The API's `queue` of a queued job, as `oneiro status` and `submit --wait` print it.
+    assert describe_standing({"position": 3, "estimated_start_seconds": 95.4}) == (
+        "position 3; starts in about 1:35"
+    )
+    assert describe_standing({"position": 1, "estimated_start_seconds": 7384}) == (
+        "position 1; starts in about 2h03m"
+    )
+    assert describe_standing({"position": 2, "estimated_start_seconds": None}) == (
+        "position 2; start time not known yet"
+    )
+    queued = {"status": "queued", "queue": {"position": 4, "estimated_start_seconds": 30}}
+    assert describe_progress(queued) == "queued, position 4; starts in about 0:30"
