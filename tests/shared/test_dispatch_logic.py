@@ -75,12 +75,14 @@ def test_no_free_slot_chooses_nothing_even_when_more_are_in_flight_than_slots(
     assert len(choose(session, 2)) == 2
 
 
-def test_a_claimed_job_still_marked_as_in_the_backlog_takes_no_backlog_place(
+def test_jobs_never_sent_but_no_longer_queued_take_no_backlog_place(
     session: Session, storage: Storage
 ) -> None:
     # The relay put a job back in the backlog while its message was still in Redis, and a
-    # worker claimed it: running, with no enqueued_at. Its tenant's waiting jobs go as before.
-    jobs_of(session, storage, "someone", 1, status=JobStatus.RUNNING)
+    # worker claimed it: running, with no enqueued_at. Jobs canceled or expired before they
+    # were sent have none either. Its tenant's waiting jobs go as before.
+    for status in (JobStatus.RUNNING, JobStatus.CANCELED, JobStatus.EXPIRED, JobStatus.SUCCEEDED):
+        jobs_of(session, storage, "someone", 1, status=status)
     waiting = jobs_of(session, storage, "someone", 2)
     assert choose(session, 2) == waiting
 

@@ -229,9 +229,15 @@ def test_an_older_workers_announcement_counts_for_the_smallest_class_and_a_garbl
     until = time.time() + 60
     # A worker from before classes says no queue: it consumes the default (smallest) queue.
     client.hset(slots_key(farm), "old-worker", json.dumps({"slots": 2, "until": until}))
-    client.hset(slots_key(farm), "garbled", json.dumps({"slots": 1, "until": "soon"}))
+    gone = {
+        "lapsed": json.dumps({"slots": 1, "until": time.time() - 1}),
+        "not-json": "slots=1",
+        "no-until": json.dumps({"slots": 1}),
+        "until-a-word": json.dumps({"slots": 1, "until": "soon"}),
+    }
+    client.hset(slots_key(farm), mapping=gone)
     assert slots_by_queue(farm, client) == {render_queues(farm)[0]: 2}
-    assert client.hkeys(slots_key(farm)) == [b"old-worker"]  # the garbled one removed
+    assert client.hkeys(slots_key(farm)) == [b"old-worker"]  # the rest removed
     client.delete(slots_key(farm))
     client.close()
 
