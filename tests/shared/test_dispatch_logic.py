@@ -114,6 +114,25 @@ def test_jobs_sent_and_ended_before_a_worker_took_them_hold_no_slot(
         withdraw_slot(settings, "w1")
 
 
+def test_jobs_redis_does_not_take_go_back_to_the_backlog(
+    settings: Settings, session: Session, storage: Storage
+) -> None:
+    settings = settings.model_copy(update={"dispatch_lookahead": 2})
+    waiting = jobs_of(session, storage, "someone", 2)
+    announce_slot(settings, "w1")
+    # The broker away while the dispatcher's own Redis answers: each send fails after its
+    # retries, and the jobs, already marked and committed as dispatched, are unmarked.
+    unreachable = create_celery(settings.model_copy(update={"redis_url": "redis://127.0.0.1:1/0"}))
+    try:
+        assert dispatch(session, unreachable, settings).sent == []
+    finally:
+        withdraw_slot(settings, "w1")
+        unreachable.close()
+    session.expire_all()
+    assert [session.get(Job, job_id).enqueued_at for job_id in waiting] == [None, None]
+    assert choose(session, 2) == waiting  # chosen again next time, in the same order
+
+
 def test_a_full_farm_does_not_wait_for_the_dispatch_lock(
     settings: Settings, session: Session, storage: Storage, caplog: pytest.LogCaptureFixture
 ) -> None:
