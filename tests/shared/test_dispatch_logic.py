@@ -100,6 +100,22 @@ def test_a_backlog_job_another_transaction_holds_is_skipped_not_waited_for(
         other.rollback()
 
 
+def test_a_running_job_holds_its_slot_with_nothing_sent(
+    settings: Settings, session: Session, storage: Storage
+) -> None:
+    settings = settings.model_copy(update={"dispatch_lookahead": 0})
+    jobs_of(session, storage, "someone", 1, status=JobStatus.RUNNING, enqueued_at=utcnow())
+    jobs_of(session, storage, "someone", 1)
+    announce_slot(settings, "w1")
+    try:
+        assert dispatch(session, create_celery(settings), settings).sent == []
+        announce_slot(settings, "w2")  # a second worker: now one slot is free
+        assert len(dispatch(session, create_celery(settings), settings).sent) == 1
+    finally:
+        withdraw_slot(settings, "w1")
+        withdraw_slot(settings, "w2")
+
+
 def test_jobs_sent_and_ended_before_a_worker_took_them_hold_no_slot(
     settings: Settings, session: Session, storage: Storage
 ) -> None:

@@ -15,6 +15,7 @@ from typing import Any
 import pytest
 import redis
 from flask.testing import FlaskClient
+from sqlalchemy import update
 from sqlalchemy.orm import Session
 
 from api import create_app
@@ -28,7 +29,7 @@ from shared.dispatch import (
     slots_key,
     withdraw_slot,
 )
-from shared.models import JobStatus, utcnow
+from shared.models import Job, JobStatus, utcnow
 from shared.params import RenderParams
 from shared.queue import create_celery, render_queues, waiting_render_jobs, worker_queue
 from shared.settings import Settings, load_settings
@@ -206,18 +207,21 @@ def test_a_dispatch_weighs_a_bounded_number_of_backlog_jobs_per_free_slot(
     farm: Settings, session: Session, storage: Storage
 ) -> None:
     farm = farm.model_copy(update={"dispatch_lookahead": 0})
-    for _ in range(CANDIDATES_PER_SLOT - 1):
-        backlog_job(session, storage, LARGE)  # no large worker: these wait
+    # No large worker: these wait, ahead of the small job in fair order.
+    larges = [backlog_job(session, storage, LARGE) for _ in range(2 * CANDIDATES_PER_SLOT - 1)]
     first = backlog_job(session, storage, SMALL)
-    announce_slot(farm, "gpu-worker")
-    # The small job is the CANDIDATES_PER_SLOT-th in fair order: within what one free slot
-    # weighs, so it goes.
+    announce_slot(farm, "gpu-worker", slots=2)
+    # Two free slots weigh 2 x CANDIDATES_PER_SLOT jobs: the small job, the last of them, goes.
     assert dispatch(session, create_celery(farm), farm).sent == [first]
+    # Clients cancel 20 of the large jobs and submit one more, and another small one: that is
+    # now the (CANDIDATES_PER_SLOT + 1)-th, and one slot is free (the first small job holds
+    # the other). Past what one free slot weighs, it waits: a dispatch reads a bounded number
+    # of rows, and the next one, as large jobs go, reaches it.
+    canceled = larges[:20]
+    session.execute(update(Job).where(Job.id.in_(canceled)).values(status=JobStatus.CANCELED))
+    session.commit()
     backlog_job(session, storage, LARGE)
     backlog_job(session, storage, SMALL)
-    # One more large job ahead pushes the next small one past it: a dispatch reads at most
-    # CANDIDATES_PER_SLOT a free slot (the next dispatch, as large jobs go, reaches it).
-    announce_slot(farm, "gpu-worker", slots=2)  # one free: the first small one is in flight
     assert dispatch(session, create_celery(farm), farm).sent == []
     withdraw_slot(farm, "gpu-worker")
 
