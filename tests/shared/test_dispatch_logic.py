@@ -259,6 +259,54 @@ def test_standing_sent_jobs_first_then_the_backlog_each_waiting_for_the_work_ahe
     assert queue_standings(session, [running.id], rate=unit, slots=1) == {}
 
 
+def test_every_queued_jobs_standing_is_its_place_in_the_dispatch_order_and_the_work_ahead(
+    session: Session, storage: Storage
+) -> None:
+    # Three tenants of different weights and loads, jobs of three sizes and priorities,
+    # interleaved in time, two already in Redis: each job's standing, counted from its tenant's
+    # share (shared/standing.py), must be exactly its place in the order the dispatcher sends.
+    light, heavy, idle = (tenant_named(session, name).id for name in ("light", "heavy", "idle"))
+    set_weight(session, "heavy", 3)
+    set_weight(session, "light", 0.5)
+    running = make_job(
+        session,
+        storage,
+        params=TINY,
+        status=JobStatus.RUNNING,
+        tenant_id=heavy,
+        progress={"fraction": 0.5},
+    )
+    make_job(session, storage, params=TINY, status=JobStatus.RUNNING, tenant_id=light)
+    sizes = [
+        {"steps": 1, "octaves": 1, "seed": 3},
+        {"steps": 3, "octaves": 1, "seed": 3},
+        {"steps": 2, "octaves": 2, "seed": 3},
+    ]
+    for n in range(7):
+        for tenant in (light, heavy, idle)[: 1 + n % 3]:
+            make_job(session, storage, params=sizes[n % 3], tenant_id=tenant, priority=n % 3)
+    for _ in range(2):
+        make_job(session, storage, params=TINY, tenant_id=idle, enqueued_at=utcnow())
+        make_job(session, storage, params=TINY, tenant_id=None)  # from before tenants: weight 1
+    order = standing.dispatch_order(session)
+    work = dict(session.execute(select(Job.id, Job.work).where(Job.id.in_(order))).all())
+    assert len(order) == len(work) == 13 + 2 + 2  # every queued job, once
+
+    rate, slots = 0.01, 3
+    shown = queue_standings(session, [*order, running.id], rate=rate, slots=slots)
+
+    before = standing._running_work_left(session)
+    assert before > 0
+    expected = {}
+    for place, job_id in enumerate(order):
+        expected[job_id] = {
+            "position": place + 1,
+            "estimated_start_seconds": round(before / (rate * slots), 1),
+        }
+        before += work[job_id]
+    assert shown == expected
+
+
 def test_a_job_sent_while_its_standing_is_read_stands_last_of_the_sent(
     session: Session,
     storage: Storage,
