@@ -4,6 +4,7 @@ under gunicorn and a real Celery worker."""
 from __future__ import annotations
 
 import json
+import re
 import sys
 import time
 from collections.abc import Iterator
@@ -419,7 +420,10 @@ def test_a_zoom_takes_its_frames_and_zoom_and_a_queued_job_shows_where_it_stands
     page.click("#submit")
     job_id = ""
     try:
-        expect(page.locator("#progress-text")).to_contain_text("queued · position 1 · ")
+        # As `oneiro status` says it; no job has ended on this stack yet, so no measured speed.
+        expect(page.locator("#progress-text")).to_contain_text(
+            re.compile(r"queued · position 1 · (start time not known yet|starts in about \d+:\d\d)")
+        )
         job_id = page.get_attribute("#job-id", "title") or ""
         animation = stack.job(job_id)["params"]["animation"]
         assert (animation["frames"], animation["zoom"]) == (3, 1.1)

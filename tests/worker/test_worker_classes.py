@@ -3,11 +3,13 @@ class that holds its peak memory by every send (submit, retry, the relay), and r
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import re
 import time
 import uuid
+from collections.abc import Iterator
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -74,6 +76,17 @@ def send(client: FlaskClient, job: tuple[tuple[int, int], dict[str, Any]]) -> st
     return answer.get_json()["id"]  # type: ignore[no-any-return]
 
 
+@contextlib.contextmanager
+def api_on(farm: Settings, lookahead: int) -> Iterator[tuple[Settings, FlaskClient]]:
+    """The farm with `dispatch_lookahead` set, and a client of an API serving it."""
+    farm = farm.model_copy(update={"dispatch_lookahead": lookahead})
+    app = create_app(farm)
+    try:
+        yield farm, authed_client(app)
+    finally:
+        app.extensions["oneiro"].engine.dispose()
+
+
 def test_the_smallest_class_keeps_the_queue_and_larger_ones_get_their_own() -> None:
     farm = load_settings(queue="gpu", worker_classes="gpu:24, gpu-large:80")
     assert render_queues(farm) == ["gpu", "gpu-gpu-large"]
@@ -126,61 +139,52 @@ def test_a_job_goes_to_the_smallest_class_that_holds_it_on_every_send(
 def test_a_free_slot_of_one_class_is_not_spent_on_a_job_of_another(
     farm: Settings, session: Session
 ) -> None:
-    farm = farm.model_copy(update={"dispatch_lookahead": 0})
-    app = create_app(farm)
-    client = authed_client(app)
-    small, large = send(client, SMALL), send(client, LARGE)  # no slot yet: both wait
-    large_queue = f"{farm.queue}-large"
-    # A large worker is free: the large job goes, though the small one is older and first in
-    # fair order; the small one waits in the backlog for a slot of its class.
-    announce_slot(farm.model_copy(update={"worker_class": "large"}), "large-worker")
-    dispatch(session, create_celery(farm), farm)
-    assert queued_job_ids(farm, large_queue) == [large]
-    assert queued_job_ids(farm) == []
-    announce_slot(farm, "gpu-worker")
-    dispatch(session, create_celery(farm), farm)
-    assert queued_job_ids(farm) == [small]
-    for name in ("large-worker", "gpu-worker"):
-        withdraw_slot(farm, name)
-    app.extensions["oneiro"].engine.dispose()
+    with api_on(farm, lookahead=0) as (farm, client):
+        small, large = send(client, SMALL), send(client, LARGE)  # no slot yet: both wait
+        large_queue = f"{farm.queue}-large"
+        # A large worker is free: the large job goes, though the small one is older and first in
+        # fair order; the small one waits in the backlog for a slot of its class.
+        announce_slot(farm.model_copy(update={"worker_class": "large"}), "large-worker")
+        dispatch(session, create_celery(farm), farm)
+        assert queued_job_ids(farm, large_queue) == [large]
+        assert queued_job_ids(farm) == []
+        announce_slot(farm, "gpu-worker")
+        dispatch(session, create_celery(farm), farm)
+        assert queued_job_ids(farm) == [small]
+        for name in ("large-worker", "gpu-worker"):
+            withdraw_slot(farm, name)
 
 
 def test_a_job_in_flight_holds_its_class_slot(farm: Settings, session: Session) -> None:
-    farm = farm.model_copy(update={"dispatch_lookahead": 0})
-    app = create_app(farm)
-    client = authed_client(app)
-    announce_slot(farm, "gpu-worker")  # one slot of the small class
-    first, _waiting = send(client, SMALL), send(client, SMALL)
-    assert queued_job_ids(farm) == [first]  # sent at its submit; the second waits
-    # The first is sent, not yet claimed, then running: either way the slot is taken.
-    assert dispatch(session, create_celery(farm), farm).sent == []
-    with session.begin():
-        assert claim_job(session, uuid.UUID(first), "gpu-worker") == 1
-    assert dispatch(session, create_celery(farm), farm).sent == []
-    assert queued_job_ids(farm) == [first]
-    withdraw_slot(farm, "gpu-worker")
-    app.extensions["oneiro"].engine.dispose()
+    with api_on(farm, lookahead=0) as (farm, client):
+        announce_slot(farm, "gpu-worker")  # one slot of the small class
+        first, _waiting = send(client, SMALL), send(client, SMALL)
+        assert queued_job_ids(farm) == [first]  # sent at its submit; the second waits
+        # The first is sent, not yet claimed, then running: either way the slot is taken.
+        assert dispatch(session, create_celery(farm), farm).sent == []
+        with session.begin():
+            assert claim_job(session, uuid.UUID(first), "gpu-worker") == 1
+        assert dispatch(session, create_celery(farm), farm).sent == []
+        assert queued_job_ids(farm) == [first]
+        withdraw_slot(farm, "gpu-worker")
 
 
 def test_each_class_gets_as_many_jobs_as_its_free_slots_and_the_look_ahead_only_with_a_worker(
     farm: Settings, session: Session
 ) -> None:
-    farm = farm.model_copy(update={"dispatch_lookahead": 1})
-    app = create_app(farm)
-    client = authed_client(app)
-    smalls = [send(client, SMALL) for _ in range(4)]  # no slot yet: all wait
-    larges = [send(client, LARGE) for _ in range(2)]
-    # Two slots of the small class, none of the large: the small class gets its two and the
-    # look-ahead's one; the large class, with no worker to take a job, none (a message there
-    # would wait in Redis, out of the fair order).
-    announce_slot(farm, "gpu-worker", slots=2)
-    sent = dispatch(session, create_celery(farm), farm).sent
-    assert [str(job) for job in sent] == smalls[:3]
-    assert sorted(queued_job_ids(farm)) == sorted(smalls[:3])
-    assert queued_job_ids(farm, f"{farm.queue}-large") == []
-    assert {client.get(f"/v1/jobs/{job}").get_json()["status"] for job in larges} == {"queued"}
-    withdraw_slot(farm, "gpu-worker")
-    app.extensions["oneiro"].engine.dispose()
+    with api_on(farm, lookahead=1) as (farm, client):
+        smalls = [send(client, SMALL) for _ in range(4)]  # no slot yet: all wait
+        larges = [send(client, LARGE) for _ in range(2)]
+        # Two slots of the small class, none of the large: the small class gets its two and the
+        # look-ahead's one; the large class, with no worker to take a job, none (a message there
+        # would wait in Redis, out of the fair order).
+        announce_slot(farm, "gpu-worker", slots=2)
+        sent = dispatch(session, create_celery(farm), farm).sent
+        assert [str(job) for job in sent] == smalls[:3]
+        assert sorted(queued_job_ids(farm)) == sorted(smalls[:3])
+        assert queued_job_ids(farm, f"{farm.queue}-large") == []
+        assert {client.get(f"/v1/jobs/{job}").get_json()["status"] for job in larges} == {"queued"}
+        withdraw_slot(farm, "gpu-worker")
 
 
 def backlog_job(
