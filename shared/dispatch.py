@@ -82,6 +82,11 @@ def slots_key(settings: Settings) -> str:
     return f"oneiro:{settings.queue}:slots"
 
 
+def lock_key(settings: Settings) -> str:
+    """The Redis lock one dispatch at a time holds (dispatch)."""
+    return f"oneiro:{settings.queue}:dispatch"
+
+
 def announce_slot(settings: Settings, name: str, slots: int = 1) -> bool:
     """Say that worker process `name` serves `slots` renders, for SLOT_TTL_BEATS heartbeats;
     whether Redis had no announcement of it (its first, or Redis lost it: a restart)."""
@@ -276,7 +281,7 @@ def dispatch(session: Session, celery: Celery, settings: Settings) -> Dispatched
         if not any(free > 0 for free in _free(session, settings, client).values()):
             return done
         lock = client.lock(
-            f"oneiro:{settings.queue}:dispatch",
+            lock_key(settings),
             timeout=LOCK_TIMEOUT_S,
             blocking_timeout=LOCK_WAIT_S,
         )

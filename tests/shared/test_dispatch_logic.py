@@ -24,6 +24,7 @@ from shared.dispatch import (
     dispatch,
     expire_overdue,
     fair_order,
+    lock_key,
     withdraw_slot,
 )
 from shared.models import Job, JobStatus, utcnow
@@ -158,7 +159,7 @@ def test_a_full_farm_does_not_wait_for_the_dispatch_lock(
     jobs_of(session, storage, "someone", 1)
     announce_slot(settings, "w1")
     client = redis.Redis.from_url(settings.redis_url)
-    held = client.lock(f"oneiro:{settings.queue}:dispatch", timeout=30)
+    held = client.lock(lock_key(settings), timeout=30)
     assert held.acquire()
     try:
         with caplog.at_level(logging.WARNING, logger="shared.dispatch"):
